@@ -1,0 +1,363 @@
+//! `check`: everything that can be wrong with a vault, reported by kind.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::crypto::{self, Identity};
+use crate::fsutil;
+use crate::journal::Txn;
+use crate::model::{self, Manifest};
+use crate::names::{AgentName, GroupName, SecretPath};
+use crate::vault::{LOCAL_DIR, Vault};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Needs action; `check` exits non-zero.
+    Error,
+    /// Worth knowing.
+    Warning,
+}
+
+/// One thing `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// A stable code: `manifest-signature`, `unsigned-secret`, `expired`,
+    /// `expiring`, `orphan`, `mismatch`, `missing`, `loose-permissions`,
+    /// `half-finished`, `group-key`.
+    pub kind: &'static str,
+    /// The file, secret, agent or group concerned.
+    pub subject: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+/// The result of `check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The vault id.
+    pub vault_id: String,
+    /// Secrets examined.
+    pub secrets: usize,
+    /// Findings, errors first.
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn push(
+        &mut self,
+        severity: Severity,
+        kind: &'static str,
+        subject: impl ToString,
+        message: impl Into<String>,
+    ) {
+        self.0.push(Finding {
+            severity,
+            kind,
+            subject: subject.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks the vault. With the owner's identity, also checks that every
+/// group key opens and matches the manifest.
+pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
+    use Severity::{Error, Warning};
+    let mut f = Findings(Vec::new());
+    let rel = |p: &Path| {
+        p.strip_prefix(vault.root())
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
+
+    if let Ok(Some(txn)) = Txn::read(&vault.journal_path()) {
+        f.push(
+            Error,
+            "half-finished",
+            &txn.op,
+            format!(
+                "the operation `{}` was interrupted; `agent-vault repair` (or any command that changes the vault) completes it",
+                txn.op
+            ),
+        );
+    }
+
+    // The manifest: verified if possible, else parsed as is for the rest.
+    let manifest: Option<Manifest> = match vault.manifest() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            f.push(Error, "manifest-signature", "manifest.yaml", e.to_string());
+            fsutil::read(&vault.manifest_path())
+                .ok()
+                .and_then(|b| model::parse_yaml(&vault.manifest_path(), &b).ok())
+        }
+    };
+    let Some(manifest) = manifest else {
+        return finish(vault, f.0, 0);
+    };
+
+    // Agents and groups named by the manifest have their files.
+    for (a, entry) in &manifest.agents {
+        let dir = vault.agent_dir(a);
+        match fsutil::read_optional(&dir.join("public.key")) {
+            Ok(Some(b)) if String::from_utf8_lossy(&b).trim() == entry.recipient => {}
+            Ok(Some(_)) => f.push(
+                Error,
+                "mismatch",
+                rel(&dir.join("public.key")),
+                "differs from the agent's recipient in the manifest",
+            ),
+            _ => f.push(
+                Error,
+                "missing",
+                rel(&dir.join("public.key")),
+                format!("agent {a} has no public key file"),
+            ),
+        }
+        if !dir.join("private.key.escrow").exists() {
+            f.push(
+                Warning,
+                "missing",
+                rel(&dir.join("private.key.escrow")),
+                format!("agent {a}'s key is not escrowed; `restore-agent` cannot recover it"),
+            );
+        }
+    }
+    for (g, entry) in &manifest.groups {
+        let p = vault.group_key_path(g);
+        match (fsutil::read_optional(&p), owner) {
+            (Ok(None), _) | (Err(_), _) => f.push(
+                Error,
+                "missing",
+                rel(&p),
+                format!("group {g} has no key file"),
+            ),
+            (Ok(Some(ct)), Some(id)) => match crypto::decrypt_identity(&[id], &ct, &p) {
+                Ok(gid) if gid.recipient().as_string() == entry.recipient => {}
+                Ok(_) => f.push(
+                    Error,
+                    "group-key",
+                    rel(&p),
+                    format!("group {g}'s key does not match its recipient in the manifest"),
+                ),
+                Err(e) => f.push(Error, "group-key", rel(&p), e.to_string()),
+            },
+            _ => {}
+        }
+    }
+
+    // Every file under .agent-vault is accounted for, at any depth.
+    let mut secrets: Vec<SecretPath> = Vec::new();
+    let mut metas: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut ages: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut stack = vec![vault.dir().to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            let r = p.strip_prefix(vault.dir()).unwrap_or(&p).to_path_buf();
+            let parts: Vec<&str> = r.iter().filter_map(|c| c.to_str()).collect();
+            if parts.first() == Some(&LOCAL_DIR) {
+                continue;
+            }
+            if is_dir {
+                let known = match parts.as_slice() {
+                    ["agents"] | ["groups"] | ["secrets"] => true,
+                    ["agents", a] => a
+                        .parse::<AgentName>()
+                        .map(|a| manifest.agents.contains_key(&a))
+                        .unwrap_or(false),
+                    ["secrets", g, ..] => g
+                        .parse::<GroupName>()
+                        .map(|g| manifest.groups.contains_key(&g))
+                        .unwrap_or(false),
+                    _ => false,
+                };
+                if known {
+                    stack.push(p);
+                } else {
+                    f.push(
+                        Warning,
+                        "orphan",
+                        rel(&p),
+                        "a directory the manifest does not account for",
+                    );
+                }
+                continue;
+            }
+            let name = parts.last().copied().unwrap_or("");
+            let ok = match parts.as_slice() {
+                ["config.yaml"]
+                | ["manifest.yaml"]
+                | ["manifest.sig"]
+                | ["services.yaml"]
+                | [".gitignore"] => true,
+                ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
+                ["groups", file] => file
+                    .strip_suffix(".key.age")
+                    .and_then(|g| g.parse::<GroupName>().ok())
+                    .is_some_and(|g| manifest.groups.contains_key(&g)),
+                ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
+                ["secrets", _, ..] if name.ends_with(".meta.yaml") => {
+                    metas.insert(p.clone());
+                    true
+                }
+                ["secrets", g, rest @ ..] if name.ends_with(".age") => {
+                    let joined = rest.join("/");
+                    match g.parse::<GroupName>().ok().and_then(|g| {
+                        SecretPath::new(g, joined.strip_suffix(".age").unwrap_or(&joined)).ok()
+                    }) {
+                        Some(sp) => {
+                            ages.insert(p.clone());
+                            secrets.push(sp);
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            if !ok {
+                let what = if name.starts_with(fsutil::TEMP_PREFIX) {
+                    "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
+                } else if name.ends_with(".key.age.next") {
+                    "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
+                } else {
+                    "a file the manifest does not account for"
+                };
+                f.push(Warning, "orphan", rel(&p), what);
+            }
+        }
+    }
+    for m in &metas {
+        let s = m.to_string_lossy();
+        let age = PathBuf::from(format!(
+            "{}.age",
+            s.strip_suffix(".meta.yaml").unwrap_or(&s)
+        ));
+        if !ages.contains(&age) {
+            f.push(Warning, "orphan", rel(m), "metadata without a secret");
+        }
+    }
+
+    // Each secret: signed by an owner, current generation, expiry.
+    let now = jiff::Timestamp::now();
+    let warn_after = now
+        .checked_add(jiff::SignedDuration::from_hours(
+            24 * i64::from(vault.config().expiry_warning_days),
+        ))
+        .unwrap_or(now);
+    secrets.sort();
+    let per_secret: Vec<Vec<Finding>> = secrets
+        .par_iter()
+        .map(|sp| {
+            let mut out = Findings(Vec::new());
+            let ct = match fsutil::read(&vault.secret_age_path(sp)) {
+                Ok(b) => b,
+                Err(e) => {
+                    out.push(Error, "missing", sp, e.to_string());
+                    return out.0;
+                }
+            };
+            let meta = match vault.secret_meta(sp) {
+                Ok(m) => m,
+                Err(_) => {
+                    out.push(
+                        Error,
+                        "unsigned-secret",
+                        sp,
+                        "its metadata file is missing or malformed; `get` refuses it",
+                    );
+                    return out.0;
+                }
+            };
+            let gens = manifest
+                .groups
+                .get(sp.group())
+                .map(|g| vec![g.generation])
+                .unwrap_or_default();
+            if let Err(e) = meta.verify(vault.id(), sp, &ct, &manifest, &gens) {
+                out.push(
+                    Error,
+                    "unsigned-secret",
+                    sp,
+                    format!("{e}; `get` refuses it"),
+                );
+            }
+            if let Some(exp) = meta.expires {
+                if exp <= now {
+                    out.push(Error, "expired", sp, format!("expired {exp}"));
+                } else if exp <= warn_after {
+                    out.push(Warning, "expiring", sp, format!("expires {exp}"));
+                }
+            }
+            out.0
+        })
+        .collect();
+    f.0.extend(per_secret.into_iter().flatten());
+
+    for (p, mode) in vault.keys().loose_permissions(vault.id()) {
+        f.push(
+            Error,
+            "loose-permissions",
+            p.display(),
+            format!("mode {mode:o}: others can read it; run `chmod go-rwx` on it"),
+        );
+    }
+    finish(vault, f.0, secrets.len())
+}
+
+fn finish(vault: &Vault, mut findings: Vec<Finding>, secrets: usize) -> CheckReport {
+    findings.sort_by(|a, b| (a.severity, &a.subject).cmp(&(b.severity, &b.subject)));
+    CheckReport {
+        vault_id: vault.id().to_owned(),
+        secrets,
+        findings,
+    }
+}
+
+/// Removes the debris of interrupted writes (temporary files) below the
+/// vault directory. Returns how many were removed.
+pub fn remove_temp_files(vault: &Vault) -> usize {
+    let mut n = 0;
+    let mut stack = vec![vault.dir().to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(p);
+            } else if e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(fsutil::TEMP_PREFIX)
+                && std::fs::remove_file(&p).is_ok()
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}

@@ -1,0 +1,211 @@
+//! Commits through libgit2 (git2, built without its network features, so no
+//! TLS start-up on local commands). The tool commits exactly the vault files
+//! it changed: the new tree is HEAD's tree with those paths replaced, never
+//! the user's index, so whatever the user staged stays staged and out of our
+//! commit; the index entries of our paths are then updated so `git status`
+//! shows them clean.
+
+use std::path::{Path, PathBuf};
+
+use git2::{FileMode, IndexEntry, IndexTime, Oid, Repository, Signature, build::TreeUpdateBuilder};
+
+use crate::error::{Error, Result};
+
+/// A vault's git repository.
+pub struct VaultRepo {
+    repo: Repository,
+    workdir: PathBuf,
+}
+
+impl VaultRepo {
+    /// Opens the repository containing `dir`, if there is one.
+    pub fn discover(dir: &Path) -> Result<Option<Self>> {
+        let repo = match Repository::discover(dir) {
+            Ok(r) => r,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(workdir) = repo.workdir().map(Path::to_owned) else {
+            return Ok(None);
+        };
+        let workdir = workdir.canonicalize().map_err(|e| Error::io(&workdir, e))?;
+        Ok(Some(VaultRepo { repo, workdir }))
+    }
+
+    /// Creates a repository at `dir`.
+    pub fn init(dir: &Path) -> Result<Self> {
+        let repo = Repository::init(dir)?;
+        let workdir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        Ok(VaultRepo { repo, workdir })
+    }
+
+    /// The working tree.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// The underlying repository.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    fn signature(&self) -> Result<Signature<'static>> {
+        match self.repo.signature() {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Ok(Signature::now("agent-vault", "agent-vault@localhost")?),
+        }
+    }
+
+    /// Commits the current contents of `paths` (absolute, inside the working
+    /// tree; a missing file is removed from the tree) on top of HEAD. Returns
+    /// `None` when nothing changed.
+    pub fn commit_paths(&self, paths: &[PathBuf], message: &str) -> Result<Option<Oid>> {
+        let head = match self.repo.head() {
+            Ok(h) => Some(h.peel_to_commit()?),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::UnbornBranch | git2::ErrorCode::NotFound
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let base_tree = match &head {
+            Some(c) => c.tree()?,
+            None => {
+                let oid = self.repo.treebuilder(None)?.write()?;
+                self.repo.find_tree(oid)?
+            }
+        };
+        let odb = self.repo.odb()?;
+        let mut update = TreeUpdateBuilder::new();
+        let mut index_updates: Vec<(String, Option<(Oid, std::fs::Metadata)>)> = Vec::new();
+        for p in paths {
+            let rel = p
+                .strip_prefix(&self.workdir)
+                .map_err(|_| Error::Git(format!("{} is outside the repository", p.display())))?;
+            let rel = rel
+                .to_str()
+                .ok_or_else(|| Error::Git(format!("{} is not UTF-8", rel.display())))?
+                .to_owned();
+            match std::fs::read(p) {
+                Ok(bytes) => {
+                    let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+                    let oid = odb.write(git2::ObjectType::Blob, &bytes)?;
+                    update.upsert(rel.as_str(), oid, FileMode::Blob);
+                    index_updates.push((rel, Some((oid, md))));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    update.remove(rel.as_str());
+                    index_updates.push((rel, None));
+                }
+                Err(e) => return Err(Error::io(p, e)),
+            }
+        }
+        let tree_oid = update.create_updated(&self.repo, &base_tree)?;
+        if head.is_some() && tree_oid == base_tree.id() {
+            return Ok(None);
+        }
+        let tree = self.repo.find_tree(tree_oid)?;
+        let sig = self.signature()?;
+        let parents: Vec<&git2::Commit> = head.iter().collect();
+        let oid = self
+            .repo
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?;
+        self.update_index(&index_updates)?;
+        Ok(Some(oid))
+    }
+
+    /// Brings the index entries of our paths in line with the new commit,
+    /// leaving every other entry (the user's staged work) untouched.
+    fn update_index(&self, updates: &[(String, Option<(Oid, std::fs::Metadata)>)]) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let mut index = self.repo.index()?;
+        for (rel, entry) in updates {
+            match entry {
+                None => {
+                    let _ = index.remove_path(Path::new(rel));
+                }
+                Some((oid, md)) => {
+                    let e = IndexEntry {
+                        ctime: IndexTime::new(md.ctime() as i32, md.ctime_nsec() as u32),
+                        mtime: IndexTime::new(md.mtime() as i32, md.mtime_nsec() as u32),
+                        dev: md.dev() as u32,
+                        ino: md.ino() as u32,
+                        mode: 0o100644,
+                        uid: md.uid(),
+                        gid: md.gid(),
+                        file_size: md.size() as u32,
+                        id: *oid,
+                        flags: (rel.len().min(0xfff)) as u16,
+                        flags_extended: 0,
+                        path: rel.as_bytes().to_vec(),
+                    };
+                    index.add(&e)?;
+                }
+            }
+        }
+        index.write()?;
+        Ok(())
+    }
+}
+
+impl VaultRepo {
+    /// The names (relative to `dir`, without `.age`) of every `.age` file
+    /// that stood under `dir` at any commit reachable from HEAD. Walks the
+    /// history once, diffing only the commits that changed `dir`.
+    pub fn names_in_history(&self, dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        let Ok(rel) = dir.strip_prefix(&self.workdir) else {
+            return Ok(names);
+        };
+        let head = match self.repo.head() {
+            Ok(h) => h.peel_to_commit()?,
+            Err(_) => return Ok(names),
+        };
+        let subtree =
+            |c: &git2::Commit| -> Option<Oid> { c.tree().ok()?.get_path(rel).ok().map(|e| e.id()) };
+        let mut walk = self.repo.revwalk()?;
+        walk.push(head.id())?;
+        let mut seen = std::collections::HashSet::new();
+        let mut collect = |old: Option<Oid>, new: Oid| -> Result<()> {
+            if !seen.insert((old, new)) {
+                return Ok(());
+            }
+            let new_tree = self.repo.find_tree(new)?;
+            let old_tree = match old {
+                Some(o) => Some(self.repo.find_tree(o)?),
+                None => None,
+            };
+            let diff = self
+                .repo
+                .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
+            for d in diff.deltas() {
+                for f in [d.old_file(), d.new_file()] {
+                    if let Some(p) = f.path().and_then(Path::to_str) {
+                        if let Some(n) = p.strip_suffix(".age") {
+                            names.insert(n.to_owned());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        for oid in walk {
+            let c = self.repo.find_commit(oid?)?;
+            let Some(new) = subtree(&c) else { continue };
+            if c.parent_count() == 0 {
+                collect(None, new)?;
+            }
+            for parent in c.parents() {
+                match subtree(&parent) {
+                    Some(old) if old == new => {}
+                    old => collect(old, new)?,
+                }
+            }
+        }
+        Ok(names)
+    }
+}

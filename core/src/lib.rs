@@ -1,0 +1,40 @@
+//! The agent-vault library: names, the on-disk format, age encryption, the
+//! access model, signatures, git and locking. No async runtime, no network.
+//!
+//! ```no_run
+//! use agent_vault_core::{KeySource, KeyStore, Vault};
+//!
+//! # fn main() -> agent_vault_core::Result<()> {
+//! let vault = Vault::find(std::path::Path::new("."), KeyStore::from_env()?)?;
+//! let reader = vault.reader(&KeySource::resolve(None))?;
+//! let value = reader.get(&"stripe/api-key".parse()?)?;
+//! # let _ = value;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod check;
+pub mod crypto;
+pub mod dotenv;
+pub mod error;
+pub mod fsutil;
+pub mod git;
+pub mod init;
+pub mod journal;
+pub mod keystore;
+pub mod model;
+pub mod names;
+pub mod reader;
+pub mod vault;
+pub mod writer;
+
+pub use age;
+pub use age::secrecy;
+pub use error::{Error, Result};
+pub use keystore::{KeySource, KeyStore};
+pub use model::Mode;
+pub use names::{AgentName, GroupName, OwnerName, SecretPath};
+pub use vault::{Role, Vault};

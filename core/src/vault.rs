@@ -1,0 +1,314 @@
+//! A vault on disk: finding it, its paths, the verified manifest, and
+//! listing secrets. Reading values is in [`crate::reader`], changing the
+//! vault in [`crate::writer`].
+
+use std::path::{Path, PathBuf};
+
+use crate::crypto::Identity;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::keystore::{KeyStore, TrustPins};
+use crate::model::{self, Config, Manifest, ManifestSig, SecretMeta};
+use crate::names::{AgentName, GroupName, SecretPath};
+
+/// The directory inside the vault root that holds everything.
+pub const VAULT_DIR: &str = ".agent-vault";
+/// Local, untracked state: the lock and the journal of a half-finished operation.
+pub const LOCAL_DIR: &str = ".local";
+
+/// A vault found on disk. Opening one reads `config.yaml` only.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    root: PathBuf,
+    dir: PathBuf,
+    config: Config,
+    keys: KeyStore,
+}
+
+/// Who a key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// An owner, by name.
+    Owner(crate::names::OwnerName),
+    /// An agent, by name.
+    Agent(AgentName),
+}
+
+/// One secret as `list` shows it: name and metadata, never the value.
+#[derive(Debug, Clone)]
+pub struct SecretInfo {
+    /// The secret's path.
+    pub path: SecretPath,
+    /// Its metadata, or why it could not be read.
+    pub meta: std::result::Result<SecretMeta, String>,
+}
+
+impl Vault {
+    /// Finds the vault in `start` or the nearest parent directory holding
+    /// `.agent-vault/config.yaml`.
+    pub fn find(start: &Path, keys: KeyStore) -> Result<Self> {
+        let start = start.canonicalize().map_err(|e| Error::io(start, e))?;
+        let mut cur: Option<&Path> = Some(&start);
+        while let Some(dir) = cur {
+            if dir.join(VAULT_DIR).join("config.yaml").is_file() {
+                return Self::open(dir, keys);
+            }
+            cur = dir.parent();
+        }
+        Err(Error::VaultNotFound(start))
+    }
+
+    /// Opens the vault whose root (the directory holding `.agent-vault`) is `root`.
+    pub fn open(root: &Path, keys: KeyStore) -> Result<Self> {
+        let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+        let dir = root.join(VAULT_DIR);
+        let cfg_path = dir.join("config.yaml");
+        let bytes = match fsutil::read_optional(&cfg_path)? {
+            Some(b) => b,
+            None => return Err(Error::VaultNotFound(root)),
+        };
+        let config = Config::parse(&cfg_path, &bytes)?;
+        Ok(Vault {
+            root,
+            dir,
+            config,
+            keys,
+        })
+    }
+
+    pub(crate) fn from_parts(root: PathBuf, config: Config, keys: KeyStore) -> Self {
+        Vault {
+            dir: root.join(VAULT_DIR),
+            root,
+            config,
+            keys,
+        }
+    }
+
+    /// The vault id.
+    pub fn id(&self) -> &str {
+        &self.config.vault_id
+    }
+
+    /// The vault's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The directory holding `.agent-vault`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `.agent-vault`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key store.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    pub(crate) fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.yaml")
+    }
+    pub(crate) fn sig_path(&self) -> PathBuf {
+        self.dir.join("manifest.sig")
+    }
+    pub(crate) fn services_path(&self) -> PathBuf {
+        self.dir.join("services.yaml")
+    }
+    pub(crate) fn group_key_path(&self, g: &GroupName) -> PathBuf {
+        self.dir.join("groups").join(format!("{g}.key.age"))
+    }
+    /// A rotated group key that a half-finished operation has not yet put in place.
+    pub(crate) fn group_next_key_path(&self, g: &GroupName) -> PathBuf {
+        self.dir.join("groups").join(format!("{g}.key.age.next"))
+    }
+    pub(crate) fn group_dir(&self, g: &GroupName) -> PathBuf {
+        self.dir.join("secrets").join(g.as_str())
+    }
+    pub(crate) fn secret_age_path(&self, p: &SecretPath) -> PathBuf {
+        self.group_dir(p.group()).join(format!("{}.age", p.name()))
+    }
+    pub(crate) fn secret_meta_path(&self, p: &SecretPath) -> PathBuf {
+        self.group_dir(p.group())
+            .join(format!("{}.meta.yaml", p.name()))
+    }
+    pub(crate) fn agent_dir(&self, a: &AgentName) -> PathBuf {
+        self.dir.join("agents").join(a.as_str())
+    }
+    pub(crate) fn local_dir(&self) -> PathBuf {
+        self.dir.join(LOCAL_DIR)
+    }
+    pub(crate) fn journal_path(&self) -> PathBuf {
+        self.local_dir().join("journal.json")
+    }
+
+    /// Whether a half-finished operation awaits completion.
+    pub fn has_pending_operation(&self) -> bool {
+        self.journal_path().exists()
+    }
+
+    /// Reads and verifies the manifest: its signature must verify, be made by
+    /// an owner the manifest names, and by a key this machine trusts. The
+    /// first open pins the owners' keys; a later change of the owner set is
+    /// accepted only when signed by a pinned owner.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let mpath = self.manifest_path();
+        let mbytes = fsutil::read(&mpath)?;
+        let manifest: Manifest = model::parse_yaml(&mpath, &mbytes)?;
+        manifest.validate(&mpath)?;
+        if manifest.vault_id != self.config.vault_id {
+            return Err(Error::UnsignedManifest(
+                "its vault id differs from config.yaml's".into(),
+            ));
+        }
+        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
+        let spath = self.sig_path();
+        let sig: ManifestSig = match fsutil::read_optional(&spath)? {
+            Some(b) => model::parse_yaml(&spath, &b)
+                .map_err(|_| Error::UnsignedManifest("manifest.sig is malformed".into()))?,
+            None => return Err(Error::UnsignedManifest("manifest.sig is missing".into())),
+        };
+        if !sig.verifies(self.id(), &mbytes, &services) {
+            return Err(Error::UnsignedManifest(
+                "manifest.yaml or services.yaml was changed without an owner's signature".into(),
+            ));
+        }
+        match manifest.owners.get(&sig.signer) {
+            Some(o) if o.signing_key == sig.signing_key => {}
+            _ => {
+                return Err(Error::UnsignedManifest(format!(
+                    "it is signed by {}, whose key is not an owner's key in the manifest",
+                    sig.signer
+                )));
+            }
+        }
+        let current = TrustPins {
+            vault_id: self.id().to_owned(),
+            owners: manifest
+                .owners
+                .iter()
+                .map(|(n, o)| (n.clone(), o.signing_key.clone()))
+                .collect(),
+        };
+        match self.keys.trust(self.id())? {
+            None => self.keys.set_trust(&current)?,
+            Some(pins) => {
+                if !pins.owners.values().any(|k| *k == sig.signing_key) {
+                    return Err(Error::UnsignedManifest(format!(
+                        "it is signed by {}, whose key this machine has never trusted for this vault",
+                        sig.signer
+                    )));
+                }
+                if pins != current {
+                    self.keys.set_trust(&current)?;
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Who `id` is in `manifest`.
+    pub fn role_of(manifest: &Manifest, id: &Identity) -> Result<Role> {
+        let r = id.recipient().as_string();
+        if let Some((name, _)) = manifest.owners.iter().find(|(_, o)| o.recipient == r) {
+            return Ok(Role::Owner(name.clone()));
+        }
+        if let Some((name, _)) = manifest.agents.iter().find(|(_, a)| a.recipient == r) {
+            return Ok(Role::Agent(name.clone()));
+        }
+        Err(Error::UnknownKey)
+    }
+
+    /// Every secret path in the vault, or in one group, sorted. The files
+    /// are the index: this walks `secrets/`.
+    pub fn secret_paths(&self, group: Option<&GroupName>) -> Result<Vec<SecretPath>> {
+        let secrets = self.dir.join("secrets");
+        let groups: Vec<GroupName> = match group {
+            Some(g) => vec![g.clone()],
+            None => {
+                let mut v = Vec::new();
+                match std::fs::read_dir(&secrets) {
+                    Ok(rd) => {
+                        for e in rd {
+                            let e = e.map_err(|e| Error::io(&secrets, e))?;
+                            if let Some(g) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                                    v.push(g);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&secrets, e)),
+                }
+                v
+            }
+        };
+        let mut out = Vec::new();
+        for g in groups {
+            let base = self.group_dir(&g);
+            let mut stack = vec![(base.clone(), String::new())];
+            while let Some((dir, prefix)) = stack.pop() {
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(&dir, e)),
+                };
+                for e in rd {
+                    let e = e.map_err(|e| Error::io(&dir, e))?;
+                    let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let ft = e.file_type().map_err(|err| Error::io(e.path(), err))?;
+                    if ft.is_dir() {
+                        stack.push((e.path(), format!("{prefix}{name}/")));
+                    } else if let Some(stem) = name.strip_suffix(".age") {
+                        if let Ok(p) = SecretPath::new(g.clone(), &format!("{prefix}{stem}")) {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads one secret's metadata.
+    pub fn secret_meta(&self, p: &SecretPath) -> Result<SecretMeta> {
+        let mp = self.secret_meta_path(p);
+        match fsutil::read_optional(&mp)? {
+            Some(b) => model::parse_yaml(&mp, &b),
+            None => Err(Error::corrupt(mp, "missing")),
+        }
+    }
+
+    /// Lists secrets with their metadata (no key needed: names and
+    /// metadata are public; values are not touched).
+    pub fn list(&self, group: Option<&GroupName>) -> Result<Vec<SecretInfo>> {
+        use rayon::prelude::*;
+        let paths = self.secret_paths(group)?;
+        Ok(paths
+            .into_par_iter()
+            .map(|path| {
+                let meta = self.secret_meta(&path).map_err(|e| e.to_string());
+                SecretInfo { path, meta }
+            })
+            .collect())
+    }
+
+    /// Opens the vault for reading with the given key.
+    pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader<'_>> {
+        crate::reader::Reader::new(self, source)
+    }
+
+    /// Opens the vault for changes: takes the lock, completes a half-finished
+    /// operation, and checks that the key is an owner's.
+    pub fn writer(&self, source: &crate::keystore::KeySource) -> Result<crate::writer::Writer<'_>> {
+        crate::writer::Writer::new(self, source)
+    }
+}

@@ -1,0 +1,792 @@
+//! Changing the vault. A [`Writer`] holds the vault's lock and an owner key.
+//! Each operation describes itself as a [`Txn`], writes it to the journal,
+//! and completes it with [`Writer::complete`] — the same code that finishes
+//! a half-finished operation after a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use age::secrecy::ExposeSecret;
+use rayon::prelude::*;
+
+use crate::crypto::{self, Identity, OwnerSigningKey, Recipient, SecretValue};
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Batch};
+use crate::git::VaultRepo;
+use crate::journal::{Rotation, Txn};
+use crate::keystore::{self, KeySource};
+use crate::model::{
+    self, AgentEntry, GroupEntry, Manifest, ManifestSig, MetaFields, Mode, SecretMeta,
+};
+use crate::names::{AgentName, GroupName, OwnerName, SecretPath};
+use crate::reader::Reader;
+use crate::vault::{Role, Vault};
+
+/// Options of `set`.
+#[derive(Debug, Clone, Default)]
+pub struct SetOptions {
+    /// Expiry; `None` keeps the current one.
+    pub expires: Option<jiff::Timestamp>,
+    /// Description; `None` keeps the current one.
+    pub description: Option<String>,
+}
+
+/// What a revoke (or a downgrade from read to use) leaves to do upstream.
+#[derive(Debug, Clone, Default)]
+pub struct Exposure {
+    /// The agent.
+    pub agent: String,
+    /// The group.
+    pub group: String,
+    /// Whether the agent could read the group (a `use` grant never exposed values).
+    pub could_read: bool,
+    /// Secrets in the group now, whose values the agent could read.
+    pub secrets: Vec<String>,
+    /// Secrets no longer in the group but still in git history, encrypted
+    /// to a group key the agent may have held.
+    pub in_history: Vec<String>,
+}
+
+/// The result of a grant.
+#[derive(Debug, Clone)]
+pub struct GrantOutcome {
+    /// The mode before, if any.
+    pub previous: Option<Mode>,
+    /// Set when the grant narrowed read to use, which rotates the group key.
+    pub exposure: Option<Exposure>,
+}
+
+/// A rekey plan or result: group → number of secrets re-encrypted.
+pub type RekeyReport = BTreeMap<String, usize>;
+
+/// The vault opened for changes, with its lock held.
+pub struct Writer<'v> {
+    vault: &'v Vault,
+    id: Identity,
+    owner: OwnerName,
+    signing: OwnerSigningKey,
+    manifest: Manifest,
+    repo: Option<VaultRepo>,
+    recovered: Option<String>,
+    _lock: File,
+}
+
+fn lock(vault: &Vault) -> Result<File> {
+    let dir = vault.local_dir();
+    fsutil::create_dir_all(&dir, 0o755)?;
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    f.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(f)
+}
+
+impl<'v> Writer<'v> {
+    pub(crate) fn new(vault: &'v Vault, source: &KeySource) -> Result<Self> {
+        let lock = lock(vault)?;
+        let id = vault.keys().load(source, vault.id())?;
+        let repo = VaultRepo::discover(vault.root())?;
+        let pending = Txn::read(&vault.journal_path())?;
+        // With no journal, a rotated key waiting in `.next` is debris from an
+        // operation that died before it began: nothing refers to it.
+        if pending.is_none() {
+            remove_stray_next_keys(vault)?;
+        }
+        // The manifest that a pending operation is heading to, or the signed one.
+        let manifest = match pending.as_ref().and_then(|t| t.manifest.clone()) {
+            Some(m) => m,
+            None => vault.manifest()?,
+        };
+        let owner = match Vault::role_of(&manifest, &id)? {
+            Role::Owner(o) => o,
+            Role::Agent(_) => return Err(Error::NotOwner),
+        };
+        let signing = id.signing_key();
+        if manifest.owners[&owner].signing_key != signing.public() {
+            return Err(Error::UnsignedManifest(format!(
+                "owner {owner}'s signing key in the manifest does not match this owner key"
+            )));
+        }
+        let mut w = Writer {
+            vault,
+            id,
+            owner,
+            signing,
+            manifest,
+            repo,
+            recovered: None,
+            _lock: lock,
+        };
+        if let Some(txn) = pending {
+            let op = txn.op.clone();
+            w.complete(txn)?;
+            w.recovered = Some(op);
+        }
+        // Whatever we hold now must be the signed manifest.
+        w.manifest = vault.manifest()?;
+        Ok(w)
+    }
+
+    /// The operation that a crash had left half-finished and that opening
+    /// this writer completed, if any.
+    pub fn recovered(&self) -> Option<&str> {
+        self.recovered.as_deref()
+    }
+
+    /// The current (signed) manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The owner's name.
+    pub fn owner(&self) -> &OwnerName {
+        &self.owner
+    }
+
+    /// Reads a value as the owner.
+    pub fn read_value(&self, path: &SecretPath) -> Result<SecretValue> {
+        let r = Reader::new(self.vault, &KeySource::Text(self.id.to_secret_string()))?;
+        r.get(path)
+    }
+
+    // ---- operations -------------------------------------------------------
+
+    /// Sets one secret.
+    pub fn set(&mut self, path: &SecretPath, value: &[u8], opts: &SetOptions) -> Result<()> {
+        self.set_many(
+            vec![(path.clone(), value, opts.clone())],
+            format!("set {path}"),
+        )
+    }
+
+    /// Sets many secrets under one lock with one commit (used by `import`).
+    pub fn set_many(
+        &mut self,
+        items: Vec<(SecretPath, &[u8], SetOptions)>,
+        op: String,
+    ) -> Result<()> {
+        let mut txn = Txn::new(op);
+        let mut target = self.manifest.clone();
+        let groups: BTreeSet<&GroupName> = items.iter().map(|(p, _, _)| p.group()).collect();
+        for g in groups {
+            if !target.groups.contains_key(g) {
+                let rot = self.prepare_rotation(&target, g, 1)?;
+                target.groups.insert(
+                    g.clone(),
+                    GroupEntry {
+                        recipient: rot.recipient.clone(),
+                        generation: 1,
+                    },
+                );
+                txn.rotate.push(rot);
+            }
+        }
+        if !txn.rotate.is_empty() {
+            txn.manifest = Some(target.clone());
+        }
+        let now = jiff::Timestamp::now();
+        let vault = self.vault;
+        let signing = &self.signing;
+        let sealed: Vec<(SecretPath, Vec<u8>, SecretMeta)> = items
+            .par_iter()
+            .map(|(path, value, opts)| {
+                let entry = target.group(path.group())?;
+                let recipient: Recipient = entry.recipient.parse()?;
+                let old = vault.secret_meta(path).ok();
+                let fields = MetaFields {
+                    created: old.as_ref().map(|m| m.created).unwrap_or(now),
+                    updated: now,
+                    expires: opts.expires.or(old.as_ref().and_then(|m| m.expires)),
+                    description: opts
+                        .description
+                        .clone()
+                        .or(old.as_ref().and_then(|m| m.description.clone())),
+                };
+                let ct = crypto::encrypt(&[&recipient], value)?;
+                let meta =
+                    SecretMeta::sign(fields, signing, vault.id(), path, &ct, entry.generation);
+                Ok((path.clone(), ct, meta))
+            })
+            .collect::<Result<_>>()?;
+        txn.metas = sealed
+            .iter()
+            .map(|(p, _, m)| (p.clone(), m.clone()))
+            .collect();
+        txn.write(&self.vault.journal_path())?;
+        if let [(p, ct, _)] = sealed.as_slice() {
+            let path = self.vault.secret_age_path(p);
+            if let Some(d) = path.parent() {
+                fsutil::create_dir_all(d, 0o755)?;
+            }
+            fsutil::write_atomic(&path, ct, fsutil::PUBLIC_FILE)?;
+        } else {
+            let mut batch = Batch::new();
+            batch.write_all(
+                sealed
+                    .into_iter()
+                    .map(|(p, ct, _)| (self.vault.secret_age_path(&p), ct))
+                    .collect(),
+            )?;
+            batch.commit(self.vault.dir())?;
+        }
+        self.complete(txn)
+    }
+
+    /// Removes a secret.
+    pub fn remove_secret(&mut self, path: &SecretPath) -> Result<()> {
+        if !self.vault.secret_age_path(path).exists() {
+            return Err(Error::SecretNotFound(path.to_string()));
+        }
+        let mut txn = Txn::new(format!("rm {path}"));
+        txn.remove_secrets.push(path.clone());
+        self.run(txn)
+    }
+
+    /// Adds an agent: a key pair, the private key escrowed to the owners in
+    /// the vault and written to this machine's key store. Returns the
+    /// path of the local key file.
+    pub fn add_agent(&mut self, name: &AgentName) -> Result<PathBuf> {
+        if self.manifest.agents.contains_key(name) {
+            return Err(Error::AgentExists(name.to_string()));
+        }
+        let key_path = self.new_agent_key(name)?;
+        let mut target = self.manifest.clone();
+        let recipient = fsutil::read(&self.vault.agent_dir(name).join("public.key"))?;
+        target.agents.insert(
+            name.clone(),
+            AgentEntry {
+                recipient: String::from_utf8_lossy(&recipient).trim().to_owned(),
+            },
+        );
+        let mut txn = Txn::new(format!("add agent {name}"));
+        txn.manifest = Some(target);
+        txn.agent_files.push(name.clone());
+        self.run(txn)?;
+        Ok(key_path)
+    }
+
+    /// Makes a new key pair for an agent: public key and escrow in the vault,
+    /// private key in the local key store.
+    fn new_agent_key(&self, name: &AgentName) -> Result<PathBuf> {
+        let id = Identity::generate();
+        let owners = self.owner_recipients(&self.manifest)?;
+        let escrow = crypto::encrypt_identity(&owners.iter().collect::<Vec<_>>(), &id)?;
+        let dir = self.vault.agent_dir(name);
+        fsutil::create_dir_all(&dir, 0o755)?;
+        let key_path = self.vault.keys().agent_key_path(self.vault.id(), name);
+        keystore::write_private_key(&key_path, &id)?;
+        fsutil::write_atomic(
+            &dir.join("private.key.escrow"),
+            &escrow,
+            fsutil::PUBLIC_FILE,
+        )?;
+        fsutil::write_atomic(
+            &dir.join("public.key"),
+            format!("{}\n", id.recipient()).as_bytes(),
+            fsutil::PUBLIC_FILE,
+        )?;
+        Ok(key_path)
+    }
+
+    /// Removes an agent: its grants go, and every group it could read is
+    /// rotated. Returns what it could read.
+    pub fn remove_agent(&mut self, name: &AgentName) -> Result<Vec<Exposure>> {
+        if !self.manifest.agents.contains_key(name) {
+            return Err(Error::AgentNotFound(name.to_string()));
+        }
+        let readable: Vec<GroupName> = self.readable_groups(name);
+        let mut target = self.manifest.clone();
+        target.agents.remove(name);
+        target.grants.remove(name);
+        let mut txn = Txn::new(format!("remove agent {name}"));
+        for g in &readable {
+            self.rotate_into(&mut target, &mut txn, g)?;
+        }
+        txn.manifest = Some(target);
+        txn.remove_agents.push(name.clone());
+        let exposures = readable
+            .iter()
+            .map(|g| self.exposure(name, g, true))
+            .collect::<Result<Vec<_>>>()?;
+        self.run(txn)?;
+        let _ = fsutil::remove_file(&self.vault.keys().agent_key_path(self.vault.id(), name));
+        Ok(exposures)
+    }
+
+    /// Replaces an agent's key pair (lost or compromised key): a new key,
+    /// escrowed, and every group the agent can read rotated so that the old
+    /// key opens nothing written from now on. Returns the new key's path.
+    pub fn recover_agent(&mut self, name: &AgentName) -> Result<PathBuf> {
+        if !self.manifest.agents.contains_key(name) {
+            return Err(Error::AgentNotFound(name.to_string()));
+        }
+        let key_path = self.new_agent_key(name)?;
+        let recipient = fsutil::read(&self.vault.agent_dir(name).join("public.key"))?;
+        let mut target = self.manifest.clone();
+        target.agents.insert(
+            name.clone(),
+            AgentEntry {
+                recipient: String::from_utf8_lossy(&recipient).trim().to_owned(),
+            },
+        );
+        let mut txn = Txn::new(format!("recover agent {name}"));
+        for g in self.readable_groups(name) {
+            self.rotate_into(&mut target, &mut txn, &g)?;
+        }
+        txn.manifest = Some(target);
+        txn.agent_files.push(name.clone());
+        self.run(txn)?;
+        Ok(key_path)
+    }
+
+    /// Writes an agent's private key, recovered from escrow, to `to`
+    /// (created 0600; an existing file is never overwritten).
+    pub fn restore_agent(&self, name: &AgentName, to: &Path) -> Result<()> {
+        if !self.manifest.agents.contains_key(name) {
+            return Err(Error::AgentNotFound(name.to_string()));
+        }
+        let escrow = self.vault.agent_dir(name).join("private.key.escrow");
+        let ct = fsutil::read(&escrow)?;
+        let id = crypto::decrypt_identity(&[&self.id], &ct, &escrow)?;
+        if id.recipient().as_string() != self.manifest.agents[name].recipient {
+            return Err(Error::corrupt(
+                &escrow,
+                "the escrowed key is not the agent's current key",
+            ));
+        }
+        if to.exists() {
+            return Err(Error::Exists(to.to_owned()));
+        }
+        keystore::write_private_key(to, &id)
+    }
+
+    /// Grants an agent `read` or `use` on a group. Widening to `read`
+    /// re-encrypts the group key file only; narrowing `read` to `use`
+    /// rotates the group.
+    pub fn grant(
+        &mut self,
+        agent: &AgentName,
+        group: &GroupName,
+        mode: Mode,
+    ) -> Result<GrantOutcome> {
+        if !self.manifest.agents.contains_key(agent) {
+            return Err(Error::AgentNotFound(agent.to_string()));
+        }
+        self.manifest.group(group)?;
+        let previous = self.manifest.grant(agent, group);
+        if previous == Some(mode) {
+            return Ok(GrantOutcome {
+                previous,
+                exposure: None,
+            });
+        }
+        let mut target = self.manifest.clone();
+        target
+            .grants
+            .entry(agent.clone())
+            .or_default()
+            .insert(group.clone(), mode);
+        let mut txn = Txn::new(format!("grant {agent} {mode} on {group}"));
+        let mut exposure = None;
+        match (previous, mode) {
+            (_, Mode::Read) => txn.rewrap.push(group.clone()),
+            (Some(Mode::Read), Mode::Use) => {
+                self.rotate_into(&mut target, &mut txn, group)?;
+                exposure = Some(self.exposure(agent, group, true)?);
+            }
+            (_, Mode::Use) => {}
+        }
+        txn.manifest = Some(target);
+        self.run(txn)?;
+        Ok(GrantOutcome { previous, exposure })
+    }
+
+    /// Revokes an agent's grant on a group. A `read` grant rotates the
+    /// group key; the result lists what the agent could have read.
+    pub fn revoke(&mut self, agent: &AgentName, group: &GroupName) -> Result<Exposure> {
+        let Some(mode) = self.manifest.grant(agent, group) else {
+            return Err(Error::InvalidInput(format!(
+                "{agent} has no grant on group {group}"
+            )));
+        };
+        let mut target = self.manifest.clone();
+        if let Some(g) = target.grants.get_mut(agent) {
+            g.remove(group);
+            if g.is_empty() {
+                target.grants.remove(agent);
+            }
+        }
+        let mut txn = Txn::new(format!("revoke {agent} on {group}"));
+        if mode == Mode::Read {
+            self.rotate_into(&mut target, &mut txn, group)?;
+        }
+        txn.manifest = Some(target);
+        let exposure = self.exposure(agent, group, mode == Mode::Read)?;
+        self.run(txn)?;
+        Ok(exposure)
+    }
+
+    /// Rotates every group key and re-encrypts every secret. With
+    /// `dry_run`, only reports what it would do.
+    pub fn rekey(&mut self, dry_run: bool) -> Result<RekeyReport> {
+        let mut report = RekeyReport::new();
+        for g in self.manifest.groups.keys() {
+            report.insert(g.to_string(), self.vault.secret_paths(Some(g))?.len());
+        }
+        if dry_run {
+            return Ok(report);
+        }
+        let mut target = self.manifest.clone();
+        let mut txn = Txn::new("rekey");
+        let groups: Vec<GroupName> = target.groups.keys().cloned().collect();
+        for g in &groups {
+            self.rotate_into(&mut target, &mut txn, g)?;
+        }
+        txn.manifest = Some(target);
+        self.run(txn)?;
+        Ok(report)
+    }
+
+    /// Re-signs the manifest as it is (e.g. after `init`).
+    pub fn resign(&mut self, op: &str) -> Result<()> {
+        let mut txn = Txn::new(op);
+        txn.manifest = Some(self.manifest.clone());
+        self.run(txn)
+    }
+
+    // ---- helpers ----------------------------------------------------------
+
+    fn readable_groups(&self, agent: &AgentName) -> Vec<GroupName> {
+        self.manifest
+            .grants
+            .get(agent)
+            .map(|g| {
+                g.iter()
+                    .filter(|(_, m)| **m == Mode::Read)
+                    .map(|(g, _)| g.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn owner_recipients(&self, m: &Manifest) -> Result<Vec<Recipient>> {
+        m.owners.values().map(|o| o.recipient.parse()).collect()
+    }
+
+    /// Adds a rotation of `group` to the next generation to `txn` and `target`.
+    fn rotate_into(&self, target: &mut Manifest, txn: &mut Txn, group: &GroupName) -> Result<()> {
+        let generation = target.group(group)?.generation + 1;
+        let rot = self.prepare_rotation(target, group, generation)?;
+        target.groups.insert(
+            group.clone(),
+            GroupEntry {
+                recipient: rot.recipient.clone(),
+                generation,
+            },
+        );
+        txn.rotate.push(rot);
+        Ok(())
+    }
+
+    /// Makes a new group identity for `group` at `generation`, encrypted to
+    /// the readers that `target` gives the group, and leaves it in
+    /// `groups/<group>.key.age.next`. Must run before the journal is written.
+    fn prepare_rotation(
+        &self,
+        target: &Manifest,
+        group: &GroupName,
+        generation: u64,
+    ) -> Result<Rotation> {
+        let id = Identity::generate();
+        let recipients = target.group_key_recipients(group)?;
+        let ct = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
+        let next = self.vault.group_next_key_path(group);
+        if let Some(d) = next.parent() {
+            fsutil::create_dir_all(d, 0o755)?;
+        }
+        fsutil::write_atomic(&next, &ct, fsutil::PUBLIC_FILE)?;
+        Ok(Rotation {
+            group: group.clone(),
+            recipient: id.recipient().as_string(),
+            generation,
+        })
+    }
+
+    /// What an agent could read of a group, now and in git history.
+    fn exposure(&self, agent: &AgentName, group: &GroupName, could_read: bool) -> Result<Exposure> {
+        let current: Vec<String> = self
+            .vault
+            .secret_paths(Some(group))?
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let mut in_history = Vec::new();
+        if could_read {
+            if let Some(repo) = &self.repo {
+                let dir = self.vault.group_dir(group);
+                let cur: BTreeSet<&String> = current.iter().collect();
+                for name in repo.names_in_history(&dir)? {
+                    let p = format!("{group}/{name}");
+                    if !cur.contains(&p) {
+                        in_history.push(p);
+                    }
+                }
+            }
+        }
+        Ok(Exposure {
+            agent: agent.to_string(),
+            group: group.to_string(),
+            could_read,
+            secrets: if could_read { current } else { Vec::new() },
+            in_history,
+        })
+    }
+
+    fn run(&mut self, txn: Txn) -> Result<()> {
+        txn.write(&self.vault.journal_path())?;
+        self.complete(txn)
+    }
+
+    /// Carries out a journaled operation from wherever it stands. Every step
+    /// checks what is already done, so running it twice is harmless.
+    fn complete(&mut self, txn: Txn) -> Result<()> {
+        let v = self.vault;
+        let target = txn
+            .manifest
+            .clone()
+            .unwrap_or_else(|| self.manifest.clone());
+        let mut touched: Vec<PathBuf> = Vec::new();
+
+        // 1. Metadata of new values, once their ciphertext is in place.
+        let mut batch = Batch::new();
+        for (p, meta) in &txn.metas {
+            let age = v.secret_age_path(p);
+            let metap = v.secret_meta_path(p);
+            if let Some(ct) = fsutil::read_optional(&age)? {
+                if crypto::sha256_hex(&ct) == meta.ciphertext_sha256 {
+                    batch.write(&metap, &model::to_yaml(meta))?;
+                }
+            }
+            touched.push(age);
+            touched.push(metap);
+        }
+        batch.commit(v.dir())?;
+
+        // 2. Rotations.
+        for rot in &txn.rotate {
+            touched.extend(self.complete_rotation(rot)?);
+        }
+
+        // 3. Group key files re-encrypted to a new reader set.
+        for g in &txn.rewrap {
+            let path = v.group_key_path(g);
+            let ct = fsutil::read(&path)?;
+            let gid = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
+            let recipients = target.group_key_recipients(g)?;
+            let new = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &gid)?;
+            fsutil::write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
+            touched.push(path);
+        }
+
+        // 4. Removals.
+        for p in &txn.remove_secrets {
+            for f in [v.secret_age_path(p), v.secret_meta_path(p)] {
+                fsutil::remove_file(&f)?;
+                touched.push(f);
+            }
+            remove_empty_dirs(&v.secret_age_path(p), &v.group_dir(p.group()));
+        }
+        for a in &txn.remove_agents {
+            let dir = v.agent_dir(a);
+            for f in ["public.key", "private.key.escrow"] {
+                fsutil::remove_file(&dir.join(f))?;
+                touched.push(dir.join(f));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        for a in &txn.agent_files {
+            let dir = v.agent_dir(a);
+            touched.push(dir.join("public.key"));
+            touched.push(dir.join("private.key.escrow"));
+        }
+
+        // 5. The manifest, signed.
+        if let Some(m) = &txn.manifest {
+            self.write_manifest(m)?;
+            touched.push(v.manifest_path());
+            touched.push(v.sig_path());
+            self.manifest = m.clone();
+        }
+
+        // 6. One commit of exactly these files.
+        if let Some(repo) = &self.repo {
+            touched.sort();
+            touched.dedup();
+            repo.commit_paths(&touched, &format!("agent-vault: {}", txn.op))?;
+        }
+        fsutil::remove_file(&v.journal_path())?;
+        Ok(())
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let v = self.vault;
+        let bytes = model::to_yaml(m);
+        let services = fsutil::read_optional(&v.services_path())?.unwrap_or_default();
+        let sig = ManifestSig::sign(&self.owner, &self.signing, v.id(), &bytes, &services);
+        fsutil::write_atomic(&v.manifest_path(), &bytes, fsutil::PUBLIC_FILE)?;
+        fsutil::write_atomic(&v.sig_path(), &model::to_yaml(&sig), fsutil::PUBLIC_FILE)
+    }
+
+    /// Re-encrypts every secret of the group to the rotated key, then puts
+    /// the key in place. Returns the files it changed.
+    fn complete_rotation(&self, rot: &Rotation) -> Result<Vec<PathBuf>> {
+        let v = self.vault;
+        let g = &rot.group;
+        let key_path = v.group_key_path(g);
+        let next_path = v.group_next_key_path(g);
+        let next_ct = fsutil::read_optional(&next_path)?;
+        let mut touched = vec![key_path.clone()];
+        let new_id = match &next_ct {
+            Some(ct) => crypto::decrypt_identity(&[&self.id], ct, &next_path)?,
+            // The key is in place already: every secret was re-encrypted.
+            None => return Ok(touched),
+        };
+        let old_id = match fsutil::read_optional(&key_path)? {
+            Some(ct) => Some(crypto::decrypt_identity(&[&self.id], &ct, &key_path)?),
+            None => None,
+        };
+        let old_gen = rot.generation.checked_sub(1).filter(|g| *g > 0);
+        let new_recipient: Recipient = rot.recipient.parse()?;
+        let paths = v.secret_paths(Some(g))?;
+        let (signing, manifest) = (&self.signing, &self.manifest);
+        let rewritten: Vec<Option<[(PathBuf, Vec<u8>); 2]>> = paths
+            .par_iter()
+            .map(|p| {
+                let keys = RotationKeys {
+                    new_id: &new_id,
+                    old_id: old_id.as_ref(),
+                    old_gen,
+                    new_recipient: &new_recipient,
+                    generation: rot.generation,
+                };
+                reencrypt(v, signing, manifest, &keys, p)
+            })
+            .collect::<Result<_>>()?;
+        let mut files = Vec::new();
+        for (p, r) in paths.iter().zip(rewritten) {
+            touched.push(v.secret_age_path(p));
+            touched.push(v.secret_meta_path(p));
+            if let Some([a, m]) = r {
+                files.push(a);
+                files.push(m);
+            }
+        }
+        let mut batch = Batch::new();
+        batch.write_all(files)?;
+        batch.commit(v.dir())?;
+        std::fs::rename(&next_path, &key_path).map_err(|e| Error::io(&key_path, e))?;
+        fsutil::sync_dir(key_path.parent().unwrap_or(v.dir()))?;
+        Ok(touched)
+    }
+}
+
+fn remove_stray_next_keys(vault: &Vault) -> Result<()> {
+    let dir = vault.dir().join("groups");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".key.age.next") {
+            fsutil::remove_file(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the now-empty directories between a removed file and `stop`.
+fn remove_empty_dirs(file: &Path, stop: &Path) {
+    let mut cur = file.parent();
+    while let Some(d) = cur {
+        if d == stop || !d.starts_with(stop) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        cur = d.parent();
+    }
+}
+
+/// The keys of one group rotation.
+#[derive(Clone, Copy)]
+struct RotationKeys<'a> {
+    new_id: &'a Identity,
+    old_id: Option<&'a Identity>,
+    old_gen: Option<u64>,
+    new_recipient: &'a Recipient,
+    generation: u64,
+}
+
+/// One secret of a rotation: `None` if already done. A value encrypted
+/// to the old key is trusted only with a valid owner signature; one
+/// encrypted to the new key (whose recipient nobody else knows yet) was
+/// written by this rotation.
+fn reencrypt(
+    v: &Vault,
+    signing: &OwnerSigningKey,
+    manifest: &Manifest,
+    keys: &RotationKeys<'_>,
+    p: &SecretPath,
+) -> Result<Option<[(PathBuf, Vec<u8>); 2]>> {
+    let RotationKeys {
+        new_id,
+        old_id,
+        old_gen,
+        new_recipient,
+        generation,
+    } = *keys;
+    let age_path = v.secret_age_path(p);
+    let ct = fsutil::read(&age_path)?;
+    let meta = v.secret_meta(p).ok();
+    if let Some(m) = &meta {
+        if m.generation == generation && m.ciphertext_sha256 == crypto::sha256_hex(&ct) {
+            return Ok(None);
+        }
+    }
+    let value = match crypto::decrypt(&[new_id], &ct, &age_path) {
+        Ok(v) => v,
+        Err(_) => {
+            let old = old_id.ok_or_else(|| Error::Decrypt {
+                path: age_path.clone(),
+                reason: "it is encrypted to no key of this group".into(),
+            })?;
+            let m = meta.as_ref().ok_or_else(|| Error::UnsignedSecret {
+                path: p.to_string(),
+                reason: "its metadata file is missing or malformed".into(),
+            })?;
+            m.verify(
+                v.id(),
+                p,
+                &ct,
+                manifest,
+                &old_gen.into_iter().collect::<Vec<_>>(),
+            )?;
+            crypto::decrypt(&[old], &ct, &age_path)?
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let fields = meta.map(|m| m.fields()).unwrap_or(MetaFields {
+        created: now,
+        updated: now,
+        expires: None,
+        description: None,
+    });
+    let new_ct = crypto::encrypt(&[new_recipient], value.expose_secret())?;
+    let new_meta = SecretMeta::sign(fields, signing, v.id(), p, &new_ct, generation);
+    Ok(Some([
+        (age_path, new_ct),
+        (v.secret_meta_path(p), model::to_yaml(&new_meta)),
+    ]))
+}
