@@ -1,1 +1,20 @@
-fn main() {}
+//! The `agent-vault` binary: argument parsing and output. The work is in
+//! `agent-vault-core`.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod demo;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => output::report_error(&e),
+    }
+}

@@ -1,0 +1,167 @@
+//! The command line, defined once: help, man pages and shell completions are
+//! all generated from these types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Let AI agents use API keys, tokens and passwords without holding them.
+///
+/// Secrets are age-encrypted in a git repository; each agent gets exactly the
+/// access it needs: `read` (decrypt with its own key) or `use` (have the
+/// broker inject it, never seeing it).
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-vault",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The vault's directory (default: the nearest one at or above the current directory).
+    #[arg(long, global = true, value_name = "DIR", env = "AGENT_VAULT_DIR")]
+    pub vault: Option<PathBuf>,
+
+    /// Key file to open the vault with (default: AGENT_VAULT_KEY, then this vault's owner key).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a vault: git repository (if none), owner key, pre-commit hook, .gitignore lines.
+    Init {
+        /// Where to create it.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The owner's name in the manifest (default: $USER, or "owner").
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Add an agent: a new key pair, escrowed to the owners; the key file lands in $AGENT_VAULT_HOME.
+    AddAgent {
+        /// The agent's name: a-z, 0-9, '_' and '-'.
+        name: String,
+    },
+    /// Remove an agent; every group it could read is rotated.
+    RemoveAgent {
+        /// The agent.
+        name: String,
+    },
+    /// List agents and their grants.
+    ListAgents,
+    /// Give an agent a new key pair (lost or leaked key); groups it can read are rotated.
+    RecoverAgent {
+        /// The agent.
+        name: String,
+    },
+    /// Write an agent's private key, recovered from escrow, to a file (created 0600).
+    RestoreAgent {
+        /// The agent.
+        name: String,
+        /// The new key file; never overwritten.
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+    },
+    /// Set a secret from VALUE, --from-file, or standard input (bytes as given: no newline added or stripped).
+    Set(SetArgs),
+    /// Write a secret's value to standard output, exactly its bytes.
+    Get {
+        /// GROUP/NAME.
+        path: String,
+    },
+    /// List secrets: names and metadata, never values.
+    List {
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Remove a secret.
+    Rm {
+        /// GROUP/NAME.
+        path: String,
+    },
+    /// Import a dotenv file (KEY=VALUE lines) into a group: one lock, one commit.
+    Import {
+        /// The group.
+        group: String,
+        /// The dotenv file, or - for standard input.
+        file: PathBuf,
+    },
+    /// Grant an agent read (decrypt) or use (broker only) access to a group.
+    Grant {
+        /// The agent.
+        agent: String,
+        /// The group.
+        group: String,
+        /// read: the agent decrypts values; use: only the broker injects them.
+        #[arg(long, value_enum, default_value_t = ModeArg::Read)]
+        mode: ModeArg,
+    },
+    /// Revoke an agent's access to a group; rotates the group key and lists what to rotate upstream.
+    Revoke {
+        /// The agent.
+        agent: String,
+        /// The group.
+        group: String,
+    },
+    /// Rotate every group key and re-encrypt every secret.
+    Rekey {
+        /// Only show what would be re-encrypted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check signatures, expiry, orphaned and mismatched files, key permissions, unfinished operations.
+    Check,
+    /// Complete an interrupted operation and remove the debris of interrupted writes.
+    Repair,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one per command) into a directory.
+    Man {
+        /// The directory.
+        #[arg(default_value = "man")]
+        dir: PathBuf,
+    },
+    /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a grant, a read.
+    Demo,
+}
+
+/// Arguments of `set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// GROUP/NAME.
+    pub path: String,
+    /// The value (visible to other local users in the process list: prefer stdin or --from-file).
+    pub value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "value")]
+    pub from_file: Option<PathBuf>,
+    /// When it expires: a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or a span (90d, 12h).
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+    /// What the secret is for.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+/// Grant modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Decrypt with the agent's own key.
+    Read,
+    /// Injected by the broker; never seen.
+    Use,
+}
