@@ -14,6 +14,12 @@ pub struct Entry {
     pub value: zeroize::Zeroizing<Vec<u8>>,
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry({}=<redacted>)", self.key)
+    }
+}
+
 /// Parses a dotenv file.
 pub fn parse(input: &[u8]) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();

@@ -126,9 +126,6 @@ impl Error {
                 "pass `--key FILE` or set AGENT_VAULT_KEY (a key file's path or the key itself); \
                  owner keys are looked for in $AGENT_VAULT_HOME/keys/{vault_id}/owner.key"
             ),
-            Error::NotGranted { agent, group } => {
-                format!("an owner can run `agent-vault grant {agent} {group}`")
-            }
             Error::UseOnly { agent: _, group } => format!(
                 "values of group {group} reach this agent only through the broker \
                  (`agent-vault run`), never as plain text"
@@ -196,7 +193,10 @@ impl fmt::Display for Error {
                 "this needs an owner key, and the key given is an agent's"
             ),
             Error::NotGranted { agent, group } => {
-                write!(f, "{agent} is not granted group {group}")
+                write!(
+                    f,
+                    "{agent} is not granted group {group}: an owner can run `agent-vault grant {agent} {group}`"
+                )
             }
             Error::UseOnly { agent, group } => {
                 write!(f, "{agent} may use group {group} but not read it")

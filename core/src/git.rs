@@ -98,7 +98,9 @@ impl VaultRepo {
                     index_updates.push((rel, Some((oid, md))));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    update.remove(rel.as_str());
+                    if base_tree.get_path(Path::new(&rel)).is_ok() {
+                        update.remove(rel.as_str());
+                    }
                     index_updates.push((rel, None));
                 }
                 Err(e) => return Err(Error::io(p, e)),

@@ -1,0 +1,10 @@
+//! End-to-end tests of the `agent-vault` binary against real git, the real
+//! `age` CLI and real processes. One test binary for the workspace's CLI.
+
+mod harness;
+
+mod access;
+mod basics;
+mod faults;
+mod hook;
+mod interop;
