@@ -353,11 +353,7 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     .map(|e| format!("expires {}", e.strftime("%Y-%m-%d")))
                     .unwrap_or_default();
                 let desc = m.description.as_deref().unwrap_or("");
-                out.push_str(
-                    &format!("{:<40} {:<18} {desc}\n", i.path.to_string(), exp)
-                        .trim_end()
-                        .to_owned(),
-                );
+                out.push_str(format!("{:<40} {:<18} {desc}\n", i.path.to_string(), exp).trim_end());
                 out.push('\n');
             }
             Err(e) => out.push_str(&format!(

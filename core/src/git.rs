@@ -186,10 +186,10 @@ impl VaultRepo {
                 .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
             for d in diff.deltas() {
                 for f in [d.old_file(), d.new_file()] {
-                    if let Some(p) = f.path().and_then(Path::to_str) {
-                        if let Some(n) = p.strip_suffix(".age") {
-                            names.insert(n.to_owned());
-                        }
+                    if let Some(p) = f.path().and_then(Path::to_str)
+                        && let Some(n) = p.strip_suffix(".age")
+                    {
+                        names.insert(n.to_owned());
                     }
                 }
             }

@@ -82,11 +82,11 @@ impl<'v> Reader<'v> {
             generations: vec![entry.generation],
         };
         let next = vault.group_next_key_path(group);
-        if let Some(ct) = fsutil::read_optional(&next)? {
-            if let Ok(nid) = crypto::decrypt_identity(&[id], &ct, &next) {
-                keys.ids.push(nid);
-                keys.generations.push(entry.generation + 1);
-            }
+        if let Some(ct) = fsutil::read_optional(&next)?
+            && let Ok(nid) = crypto::decrypt_identity(&[id], &ct, &next)
+        {
+            keys.ids.push(nid);
+            keys.generations.push(entry.generation + 1);
         }
         Ok(keys)
     }

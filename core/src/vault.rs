@@ -235,10 +235,10 @@ impl Vault {
                     Ok(rd) => {
                         for e in rd {
                             let e = e.map_err(|e| Error::io(&secrets, e))?;
-                            if let Some(g) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
-                                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                                    v.push(g);
-                                }
+                            if let Some(g) = e.file_name().to_str().and_then(|n| n.parse().ok())
+                                && e.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                            {
+                                v.push(g);
                             }
                         }
                     }
@@ -266,10 +266,10 @@ impl Vault {
                     let ft = e.file_type().map_err(|err| Error::io(e.path(), err))?;
                     if ft.is_dir() {
                         stack.push((e.path(), format!("{prefix}{name}/")));
-                    } else if let Some(stem) = name.strip_suffix(".age") {
-                        if let Ok(p) = SecretPath::new(g.clone(), &format!("{prefix}{stem}")) {
-                            out.push(p);
-                        }
+                    } else if let Some(stem) = name.strip_suffix(".age")
+                        && let Ok(p) = SecretPath::new(g.clone(), &format!("{prefix}{stem}"))
+                    {
+                        out.push(p);
                     }
                 }
             }

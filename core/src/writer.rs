@@ -1,6 +1,6 @@
 //! Changing the vault. A [`Writer`] holds the vault's lock and an owner key.
 //! Each operation describes itself as a [`Txn`], writes it to the journal,
-//! and completes it with [`Writer::complete`] — the same code that finishes
+//! and completes it with `Writer::complete` — the same code that finishes
 //! a half-finished operation after a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -526,15 +526,13 @@ impl<'v> Writer<'v> {
             .map(|p| p.to_string())
             .collect();
         let mut in_history = Vec::new();
-        if could_read {
-            if let Some(repo) = &self.repo {
-                let dir = self.vault.group_dir(group);
-                let cur: BTreeSet<&String> = current.iter().collect();
-                for name in repo.names_in_history(&dir)? {
-                    let p = format!("{group}/{name}");
-                    if !cur.contains(&p) {
-                        in_history.push(p);
-                    }
+        if could_read && let Some(repo) = &self.repo {
+            let dir = self.vault.group_dir(group);
+            let cur: BTreeSet<&String> = current.iter().collect();
+            for name in repo.names_in_history(&dir)? {
+                let p = format!("{group}/{name}");
+                if !cur.contains(&p) {
+                    in_history.push(p);
                 }
             }
         }
@@ -567,10 +565,10 @@ impl<'v> Writer<'v> {
         for (p, meta) in &txn.metas {
             let age = v.secret_age_path(p);
             let metap = v.secret_meta_path(p);
-            if let Some(ct) = fsutil::read_optional(&age)? {
-                if crypto::sha256_hex(&ct) == meta.ciphertext_sha256 {
-                    batch.write(&metap, &model::to_yaml(meta))?;
-                }
+            if let Some(ct) = fsutil::read_optional(&age)?
+                && crypto::sha256_hex(&ct) == meta.ciphertext_sha256
+            {
+                batch.write(&metap, &model::to_yaml(meta))?;
             }
             touched.push(age);
             touched.push(metap);
@@ -664,7 +662,7 @@ impl<'v> Writer<'v> {
         let new_recipient: Recipient = rot.recipient.parse()?;
         let paths = v.secret_paths(Some(g))?;
         let (signing, manifest) = (&self.signing, &self.manifest);
-        let rewritten: Vec<Option<[(PathBuf, Vec<u8>); 2]>> = paths
+        let rewritten: Vec<Option<RewrittenSecret>> = paths
             .par_iter()
             .map(|p| {
                 let keys = RotationKeys {
@@ -719,6 +717,9 @@ fn remove_empty_dirs(file: &Path, stop: &Path) {
     }
 }
 
+/// A secret's two rewritten files: `.age` and `.meta.yaml`, with their contents.
+type RewrittenSecret = [(PathBuf, Vec<u8>); 2];
+
 /// The keys of one group rotation.
 #[derive(Clone, Copy)]
 struct RotationKeys<'a> {
@@ -739,7 +740,7 @@ fn reencrypt(
     manifest: &Manifest,
     keys: &RotationKeys<'_>,
     p: &SecretPath,
-) -> Result<Option<[(PathBuf, Vec<u8>); 2]>> {
+) -> Result<Option<RewrittenSecret>> {
     let RotationKeys {
         new_id,
         old_id,
@@ -750,10 +751,11 @@ fn reencrypt(
     let age_path = v.secret_age_path(p);
     let ct = fsutil::read(&age_path)?;
     let meta = v.secret_meta(p).ok();
-    if let Some(m) = &meta {
-        if m.generation == generation && m.ciphertext_sha256 == crypto::sha256_hex(&ct) {
-            return Ok(None);
-        }
+    if let Some(m) = &meta
+        && m.generation == generation
+        && m.ciphertext_sha256 == crypto::sha256_hex(&ct)
+    {
+        return Ok(None);
     }
     let value = match crypto::decrypt(&[new_id], &ct, &age_path) {
         Ok(v) => v,

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `agent-vault` binary against real git, the real
 //! `age` CLI and real processes. One test binary for the workspace's CLI.
 
+#![allow(clippy::unwrap_used)]
+
 mod harness;
 
 mod access;
