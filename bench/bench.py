@@ -6,13 +6,16 @@ around subprocess.run, N runs each, and prints medians in ms.  Commands that
 change state (set, grant, revoke, import) get a fresh secret / agent / vault
 on every timed run, so no run is a no-op.  Where two things are compared
 (get vs `age -d`, grant on 10k vs on 100, ours vs 0.1.0) the runs are
-interleaved, so drift on the machine hits both sides alike.
+interleaved, so drift on the machine hits both sides alike.  Before every
+command that writes, os.sync() runs untimed: the tool calls syncfs, which would
+otherwise also pay for whatever the benchmark itself wrote just before.
 """
 
 import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -22,6 +25,8 @@ import time
 BIG = 10_000
 SMALL = 100
 OLD_N = 1_000
+BUSY_PCT = 5
+MUTATING = {"set", "import", "grant", "revoke", "add-agent", "init"}
 
 
 class Bench:
@@ -32,6 +37,11 @@ class Bench:
         self.work = args.work
         self.log = open(args.log, "a", encoding="utf-8")
         self.results = {}  # key -> list of ms
+        self.foreign = {}  # key -> other processes' CPU-s during each run
+        self.last_foreign = 0.0
+        self._cpu_mark = self.cpu_seconds()
+        self.foreign_total = 0.0
+        self.t_start = time.perf_counter()
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith("AGENT_VAULT_")}
         self.env_ours = dict(base, AGENT_VAULT_HOME=os.path.join(self.work, "home-ours"))
@@ -40,19 +50,47 @@ class Bench:
         os.makedirs(self.env_old["HOME"], exist_ok=True)
 
     # ---- running -------------------------------------------------------
+    @staticmethod
+    def cpu_seconds():
+        """(CPU-seconds the whole machine spent busy, CPU-seconds we and our
+        children spent): their difference is other processes' load."""
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0))
+        busy /= os.sysconf("SC_CLK_TCK")
+        ours = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            r = resource.getrusage(who)
+            ours += r.ru_utime + r.ru_stime
+        return busy, ours
+
+    def foreign_cpu(self):
+        """CPU-seconds used by other processes since the last call."""
+        busy, ours = self.cpu_seconds()
+        b0, o0 = self._cpu_mark
+        self._cpu_mark = (busy, ours)
+        d = max(0.0, (busy - b0) - (ours - o0))
+        self.foreign_total += d
+        return d
+
     def say(self, msg):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        other = self.foreign_cpu()
+        line = (f"[{time.strftime('%H:%M:%S')} other procs {other:5.1f} cpu-s] {msg}")
         print(line, flush=True)
         self.log.write(line + "\n")
         self.log.flush()
 
     def run(self, cmd, *, cwd, env, stdin=None, capture=False):
         """Run once, fail loudly on a non-zero exit. Returns (ms, stdout)."""
+        c0 = self.cpu_seconds()
         t0 = time.perf_counter()
         p = subprocess.run(cmd, cwd=cwd, env=env, input=stdin,
                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
         ms = (time.perf_counter() - t0) * 1000.0
+        c1 = self.cpu_seconds()
+        # other processes' CPU-seconds while this command ran (tick-granular)
+        self.last_foreign = max(0.0, (c1[0] - c0[0]) - (c1[1] - c0[1]))
         if p.returncode != 0:
             self.log.write(f"FAILED ({p.returncode}): {cmd}\n{p.stderr.decode(errors='replace')}\n")
             self.log.flush()
@@ -61,13 +99,28 @@ class Bench:
         return ms, (p.stdout if capture else None)
 
     def ours_cmd(self, vault, *a, stdin=None, capture=False):
+        if a and a[0] in MUTATING:
+            # The tool syncs the filesystem (syncfs) on writes: flush the
+            # benchmark's own earlier writes first, untimed, so each run pays
+            # only for its own data.
+            os.sync()
         return self.run([self.ours, *a], cwd=vault, env=self.env_ours, stdin=stdin, capture=capture)
 
     def old_cmd(self, vault, *a, stdin=None, capture=False):
+        if a and a[0] in MUTATING:
+            os.sync()
         return self.run([self.old, *a], cwd=vault, env=self.env_old, stdin=stdin, capture=capture)
 
     def record(self, key, ms):
         self.results.setdefault(key, []).append(ms)
+        self.foreign.setdefault(key, []).append(self.last_foreign)
+
+    def busy_pct(self, key):
+        """Share of the machine other processes used during this figure's runs."""
+        ms, fc = self.results.get(key), self.foreign.get(key)
+        if not ms or not fc:
+            return None
+        return sum(fc) / (sum(ms) / 1000.0 * (os.cpu_count() or 1)) * 100
 
     def med(self, key):
         v = self.results.get(key)
@@ -97,6 +150,7 @@ class Bench:
         env10k = self.dotenv(BIG)
         runs = self.args.import_runs
         main = None
+        spare = []
         for r in range(runs):
             vault, owner_key = self.new_vault(f"v10k-{r}")
             ms, _ = self.ours_cmd(vault, "import", "big", env10k)
@@ -105,7 +159,8 @@ class Bench:
             if main is None:
                 main = (vault, owner_key)
             else:
-                shutil.rmtree(vault)  # keep disk use down; the first is the 10k vault
+                spare.append(vault)
+        self.spare_vaults = spare  # deleted at the end, not between timed runs
         vault, owner_key = main
         self.ours_cmd(vault, "import", "small", self.dotenv(SMALL, "SMALL"))
         return vault, owner_key
@@ -264,7 +319,9 @@ class Bench:
             v = self.results.get(key) or []
             if not v:
                 return "-", "-", "-"
-            return f(statistics.median(v)), f"{f(min(v))}..{f(max(v))}", str(len(v))
+            b = self.busy_pct(key)
+            n = str(len(v)) + (f" *{b:.0f}%" if b is not None and b > BUSY_PCT else "")
+            return f(statistics.median(v)), f"{f(min(v))}..{f(max(v))}", n
 
         rows = []  # (figure, median, range, n, target, result)
         verdicts = []
@@ -336,8 +393,11 @@ class Bench:
             for op, label in (("get", "get (owner key)"), ("set", "set one secret"),
                               ("grant", "grant (new agent)"), ("revoke", "revoke")):
                 a, b = self.med(f"cmp_{op}_ours"), self.med(f"cmp_{op}_old")
-                rows2.append((label, f(a), f(b), f"{a / b:.2f}x" if a and b else "-",
-                              str(len(self.results.get(f"cmp_{op}_ours", [])))))
+                n = str(len(self.results.get(f"cmp_{op}_ours", [])))
+                busy = [self.busy_pct(f"cmp_{op}_{w}") or 0 for w in ("ours", "old")]
+                if max(busy) > BUSY_PCT:
+                    n += f" *{max(busy):.0f}%"
+                rows2.append((label, f(a), f(b), f"{a / b:.2f}x" if a and b else "-", n))
             w2 = [max(len(r[i]) for r in rows2 + [h2]) for i in range(5)]
             out.append("  ".join(h.ljust(w2[i]) if i == 0 else h.rjust(w2[i])
                                  for i, h in enumerate(h2)))
@@ -346,6 +406,14 @@ class Bench:
                 out.append("  ".join(c.ljust(w2[i]) if i == 0 else c.rjust(w2[i])
                                      for i, c in enumerate(r)))
         out.append("")
+        out.append(f"n *P%: other processes used P% of the machine during that figure's "
+                   f"runs (flagged above {BUSY_PCT}%): treat it as inflated")
+        wall = time.perf_counter() - self.t_start
+        share = self.foreign_total / (wall * (os.cpu_count() or 1)) * 100
+        out.append(f"other processes used {self.foreign_total:.1f} CPU-s during the "
+                   f"{wall:.0f} s run ({share:.0f}% of the machine)"
+                   + ("  ** WARNING: the machine was busy; figures are inflated **"
+                      if share > BUSY_PCT else ""))
         npass = sum(verdicts)
         out.append(f"targets: {npass} passed, {len(verdicts) - npass} failed")
         text = "\n".join(out)
@@ -366,7 +434,7 @@ def main():
     ap.add_argument("--get-runs", type=int, default=40)
     ap.add_argument("--list-runs", type=int, default=10)
     ap.add_argument("--set-runs", type=int, default=15)
-    ap.add_argument("--import-runs", type=int, default=3)
+    ap.add_argument("--import-runs", type=int, default=5)
     ap.add_argument("--grant-runs", type=int, default=9)
     ap.add_argument("--revoke-runs", type=int, default=3)
     ap.add_argument("--cmp-grant-runs", type=int, default=5)
@@ -395,7 +463,9 @@ def main():
             b.bench_vs_old()
     except SystemExit as e:  # a command failed: still print what was measured
         failure = str(e)
-    b.say(f"benchmark phases took {time.perf_counter() - t0:.0f} s")
+    b.say(f"benchmark phases took {time.perf_counter() - t0:.0f} s (other procs: cpu-s since the previous line)")
+    for v in getattr(b, "spare_vaults", []):
+        shutil.rmtree(v, ignore_errors=True)
     ok = b.report()
     if failure:
         print(f"\nABORTED: {failure}", file=sys.stderr)

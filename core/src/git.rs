@@ -11,6 +11,25 @@ use git2::{FileMode, IndexEntry, IndexTime, Oid, Repository, Signature, build::T
 
 use crate::error::{Error, Result};
 
+/// libgit2 re-reads and re-hashes every object it references while
+/// creating a tree or commit, and re-hashes every object it reads. Our own
+/// commits reference objects we have just written, and nothing we trust
+/// rests on git's hashes (values carry owner signatures), so both checks
+/// only cost time: a 10,000-entry tree is re-hashed on every commit.
+fn tune_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        git2::opts::strict_object_creation(false);
+        git2::opts::strict_hash_verification(false);
+    });
+}
+
+/// One path's new index entry (blob id and file metadata), or its removal.
+type IndexUpdate = (String, Option<(Oid, std::fs::Metadata)>);
+
+/// Commits of more files than this are written to git as one pack.
+const PACK_THRESHOLD: usize = 64;
+
 /// A vault's git repository.
 pub struct VaultRepo {
     repo: Repository,
@@ -20,6 +39,7 @@ pub struct VaultRepo {
 impl VaultRepo {
     /// Opens the repository containing `dir`, if there is one.
     pub fn discover(dir: &Path) -> Result<Option<Self>> {
+        tune_libgit2();
         let repo = match Repository::discover(dir) {
             Ok(r) => r,
             Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
@@ -34,6 +54,7 @@ impl VaultRepo {
 
     /// Creates a repository at `dir`.
     pub fn init(dir: &Path) -> Result<Self> {
+        tune_libgit2();
         let repo = Repository::init(dir)?;
         let workdir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         Ok(VaultRepo { repo, workdir })
@@ -79,52 +100,141 @@ impl VaultRepo {
                 self.repo.find_tree(oid)?
             }
         };
+        let t = crate::trace::phase("git: blobs");
         let odb = self.repo.odb()?;
+        // A large commit goes into git as one pack instead of a loose file per
+        // object: creating tens of thousands of small files is what costs.
+        let mempack = if paths.len() > PACK_THRESHOLD {
+            Some(odb.add_new_mempack_backend(1000)?)
+        } else {
+            None
+        };
         let mut update = TreeUpdateBuilder::new();
-        let mut index_updates: Vec<(String, Option<(Oid, std::fs::Metadata)>)> = Vec::new();
-        for p in paths {
-            let rel = p
-                .strip_prefix(&self.workdir)
-                .map_err(|_| Error::Git(format!("{} is outside the repository", p.display())))?;
-            let rel = rel
-                .to_str()
-                .ok_or_else(|| Error::Git(format!("{} is not UTF-8", rel.display())))?
-                .to_owned();
-            match std::fs::read(p) {
-                Ok(bytes) => {
-                    let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        let mut index_updates: Vec<IndexUpdate> = Vec::new();
+        // Read the files on every core; libgit2's object database is fed
+        // from this thread.
+        use rayon::prelude::*;
+        let workdir = &self.workdir;
+        let files: Vec<(String, Option<(Vec<u8>, std::fs::Metadata)>)> = paths
+            .par_iter()
+            .map(|p| {
+                let rel = p
+                    .strip_prefix(workdir)
+                    .ok()
+                    .and_then(Path::to_str)
+                    .ok_or_else(|| {
+                        Error::Git(format!(
+                            "{} is outside the repository or not UTF-8",
+                            p.display()
+                        ))
+                    })?
+                    .to_owned();
+                match std::fs::read(p) {
+                    Ok(bytes) => {
+                        let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+                        Ok((rel, Some((bytes, md))))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((rel, None)),
+                    Err(e) => Err(Error::io(p, e)),
+                }
+            })
+            .collect::<Result<_>>()?;
+        for (rel, file) in files {
+            match file {
+                Some((bytes, md)) => {
                     let oid = odb.write(git2::ObjectType::Blob, &bytes)?;
                     update.upsert(rel.as_str(), oid, FileMode::Blob);
                     index_updates.push((rel, Some((oid, md))));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                None => {
                     if base_tree.get_path(Path::new(&rel)).is_ok() {
                         update.remove(rel.as_str());
                     }
                     index_updates.push((rel, None));
                 }
-                Err(e) => return Err(Error::io(p, e)),
             }
         }
-        let tree_oid = update.create_updated(&self.repo, &base_tree)?;
+        drop(t);
+        // The index (the user's, rewritten whole by libgit2) and the new tree
+        // are independent: build them on both cores at once.
+        let git_dir = self.repo.path().to_owned();
+        std::thread::scope(|scope| {
+            let index = scope.spawn(|| Self::update_index(&git_dir, &index_updates));
+            let committed = self.commit_tree(
+                &odb,
+                mempack.as_ref(),
+                update,
+                head.as_ref(),
+                &base_tree,
+                message,
+            );
+            let indexed = index
+                .join()
+                .unwrap_or_else(|_| Err(Error::Git("updating the index failed".into())));
+            let committed = committed?;
+            indexed?;
+            Ok(committed)
+        })
+    }
+
+    fn commit_tree(
+        &self,
+        odb: &git2::Odb<'_>,
+        mempack: Option<&git2::Mempack<'_>>,
+        mut update: TreeUpdateBuilder,
+        head: Option<&git2::Commit<'_>>,
+        base_tree: &git2::Tree<'_>,
+        message: &str,
+    ) -> Result<Option<Oid>> {
+        let t = crate::trace::phase("git: tree and commit");
+        let tree_oid = update.create_updated(&self.repo, base_tree)?;
         if head.is_some() && tree_oid == base_tree.id() {
+            if let Some(m) = mempack {
+                m.reset()?;
+            }
             return Ok(None);
         }
         let tree = self.repo.find_tree(tree_oid)?;
         let sig = self.signature()?;
-        let parents: Vec<&git2::Commit> = head.iter().collect();
+        let parents: Vec<&git2::Commit> = head.into_iter().collect();
+        // The commit object first; HEAD moves only once every object is on disk.
         let oid = self
             .repo
-            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?;
-        self.update_index(&index_updates)?;
+            .commit(None, &sig, &sig, message, &tree, &parents)?;
+        drop(t);
+        if let Some(m) = mempack {
+            let _t = crate::trace::phase("git: pack");
+            let mut buf = git2::Buf::new();
+            m.dump(&self.repo, &mut buf)?;
+            let mut writer = odb.packwriter()?;
+            std::io::Write::write_all(&mut writer, &buf)
+                .map_err(|e| Error::Git(format!("cannot write pack: {e}")))?;
+            writer.commit()?;
+            m.reset()?;
+        }
+        self.move_head(oid, message)?;
         Ok(Some(oid))
+    }
+
+    /// Points HEAD (through the branch it names, if any) at `oid`.
+    fn move_head(&self, oid: Oid, message: &str) -> Result<()> {
+        let head = self.repo.find_reference("HEAD")?;
+        match head.symbolic_target()? {
+            Some(branch) => {
+                self.repo.reference(branch, oid, true, message)?;
+            }
+            None => self.repo.set_head_detached(oid)?,
+        }
+        Ok(())
     }
 
     /// Brings the index entries of our paths in line with the new commit,
     /// leaving every other entry (the user's staged work) untouched.
-    fn update_index(&self, updates: &[(String, Option<(Oid, std::fs::Metadata)>)]) -> Result<()> {
+    fn update_index(git_dir: &Path, updates: &[IndexUpdate]) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let mut index = self.repo.index()?;
+        let _t = crate::trace::phase("git: index");
+        let repo = Repository::open(git_dir)?;
+        let mut index = repo.index()?;
         for (rel, entry) in updates {
             match entry {
                 None => {

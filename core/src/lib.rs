@@ -28,6 +28,7 @@ pub mod keystore;
 pub mod model;
 pub mod names;
 pub mod reader;
+pub mod trace;
 pub mod vault;
 pub mod writer;
 

@@ -142,6 +142,10 @@ impl Vault {
     pub(crate) fn local_dir(&self) -> PathBuf {
         self.dir.join(LOCAL_DIR)
     }
+    /// Spare files that bulk writes reuse instead of creating new ones.
+    pub(crate) fn pool_dir(&self) -> PathBuf {
+        self.local_dir().join("spare")
+    }
     pub(crate) fn journal_path(&self) -> PathBuf {
         self.local_dir().join("journal.json")
     }

@@ -217,6 +217,7 @@ impl<'v> Writer<'v> {
             .iter()
             .map(|(p, _, m)| (p.clone(), m.clone()))
             .collect();
+        let _t = crate::trace::phase("set: journal and ciphertext");
         txn.write(&self.vault.journal_path())?;
         if let [(p, ct, _)] = sealed.as_slice() {
             let path = self.vault.secret_age_path(p);
@@ -225,7 +226,7 @@ impl<'v> Writer<'v> {
             }
             fsutil::write_atomic(&path, ct, fsutil::PUBLIC_FILE)?;
         } else {
-            let mut batch = Batch::new();
+            let mut batch = Batch::with_pool(&self.vault.pool_dir())?;
             batch.write_all(
                 sealed
                     .into_iter()
@@ -234,6 +235,7 @@ impl<'v> Writer<'v> {
             )?;
             batch.commit(self.vault.dir())?;
         }
+        drop(_t);
         self.complete(txn)
     }
 
@@ -561,21 +563,28 @@ impl<'v> Writer<'v> {
         let mut touched: Vec<PathBuf> = Vec::new();
 
         // 1. Metadata of new values, once their ciphertext is in place.
-        let mut batch = Batch::new();
-        for (p, meta) in &txn.metas {
-            let age = v.secret_age_path(p);
-            let metap = v.secret_meta_path(p);
-            if let Some(ct) = fsutil::read_optional(&age)?
-                && crypto::sha256_hex(&ct) == meta.ciphertext_sha256
-            {
-                batch.write(&metap, &model::to_yaml(meta))?;
-            }
-            touched.push(age);
-            touched.push(metap);
+        let t = crate::trace::phase("complete: metadata");
+        let ready: Vec<Option<(PathBuf, Vec<u8>)>> = txn
+            .metas
+            .par_iter()
+            .map(|(p, meta)| {
+                let ct = fsutil::read_optional(&v.secret_age_path(p))?;
+                Ok(ct
+                    .filter(|ct| crypto::sha256_hex(ct) == meta.ciphertext_sha256)
+                    .map(|_| (v.secret_meta_path(p), model::to_yaml(meta))))
+            })
+            .collect::<Result<_>>()?;
+        for (p, _) in &txn.metas {
+            touched.push(v.secret_age_path(p));
+            touched.push(v.secret_meta_path(p));
         }
+        let mut batch = Batch::with_pool(&v.pool_dir())?;
+        batch.write_all(ready.into_iter().flatten().collect())?;
         batch.commit(v.dir())?;
+        drop(t);
 
         // 2. Rotations.
+        let _t = crate::trace::phase("complete: rotations");
         for rot in &txn.rotate {
             touched.extend(self.complete_rotation(rot)?);
         }
@@ -622,6 +631,7 @@ impl<'v> Writer<'v> {
         }
 
         // 6. One commit of exactly these files.
+        let _t = crate::trace::phase("complete: git commit");
         if let Some(repo) = &self.repo {
             touched.sort();
             touched.dedup();
@@ -662,6 +672,7 @@ impl<'v> Writer<'v> {
         let new_recipient: Recipient = rot.recipient.parse()?;
         let paths = v.secret_paths(Some(g))?;
         let (signing, manifest) = (&self.signing, &self.manifest);
+        let t = crate::trace::phase("rotation: re-encrypt");
         let rewritten: Vec<Option<RewrittenSecret>> = paths
             .par_iter()
             .map(|p| {
@@ -675,6 +686,8 @@ impl<'v> Writer<'v> {
                 reencrypt(v, signing, manifest, &keys, p)
             })
             .collect::<Result<_>>()?;
+        drop(t);
+        let _t = crate::trace::phase("rotation: write batch");
         let mut files = Vec::new();
         for (p, r) in paths.iter().zip(rewritten) {
             touched.push(v.secret_age_path(p));
@@ -684,7 +697,7 @@ impl<'v> Writer<'v> {
                 files.push(m);
             }
         }
-        let mut batch = Batch::new();
+        let mut batch = Batch::with_pool(&self.vault.pool_dir())?;
         batch.write_all(files)?;
         batch.commit(v.dir())?;
         std::fs::rename(&next_path, &key_path).map_err(|e| Error::io(&key_path, e))?;
@@ -757,26 +770,22 @@ fn reencrypt(
     {
         return Ok(None);
     }
-    let value = match crypto::decrypt(&[new_id], &ct, &age_path) {
-        Ok(v) => v,
-        Err(_) => {
-            let old = old_id.ok_or_else(|| Error::Decrypt {
-                path: age_path.clone(),
-                reason: "it is encrypted to no key of this group".into(),
-            })?;
-            let m = meta.as_ref().ok_or_else(|| Error::UnsignedSecret {
-                path: p.to_string(),
-                reason: "its metadata file is missing or malformed".into(),
-            })?;
-            m.verify(
-                v.id(),
-                p,
-                &ct,
-                manifest,
-                &old_gen.into_iter().collect::<Vec<_>>(),
-            )?;
-            crypto::decrypt(&[old], &ct, &age_path)?
+    // The usual case: a value signed at the old generation. Otherwise the
+    // file must open with the new key, which only this rotation has used.
+    let signed_old = match (&meta, old_id, old_gen) {
+        (Some(m), Some(old), Some(gen_))
+            if m.generation == gen_ && m.verify(v.id(), p, &ct, manifest, &[gen_]).is_ok() =>
+        {
+            Some(crypto::decrypt(&[old], &ct, &age_path)?)
         }
+        _ => None,
+    };
+    let value = match signed_old {
+        Some(value) => value,
+        None => crypto::decrypt(&[new_id], &ct, &age_path).map_err(|_| Error::UnsignedSecret {
+            path: p.to_string(),
+            reason: "it is neither signed at the group's current generation nor encrypted to its new key".into(),
+        })?,
     };
     let now = jiff::Timestamp::now();
     let fields = meta.map(|m| m.fields()).unwrap_or(MetaFields {
