@@ -122,20 +122,11 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
 /// many inodes is what costs most on some file systems (ext4 without a
 /// journal scans recently freed inodes on every creation), while reusing
 /// them costs a truncate.
+#[derive(Default)]
 pub struct Batch {
     staged: Vec<(PathBuf, PathBuf)>,
     pool: Vec<PathBuf>,
     pool_dir: Option<PathBuf>,
-}
-
-impl Default for Batch {
-    fn default() -> Self {
-        Batch {
-            staged: Vec::new(),
-            pool: Vec::new(),
-            pool_dir: None,
-        }
-    }
 }
 
 impl Batch {

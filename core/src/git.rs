@@ -24,6 +24,9 @@ fn tune_libgit2() {
     });
 }
 
+/// A file's contents and metadata as the commit takes them.
+type FileNow = (Vec<u8>, std::fs::Metadata);
+
 /// One path's new index entry (blob id and file metadata), or its removal.
 type IndexUpdate = (String, Option<(Oid, std::fs::Metadata)>);
 
@@ -102,20 +105,13 @@ impl VaultRepo {
         };
         let t = crate::trace::phase("git: blobs");
         let odb = self.repo.odb()?;
-        // A large commit goes into git as one pack instead of a loose file per
-        // object: creating tens of thousands of small files is what costs.
-        let mempack = if paths.len() > PACK_THRESHOLD {
-            Some(odb.add_new_mempack_backend(1000)?)
-        } else {
-            None
-        };
         let mut update = TreeUpdateBuilder::new();
         let mut index_updates: Vec<IndexUpdate> = Vec::new();
         // Read the files on every core; libgit2's object database is fed
         // from this thread.
         use rayon::prelude::*;
         let workdir = &self.workdir;
-        let files: Vec<(String, Option<(Vec<u8>, std::fs::Metadata)>)> = paths
+        let files: Vec<(String, Option<FileNow>)> = paths
             .par_iter()
             .map(|p| {
                 let rel = p
@@ -139,10 +135,27 @@ impl VaultRepo {
                 }
             })
             .collect::<Result<_>>()?;
+        // A large commit goes into git as one pack instead of a loose file
+        // per object: creating tens of thousands of small files is what costs.
+        let present: Vec<&[u8]> = files
+            .iter()
+            .filter_map(|(_, f)| f.as_ref().map(|(b, _)| b.as_slice()))
+            .collect();
+        let mut oids = if present.len() > PACK_THRESHOLD {
+            crate::gitpack::write_blobs(&odb, &present)?
+        } else {
+            present
+                .into_iter()
+                .map(|b| odb.write(git2::ObjectType::Blob, b))
+                .collect::<std::result::Result<_, _>>()?
+        }
+        .into_iter();
         for (rel, file) in files {
             match file {
-                Some((bytes, md)) => {
-                    let oid = odb.write(git2::ObjectType::Blob, &bytes)?;
+                Some((_, md)) => {
+                    let oid = oids
+                        .next()
+                        .ok_or_else(|| Error::Git("lost a blob id".into()))?;
                     update.upsert(rel.as_str(), oid, FileMode::Blob);
                     index_updates.push((rel, Some((oid, md))));
                 }
@@ -160,14 +173,7 @@ impl VaultRepo {
         let git_dir = self.repo.path().to_owned();
         std::thread::scope(|scope| {
             let index = scope.spawn(|| Self::update_index(&git_dir, &index_updates));
-            let committed = self.commit_tree(
-                &odb,
-                mempack.as_ref(),
-                update,
-                head.as_ref(),
-                &base_tree,
-                message,
-            );
+            let committed = self.commit_tree(update, head.as_ref(), &base_tree, message);
             let indexed = index
                 .join()
                 .unwrap_or_else(|_| Err(Error::Git("updating the index failed".into())));
@@ -179,8 +185,6 @@ impl VaultRepo {
 
     fn commit_tree(
         &self,
-        odb: &git2::Odb<'_>,
-        mempack: Option<&git2::Mempack<'_>>,
         mut update: TreeUpdateBuilder,
         head: Option<&git2::Commit<'_>>,
         base_tree: &git2::Tree<'_>,
@@ -189,43 +193,16 @@ impl VaultRepo {
         let t = crate::trace::phase("git: tree and commit");
         let tree_oid = update.create_updated(&self.repo, base_tree)?;
         if head.is_some() && tree_oid == base_tree.id() {
-            if let Some(m) = mempack {
-                m.reset()?;
-            }
             return Ok(None);
         }
         let tree = self.repo.find_tree(tree_oid)?;
         let sig = self.signature()?;
         let parents: Vec<&git2::Commit> = head.into_iter().collect();
-        // The commit object first; HEAD moves only once every object is on disk.
         let oid = self
             .repo
-            .commit(None, &sig, &sig, message, &tree, &parents)?;
+            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?;
         drop(t);
-        if let Some(m) = mempack {
-            let _t = crate::trace::phase("git: pack");
-            let mut buf = git2::Buf::new();
-            m.dump(&self.repo, &mut buf)?;
-            let mut writer = odb.packwriter()?;
-            std::io::Write::write_all(&mut writer, &buf)
-                .map_err(|e| Error::Git(format!("cannot write pack: {e}")))?;
-            writer.commit()?;
-            m.reset()?;
-        }
-        self.move_head(oid, message)?;
         Ok(Some(oid))
-    }
-
-    /// Points HEAD (through the branch it names, if any) at `oid`.
-    fn move_head(&self, oid: Oid, message: &str) -> Result<()> {
-        let head = self.repo.find_reference("HEAD")?;
-        match head.symbolic_target()? {
-            Some(branch) => {
-                self.repo.reference(branch, oid, true, message)?;
-            }
-            None => self.repo.set_head_detached(oid)?,
-        }
-        Ok(())
     }
 
     /// Brings the index entries of our paths in line with the new commit,

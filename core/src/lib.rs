@@ -22,6 +22,7 @@ pub mod dotenv;
 pub mod error;
 pub mod fsutil;
 pub mod git;
+mod gitpack;
 pub mod init;
 pub mod journal;
 pub mod keystore;
