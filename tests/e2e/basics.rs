@@ -215,3 +215,44 @@ fn demo_runs_end_to_end() {
     let out = env.ok(&["demo"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo complete"));
 }
+
+#[test]
+fn check_reports_expiry_orphans_mismatches_and_permissions() {
+    let env = Env::new();
+    env.ok(&["set", "g/fresh", "1", "--expires", "2099-01-01"]);
+    env.ok(&["set", "g/soon", "2", "--expires", "10d"]);
+    env.ok(&["set", "g/old", "3", "--expires", "2001-01-01T00:00:00Z"]);
+    env.add_agent("bot");
+    let d = env.vault.join(".agent-vault");
+    std::fs::create_dir_all(d.join("secrets/g/deep/er")).unwrap();
+    std::fs::write(d.join("secrets/g/deep/er/stray.txt"), "x").unwrap();
+    std::fs::write(d.join("secrets/g/deep/er/lonely.meta.yaml"), "x").unwrap();
+    std::fs::create_dir_all(d.join("secrets/nogroup")).unwrap();
+    std::fs::write(d.join("agents/bot/public.key"), "age1qqqq\n").unwrap();
+    let key = env.owner_key();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = env.run(&["check", "--json"], b"");
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    let has = |kind: &str, subject: &str| {
+        findings
+            .iter()
+            .any(|f| f["kind"] == kind && f["subject"].as_str().unwrap().contains(subject))
+    };
+    assert!(has("expired", "g/old"), "{findings:#?}");
+    assert!(has("expiring", "g/soon"));
+    assert!(!has("expiring", "g/fresh") && !has("expired", "g/fresh"));
+    assert!(has("orphan", "deep/er/stray.txt"));
+    assert!(has("orphan", "lonely.meta.yaml"));
+    assert!(has("orphan", "secrets/nogroup"));
+    assert!(has("mismatch", "agents/bot/public.key"));
+    assert!(has("loose-permissions", "owner.key"));
+    assert_eq!(v["secrets"], 3);
+    // The text form says the same, one line each, and exits non-zero.
+    let out = env.run(&["check"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("error: [expired] g/old"), "{text}");
+    assert!(!out.status.success());
+}

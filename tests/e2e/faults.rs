@@ -231,6 +231,11 @@ fn crash_env(n: usize) -> (Env, BTreeMap<String, Vec<Vec<u8>>>) {
 
 fn after_crash(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>>>) {
     owner_can_decrypt_everything(env, expect);
+    if env.vault.join(".agent-vault/.local/journal.json").exists() {
+        let out = env.run(&["check"], b"");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("[half-finished]"));
+    }
     // The next command completes whatever was half-done.
     env.ok(&["repair"]);
     let out = env.run(&["check"], b"");
