@@ -314,3 +314,42 @@ fn kill_9_during_import() {
     }
     assert!(interrupted > 0);
 }
+
+#[test]
+fn manifest_resigned_by_a_stranger_is_refused() {
+    use agent_vault_core::model::{Manifest, ManifestSig, OwnerEntry};
+    let env = Env::new();
+    env.set("stripe/key", b"sk");
+    let bot = env.add_agent("bot");
+    env.ok(&["grant", "bot", "stripe"]);
+    // The agent's machine opens the vault once: it pins the owner's key.
+    assert_eq!(env.get_as(&bot, "stripe/key").stdout, b"sk");
+    // Someone with push access makes themselves an owner and signs with their own key.
+    let m_path = env.vault.join(".agent-vault/manifest.yaml");
+    let mut m: Manifest = serde_yaml_from(&std::fs::read(&m_path).unwrap());
+    let mallory = Identity::generate();
+    let name: agent_vault_core::OwnerName = "mallory".parse().unwrap();
+    m.owners.insert(
+        name.clone(),
+        OwnerEntry {
+            recipient: mallory.recipient().to_string(),
+            signing_key: mallory.signing_key().public(),
+        },
+    );
+    let bytes = agent_vault_core::model::to_yaml(&m);
+    let sig = ManifestSig::sign(&name, &mallory.signing_key(), &env.vault_id(), &bytes, b"");
+    std::fs::write(&m_path, &bytes).unwrap();
+    std::fs::write(
+        env.vault.join(".agent-vault/manifest.sig"),
+        agent_vault_core::model::to_yaml(&sig),
+    )
+    .unwrap();
+    let err = stderr(&env.get_as(&bot, "stripe/key"));
+    assert!(err.contains("never trusted"), "{err}");
+    let err = env.fail(&["set", "stripe/key", "x"]);
+    assert!(err.contains("never trusted"), "{err}");
+}
+
+fn serde_yaml_from<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    agent_vault_core::model::parse_yaml(std::path::Path::new("manifest.yaml"), b).unwrap()
+}
