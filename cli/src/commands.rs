@@ -139,9 +139,10 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Check => check_vault(&ctx),
         Command::Repair => {
             let vault = ctx.vault()?;
-            let removed = check::remove_temp_files(&vault);
+            // Under the writer's lock: no other command has writes in flight.
             let w = vault.writer(&ctx.key_source())?;
             let recovered = w.recovered().map(str::to_owned);
+            let removed = check::remove_temp_files(&vault);
             drop(w);
             if ctx.json {
                 output::json(&json!({"completed": recovered, "temp_files_removed": removed}))?;

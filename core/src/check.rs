@@ -337,8 +337,10 @@ fn finish(vault: &Vault, mut findings: Vec<Finding>, secrets: usize) -> CheckRep
 }
 
 /// Removes the debris of interrupted writes (temporary files) below the
-/// vault directory. Returns how many were removed.
+/// vault directory, leaving the spare files kept in `.local`. Returns how
+/// many were removed.
 pub fn remove_temp_files(vault: &Vault) -> usize {
+    let local = vault.dir().join(LOCAL_DIR);
     let mut n = 0;
     let mut stack = vec![vault.dir().to_owned()];
     while let Some(dir) = stack.pop() {
@@ -348,7 +350,9 @@ pub fn remove_temp_files(vault: &Vault) -> usize {
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(p);
+                if p != local {
+                    stack.push(p);
+                }
             } else if e
                 .file_name()
                 .to_string_lossy()

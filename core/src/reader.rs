@@ -21,7 +21,7 @@ pub struct Reader<'v> {
 /// The identities that may decrypt a group's secrets right now, with the
 /// generations they belong to. Normally one; two while a rotation is
 /// half-finished (the rotated key waits in `.key.age.next`).
-pub(crate) struct GroupKeys {
+struct GroupKeys {
     pub ids: Vec<Identity>,
     pub generations: Vec<u64>,
 }
@@ -67,7 +67,7 @@ impl<'v> Reader<'v> {
         }
     }
 
-    pub(crate) fn group_keys(
+    fn group_keys(
         vault: &Vault,
         id: &Identity,
         manifest: &Manifest,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use age::secrecy::ExposeSecret;
 use rayon::prelude::*;
 
-use crate::crypto::{self, Identity, OwnerSigningKey, Recipient, SecretValue};
+use crate::crypto::{self, Identity, OwnerSigningKey, Recipient};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Batch};
 use crate::git::VaultRepo;
@@ -20,7 +20,6 @@ use crate::model::{
     self, AgentEntry, GroupEntry, Manifest, ManifestSig, MetaFields, Mode, SecretMeta,
 };
 use crate::names::{AgentName, GroupName, OwnerName, SecretPath};
-use crate::reader::Reader;
 use crate::vault::{Role, Vault};
 
 /// Options of `set`.
@@ -146,12 +145,6 @@ impl<'v> Writer<'v> {
     /// The owner's name.
     pub fn owner(&self) -> &OwnerName {
         &self.owner
-    }
-
-    /// Reads a value as the owner.
-    pub fn read_value(&self, path: &SecretPath) -> Result<SecretValue> {
-        let r = Reader::new(self.vault, &KeySource::Text(self.id.to_secret_string()))?;
-        r.get(path)
     }
 
     // ---- operations -------------------------------------------------------

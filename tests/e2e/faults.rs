@@ -353,3 +353,23 @@ fn manifest_resigned_by_a_stranger_is_refused() {
 fn serde_yaml_from<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
     agent_vault_core::model::parse_yaml(std::path::Path::new("manifest.yaml"), b).unwrap()
 }
+
+#[test]
+fn repair_removes_unfinished_writes_but_keeps_spares() {
+    let env = Env::new();
+    env.set("g/a", b"A");
+    let d = env.vault.join(".agent-vault");
+    std::fs::write(d.join("secrets/g/.tmp-0123-a.age"), b"partial").unwrap();
+    std::fs::create_dir_all(d.join(".local/spare")).unwrap();
+    std::fs::write(d.join(".local/spare/.tmp-spare"), b"old").unwrap();
+    let out = env.run(&["check"], b"");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unfinished write"));
+    let v = env.json(&["repair"]);
+    assert_eq!(v["temp_files_removed"], 1);
+    assert!(!d.join("secrets/g/.tmp-0123-a.age").exists());
+    assert!(d.join(".local/spare/.tmp-spare").exists());
+    let out = env.run(&["check"], b"");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 error(s), 0 warning(s)"));
+    assert_eq!(env.get("g/a"), b"A");
+}
