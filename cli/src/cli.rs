@@ -119,6 +119,39 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Generate an owner key pair for joining a vault; prints what an owner passes to add-owner.
+    Keygen {
+        /// Where to write the private key (created 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Add an owner (every group key and escrowed agent key is re-encrypted to include it).
+    AddOwner {
+        /// The owner's name.
+        name: String,
+        /// The owner's age recipient (age1…), as `keygen` printed it.
+        recipient: String,
+        /// The owner's signing key, as `keygen` printed it.
+        #[arg(long, value_name = "KEY")]
+        signing_key: String,
+    },
+    /// Remove an owner: every agent gets a new key pair and every group is rotated.
+    RemoveOwner {
+        /// The owner's name.
+        name: String,
+    },
+    /// List owners.
+    ListOwners,
+    /// Show who changed the vault (or one secret), and when, from git.
+    Log {
+        /// Only this secret (GROUP/NAME).
+        path: Option<String>,
+    },
+    /// List every secret an agent could ever decrypt, at any commit: what to rotate after a compromise.
+    Exposure {
+        /// The agent.
+        agent: String,
+    },
     /// Check signatures, expiry, orphaned and mismatched files, key permissions, unfinished operations.
     Check,
     /// Complete an interrupted operation and remove the debris of interrupted writes.

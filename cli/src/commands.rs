@@ -136,6 +136,105 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { out } => keygen(&ctx, &out),
+        Command::AddOwner {
+            name,
+            recipient,
+            signing_key,
+        } => {
+            let n: OwnerName = parse(&name)?;
+            let r: agent_vault_core::crypto::Recipient = parse(&recipient)?;
+            let vault = ctx.vault()?;
+            vault
+                .writer(&ctx.key_source())?
+                .add_owner(&n, &r, &signing_key)?;
+            done(
+                &ctx,
+                &format!(
+                    "added owner {name}: every group key and escrowed agent key now opens for it"
+                ),
+            )
+        }
+        Command::RemoveOwner { name } => {
+            let n: OwnerName = parse(&name)?;
+            let vault = ctx.vault()?;
+            let keys = vault.writer(&ctx.key_source())?.remove_owner(&n)?;
+            if ctx.json {
+                let keys: Vec<_> = keys
+                    .iter()
+                    .map(|(a, k)| json!({"agent": a, "key_file": k}))
+                    .collect();
+                output::json(&json!({"removed": name, "new_agent_keys": keys}))?;
+            } else {
+                line(format!("removed owner {name}; every group key was rotated"))?;
+                for (a, k) in &keys {
+                    line(format!(
+                        "agent {a} has a new key (its old one was escrowed to {name}): {}",
+                        k.display()
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ListOwners => {
+            let vault = ctx.vault()?;
+            let m = vault.manifest()?;
+            if ctx.json {
+                let owners: Vec<_> = m
+                    .owners
+                    .iter()
+                    .map(|(n, o)| json!({"name": n, "recipient": o.recipient, "signing_key": o.signing_key}))
+                    .collect();
+                output::json(&json!(owners))?;
+            } else {
+                for (n, o) in &m.owners {
+                    line(format!("{n:<20} {}", o.recipient))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log { path } => {
+            let path: Option<SecretPath> = path.as_deref().map(parse).transpose()?;
+            let vault = ctx.vault()?;
+            let entries = agent_vault_core::history::log(&vault, path.as_ref())?;
+            if ctx.json {
+                output::json(&serde_json::to_value(&entries).unwrap_or_default())?;
+            } else {
+                for e in &entries {
+                    line(format!(
+                        "{} {} {} ({} file(s)) {}",
+                        &e.commit[..12],
+                        e.time.strftime("%Y-%m-%d %H:%M"),
+                        e.author,
+                        e.files_changed,
+                        e.message
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exposure { agent } => {
+            let a: AgentName = parse(&agent)?;
+            let vault = ctx.vault()?;
+            let exposed = agent_vault_core::history::exposure(&vault, &a)?;
+            if ctx.json {
+                output::json(&serde_json::to_value(&exposed).unwrap_or_default())?;
+            } else if exposed.is_empty() {
+                line(format!("{agent} could never decrypt any secret"))?;
+            } else {
+                line(format!(
+                    "{agent} could decrypt these secrets (rotate them upstream if it is compromised):"
+                ))?;
+                for e in &exposed {
+                    let now = if e.at_head { " (current value)" } else { "" };
+                    line(format!(
+                        "  {:<40} commits {}..{}{now}",
+                        e.secret, e.first_commit, e.last_commit
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check => check_vault(&ctx),
         Command::Repair => {
             let vault = ctx.vault()?;
@@ -230,6 +329,32 @@ fn add_agent(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
             "its key: {} — hand it to the agent (AGENT_VAULT_KEY or --key)",
             key.display()
         ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(ctx: &Ctx, out: &Path) -> CliResult<ExitCode> {
+    if out.exists() {
+        return Err(agent_vault_core::Error::Exists(out.to_owned()).into());
+    }
+    let id = agent_vault_core::crypto::Identity::generate();
+    agent_vault_core::keystore::write_private_key(out, &id)?;
+    let recipient = id.recipient().to_string();
+    let signing = id.signing_key().public();
+    if ctx.json {
+        output::json(&json!({"key_file": out, "recipient": recipient, "signing_key": signing}))?;
+    } else {
+        line(format!(
+            "wrote {} (mode 0600; back it up: it will open every secret)",
+            out.display()
+        ))?;
+        line(format!("recipient:   {recipient}"))?;
+        line(format!("signing key: {signing}"))?;
+        line("ask an owner to run:")?;
+        line(format!(
+            "  agent-vault add-owner NAME {recipient} --signing-key {signing}"
+        ))?;
+        line("then use the vault with --key FILE (or AGENT_VAULT_KEY)")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -141,6 +141,14 @@ fn framed(domain: &str, message: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Whether `public` is a base64 Ed25519 public key.
+pub fn valid_signing_key(public: &str) -> bool {
+    B64.decode(public)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .is_some_and(|b| VerifyingKey::from_bytes(&b).is_ok())
+}
+
 /// Verifies a base64 signature by a base64 public key.
 pub fn verify(public: &str, domain: &str, message: &[u8], signature: &str) -> bool {
     let Ok(pk) = B64.decode(public) else {

@@ -47,6 +47,9 @@ pub struct Txn {
     pub remove_agents: Vec<AgentName>,
     /// Agents whose files (`public.key`, `private.key.escrow`) were written.
     pub agent_files: Vec<AgentName>,
+    /// Agents whose escrowed key is re-encrypted to the target manifest's owners.
+    #[serde(default)]
+    pub reescrow: Vec<AgentName>,
 }
 
 impl Txn {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod fsutil;
 pub mod git;
 mod gitpack;
+pub mod history;
 pub mod init;
 pub mod journal;
 pub mod keystore;

@@ -249,15 +249,9 @@ impl<'v> Writer<'v> {
         if self.manifest.agents.contains_key(name) {
             return Err(Error::AgentExists(name.to_string()));
         }
-        let key_path = self.new_agent_key(name)?;
+        let (key_path, recipient) = self.new_agent_key(name, &self.manifest)?;
         let mut target = self.manifest.clone();
-        let recipient = fsutil::read(&self.vault.agent_dir(name).join("public.key"))?;
-        target.agents.insert(
-            name.clone(),
-            AgentEntry {
-                recipient: String::from_utf8_lossy(&recipient).trim().to_owned(),
-            },
-        );
+        target.agents.insert(name.clone(), AgentEntry { recipient });
         let mut txn = Txn::new(format!("add agent {name}"));
         txn.manifest = Some(target);
         txn.agent_files.push(name.clone());
@@ -265,12 +259,13 @@ impl<'v> Writer<'v> {
         Ok(key_path)
     }
 
-    /// Makes a new key pair for an agent: public key and escrow in the vault,
-    /// private key in the local key store.
-    fn new_agent_key(&self, name: &AgentName) -> Result<PathBuf> {
+    /// Makes a new key pair for an agent: public key and escrow (to the
+    /// owners of `owners`) in the vault, private key in the local key store.
+    /// Returns the key file's path and the new recipient.
+    fn new_agent_key(&self, name: &AgentName, owners: &Manifest) -> Result<(PathBuf, String)> {
         let id = Identity::generate();
-        let owners = self.owner_recipients(&self.manifest)?;
-        let escrow = crypto::encrypt_identity(&owners.iter().collect::<Vec<_>>(), &id)?;
+        let recipients = self.owner_recipients(owners)?;
+        let escrow = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
         let dir = self.vault.agent_dir(name);
         fsutil::create_dir_all(&dir, 0o755)?;
         let key_path = self.vault.keys().agent_key_path(self.vault.id(), name);
@@ -280,12 +275,13 @@ impl<'v> Writer<'v> {
             &escrow,
             fsutil::PUBLIC_FILE,
         )?;
+        let recipient = id.recipient().as_string();
         fsutil::write_atomic(
             &dir.join("public.key"),
-            format!("{}\n", id.recipient()).as_bytes(),
+            format!("{recipient}\n").as_bytes(),
             fsutil::PUBLIC_FILE,
         )?;
-        Ok(key_path)
+        Ok((key_path, recipient))
     }
 
     /// Removes an agent: its grants go, and every group it could read is
@@ -320,15 +316,9 @@ impl<'v> Writer<'v> {
         if !self.manifest.agents.contains_key(name) {
             return Err(Error::AgentNotFound(name.to_string()));
         }
-        let key_path = self.new_agent_key(name)?;
-        let recipient = fsutil::read(&self.vault.agent_dir(name).join("public.key"))?;
+        let (key_path, recipient) = self.new_agent_key(name, &self.manifest)?;
         let mut target = self.manifest.clone();
-        target.agents.insert(
-            name.clone(),
-            AgentEntry {
-                recipient: String::from_utf8_lossy(&recipient).trim().to_owned(),
-            },
-        );
+        target.agents.insert(name.clone(), AgentEntry { recipient });
         let mut txn = Txn::new(format!("recover agent {name}"));
         for g in self.readable_groups(name) {
             self.rotate_into(&mut target, &mut txn, &g)?;
@@ -424,6 +414,78 @@ impl<'v> Writer<'v> {
         let exposure = self.exposure(agent, group, mode == Mode::Read)?;
         self.run(txn)?;
         Ok(exposure)
+    }
+
+    /// Adds an owner. Owners open everything: every group key and every
+    /// escrowed agent key is re-encrypted to include the new owner.
+    pub fn add_owner(
+        &mut self,
+        name: &OwnerName,
+        recipient: &Recipient,
+        signing_key: &str,
+    ) -> Result<()> {
+        if self.manifest.owners.contains_key(name) {
+            return Err(Error::InvalidInput(format!("owner {name} exists already")));
+        }
+        let r = recipient.as_string();
+        let taken = self.manifest.owners.values().any(|o| o.recipient == r)
+            || self.manifest.agents.values().any(|a| a.recipient == r);
+        if taken {
+            return Err(Error::InvalidInput(format!(
+                "{r} is already an owner's or an agent's key"
+            )));
+        }
+        if !crypto::valid_signing_key(signing_key) {
+            return Err(Error::InvalidInput(format!(
+                "{signing_key:?} is not an owner signing key (the base64 key `agent-vault keygen` prints)"
+            )));
+        }
+        let mut target = self.manifest.clone();
+        target.owners.insert(
+            name.clone(),
+            crate::model::OwnerEntry {
+                recipient: r,
+                signing_key: signing_key.to_owned(),
+            },
+        );
+        let mut txn = Txn::new(format!("add owner {name}"));
+        txn.rewrap = target.groups.keys().cloned().collect();
+        txn.reescrow = target.agents.keys().cloned().collect();
+        txn.manifest = Some(target);
+        self.run(txn)
+    }
+
+    /// Removes an owner. The removed owner held every group key and every
+    /// escrowed agent key, so every agent gets a new key pair and every
+    /// group is rotated; its signature is no longer accepted. Returns the
+    /// agents' new key files, to hand to them.
+    pub fn remove_owner(&mut self, name: &OwnerName) -> Result<Vec<(AgentName, PathBuf)>> {
+        if !self.manifest.owners.contains_key(name) {
+            return Err(Error::InvalidInput(format!("no owner {name}")));
+        }
+        if *name == self.owner {
+            return Err(Error::InvalidInput(format!(
+                "{name} is the owner running this command; another owner must remove it"
+            )));
+        }
+        let mut target = self.manifest.clone();
+        target.owners.remove(name);
+        let mut txn = Txn::new(format!("remove owner {name}"));
+        let mut keys = Vec::new();
+        let agents: Vec<AgentName> = target.agents.keys().cloned().collect();
+        for a in agents {
+            let (key_path, recipient) = self.new_agent_key(&a, &target)?;
+            target.agents.insert(a.clone(), AgentEntry { recipient });
+            txn.agent_files.push(a.clone());
+            keys.push((a, key_path));
+        }
+        let groups: Vec<GroupName> = target.groups.keys().cloned().collect();
+        for g in &groups {
+            self.rotate_into(&mut target, &mut txn, g)?;
+        }
+        txn.manifest = Some(target);
+        self.run(txn)?;
+        Ok(keys)
     }
 
     /// Rotates every group key and re-encrypts every secret. With
@@ -613,6 +675,15 @@ impl<'v> Writer<'v> {
             let dir = v.agent_dir(a);
             touched.push(dir.join("public.key"));
             touched.push(dir.join("private.key.escrow"));
+        }
+        let owners = self.owner_recipients(&target)?;
+        for a in &txn.reescrow {
+            let path = v.agent_dir(a).join("private.key.escrow");
+            let ct = fsutil::read(&path)?;
+            let id = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
+            let new = crypto::encrypt_identity(&owners.iter().collect::<Vec<_>>(), &id)?;
+            fsutil::write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
+            touched.push(path);
         }
 
         // 5. The manifest, signed.

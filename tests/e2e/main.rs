@@ -10,3 +10,4 @@ mod basics;
 mod faults;
 mod hook;
 mod interop;
+mod owners;
