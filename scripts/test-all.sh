@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v git >/dev/null 2>&1 || need+=(git)
+# sync tests run a real sshd (key authentication) on loopback.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

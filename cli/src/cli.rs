@@ -30,6 +30,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Never contact the vault's git remote (no automatic pull on reads).
+    #[arg(long, global = true)]
+    pub offline: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -118,6 +122,23 @@ pub enum Command {
         /// Only show what would be re-encrypted.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Fetch, merge and push: bring in the remote's changes and send ours.
+    Sync,
+    /// Fetch and merge the remote's changes.
+    Pull,
+    /// Push this vault's commits (fails if the remote moved: run sync).
+    Push,
+    /// Settle a secret changed on both sides of a merge: keep ours, or take theirs.
+    Resolve {
+        /// GROUP/NAME.
+        path: String,
+        /// Keep this side's value.
+        #[arg(long, conflicts_with = "theirs", required_unless_present = "theirs")]
+        ours: bool,
+        /// Take the other side's value.
+        #[arg(long)]
+        theirs: bool,
     },
     /// Generate an owner key pair for joining a vault; prints what an owner passes to add-owner.
     Keygen {

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agent_vault_core::check::{self, Severity};
-use agent_vault_core::init;
 use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::writer::{Exposure, SetOptions};
 use agent_vault_core::{
     AgentName, GroupName, KeySource, KeyStore, Mode, OwnerName, SecretPath, Vault,
 };
+use agent_vault_core::{init, sync};
 use clap::CommandFactory;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -23,6 +23,7 @@ struct Ctx {
     vault_dir: Option<PathBuf>,
     key: Option<PathBuf>,
     json: bool,
+    offline: bool,
 }
 
 impl Ctx {
@@ -54,6 +55,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         vault_dir: cli.vault,
         key: cli.key,
         json: cli.json,
+        offline: cli.offline,
     };
     match cli.command {
         Command::Init { dir, owner } => init_vault(&ctx, &dir, owner),
@@ -97,6 +99,11 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Get { path } => {
             let path: SecretPath = parse(&path)?;
             let vault = ctx.vault()?;
+            if !ctx.offline
+                && let Some(warning) = agent_vault_core::sync::auto_pull(&vault)
+            {
+                note(warning);
+            }
             let value = vault.reader(&ctx.key_source())?.get(&path)?;
             output::stdout_bytes(value.expose_secret())?;
             Ok(ExitCode::SUCCESS)
@@ -135,6 +142,50 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync => {
+            let vault = ctx.vault()?;
+            let outcome = vault
+                .writer(&ctx.key_source())?
+                .sync(sync::DEFAULT_TIMEOUT)?;
+            report_pull(&ctx, &outcome.pull, Some(outcome.pushed))
+        }
+        Command::Pull => {
+            let vault = ctx.vault()?;
+            // An owner merges; anyone else (an agent's clone) only fast-forwards.
+            let outcome = match vault.writer(&ctx.key_source()) {
+                Ok(mut w) => w.pull(sync::DEFAULT_TIMEOUT)?,
+                Err(agent_vault_core::Error::NotOwner | agent_vault_core::Error::NoKey { .. }) => {
+                    sync::pull_fast_forward(&vault, sync::DEFAULT_TIMEOUT)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            report_pull(&ctx, &outcome, None)
+        }
+        Command::Push => {
+            let vault = ctx.vault()?;
+            let pushed = vault
+                .writer(&ctx.key_source())?
+                .push(sync::DEFAULT_TIMEOUT)?;
+            done(
+                &ctx,
+                if pushed {
+                    "pushed"
+                } else {
+                    "the vault has no remote"
+                },
+            )
+        }
+        Command::Resolve {
+            path,
+            ours: _,
+            theirs,
+        } => {
+            let p: SecretPath = parse(&path)?;
+            let vault = ctx.vault()?;
+            vault.writer(&ctx.key_source())?.resolve(&p, theirs)?;
+            let side = if theirs { "their" } else { "our" };
+            done(&ctx, &format!("{path}: kept {side} value"))
         }
         Command::Keygen { out } => keygen(&ctx, &out),
         Command::AddOwner {
@@ -265,6 +316,33 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Man { dir } => man(&dir),
         Command::Demo => crate::demo::run(),
     }
+}
+
+fn report_pull(ctx: &Ctx, pull: &sync::PullOutcome, pushed: Option<bool>) -> CliResult<ExitCode> {
+    let (what, conflicts) = match pull {
+        sync::PullOutcome::NoRemote => ("the vault has no remote", &[][..]),
+        sync::PullOutcome::UpToDate => ("up to date with the remote", &[][..]),
+        sync::PullOutcome::FastForward => {
+            ("brought in the remote's changes (fast-forward)", &[][..])
+        }
+        sync::PullOutcome::Merged { conflicts } => {
+            ("merged the remote's changes", conflicts.as_slice())
+        }
+    };
+    if ctx.json {
+        output::json(&json!({"pull": what, "conflicts": conflicts, "pushed": pushed}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    line(what)?;
+    for c in conflicts {
+        line(format!(
+            "conflict: {c} was changed on both sides; ours is kept — `agent-vault resolve {c} --theirs` takes theirs, `--ours` keeps ours"
+        ))?;
+    }
+    if pushed == Some(true) {
+        line("pushed")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn done(ctx: &Ctx, msg: &str) -> CliResult<ExitCode> {

@@ -316,6 +316,16 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
         .collect();
     f.0.extend(per_secret.into_iter().flatten());
 
+    if let Ok(unresolved) = crate::sync::unresolved(vault) {
+        for s in unresolved {
+            f.push(
+                Warning,
+                "conflict",
+                &s,
+                format!("changed on both sides of a merge; ours is kept: `agent-vault resolve {s} --ours` or `--theirs`"),
+            );
+        }
+    }
     for (p, mode) in vault.keys().loose_permissions(vault.id()) {
         f.push(
             Error,

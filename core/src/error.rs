@@ -97,6 +97,21 @@ pub enum Error {
     InvalidInput(String),
     /// A path exists where the command would create one.
     Exists(PathBuf),
+    /// A git remote failed.
+    Remote {
+        /// The remote's name.
+        remote: String,
+        /// Its URL.
+        url: String,
+        /// What kind of failure.
+        failure: crate::remote::Failure,
+        /// What happened.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A merge needs an owner key (an agent's clone only fast-forwards).
+    Diverged(String),
 }
 
 impl Error {
@@ -164,6 +179,7 @@ impl Error {
                 "`agent-vault check` reports damaged files; git history holds earlier versions"
                     .into()
             }
+            Error::Remote { hint, .. } => hint.clone(),
             _ => return None,
         })
     }
@@ -215,6 +231,13 @@ impl fmt::Display for Error {
             Error::Git(m) => write!(f, "git: {m}"),
             Error::InvalidInput(m) => f.write_str(m),
             Error::Exists(p) => write!(f, "{} exists already", p.display()),
+            Error::Remote {
+                remote,
+                url,
+                message,
+                ..
+            } => write!(f, "remote {remote} ({url}): {message}"),
+            Error::Diverged(m) => f.write_str(m),
         }
     }
 }

@@ -84,6 +84,17 @@ impl VaultRepo {
     /// tree; a missing file is removed from the tree) on top of HEAD. Returns
     /// `None` when nothing changed.
     pub fn commit_paths(&self, paths: &[PathBuf], message: &str) -> Result<Option<Oid>> {
+        self.commit_paths_merging(paths, message, None)
+    }
+
+    /// Like [`VaultRepo::commit_paths`], with `merged` as a second parent:
+    /// the commit that completes a merge.
+    pub fn commit_paths_merging(
+        &self,
+        paths: &[PathBuf],
+        message: &str,
+        merged: Option<Oid>,
+    ) -> Result<Option<Oid>> {
         let head = match self.repo.head() {
             Ok(h) => Some(h.peel_to_commit()?),
             Err(e)
@@ -173,7 +184,7 @@ impl VaultRepo {
         let git_dir = self.repo.path().to_owned();
         std::thread::scope(|scope| {
             let index = scope.spawn(|| Self::update_index(&git_dir, &index_updates));
-            let committed = self.commit_tree(update, head.as_ref(), &base_tree, message);
+            let committed = self.commit_tree(update, head.as_ref(), merged, &base_tree, message);
             let indexed = index
                 .join()
                 .unwrap_or_else(|_| Err(Error::Git("updating the index failed".into())));
@@ -187,17 +198,19 @@ impl VaultRepo {
         &self,
         mut update: TreeUpdateBuilder,
         head: Option<&git2::Commit<'_>>,
+        merged: Option<Oid>,
         base_tree: &git2::Tree<'_>,
         message: &str,
     ) -> Result<Option<Oid>> {
         let t = crate::trace::phase("git: tree and commit");
         let tree_oid = update.create_updated(&self.repo, base_tree)?;
-        if head.is_some() && tree_oid == base_tree.id() {
+        if head.is_some() && tree_oid == base_tree.id() && merged.is_none() {
             return Ok(None);
         }
         let tree = self.repo.find_tree(tree_oid)?;
         let sig = self.signature()?;
-        let parents: Vec<&git2::Commit> = head.into_iter().collect();
+        let merged = merged.map(|m| self.repo.find_commit(m)).transpose()?;
+        let parents: Vec<&git2::Commit> = head.into_iter().chain(merged.as_ref()).collect();
         let oid = self
             .repo
             .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)?;

@@ -58,6 +58,9 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         format: FORMAT_VERSION,
         vault_id: vault_id.clone(),
         expiry_warning_days: 30,
+        auto_pull: true,
+        pull_interval_seconds: 60,
+        pull_timeout_seconds: 5,
     };
     let signing = id.signing_key();
     let mut manifest = Manifest {

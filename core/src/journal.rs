@@ -24,6 +24,10 @@ pub struct Rotation {
     pub recipient: String,
     /// The new generation.
     pub generation: u64,
+    /// Further encrypted group keys the values may be encrypted to (after a
+    /// merge: the other side's), relative to `.agent-vault/.local`.
+    #[serde(default)]
+    pub extra_keys: Vec<String>,
 }
 
 /// One operation on the vault, as a description that can be completed from
@@ -50,6 +54,13 @@ pub struct Txn {
     /// Agents whose escrowed key is re-encrypted to the target manifest's owners.
     #[serde(default)]
     pub reescrow: Vec<AgentName>,
+    /// For a merge: the merged commit (the second parent), and the files the
+    /// merge brought in, relative to `.agent-vault`.
+    #[serde(default)]
+    pub merge_parent: Option<String>,
+    /// See `merge_parent`.
+    #[serde(default)]
+    pub merged_files: Vec<String>,
 }
 
 impl Txn {

@@ -30,6 +30,8 @@ pub mod keystore;
 pub mod model;
 pub mod names;
 pub mod reader;
+pub mod remote;
+pub mod sync;
 pub mod trace;
 pub mod vault;
 pub mod writer;

@@ -40,10 +40,28 @@ pub struct Config {
     /// Secrets expiring within this many days are reported by `check`.
     #[serde(default = "default_warn_days")]
     pub expiry_warning_days: u32,
+    /// Whether reads pull from the remote first (at most once per interval).
+    #[serde(default = "default_true")]
+    pub auto_pull: bool,
+    /// The interval of automatic pulls.
+    #[serde(default = "default_pull_interval")]
+    pub pull_interval_seconds: u64,
+    /// How long an automatic pull may take before the read goes on without it.
+    #[serde(default = "default_pull_timeout")]
+    pub pull_timeout_seconds: u64,
 }
 
 fn default_warn_days() -> u32 {
     30
+}
+fn default_true() -> bool {
+    true
+}
+fn default_pull_interval() -> u64 {
+    60
+}
+fn default_pull_timeout() -> u64 {
+    5
 }
 
 /// Whether a vault id is safe to use as a directory name.

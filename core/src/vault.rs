@@ -160,23 +160,37 @@ impl Vault {
     /// first open pins the owners' keys; a later change of the owner set is
     /// accepted only when signed by a pinned owner.
     pub fn manifest(&self) -> Result<Manifest> {
+        let mbytes = fsutil::read(&self.manifest_path())?;
+        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
+        let sig = fsutil::read_optional(&self.sig_path())?;
+        self.verify_manifest(&mbytes, sig.as_deref(), &services, true)
+    }
+
+    /// Verifies manifest bytes (from the files, or from a commit) against
+    /// the pinned owners; with `pin`, records the pins (first use) or moves
+    /// them to a new owner set signed by a pinned owner.
+    pub(crate) fn verify_manifest(
+        &self,
+        mbytes: &[u8],
+        sig: Option<&[u8]>,
+        services: &[u8],
+        pin: bool,
+    ) -> Result<Manifest> {
         let mpath = self.manifest_path();
-        let mbytes = fsutil::read(&mpath)?;
-        let manifest: Manifest = model::parse_yaml(&mpath, &mbytes)?;
+        let manifest: Manifest = model::parse_yaml(&mpath, mbytes)?;
         manifest.validate(&mpath)?;
         if manifest.vault_id != self.config.vault_id {
             return Err(Error::UnsignedManifest(
                 "its vault id differs from config.yaml's".into(),
             ));
         }
-        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
         let spath = self.sig_path();
-        let sig: ManifestSig = match fsutil::read_optional(&spath)? {
-            Some(b) => model::parse_yaml(&spath, &b)
+        let sig: ManifestSig = match sig {
+            Some(b) => model::parse_yaml(&spath, b)
                 .map_err(|_| Error::UnsignedManifest("manifest.sig is malformed".into()))?,
             None => return Err(Error::UnsignedManifest("manifest.sig is missing".into())),
         };
-        if !sig.verifies(self.id(), &mbytes, &services) {
+        if !sig.verifies(self.id(), mbytes, services) {
             return Err(Error::UnsignedManifest(
                 "manifest.yaml or services.yaml was changed without an owner's signature".into(),
             ));
@@ -199,7 +213,8 @@ impl Vault {
                 .collect(),
         };
         match self.keys.trust(self.id())? {
-            None => self.keys.set_trust(&current)?,
+            None if pin => self.keys.set_trust(&current)?,
+            None => {}
             Some(pins) => {
                 if !pins.owners.values().any(|k| *k == sig.signing_key) {
                     return Err(Error::UnsignedManifest(format!(
@@ -207,7 +222,7 @@ impl Vault {
                         sig.signer
                     )));
                 }
-                if pins != current {
+                if pin && pins != current {
                     self.keys.set_trust(&current)?;
                 }
             }

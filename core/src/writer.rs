@@ -61,12 +61,12 @@ pub type RekeyReport = BTreeMap<String, usize>;
 
 /// The vault opened for changes, with its lock held.
 pub struct Writer<'v> {
-    vault: &'v Vault,
-    id: Identity,
+    pub(crate) vault: &'v Vault,
+    pub(crate) id: Identity,
     owner: OwnerName,
     signing: OwnerSigningKey,
-    manifest: Manifest,
-    repo: Option<VaultRepo>,
+    pub(crate) manifest: Manifest,
+    pub(crate) repo: Option<VaultRepo>,
     recovered: Option<String>,
     _lock: File,
 }
@@ -536,7 +536,12 @@ impl<'v> Writer<'v> {
     }
 
     /// Adds a rotation of `group` to the next generation to `txn` and `target`.
-    fn rotate_into(&self, target: &mut Manifest, txn: &mut Txn, group: &GroupName) -> Result<()> {
+    pub(crate) fn rotate_into(
+        &self,
+        target: &mut Manifest,
+        txn: &mut Txn,
+        group: &GroupName,
+    ) -> Result<()> {
         let generation = target.group(group)?.generation + 1;
         let rot = self.prepare_rotation(target, group, generation)?;
         target.groups.insert(
@@ -571,6 +576,7 @@ impl<'v> Writer<'v> {
             group: group.clone(),
             recipient: id.recipient().as_string(),
             generation,
+            extra_keys: Vec::new(),
         })
     }
 
@@ -602,7 +608,7 @@ impl<'v> Writer<'v> {
         })
     }
 
-    fn run(&mut self, txn: Txn) -> Result<()> {
+    pub(crate) fn run(&mut self, txn: Txn) -> Result<()> {
         txn.write(&self.vault.journal_path())?;
         self.complete(txn)
     }
@@ -697,9 +703,19 @@ impl<'v> Writer<'v> {
         // 6. One commit of exactly these files.
         let _t = crate::trace::phase("complete: git commit");
         if let Some(repo) = &self.repo {
+            for f in &txn.merged_files {
+                if !f.split('/').any(|c| c == ".." || c.is_empty()) {
+                    touched.push(v.dir().join(f));
+                }
+            }
             touched.sort();
             touched.dedup();
-            repo.commit_paths(&touched, &format!("agent-vault: {}", txn.op))?;
+            let merged = txn
+                .merge_parent
+                .as_deref()
+                .map(git2::Oid::from_str)
+                .transpose()?;
+            repo.commit_paths_merging(&touched, &format!("agent-vault: {}", txn.op), merged)?;
         }
         fsutil::remove_file(&v.journal_path())?;
         Ok(())
@@ -728,11 +744,26 @@ impl<'v> Writer<'v> {
             // The key is in place already: every secret was re-encrypted.
             None => return Ok(touched),
         };
-        let old_id = match fsutil::read_optional(&key_path)? {
-            Some(ct) => Some(crypto::decrypt_identity(&[&self.id], &ct, &key_path)?),
-            None => None,
+        // The keys the group's values may be encrypted to now: the current
+        // one, and after a merge the other sides' (kept in `.local`).
+        let mut old: Vec<Identity> = Vec::new();
+        for path in std::iter::once(key_path.clone())
+            .chain(rot.extra_keys.iter().map(|k| v.local_dir().join(k)))
+        {
+            if let Some(ct) = fsutil::read_optional(&path)? {
+                old.push(crypto::decrypt_identity(&[&self.id], &ct, &path)?);
+            }
+        }
+        let old_ids: Vec<&Identity> = old.iter().collect();
+        let old_gens: Vec<u64> = if rot.extra_keys.is_empty() {
+            rot.generation
+                .checked_sub(1)
+                .filter(|g| *g > 0)
+                .into_iter()
+                .collect()
+        } else {
+            (1..rot.generation).collect()
         };
-        let old_gen = rot.generation.checked_sub(1).filter(|g| *g > 0);
         let new_recipient: Recipient = rot.recipient.parse()?;
         let paths = v.secret_paths(Some(g))?;
         let (signing, manifest) = (&self.signing, &self.manifest);
@@ -742,8 +773,8 @@ impl<'v> Writer<'v> {
             .map(|p| {
                 let keys = RotationKeys {
                     new_id: &new_id,
-                    old_id: old_id.as_ref(),
-                    old_gen,
+                    old_ids: &old_ids,
+                    old_gens: &old_gens,
                     new_recipient: &new_recipient,
                     generation: rot.generation,
                 };
@@ -801,8 +832,8 @@ type RewrittenSecret = [(PathBuf, Vec<u8>); 2];
 #[derive(Clone, Copy)]
 struct RotationKeys<'a> {
     new_id: &'a Identity,
-    old_id: Option<&'a Identity>,
-    old_gen: Option<u64>,
+    old_ids: &'a [&'a Identity],
+    old_gens: &'a [u64],
     new_recipient: &'a Recipient,
     generation: u64,
 }
@@ -820,8 +851,8 @@ fn reencrypt(
 ) -> Result<Option<RewrittenSecret>> {
     let RotationKeys {
         new_id,
-        old_id,
-        old_gen,
+        old_ids,
+        old_gens,
         new_recipient,
         generation,
     } = *keys;
@@ -836,11 +867,13 @@ fn reencrypt(
     }
     // The usual case: a value signed at the old generation. Otherwise the
     // file must open with the new key, which only this rotation has used.
-    let signed_old = match (&meta, old_id, old_gen) {
-        (Some(m), Some(old), Some(gen_))
-            if m.generation == gen_ && m.verify(v.id(), p, &ct, manifest, &[gen_]).is_ok() =>
+    let signed_old = match &meta {
+        Some(m)
+            if !old_ids.is_empty()
+                && old_gens.contains(&m.generation)
+                && m.verify(v.id(), p, &ct, manifest, old_gens).is_ok() =>
         {
-            Some(crypto::decrypt(&[old], &ct, &age_path)?)
+            Some(crypto::decrypt(old_ids, &ct, &age_path)?)
         }
         _ => None,
     };

@@ -42,6 +42,31 @@ impl Env {
         c
     }
 
+    /// A command run in another clone, with another key store.
+    pub fn run_in(&self, dir: &Path, home: &Path, args: &[&str]) -> Output {
+        self.cmd(args)
+            .current_dir(dir)
+            .env("AGENT_VAULT_HOME", home)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn")
+    }
+
+    /// `git` in any directory, with this test's git config.
+    pub fn git_in(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", self.tmp.path().join("gitconfig"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git")
+    }
+
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = self
             .cmd(args)

@@ -11,3 +11,5 @@ mod faults;
 mod hook;
 mod interop;
 mod owners;
+mod remotes;
+mod sync;

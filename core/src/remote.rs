@@ -1,0 +1,244 @@
+//! Talking to a vault's git remote. The transport is the system `git`, so
+//! everything the user set up for git works as it does for git: ssh-agent,
+//! `~/.ssh/config`, key files, credential helpers, `insteadOf` rewrites. Only
+//! commands that go to the network start it; nothing secret is ever in its
+//! arguments (remote names, URLs and branch names only), and it never prompts.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use git2::{Oid, Repository};
+
+use crate::error::{Error, Result};
+
+/// A remote and the branch the vault follows there.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The remote's name (`origin`).
+    pub remote: String,
+    /// Its URL, for messages.
+    pub url: String,
+    /// The local branch.
+    pub branch: String,
+    /// The branch on the remote.
+    pub remote_branch: String,
+}
+
+impl Upstream {
+    /// The remote-tracking ref the fetch updates.
+    pub fn tracking_ref(&self) -> String {
+        format!("refs/remotes/{}/{}", self.remote, self.remote_branch)
+    }
+}
+
+/// The upstream of the current branch: its configured upstream, else the
+/// only remote (or `origin`) and a branch of the same name. `None` when the
+/// repository has no remote.
+pub fn upstream(repo: &Repository) -> Result<Option<Upstream>> {
+    let head = match repo.head() {
+        Ok(h) => h,
+        Err(_) => match repo.find_reference("HEAD")?.symbolic_target()? {
+            // An unborn branch (a fresh clone of an empty remote).
+            Some(t) => {
+                return upstream_for(repo, t.trim_start_matches("refs/heads/"));
+            }
+            None => return Ok(None),
+        },
+    };
+    let branch = head.shorthand()?.to_owned();
+    if !head.is_branch() {
+        return Err(Error::Git(
+            "HEAD is detached; check out the vault's branch to sync".into(),
+        ));
+    }
+    upstream_for(repo, &branch)
+}
+
+fn upstream_for(repo: &Repository, branch: &str) -> Result<Option<Upstream>> {
+    let cfg = repo.config()?;
+    let configured = cfg.get_string(&format!("branch.{branch}.remote")).ok();
+    let remotes = repo.remotes()?;
+    let names: Vec<String> = remotes
+        .iter()
+        .flatten()
+        .flatten()
+        .map(str::to_owned)
+        .collect();
+    let remote = match configured {
+        Some(r) => r,
+        None if names.iter().any(|n| n == "origin") => "origin".to_owned(),
+        None if names.len() == 1 => names[0].clone(),
+        None if names.is_empty() => return Ok(None),
+        None => {
+            return Err(Error::Git(format!(
+                "the vault has several remotes ({}) and branch {branch} follows none; run `git branch --set-upstream-to REMOTE/{branch}`",
+                names.join(", ")
+            )));
+        }
+    };
+    let remote_branch = cfg
+        .get_string(&format!("branch.{branch}.merge"))
+        .ok()
+        .map(|m| m.trim_start_matches("refs/heads/").to_owned())
+        .unwrap_or_else(|| branch.to_owned());
+    let url = repo
+        .find_remote(&remote)
+        .ok()
+        .and_then(|r| r.url().ok().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(Some(Upstream {
+        remote,
+        url,
+        branch: branch.to_owned(),
+        remote_branch,
+    }))
+}
+
+/// Whether the repository's config names any remote, read without opening
+/// git (the automatic pull of `get` checks this on every read).
+pub fn has_remote_cheap(git_dir: &Path) -> bool {
+    std::fs::read_to_string(git_dir.join("config"))
+        .map(|c| c.contains("[remote \""))
+        .unwrap_or(false)
+}
+
+/// How a remote operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The remote refused our credentials.
+    Auth,
+    /// The remote could not be reached (or is not a repository).
+    Unreachable,
+    /// A push was rejected because the remote has commits we do not.
+    Rejected,
+    /// Anything else.
+    Other,
+}
+
+fn classify(stderr: &str) -> Failure {
+    let s = stderr.to_lowercase();
+    if s.contains("authentication failed")
+        || s.contains("permission denied")
+        || s.contains("could not read username")
+        || s.contains("could not read password")
+        || s.contains("invalid username or password")
+        || s.contains("403")
+        || s.contains("401")
+        || s.contains("terminal prompts disabled")
+    {
+        Failure::Auth
+    } else if s.contains("[rejected]")
+        || s.contains("non-fast-forward")
+        || s.contains("fetch first")
+    {
+        Failure::Rejected
+    } else if s.contains("could not resolve")
+        || s.contains("connection refused")
+        || s.contains("unable to access")
+        || s.contains("does not appear to be a git repository")
+        || s.contains("could not read from remote")
+        || s.contains("timed out")
+        || s.contains("unable to connect")
+        || s.contains("no such file or directory")
+        || s.contains("not found")
+    {
+        Failure::Unreachable
+    } else {
+        Failure::Other
+    }
+}
+
+fn remote_error(up: &Upstream, failure: Failure, detail: &str) -> Error {
+    let what = match failure {
+        Failure::Auth => "authentication failed",
+        Failure::Unreachable => "cannot reach it",
+        Failure::Rejected => "it has changes this vault does not (push rejected)",
+        Failure::Other => "git failed",
+    };
+    let hint = match failure {
+        Failure::Auth => {
+            "check the credentials git uses for it: ssh-agent / ~/.ssh/config for ssh, a credential helper for https (`git ls-remote REMOTE` shows the same failure)"
+        }
+        Failure::Unreachable => "check the URL (`git remote -v`) and the network",
+        Failure::Rejected => "run `agent-vault sync` to merge and push",
+        Failure::Other => "run the git command by hand to see more",
+    };
+    let detail: String = detail
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ");
+    Error::Remote {
+        remote: up.remote.clone(),
+        url: up.url.clone(),
+        failure,
+        message: format!("{what}: {detail}"),
+        hint: hint.to_owned(),
+    }
+}
+
+/// Runs `git` in `workdir` with a deadline; never prompts for input.
+fn git(workdir: &Path, args: &[&str], timeout: Duration) -> Result<(bool, String)> {
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(workdir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Git(format!("cannot run git: {e}")))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::Git(e.to_string()))? {
+            let mut err = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut err);
+            }
+            return Ok((status.success(), err));
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok((false, format!("timed out after {} s", timeout.as_secs())));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Fetches the upstream branch; returns its commit, or `None` if the remote
+/// has no such branch yet.
+pub fn fetch(
+    workdir: &Path,
+    repo: &Repository,
+    up: &Upstream,
+    timeout: Duration,
+) -> Result<Option<Oid>> {
+    let refspec = format!("+refs/heads/{}:{}", up.remote_branch, up.tracking_ref());
+    let (ok, err) = git(
+        workdir,
+        &["fetch", "--quiet", "--no-tags", &up.remote, &refspec],
+        timeout,
+    )?;
+    if !ok {
+        if err.contains("couldn't find remote ref") {
+            return Ok(None);
+        }
+        return Err(remote_error(up, classify(&err), &err));
+    }
+    Ok(repo.refname_to_id(&up.tracking_ref()).ok())
+}
+
+/// Pushes HEAD to the upstream branch.
+pub fn push(workdir: &Path, up: &Upstream, timeout: Duration) -> Result<()> {
+    let refspec = format!("HEAD:refs/heads/{}", up.remote_branch);
+    let (ok, err) = git(workdir, &["push", "--quiet", &up.remote, &refspec], timeout)?;
+    if ok {
+        return Ok(());
+    }
+    Err(remote_error(up, classify(&err), &err))
+}
