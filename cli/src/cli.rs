@@ -140,6 +140,16 @@ pub enum Command {
         #[arg(long)]
         theirs: bool,
     },
+    /// Git's merge driver for manifest.yaml (registered by init): merges entry by entry.
+    #[command(hide = true)]
+    MergeDriver {
+        /// The common ancestor's version.
+        base: PathBuf,
+        /// Ours: the result is written here.
+        ours: PathBuf,
+        /// Theirs.
+        theirs: PathBuf,
+    },
     /// Generate an owner key pair for joining a vault; prints what an owner passes to add-owner.
     Keygen {
         /// Where to write the private key (created 0600; never overwritten).

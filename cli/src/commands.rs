@@ -187,6 +187,13 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             let side = if theirs { "their" } else { "our" };
             done(&ctx, &format!("{path}: kept {side} value"))
         }
+        Command::MergeDriver { base, ours, theirs } => {
+            if sync::merge_driver(&base, &ours, &theirs)? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
         Command::Keygen { out } => keygen(&ctx, &out),
         Command::AddOwner {
             name,

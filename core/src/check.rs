@@ -211,7 +211,8 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 | ["manifest.yaml"]
                 | ["manifest.sig"]
                 | ["services.yaml"]
-                | [".gitignore"] => true,
+                | [".gitignore"]
+                | [".gitattributes"] => true,
                 ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
                 ["groups", file] => file
                     .strip_suffix(".key.age")

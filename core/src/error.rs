@@ -163,7 +163,8 @@ impl Error {
             }
             Error::UnsignedManifest(_) => {
                 "someone without an owner key changed the vault; inspect `git log -p .agent-vault` \
-                 and revert the change"
+                 and revert the change (after a plain `git merge`, an owner's `agent-vault repair` \
+                 re-signs the merged manifest)"
                     .into()
             }
             Error::UnsignedSecret { .. } => {

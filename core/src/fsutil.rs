@@ -32,8 +32,16 @@ pub fn create_dir_all(dir: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// The directory holding `path` ("." for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 fn temp_path(path: &Path) -> Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).map_err(|e| Error::io(dir, io::Error::other(e.to_string())))?;
     let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
@@ -77,13 +85,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
 }
 
 /// Removes a file if it exists and syncs its directory.
 pub fn remove_file(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Ok(()) => sync_dir(parent_dir(path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
     }

@@ -83,6 +83,10 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
     let sig = ManifestSig::sign(&owner, &signing, &vault_id, &mbytes, b"");
     let files = [
         (vdir.join(".gitignore"), VAULT_GITIGNORE.as_bytes().to_vec()),
+        (
+            vdir.join(".gitattributes"),
+            crate::sync::GITATTRIBUTES.as_bytes().to_vec(),
+        ),
         (vdir.join("manifest.yaml"), mbytes),
         (vdir.join("manifest.sig"), model::to_yaml(&sig)),
         // Last: the vault exists once config.yaml does.
@@ -106,6 +110,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         fsutil::write_atomic(&gitignore, &ignore, fsutil::PUBLIC_FILE)?;
     }
     let hook = install_hook(&repo)?;
+    crate::sync::register_merge_driver(&repo)?;
 
     let mut paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     paths.push(gitignore);

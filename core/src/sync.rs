@@ -330,6 +330,7 @@ impl Writer<'_> {
         let Some((repo, up)) = self.repo_and_upstream()? else {
             return Ok(PullOutcome::NoRemote);
         };
+        register_merge_driver(&repo)?;
         let Some(theirs) = remote::fetch(repo.workdir(), repo.repo(), &up, timeout)? else {
             return Ok(PullOutcome::UpToDate);
         };
@@ -618,6 +619,94 @@ impl Writer<'_> {
         record.secrets.remove(&key);
         write_conflicts(self.vault, &record)
     }
+}
+
+/// The manifest of a merge that plain `git merge` made (through the merge
+/// driver `init` registers): returned when HEAD is a merge whose parents'
+/// manifests are both signed by trusted owners and the committed manifest is
+/// exactly their entry-by-entry merge — the one unsigned manifest an owner
+/// may sign without looking. Group keys must not have diverged (a rotation
+/// on either side needs `agent-vault sync`).
+pub fn git_merged_manifest(vault: &Vault) -> Result<Option<Manifest>> {
+    let Some(repo) = VaultRepo::discover(vault.root())? else {
+        return Ok(None);
+    };
+    let rel = vault_rel(vault, &repo)?;
+    let r = repo.repo();
+    let Ok(head) = r.head().and_then(|h| h.peel_to_commit()) else {
+        return Ok(None);
+    };
+    if head.parent_count() != 2 {
+        return Ok(None);
+    }
+    let current = fsutil::read(&vault.manifest_path())?;
+    if blob_at(r, &head.tree()?, &rel.join("manifest.yaml")).as_deref() != Some(current.as_slice())
+    {
+        return Ok(None);
+    }
+    let mut sides = Vec::new();
+    for parent in head.parents() {
+        let t = parent.tree()?;
+        let m = blob_at(r, &t, &rel.join("manifest.yaml")).unwrap_or_default();
+        let sig = blob_at(r, &t, &rel.join("manifest.sig"));
+        let services = blob_at(r, &t, &rel.join("services.yaml")).unwrap_or_default();
+        match vault.verify_manifest(&m, sig.as_deref(), &services, false) {
+            Ok(m) => sides.push(m),
+            Err(_) => return Ok(None),
+        }
+    }
+    let base = r.merge_base(head.parent_id(0)?, head.parent_id(1)?)?;
+    let base_m: Option<Manifest> =
+        blob_at(r, &r.find_commit(base)?.tree()?, &rel.join("manifest.yaml"))
+            .and_then(|b| model::parse_yaml(Path::new("manifest.yaml"), &b).ok());
+    let merged = merge_manifests(base_m.as_ref(), &sides[0], &sides[1]);
+    let now: Manifest = model::parse_yaml(&vault.manifest_path(), &current)?;
+    let diverged = merged.groups.iter().any(|(g, e)| {
+        sides
+            .iter()
+            .any(|s| s.groups.get(g).is_some_and(|x| x.recipient != e.recipient))
+    });
+    Ok((now == merged && !diverged).then_some(merged))
+}
+
+/// The lines `init` (and every pull) puts in `.agent-vault/.gitattributes`
+/// and the repository's config, so that plain `git pull` merges the
+/// manifest entry by entry.
+pub const GITATTRIBUTES: &str = "# agent-vault: merge the manifest entry by entry; the next agent-vault command re-signs it\nmanifest.yaml merge=agent-vault-manifest\nmanifest.sig merge=agent-vault-ours\n*.age binary\n";
+
+/// Registers the manifest merge driver in the repository's config.
+pub fn register_merge_driver(repo: &VaultRepo) -> Result<()> {
+    let mut cfg = repo.repo().config()?;
+    let key = "merge.agent-vault-manifest.driver";
+    if cfg.get_string(key).is_err() {
+        cfg.set_str(
+            "merge.agent-vault-manifest.name",
+            "agent-vault manifest (entry by entry)",
+        )?;
+        cfg.set_str(key, "agent-vault merge-driver %O %A %B")?;
+        // The signature is made anew for the merged manifest: keep ours meanwhile.
+        cfg.set_str(
+            "merge.agent-vault-ours.name",
+            "agent-vault: keep ours until re-signed",
+        )?;
+        cfg.set_str("merge.agent-vault-ours.driver", "true")?;
+    }
+    Ok(())
+}
+
+/// The merge driver: merges three manifest files entry by entry into
+/// `ours`. Returns false (a conflict for git) if one does not parse.
+pub fn merge_driver(base: &Path, ours: &Path, theirs: &Path) -> Result<bool> {
+    let read = |p: &Path| -> Option<Manifest> {
+        let b = std::fs::read(p).ok()?;
+        model::parse_yaml(p, &b).ok()
+    };
+    let (Some(o), Some(t)) = (read(ours), read(theirs)) else {
+        return Ok(false);
+    };
+    let merged = merge_manifests(read(base).as_ref(), &o, &t);
+    fsutil::write_atomic(ours, &model::to_yaml(&merged), fsutil::PUBLIC_FILE)?;
+    Ok(true)
 }
 
 /// The automatic pull of readers: at most once per interval, only with a

@@ -96,10 +96,24 @@ impl<'v> Writer<'v> {
         if pending.is_none() {
             remove_stray_next_keys(vault)?;
         }
-        // The manifest that a pending operation is heading to, or the signed one.
+        // The manifest that a pending operation is heading to, or the signed
+        // one — or one that plain `git merge` made from two signed ones,
+        // which this owner signs now.
+        let mut git_merged = None;
         let manifest = match pending.as_ref().and_then(|t| t.manifest.clone()) {
             Some(m) => m,
-            None => vault.manifest()?,
+            None => match vault.manifest() {
+                Ok(m) => m,
+                Err(Error::UnsignedManifest(why)) => match crate::sync::git_merged_manifest(vault)?
+                {
+                    Some(m) => {
+                        git_merged = Some(m.clone());
+                        m
+                    }
+                    None => return Err(Error::UnsignedManifest(why)),
+                },
+                Err(e) => return Err(e),
+            },
         };
         let owner = match Vault::role_of(&manifest, &id)? {
             Role::Owner(o) => o,
@@ -125,6 +139,13 @@ impl<'v> Writer<'v> {
             let op = txn.op.clone();
             w.complete(txn)?;
             w.recovered = Some(op);
+        }
+        if let Some(m) = git_merged {
+            let mut txn = Txn::new("re-sign the manifest git merged");
+            txn.rewrap = m.groups.keys().cloned().collect();
+            txn.reescrow = m.agents.keys().cloned().collect();
+            txn.manifest = Some(m);
+            w.run(txn)?;
         }
         // Whatever we hold now must be the signed manifest.
         w.manifest = vault.manifest()?;

@@ -1,7 +1,7 @@
 //! Team sync over real git remotes on loopback: file://, git daemon, and
 //! ssh with key authentication.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::harness::*;
@@ -375,4 +375,60 @@ fn ssh_remote_with_key_auth_and_a_clear_auth_failure() {
         "{err}"
     );
     assert!(err.contains("ssh-agent"), "{err}");
+}
+
+#[test]
+fn plain_git_pull_merges_the_manifest_and_an_owner_re_signs_it() {
+    let env = Env::new();
+    let url = file_url(&env);
+    team(&env, &url, None);
+    env.set("g/a", b"1");
+    let bob = add_bob(&env, &url);
+    // Bob's first pull registers the merge driver in his clone.
+    ok(bob.run(&env, &["pull"]), "bob pull");
+    env.add_agent("alpha");
+    ok(env.run(&["sync"], b""), "alice sync");
+    ok(bob.run(&env, &["add-agent", "beta"]), "bob add-agent");
+    // Bob merges with plain git; the driver init registered merges the
+    // manifest entry by entry (the binary is found on PATH).
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("git")
+        .args(["pull", "--no-rebase", "--no-edit", "-q", "origin"])
+        .current_dir(&bob.dir)
+        .env("PATH", &path)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", env.tmp.path().join("gitconfig"))
+        .env("GIT_AUTHOR_NAME", "bob")
+        .env("GIT_AUTHOR_EMAIL", "bob@example.com")
+        .env("GIT_COMMITTER_NAME", "bob")
+        .env("GIT_COMMITTER_EMAIL", "bob@example.com")
+        .output()
+        .unwrap();
+    ok(out, "git pull");
+    // Until an owner signs the merge, readers refuse it and say what to do.
+    let err = stderr(&bob.run(&env, &["get", "g/a"]));
+    assert!(
+        err.contains("not trusted") && err.contains("agent-vault repair"),
+        "{err}"
+    );
+    ok(bob.run(&env, &["repair"]), "repair");
+    assert_eq!(ok(bob.run(&env, &["get", "g/a"]), "get").stdout, b"1");
+    let agents = ok(bob.run(&env, &["list-agents", "--json"]), "list");
+    let v: serde_json::Value = serde_json::from_slice(&agents.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    ok(bob.run(&env, &["check"]), "check");
+    ok(bob.run(&env, &["sync"]), "bob sync");
+    ok(env.run(&["sync"], b""), "alice sync");
+    assert_eq!(env.json(&["list-agents"]).as_array().unwrap().len(), 2);
 }
