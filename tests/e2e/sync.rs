@@ -241,6 +241,9 @@ fn agent_clone_over_git_daemon_follows_grants_and_revokes() {
         ok(agent.run(&env, &["get", "stripe/key"]), "agent get").stdout,
         b"sk_1"
     );
+    // The agent machine's own files survive every pull.
+    std::fs::write(agent.dir.join("agent-notes.txt"), "mine").unwrap();
+    std::fs::write(agent.dir.join(".gitignore"), "edited on the agent\n").unwrap();
     // A revoke reaches the agent on its next pull.
     env.ok(&["revoke", "bot", "stripe"]);
     env.set("stripe/key", b"sk_2");
@@ -253,8 +256,20 @@ fn agent_clone_over_git_daemon_follows_grants_and_revokes() {
     env.ok(&["grant", "bot", "stripe"]);
     env.ok(&["sync"]);
     ok(agent.run(&env, &["pull"]), "agent pull");
+    assert_eq!(
+        std::fs::read_to_string(agent.dir.join("agent-notes.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.dir.join(".gitignore")).unwrap(),
+        "edited on the agent\n"
+    );
     drop(daemon);
     std::fs::remove_file(agent.dir.join(".agent-vault/.local/last-pull")).ok();
+    // --offline never tries.
+    let out = agent.run(&env, &["get", "stripe/key", "--offline"]);
+    assert_eq!(out.stdout, b"sk_2");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
     let out = agent.run(&env, &["get", "stripe/key"]);
     assert_eq!(out.stdout, b"sk_2");
     assert!(
