@@ -676,6 +676,13 @@ impl<'v> Writer<'v> {
             let path = v.group_key_path(g);
             let ct = fsutil::read(&path)?;
             let gid = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
+            // A key file is not signed: only the manifest's recipient vouches for it.
+            if gid.recipient().as_string() != target.group(g)?.recipient {
+                return Err(Error::corrupt(
+                    &path,
+                    "holds a key that is not the group's (its recipient differs from the manifest's)",
+                ));
+            }
             let recipients = target.group_key_recipients(g)?;
             let new = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &gid)?;
             fsutil::write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;

@@ -447,3 +447,24 @@ fn plain_git_pull_merges_the_manifest_and_an_owner_re_signs_it() {
     ok(env.run(&["sync"], b""), "alice sync");
     assert_eq!(env.json(&["list-agents"]).as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn the_users_git_setup_applies_insteadof() {
+    let env = Env::new();
+    let srv = env.tmp.path().join("srv");
+    // The user's own rewrite rule: team:NAME means a directory on this machine.
+    let rule = format!("url.file://{}/.insteadOf", srv.display());
+    ok(
+        env.git_in(env.tmp.path(), &["config", "--global", &rule, "team:"]),
+        "git config",
+    );
+    team(&env, "team:vault.git", None);
+    env.set("g/a", b"1");
+    ok(env.run(&["sync"], b""), "sync");
+    let log = String::from_utf8(
+        env.git_in(&srv.join("vault.git"), &["log", "--format=%s", "-1"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(log.trim(), "agent-vault: set g/a");
+}
