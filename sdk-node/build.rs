@@ -1,0 +1,4 @@
+//! Linker arguments for a Node addon.
+fn main() {
+    napi_build::setup();
+}

@@ -1,0 +1,3 @@
+signer: vector-owner
+signing_key: q966oNOFnyDBd3W7uIExgJsDnqA8h6qm2N+V6vbHTHM=
+signature: I+7i4Jq/qSB5iGC5wi5v0V1ocoenziNzNPt73w/zy87TrWSRdvqXzQltzU0wgM/SGsdtrrTnUvERh2WxXCjEDg==
