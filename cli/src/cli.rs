@@ -140,6 +140,9 @@ pub enum Command {
         #[arg(long)]
         theirs: bool,
     },
+    /// Broker services: which hosts a credential goes to, and how.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Git's merge driver for manifest.yaml (registered by init): merges entry by entry.
     #[command(hide = true)]
     MergeDriver {
@@ -201,6 +204,70 @@ pub enum Command {
     },
     /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a grant, a read.
     Demo,
+}
+
+/// `service` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Add (or replace) a service.
+    Add(Box<ServiceAddArgs>),
+    /// List services.
+    List,
+    /// Remove a service.
+    Rm {
+        /// The service.
+        name: String,
+    },
+}
+
+/// Arguments of `service add`. Exactly one way to authenticate.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("auth").required(true).args(["template", "bearer", "basic", "header", "query", "passthrough"])))]
+pub struct ServiceAddArgs {
+    /// The service's name.
+    pub name: String,
+    /// A built-in template: github, stripe, openai, anthropic, slack, shopify (with --secret).
+    #[arg(long, requires = "secret")]
+    pub template: Option<String>,
+    /// The secret a template uses.
+    #[arg(long, value_name = "GROUP/NAME")]
+    pub secret: Option<String>,
+    /// Authorization: Bearer SECRET.
+    #[arg(long, value_name = "GROUP/NAME")]
+    pub bearer: Option<String>,
+    /// Authorization: Basic, the user (or API key) secret; --pass for a password secret.
+    #[arg(long, value_name = "GROUP/NAME")]
+    pub basic: Option<String>,
+    /// The password secret of --basic.
+    #[arg(long, value_name = "GROUP/NAME", requires = "basic")]
+    pub pass: Option<String>,
+    /// A header and its value template: 'x-api-key={{group/name}}'.
+    #[arg(long, value_name = "NAME=TEMPLATE")]
+    pub header: Option<String>,
+    /// A query parameter: 'api_key=group/name'.
+    #[arg(long, value_name = "PARAM=GROUP/NAME")]
+    pub query: Option<String>,
+    /// Allow the hosts through with nothing injected.
+    #[arg(long)]
+    pub passthrough: bool,
+    /// A host pattern (api.example.com, *.example.com, host:port); repeatable. Templates bring their own.
+    #[arg(long = "host", value_name = "PATTERN")]
+    pub hosts: Vec<String>,
+    /// A path prefix the service covers; repeatable (default: all).
+    #[arg(long = "path", value_name = "PREFIX")]
+    pub paths: Vec<String>,
+    /// A method the service allows; repeatable (default: all).
+    #[arg(long = "method", value_name = "METHOD")]
+    pub methods: Vec<String>,
+    /// A secret that `{{secret:group/name}}` placeholders may name; repeatable.
+    #[arg(long = "substitute", value_name = "GROUP/NAME")]
+    pub substitute: Vec<String>,
+    /// A placeholder string replaced by a secret: 'PLACEHOLDER=group/name'; repeatable.
+    #[arg(long = "placeholder", value_name = "STRING=GROUP/NAME")]
+    pub placeholders: Vec<String>,
+    /// Allow plain-http:// requests to these hosts.
+    #[arg(long)]
+    pub allow_http: bool,
 }
 
 /// Arguments of `set`.

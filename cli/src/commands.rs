@@ -187,6 +187,9 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             let side = if theirs { "their" } else { "our" };
             done(&ctx, &format!("{path}: kept {side} value"))
         }
+        Command::Service(cmd) => {
+            crate::service::run(&ctx_vault(&ctx)?, &ctx_source(&ctx), ctx.json, cmd)
+        }
         Command::MergeDriver { base, ours, theirs } => {
             if sync::merge_driver(&base, &ours, &theirs)? {
                 Ok(ExitCode::SUCCESS)
@@ -323,6 +326,14 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Man { dir } => man(&dir),
         Command::Demo => crate::demo::run(),
     }
+}
+
+fn ctx_vault(ctx: &Ctx) -> CliResult<Vault> {
+    ctx.vault()
+}
+
+fn ctx_source(ctx: &Ctx) -> KeySource {
+    ctx.key_source()
 }
 
 fn report_pull(ctx: &Ctx, pull: &sync::PullOutcome, pushed: Option<bool>) -> CliResult<ExitCode> {

@@ -218,6 +218,26 @@ impl VaultRepo {
         Ok(Some(oid))
     }
 
+    /// Removes git's lock files that a process of ours left when it was
+    /// killed mid-commit: only those created after `since` (when the
+    /// interrupted operation began, under the vault's lock), so a lock of an
+    /// unrelated git command that was already running stays.
+    pub fn clear_locks_since(&self, since: std::time::SystemTime) {
+        let git_dir = self.repo.path();
+        let mut candidates = vec![git_dir.join("index.lock"), git_dir.join("HEAD.lock"), git_dir.join("config.lock")];
+        if let Ok(rd) = std::fs::read_dir(git_dir.join("refs/heads")) {
+            candidates.extend(rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "lock")));
+        }
+        for lock in candidates {
+            let newer = std::fs::metadata(&lock)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if newer {
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+    }
+
     /// Brings the index entries of our paths in line with the new commit,
     /// leaving every other entry (the user's staged work) untouched.
     fn update_index(git_dir: &Path, updates: &[IndexUpdate]) -> Result<()> {

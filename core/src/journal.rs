@@ -61,6 +61,9 @@ pub struct Txn {
     /// See `merge_parent`.
     #[serde(default)]
     pub merged_files: Vec<String>,
+    /// The new `services.yaml` (empty: none), signed with the manifest.
+    #[serde(default)]
+    pub services: Option<String>,
 }
 
 impl Txn {

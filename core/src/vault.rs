@@ -230,6 +230,16 @@ impl Vault {
         Ok(manifest)
     }
 
+    /// The services list, verified with the manifest's signature (which
+    /// covers it).
+    pub fn services(&self) -> Result<crate::services::Services> {
+        let mbytes = fsutil::read(&self.manifest_path())?;
+        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
+        let sig = fsutil::read_optional(&self.sig_path())?;
+        self.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
+        crate::services::Services::parse(&self.services_path(), &services)
+    }
+
     /// Who `id` is in `manifest`.
     pub fn role_of(manifest: &Manifest, id: &Identity) -> Result<Role> {
         let r = id.recipient().as_string();

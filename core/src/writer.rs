@@ -136,6 +136,13 @@ impl<'v> Writer<'v> {
             _lock: lock,
         };
         if let Some(txn) = pending {
+            // The interrupted process may have died inside a git commit.
+            if let (Some(repo), Ok(began)) = (
+                &w.repo,
+                std::fs::metadata(vault.journal_path()).and_then(|m| m.modified()),
+            ) {
+                repo.clear_locks_since(began);
+            }
             let op = txn.op.clone();
             w.complete(txn)?;
             w.recovered = Some(op);
@@ -530,6 +537,37 @@ impl<'v> Writer<'v> {
         Ok(report)
     }
 
+    /// The verified services list.
+    pub fn services(&self) -> Result<crate::services::Services> {
+        let path = self.vault.services_path();
+        crate::services::Services::parse(&path, &fsutil::read_optional(&path)?.unwrap_or_default())
+    }
+
+    /// Replaces the services list (signed with the manifest). Every secret a
+    /// service names must exist in a group of the vault.
+    pub fn set_services(&mut self, services: &crate::services::Services, op: &str) -> Result<()> {
+        services.validate()?;
+        for (name, svc) in &services.services {
+            for p in svc.all_secrets() {
+                if !self.manifest.groups.contains_key(p.group())
+                    || !self.vault.secret_age_path(&p).exists()
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "service {name} names {p}, which is not a secret of this vault; set it first"
+                    )));
+                }
+            }
+        }
+        let bytes = services.to_bytes();
+        let mut txn = Txn::new(op);
+        txn.services = Some(
+            String::from_utf8(bytes)
+                .map_err(|_| Error::InvalidInput("services are not UTF-8".into()))?,
+        );
+        txn.manifest = Some(self.manifest.clone());
+        self.run(txn)
+    }
+
     /// Re-signs the manifest as it is (e.g. after `init`).
     pub fn resign(&mut self, op: &str) -> Result<()> {
         let mut txn = Txn::new(op);
@@ -720,7 +758,16 @@ impl<'v> Writer<'v> {
             touched.push(path);
         }
 
-        // 5. The manifest, signed.
+        // 5. The services list and the manifest, signed together.
+        if let Some(services) = &txn.services {
+            let path = v.services_path();
+            if services.is_empty() {
+                fsutil::remove_file(&path)?;
+            } else {
+                fsutil::write_atomic(&path, services.as_bytes(), fsutil::PUBLIC_FILE)?;
+            }
+            touched.push(path);
+        }
         if let Some(m) = &txn.manifest {
             self.write_manifest(m)?;
             touched.push(v.manifest_path());

@@ -373,3 +373,31 @@ fn repair_removes_unfinished_writes_but_keeps_spares() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 error(s), 0 warning(s)"));
     assert_eq!(env.get("g/a"), b"A");
 }
+
+#[test]
+fn a_commit_killed_mid_write_leaves_no_lock_behind() {
+    let env = Env::new();
+    env.set("g/a", b"A");
+    env.set("g/b", b"B");
+    let journal = env.vault.join(".agent-vault/.local/journal.json");
+    let lock = env.vault.join(".git/index.lock");
+    // A lock that was there before the operation began is someone else's: kept.
+    std::fs::write(&lock, b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let txn = r#"{"op":"rm g/a","manifest":null,"metas":[],"rotate":[],"rewrap":[],"remove_secrets":["g/a"],"remove_agents":[],"agent_files":[]}"#;
+    std::fs::write(&journal, txn).unwrap();
+    let err = env.fail(&["repair"]);
+    assert!(err.contains("lock"), "{err}");
+    std::fs::remove_file(&lock).unwrap();
+    // A process of ours killed inside git's commit leaves index.lock behind,
+    // newer than its journal: the next command clears it and completes.
+    std::fs::write(&journal, txn).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&lock, b"").unwrap();
+    let v = env.json(&["repair"]);
+    assert_eq!(v["completed"], "rm g/a");
+    assert!(!lock.exists());
+    assert!(env.fail(&["get", "g/a"]).contains("no secret g/a"));
+    assert_eq!(env.get("g/b"), b"B");
+    assert_eq!(env.git(&["status", "--porcelain"]), "");
+}

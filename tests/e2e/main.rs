@@ -12,4 +12,5 @@ mod hook;
 mod interop;
 mod owners;
 mod remotes;
+mod services;
 mod sync;

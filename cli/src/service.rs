@@ -1,0 +1,153 @@
+//! `agent-vault service add|list|rm`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use agent_vault_core::services::{self, Auth, Service};
+use agent_vault_core::{KeySource, SecretPath, Vault};
+use serde_json::json;
+
+use crate::cli::{ServiceAddArgs, ServiceCommand};
+use crate::output::{self, CliError, CliResult, line};
+
+fn secret(s: &str) -> CliResult<SecretPath> {
+    Ok(s.parse::<SecretPath>()?)
+}
+
+fn split_pair<'a>(s: &'a str, what: &str) -> CliResult<(&'a str, &'a str)> {
+    s.split_once('=')
+        .ok_or_else(|| CliError::Msg(format!("{what} takes NAME=VALUE, got {s:?}"), None))
+}
+
+fn build(a: &ServiceAddArgs) -> CliResult<Service> {
+    let mut svc = match (&a.template, &a.secret) {
+        (Some(t), Some(s)) => services::template(t, &secret(s)?).ok_or_else(|| {
+            CliError::Msg(
+                format!("no template {t:?}"),
+                Some(format!("templates: {}", services::TEMPLATES.join(", "))),
+            )
+        })?,
+        _ => {
+            let auth = if let Some(b) = &a.bearer {
+                Auth::Bearer(secret(b)?)
+            } else if let Some(u) = &a.basic {
+                Auth::Basic {
+                    user: secret(u)?,
+                    pass: a.pass.as_deref().map(secret).transpose()?,
+                }
+            } else if let Some(h) = &a.header {
+                let (name, template) = split_pair(h, "--header")?;
+                Auth::Header {
+                    name: name.trim().to_owned(),
+                    template: template.to_owned(),
+                }
+            } else if let Some(q) = &a.query {
+                let (param, s) = split_pair(q, "--query")?;
+                Auth::Query {
+                    param: param.to_owned(),
+                    secret: secret(s)?,
+                }
+            } else {
+                Auth::Passthrough
+            };
+            Service {
+                hosts: Vec::new(),
+                paths: Vec::new(),
+                methods: Vec::new(),
+                auth,
+                secrets: Vec::new(),
+                placeholders: BTreeMap::new(),
+                allow_http: false,
+            }
+        }
+    };
+    if !a.hosts.is_empty() {
+        svc.hosts = a.hosts.clone();
+    }
+    if svc.hosts.is_empty() {
+        return Err(CliError::Msg(
+            "a service needs at least one --host".into(),
+            None,
+        ));
+    }
+    svc.paths = a.paths.clone();
+    svc.methods = a.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+    svc.secrets = a
+        .substitute
+        .iter()
+        .map(|s| secret(s))
+        .collect::<CliResult<_>>()?;
+    for p in &a.placeholders {
+        let (placeholder, s) = split_pair(p, "--placeholder")?;
+        svc.placeholders.insert(placeholder.to_owned(), secret(s)?);
+    }
+    svc.allow_http = a.allow_http;
+    Ok(svc)
+}
+
+fn describe(svc: &Service) -> String {
+    let auth = match &svc.auth {
+        Auth::Bearer(s) => format!("bearer {s}"),
+        Auth::Basic { user, pass } => match pass {
+            Some(p) => format!("basic {user} {p}"),
+            None => format!("basic {user}"),
+        },
+        Auth::Header { name, template } => format!("header {name}: {template}"),
+        Auth::Query { param, secret } => format!("query {param}={secret}"),
+        Auth::Passthrough => "passthrough".into(),
+    };
+    format!("{} ({auth})", svc.hosts.join(", "))
+}
+
+/// Runs a `service` subcommand.
+pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> CliResult<ExitCode> {
+    match cmd {
+        ServiceCommand::List => {
+            let all = vault.services()?;
+            if json {
+                output::json(&serde_json::to_value(&all.services).unwrap_or_default())?;
+            } else if all.services.is_empty() {
+                line(
+                    "no services; add one with `agent-vault service add NAME --template github --secret github/token`",
+                )?;
+            } else {
+                for (name, svc) in &all.services {
+                    line(format!("{name:<16} {}", describe(svc)))?;
+                }
+            }
+        }
+        ServiceCommand::Add(args) => {
+            if !services::valid_service_name(&args.name) {
+                return Err(CliError::Msg(
+                    format!("invalid service name {:?}", args.name),
+                    Some("1 to 63 characters of a-z, 0-9, '_' and '-'".into()),
+                ));
+            }
+            let svc = build(&args)?;
+            let mut w = vault.writer(key)?;
+            let mut all = w.services()?;
+            let text = describe(&svc);
+            all.services.insert(args.name.clone(), svc);
+            w.set_services(&all, &format!("service add {}", args.name))?;
+            if json {
+                output::json(&json!({"service": args.name, "added": true}))?;
+            } else {
+                line(format!("service {}: {text}", args.name))?;
+            }
+        }
+        ServiceCommand::Rm { name } => {
+            let mut w = vault.writer(key)?;
+            let mut all = w.services()?;
+            if all.services.remove(&name).is_none() {
+                return Err(CliError::Msg(format!("no service {name}"), None));
+            }
+            w.set_services(&all, &format!("service rm {name}"))?;
+            if json {
+                output::json(&json!({"service": name, "removed": true}))?;
+            } else {
+                line(format!("removed service {name}"))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

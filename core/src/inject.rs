@@ -1,0 +1,560 @@
+//! The broker's injection engine, with no I/O: given a request the agent
+//! sent and the service it matched, what to strip, what to inject, and how
+//! to scrub every injected value out of what comes back. The proxy and the
+//! MCP server feed it request parts and body chunks.
+
+use age::secrecy::{ExposeSecret, SecretBox};
+use base64::Engine;
+use zeroize::Zeroizing;
+
+use crate::crypto::SecretValue;
+use crate::error::{Error, Result};
+use crate::names::SecretPath;
+use crate::services::{Auth, Service, template_secrets};
+
+/// Headers through which an agent could send a credential of its own;
+/// always removed before the real one is injected.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// A request as the engine sees it.
+pub struct Outgoing {
+    /// Path and query (`/v1/x?y=1`).
+    pub path_and_query: String,
+    /// Headers in order; names compared case-insensitively.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What to do to one request, and how to scrub its response.
+pub struct Plan {
+    /// Headers to set (replacing any the agent sent).
+    set_headers: Vec<(String, SecretBox<Vec<u8>>)>,
+    /// Headers to remove.
+    strip_headers: Vec<String>,
+    /// A query parameter to set.
+    query: Option<(String, SecretBox<Vec<u8>>)>,
+    /// Placeholders and their values, for headers, path, query and body.
+    substitutions: Vec<(Vec<u8>, SecretBox<Vec<u8>>, SecretPath)>,
+    /// Every injected value, in every encoding it could come back in.
+    scrub: Vec<(SecretBox<Vec<u8>>, SecretPath)>,
+    /// The secrets this plan may inject (names only: for the audit log).
+    secrets: Vec<SecretPath>,
+}
+
+/// Fetches a secret's value; the caller enforces the agent's grants.
+pub type Resolve<'a> = dyn Fn(&SecretPath) -> Result<SecretValue> + 'a;
+
+fn fill_template(template: &str, resolve: &Resolve<'_>) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(Vec::new());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.extend_from_slice(&rest.as_bytes()[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| {
+            Error::InvalidInput("unclosed placeholder in a header template".into())
+        })?;
+        let inner = after[..end].trim();
+        let path: SecretPath = inner.strip_prefix("secret:").unwrap_or(inner).parse()?;
+        out.extend_from_slice(resolve(&path)?.expose_secret());
+        rest = &after[end + 2..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Ok(out)
+}
+
+fn secret(bytes: &[u8]) -> SecretBox<Vec<u8>> {
+    SecretBox::new(Box::new(bytes.to_vec()))
+}
+
+/// The encodings a value may be reflected in: as is, base64 (standard and
+/// URL-safe), percent-encoded, JSON-escaped.
+fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let mut out = vec![Zeroizing::new(value.to_vec())];
+    out.push(Zeroizing::new(STANDARD.encode(value).into_bytes()));
+    out.push(Zeroizing::new(URL_SAFE_NO_PAD.encode(value).into_bytes()));
+    let mut pct = Zeroizing::new(Vec::new());
+    let mut json = Zeroizing::new(Vec::new());
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            pct.push(b);
+        } else {
+            pct.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+        match b {
+            b'"' => json.extend_from_slice(b"\\\""),
+            b'\\' => json.extend_from_slice(b"\\\\"),
+            b'/' => json.extend_from_slice(b"\\/"),
+            b'\n' => json.extend_from_slice(b"\\n"),
+            b'\r' => json.extend_from_slice(b"\\r"),
+            b'\t' => json.extend_from_slice(b"\\t"),
+            c if c < 0x20 => json.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+            c => json.push(c),
+        }
+    }
+    out.push(pct);
+    out.push(json);
+    out.retain(|e| !e.is_empty());
+    out.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    out.dedup_by(|a, b| a.as_slice() == b.as_slice());
+    out
+}
+
+impl Plan {
+    /// Plans the injection for `service`. Placeholders in the request are
+    /// only honoured for secrets the service lists.
+    pub fn new(service: &Service, resolve: &Resolve<'_>) -> Result<Self> {
+        let mut plan = Plan {
+            set_headers: Vec::new(),
+            strip_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+            query: None,
+            substitutions: Vec::new(),
+            scrub: Vec::new(),
+            secrets: Vec::new(),
+        };
+        let remember = |plan: &mut Plan, path: &SecretPath, injected: &[u8]| {
+            for e in encodings(injected) {
+                plan.scrub.push((secret(&e), path.clone()));
+            }
+            if !plan.secrets.contains(path) {
+                plan.secrets.push(path.clone());
+            }
+        };
+        match &service.auth {
+            Auth::Bearer(p) => {
+                let v = resolve(p)?;
+                let mut h = Zeroizing::new(b"Bearer ".to_vec());
+                h.extend_from_slice(v.expose_secret());
+                remember(&mut plan, p, v.expose_secret());
+                plan.set_headers.push(("authorization".into(), secret(&h)));
+            }
+            Auth::Basic { user, pass } => {
+                let u = resolve(user)?;
+                let mut pair = Zeroizing::new(u.expose_secret().clone());
+                pair.push(b':');
+                remember(&mut plan, user, u.expose_secret());
+                if let Some(p) = pass {
+                    let pv = resolve(p)?;
+                    pair.extend_from_slice(pv.expose_secret());
+                    remember(&mut plan, p, pv.expose_secret());
+                }
+                let encoded =
+                    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
+                remember(&mut plan, user, &pair);
+                let mut h = Zeroizing::new(b"Basic ".to_vec());
+                h.extend_from_slice(encoded.as_bytes());
+                plan.set_headers.push(("authorization".into(), secret(&h)));
+            }
+            Auth::Header { name, template } => {
+                let v = fill_template(template, resolve)?;
+                for p in template_secrets(template).map_err(Error::InvalidInput)? {
+                    let value = resolve(&p)?;
+                    remember(&mut plan, &p, value.expose_secret());
+                }
+                plan.strip_headers.push(name.to_ascii_lowercase());
+                plan.set_headers
+                    .push((name.to_ascii_lowercase(), secret(&v)));
+            }
+            Auth::Query { param, secret: p } => {
+                let v = resolve(p)?;
+                remember(&mut plan, p, v.expose_secret());
+                plan.query = Some((param.clone(), secret(v.expose_secret())));
+            }
+            Auth::Passthrough => {}
+        }
+        for p in &service.secrets {
+            let v = resolve(p)?;
+            remember(&mut plan, p, v.expose_secret());
+            plan.substitutions.push((
+                format!("{{{{secret:{p}}}}}").into_bytes(),
+                secret(v.expose_secret()),
+                p.clone(),
+            ));
+        }
+        for (placeholder, p) in &service.placeholders {
+            let v = resolve(p)?;
+            remember(&mut plan, p, v.expose_secret());
+            plan.substitutions.push((
+                placeholder.clone().into_bytes(),
+                secret(v.expose_secret()),
+                p.clone(),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The secrets the plan injects or may substitute (names, for the audit).
+    pub fn secrets(&self) -> &[SecretPath] {
+        &self.secrets
+    }
+
+    /// Strips the agent's credentials, injects the real one, and fills in
+    /// placeholders in headers, path and query. A `{{secret:…}}` placeholder
+    /// the service does not list is an error, never passed on.
+    pub fn apply(&self, req: &mut Outgoing) -> Result<()> {
+        req.headers
+            .retain(|(n, _)| !self.strip_headers.iter().any(|s| s.eq_ignore_ascii_case(n)));
+        let sub = self.substituter();
+        for (_, v) in req.headers.iter_mut() {
+            *v = sub.replace_all(v);
+        }
+        let pq = sub.replace_all(req.path_and_query.as_bytes());
+        req.path_and_query = String::from_utf8(pq)
+            .map_err(|_| Error::InvalidInput("the request path is not UTF-8".into()))?;
+        for text in std::iter::once(req.path_and_query.as_bytes())
+            .chain(req.headers.iter().map(|(_, v)| v.as_slice()))
+        {
+            if let Some(p) = unlisted_placeholder(text) {
+                return Err(Error::InvalidInput(format!(
+                    "the request names {p}, which this service may not use"
+                )));
+            }
+        }
+        if let Some((param, value)) = &self.query {
+            let (path, query) = match req.path_and_query.split_once('?') {
+                Some((p, q)) => (p.to_owned(), q.to_owned()),
+                None => (req.path_and_query.clone(), String::new()),
+            };
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(param.as_str()))
+                .collect();
+            let mut pq = path;
+            pq.push('?');
+            for kv in kept {
+                pq.push_str(kv);
+                pq.push('&');
+            }
+            pq.push_str(param);
+            pq.push('=');
+            for &b in value.expose_secret().iter() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    pq.push(b as char);
+                } else {
+                    pq.push_str(&format!("%{b:02X}"));
+                }
+            }
+            req.path_and_query = pq;
+        }
+        for (name, value) in &self.set_headers {
+            req.headers
+                .push((name.clone(), value.expose_secret().clone()));
+        }
+        Ok(())
+    }
+
+    /// Fills placeholders into a request body, chunk by chunk.
+    pub fn substituter(&self) -> StreamReplace {
+        StreamReplace::new(
+            self.substitutions
+                .iter()
+                .map(|(placeholder, value, _)| (secret(placeholder), secret(value.expose_secret())))
+                .collect(),
+        )
+    }
+
+    /// Replaces every injected value (in every encoding) in a response,
+    /// chunk by chunk, with `[REDACTED:group/name]`.
+    pub fn scrubber(&self) -> StreamReplace {
+        StreamReplace::new(
+            self.scrub
+                .iter()
+                .map(|(v, p)| {
+                    (
+                        secret(v.expose_secret()),
+                        secret(format!("[REDACTED:{p}]").as_bytes()),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The first `{{secret:…}}` left in `text`, if any.
+fn unlisted_placeholder(text: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(text);
+    let start = s.find("{{secret:")?;
+    let end = s[start..]
+        .find("}}")
+        .map(|e| start + e + 2)
+        .unwrap_or(s.len());
+    Some(s[start..end.min(start + 200)].to_owned())
+}
+
+/// A pattern and what replaces it, both zeroized on drop.
+type Pair = (SecretBox<Vec<u8>>, SecretBox<Vec<u8>>);
+
+/// Replaces patterns in a stream of chunks, across chunk boundaries: it
+/// holds back just enough of each chunk's end to see a pattern that starts
+/// there. Leftmost match wins; among matches starting at one place, the
+/// longest. Patterns and replacements are zeroized on drop.
+pub struct StreamReplace {
+    pairs: Vec<Pair>,
+    longest: usize,
+    carry: Zeroizing<Vec<u8>>,
+}
+
+impl StreamReplace {
+    fn new(mut pairs: Vec<Pair>) -> Self {
+        pairs.retain(|(p, _)| !p.expose_secret().is_empty());
+        // Longest first, so the first hit at a position is the longest.
+        pairs.sort_by_key(|(p, _)| std::cmp::Reverse(p.expose_secret().len()));
+        let longest = pairs
+            .first()
+            .map(|(p, _)| p.expose_secret().len())
+            .unwrap_or(0);
+        StreamReplace {
+            pairs,
+            longest,
+            carry: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// Whether it replaces anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The next leftmost (then longest) match at or after `from`.
+    fn next_match(&self, buf: &[u8], from: usize) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, (p, _)) in self.pairs.iter().enumerate() {
+            if let Some(pos) = memchr::memmem::find(&buf[from..], p.expose_secret()) {
+                let at = from + pos;
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, i));
+                }
+            }
+        }
+        best
+    }
+
+    fn replace_upto(&self, buf: &[u8], limit: usize, out: &mut Vec<u8>) -> usize {
+        // Replaces matches that start before `limit`; returns how far the
+        // input was consumed.
+        let mut pos = 0;
+        while let Some((at, i)) = self.next_match(buf, pos) {
+            if at >= limit {
+                break;
+            }
+            out.extend_from_slice(&buf[pos..at]);
+            out.extend_from_slice(self.pairs[i].1.expose_secret());
+            pos = at + self.pairs[i].0.expose_secret().len();
+        }
+        let end = limit.max(pos);
+        out.extend_from_slice(&buf[pos..end.min(buf.len())]);
+        end.min(buf.len())
+    }
+
+    /// Feeds a chunk; returns what may be passed on now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.pairs.is_empty() {
+            return chunk.to_vec();
+        }
+        let mut buf = Zeroizing::new(std::mem::take(&mut *self.carry));
+        buf.extend_from_slice(chunk);
+        // A match starting in the last `longest - 1` bytes might continue in
+        // the next chunk: hold those back.
+        let limit = buf.len().saturating_sub(self.longest - 1);
+        let mut out = Vec::with_capacity(buf.len());
+        let consumed = self.replace_upto(&buf, limit, &mut out);
+        self.carry = Zeroizing::new(buf[consumed..].to_vec());
+        out
+    }
+
+    /// Ends the stream; returns the rest.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let buf = Zeroizing::new(std::mem::take(&mut *self.carry));
+        let mut out = Vec::with_capacity(buf.len());
+        self.replace_upto(&buf, buf.len(), &mut out);
+        out
+    }
+
+    /// Replaces in a whole buffer at once.
+    pub fn replace_all(&self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(input.len());
+        self.replace_upto(input, input.len(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::template;
+    use std::collections::BTreeMap;
+
+    fn resolver(
+        values: BTreeMap<&'static str, &'static [u8]>,
+    ) -> impl Fn(&SecretPath) -> Result<SecretValue> {
+        move |p: &SecretPath| {
+            values
+                .get(p.to_string().as_str())
+                .map(|v| SecretBox::new(Box::new(v.to_vec())))
+                .ok_or_else(|| Error::SecretNotFound(p.to_string()))
+        }
+    }
+
+    fn req(pq: &str, headers: &[(&str, &str)]) -> Outgoing {
+        Outgoing {
+            path_and_query: pq.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).into(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn header<'a>(r: &'a Outgoing, name: &str) -> Vec<&'a [u8]> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    #[test]
+    fn bearer_strips_and_injects() {
+        let svc = template("github", &"gh/token".parse().unwrap()).unwrap();
+        let r = resolver([("gh/token", &b"ghp_REAL"[..])].into());
+        let plan = Plan::new(&svc, &r).unwrap();
+        let mut q = req(
+            "/user",
+            &[
+                ("Authorization", "Bearer agent-made-up"),
+                ("Cookie", "x=1"),
+                ("Accept", "*/*"),
+            ],
+        );
+        plan.apply(&mut q).unwrap();
+        assert_eq!(header(&q, "authorization"), vec![&b"Bearer ghp_REAL"[..]]);
+        assert!(header(&q, "cookie").is_empty());
+        assert_eq!(header(&q, "accept"), vec![&b"*/*"[..]]);
+        assert_eq!(plan.secrets(), &["gh/token".parse::<SecretPath>().unwrap()]);
+    }
+
+    #[test]
+    fn basic_header_query_and_placeholders() {
+        let r = resolver(
+            [
+                ("s/user", &b"sk_live_1"[..]),
+                ("s/pass", b"p@ss"),
+                ("a/key", b"ant-KEY"),
+                ("q/k", b"a b&c"),
+                ("p/tok", b"TOK"),
+            ]
+            .into(),
+        );
+        let mut svc = template("stripe", &"s/user".parse().unwrap()).unwrap();
+        svc.auth = Auth::Basic {
+            user: "s/user".parse().unwrap(),
+            pass: Some("s/pass".parse().unwrap()),
+        };
+        let plan = Plan::new(&svc, &r).unwrap();
+        let mut q = req("/", &[]);
+        plan.apply(&mut q).unwrap();
+        let expect = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("sk_live_1:p@ss")
+        );
+        assert_eq!(header(&q, "authorization"), vec![expect.as_bytes()]);
+
+        let svc = template("anthropic", &"a/key".parse().unwrap()).unwrap();
+        let plan = Plan::new(&svc, &r).unwrap();
+        let mut q = req(
+            "/v1/messages",
+            &[("x-api-key", "fake"), ("X-Api-Key", "fake2")],
+        );
+        plan.apply(&mut q).unwrap();
+        assert_eq!(header(&q, "x-api-key"), vec![&b"ant-KEY"[..]]);
+
+        let mut svc = svc.clone();
+        svc.auth = Auth::Query {
+            param: "api_key".into(),
+            secret: "q/k".parse().unwrap(),
+        };
+        svc.secrets = vec!["p/tok".parse().unwrap()];
+        let plan = Plan::new(&svc, &r).unwrap();
+        let mut q = req(
+            "/x/{{secret:p/tok}}?api_key=agent&z=1",
+            &[("X-T", "t={{secret:p/tok}}")],
+        );
+        plan.apply(&mut q).unwrap();
+        assert_eq!(q.path_and_query, "/x/TOK?z=1&api_key=a%20b%26c");
+        assert_eq!(header(&q, "x-t"), vec![&b"t=TOK"[..]]);
+        let mut bad = req("/{{secret:other/x}}", &[]);
+        let err = plan.apply(&mut bad).err().unwrap().to_string();
+        assert!(
+            err.contains("other/x") && err.contains("may not use"),
+            "{err}"
+        );
+        let mut body = plan.substituter();
+        let mut out = body.push(b"{\"t\":\"{{secr");
+        out.extend(body.push(b"et:p/tok}}\"}"));
+        out.extend(body.finish());
+        assert_eq!(out, b"{\"t\":\"TOK\"}");
+    }
+
+    #[test]
+    fn scrubs_values_and_encodings_across_chunks() {
+        let r = resolver([("g/k", &b"s3cr3t/value"[..])].into());
+        let svc = template("openai", &"g/k".parse().unwrap()).unwrap();
+        let plan = Plan::new(&svc, &r).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t/value");
+        let body = format!(
+            "echo: Bearer s3cr3t/value, json \"s3cr3t\\/value\", pct s3cr3t%2Fvalue, b64 {b64}, end"
+        );
+        for split in 1..body.len() {
+            let mut s = plan.scrubber();
+            let mut out = Vec::new();
+            for chunk in body.as_bytes().chunks(split) {
+                out.extend(s.push(chunk));
+            }
+            out.extend(s.finish());
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("s3cr3t"), "split {split}: {text}");
+            assert!(!text.contains(&b64), "split {split}: {text}");
+            assert_eq!(
+                text.matches("[REDACTED:g/k]").count(),
+                4,
+                "split {split}: {text}"
+            );
+            assert!(text.starts_with("echo: Bearer [REDACTED:g/k]") && text.ends_with(", end"));
+        }
+    }
+
+    #[test]
+    fn stream_replace_is_chunking_independent() {
+        // Property: for any chunking, output equals the one-shot replacement.
+        let pairs = || {
+            vec![
+                (secret(b"abcab"), secret(b"X")),
+                (secret(b"ab"), secret(b"Y")),
+                (secret(b"bca"), secret(b"Z")),
+            ]
+        };
+        let mut seed = 12345u64;
+        for _ in 0..2000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 33) as usize % 40;
+            let input: Vec<u8> = (0..len)
+                .map(|i| b"abc"[((seed >> (i % 60)) % 3) as usize])
+                .collect();
+            let whole = StreamReplace::new(pairs()).replace_all(&input);
+            let step = 1 + (seed >> 40) as usize % 7;
+            let mut s = StreamReplace::new(pairs());
+            let mut out = Vec::new();
+            for c in input.chunks(step) {
+                out.extend(s.push(c));
+            }
+            out.extend(s.finish());
+            assert_eq!(
+                out,
+                whole,
+                "input {:?} step {step}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! `services.yaml`: the broker's services — which hosts a credential may go
+//! to, how it is presented, which secrets may be substituted into requests.
+//! Signed together with the manifest (`manifest.sig` covers both), so someone
+//! with push access alone cannot redirect a credential to their own host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model;
+use crate::names::SecretPath;
+
+/// How a service's credential is presented upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Auth {
+    /// `Authorization: Bearer VALUE`.
+    Bearer(SecretPath),
+    /// `Authorization: Basic base64(USER:PASS)`; without a password secret,
+    /// the user secret alone (`USER:`), as Stripe expects.
+    Basic {
+        /// The user (or API key) secret.
+        user: SecretPath,
+        /// The password secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pass: Option<SecretPath>,
+    },
+    /// A header whose value is a template: `{{group/name}}` stands for a value.
+    Header {
+        /// The header's name.
+        name: String,
+        /// Its value, with `{{group/name}}` placeholders.
+        template: String,
+    },
+    /// A query parameter.
+    Query {
+        /// The parameter's name.
+        param: String,
+        /// The secret.
+        secret: SecretPath,
+    },
+    /// Allowed through, nothing injected (placeholders may still be substituted).
+    Passthrough,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Host patterns: `api.github.com`, `*.example.com`, `host:port`.
+    pub hosts: Vec<String>,
+    /// Path prefixes the service covers (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Methods the service allows (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// How the credential is presented.
+    pub auth: Auth,
+    /// Secrets that `{{secret:group/name}}` placeholders in headers, path,
+    /// query and body may name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretPath>,
+    /// Configured placeholder strings, replaced by a secret's value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placeholders: BTreeMap<String, SecretPath>,
+    /// Whether plain-`http://` requests are allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    /// Services by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+}
+
+/// Whether a service name is acceptable: like agent and group names.
+pub fn valid_service_name(name: &str) -> bool {
+    name.parse::<crate::names::GroupName>().is_ok()
+}
+
+impl Services {
+    /// Parses `services.yaml`.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Ok(Services::default());
+        }
+        let s: Services = model::parse_yaml(path, bytes)?;
+        for (name, svc) in &s.services {
+            svc.validate(name).map_err(|e| Error::corrupt(path, e))?;
+        }
+        Ok(s)
+    }
+
+    /// Checks every service: names, host patterns, paths, header templates.
+    pub fn validate(&self) -> Result<()> {
+        for (name, svc) in &self.services {
+            svc.validate(name).map_err(Error::InvalidInput)?;
+        }
+        Ok(())
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if self.services.is_empty() {
+            return Vec::new();
+        }
+        model::to_yaml(self)
+    }
+
+    /// The service for a request, if any: the first (by name) whose host
+    /// pattern, path prefix and method match.
+    pub fn find(
+        &self,
+        host: &str,
+        port: u16,
+        scheme_https: bool,
+        method: &str,
+        path: &str,
+    ) -> Option<(&str, &Service)> {
+        self.services
+            .iter()
+            .find(|(_, s)| s.matches(host, port, scheme_https, method, path))
+            .map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Whether any service names this host (and port), whatever the path.
+    pub fn knows_host(&self, host: &str, port: u16, scheme_https: bool) -> bool {
+        self.services
+            .values()
+            .any(|s| s.host_matches(host, port, scheme_https))
+    }
+}
+
+fn host_pattern_matches(pattern: &str, host: &str, port: u16, default_port: u16) -> bool {
+    let (pat_host, pat_port) = match pattern.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty() => {
+            (h, p.parse::<u16>().ok())
+        }
+        _ => (pattern, None),
+    };
+    if pat_port.unwrap_or(default_port) != port {
+        return false;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let pat = pat_host.to_ascii_lowercase();
+    match pat.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pat,
+    }
+}
+
+impl Service {
+    fn validate(&self, name: &str) -> std::result::Result<(), String> {
+        if !valid_service_name(name) {
+            return Err(format!("invalid service name {name:?}"));
+        }
+        if self.hosts.is_empty() {
+            return Err(format!("service {name} names no host"));
+        }
+        for h in &self.hosts {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
+                return Err(format!("service {name}: invalid host pattern {h:?}"));
+            }
+        }
+        for p in &self.paths {
+            if !p.starts_with('/') {
+                return Err(format!(
+                    "service {name}: path prefix {p:?} must start with /"
+                ));
+            }
+        }
+        if let Auth::Header { name: h, template } = &self.auth {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!("service {name}: invalid header name {h:?}"));
+            }
+            template_secrets(template).map_err(|e| format!("service {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a host (and port) is one of this service's.
+    pub fn host_matches(&self, host: &str, port: u16, scheme_https: bool) -> bool {
+        if !scheme_https && !self.allow_http {
+            return false;
+        }
+        let default_port = if scheme_https { 443 } else { 80 };
+        self.hosts
+            .iter()
+            .any(|p| host_pattern_matches(p, host, port, default_port))
+    }
+
+    /// Whether a request falls under this service.
+    pub fn matches(
+        &self,
+        host: &str,
+        port: u16,
+        scheme_https: bool,
+        method: &str,
+        path: &str,
+    ) -> bool {
+        self.host_matches(host, port, scheme_https)
+            && (self.paths.is_empty() || self.paths.iter().any(|p| path_has_prefix(path, p)))
+            && (self.methods.is_empty()
+                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+    }
+
+    /// Every secret this service may inject or substitute.
+    pub fn all_secrets(&self) -> Vec<SecretPath> {
+        let mut out: Vec<SecretPath> = match &self.auth {
+            Auth::Bearer(s) => vec![s.clone()],
+            Auth::Basic { user, pass } => {
+                std::iter::once(user.clone()).chain(pass.clone()).collect()
+            }
+            Auth::Header { template, .. } => template_secrets(template).unwrap_or_default(),
+            Auth::Query { secret, .. } => vec![secret.clone()],
+            Auth::Passthrough => Vec::new(),
+        };
+        out.extend(self.secrets.iter().cloned());
+        out.extend(self.placeholders.values().cloned());
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// `/v1/x` is under `/v1` and `/v1/`, not `/v10`.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    path == prefix
+        || (path.starts_with(prefix)
+            && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+}
+
+/// The secrets a template names: `{{group/name}}` or `{{secret:group/name}}`.
+pub fn template_secrets(template: &str) -> std::result::Result<Vec<SecretPath>, String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in {template:?}"))?;
+        let inner = after[..end].trim();
+        let inner = inner.strip_prefix("secret:").unwrap_or(inner);
+        out.push(inner.parse::<SecretPath>().map_err(|e| e.to_string())?);
+        rest = &after[end + 2..];
+    }
+    Ok(out)
+}
+
+/// Built-in services: the usual way each API takes its key.
+pub fn template(kind: &str, secret: &SecretPath) -> Option<Service> {
+    let svc = |hosts: &[&str], auth: Auth| Service {
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        paths: Vec::new(),
+        methods: Vec::new(),
+        auth,
+        secrets: Vec::new(),
+        placeholders: BTreeMap::new(),
+        allow_http: false,
+    };
+    let s = secret.clone();
+    Some(match kind {
+        "github" => svc(
+            &["api.github.com", "uploads.github.com", "github.com"],
+            Auth::Bearer(s),
+        ),
+        "stripe" => svc(&["api.stripe.com", "files.stripe.com"], Auth::Bearer(s)),
+        "openai" => svc(&["api.openai.com"], Auth::Bearer(s)),
+        "anthropic" => svc(
+            &["api.anthropic.com"],
+            Auth::Header {
+                name: "x-api-key".into(),
+                template: format!("{{{{{s}}}}}"),
+            },
+        ),
+        "slack" => svc(&["slack.com", "api.slack.com"], Auth::Bearer(s)),
+        "shopify" => svc(
+            &["*.myshopify.com"],
+            Auth::Header {
+                name: "X-Shopify-Access-Token".into(),
+                template: format!("{{{{{s}}}}}"),
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// The names of the built-in templates.
+pub const TEMPLATES: &[&str] = &[
+    "github",
+    "stripe",
+    "openai",
+    "anthropic",
+    "slack",
+    "shopify",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_path_matching() {
+        let s = template("github", &"github/token".parse().unwrap()).unwrap();
+        assert!(s.matches("api.github.com", 443, true, "GET", "/repos"));
+        assert!(s.matches("API.GitHub.com.", 443, true, "GET", "/"));
+        assert!(
+            !s.matches("api.github.com", 80, false, "GET", "/"),
+            "plain http is off"
+        );
+        assert!(!s.matches("api.github.com", 8443, true, "GET", "/"));
+        assert!(!s.matches("api.github.com.evil.com", 443, true, "GET", "/"));
+        let shop = template("shopify", &"shop/token".parse().unwrap()).unwrap();
+        assert!(shop.host_matches("acme.myshopify.com", 443, true));
+        assert!(!shop.host_matches("myshopify.com", 443, true));
+        assert!(!shop.host_matches("acme.myshopify.com.evil", 443, true));
+        let mut local = s.clone();
+        local.hosts = vec!["127.0.0.1:8443".into()];
+        local.paths = vec!["/v1".into()];
+        local.methods = vec!["POST".into()];
+        assert!(local.matches("127.0.0.1", 8443, true, "post", "/v1/x?y=1"));
+        assert!(!local.matches("127.0.0.1", 8443, true, "POST", "/v10"));
+        assert!(!local.matches("127.0.0.1", 8443, true, "GET", "/v1"));
+    }
+
+    #[test]
+    fn file_round_trip_and_validation() {
+        let mut all = Services::default();
+        for t in TEMPLATES {
+            all.services.insert(
+                (*t).to_owned(),
+                template(t, &format!("{t}/key").parse().unwrap()).unwrap(),
+            );
+        }
+        let bytes = all.to_bytes();
+        assert_eq!(Services::parse(Path::new("s"), &bytes).unwrap(), all);
+        assert_eq!(
+            template_secrets("Bearer {{a/b}} {{secret:c/d.e}}")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(template_secrets("{{../x}}").is_err());
+        assert!(
+            Services::parse(
+                Path::new("s"),
+                b"services:\n  x:\n    hosts: []\n    auth: passthrough\n"
+            )
+            .is_err()
+        );
+    }
+}

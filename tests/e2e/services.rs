@@ -1,0 +1,132 @@
+//! Broker services in the signed services list.
+
+use crate::harness::*;
+
+#[test]
+fn services_are_added_listed_removed_and_signed() {
+    let env = Env::new();
+    env.set("github/token", b"ghp_x");
+    env.set("anthropic/api-key", b"sk-ant");
+    env.set("q/k", b"qq");
+    env.ok(&[
+        "service",
+        "add",
+        "github",
+        "--template",
+        "github",
+        "--secret",
+        "github/token",
+    ]);
+    env.ok(&[
+        "service",
+        "add",
+        "claude",
+        "--header",
+        "x-api-key={{anthropic/api-key}}",
+        "--host",
+        "api.anthropic.com",
+    ]);
+    env.ok(&[
+        "service",
+        "add",
+        "local",
+        "--query",
+        "api_key=q/k",
+        "--host",
+        "127.0.0.1:8443",
+        "--path",
+        "/v1",
+        "--method",
+        "post",
+        "--substitute",
+        "q/k",
+        "--placeholder",
+        "PLACEHOLDER=q/k",
+    ]);
+    env.ok(&[
+        "service",
+        "add",
+        "open",
+        "--passthrough",
+        "--host",
+        "*.example.com",
+        "--allow-http",
+    ]);
+    let v = env.json(&["service", "list"]);
+    assert_eq!(v["github"]["auth"]["bearer"], "github/token");
+    assert_eq!(v["github"]["hosts"][0], "api.github.com");
+    assert_eq!(
+        v["claude"]["auth"]["header"]["template"],
+        "{{anthropic/api-key}}"
+    );
+    assert_eq!(v["local"]["methods"][0], "POST");
+    assert_eq!(v["local"]["placeholders"]["PLACEHOLDER"], "q/k");
+    assert_eq!(v["open"]["auth"], "passthrough");
+    assert_eq!(v["open"]["allow_http"], true);
+    let log = env.git(&["log", "--format=%s", "-1"]);
+    assert_eq!(log.trim(), "agent-vault: service add open");
+    env.ok(&["service", "rm", "open"]);
+    assert!(env.json(&["service", "list"]).get("open").is_none());
+    env.ok(&["check"]);
+
+    // Bad input: unknown template, a secret that does not exist, no host, bad header.
+    assert!(
+        env.fail(&[
+            "service",
+            "add",
+            "x",
+            "--template",
+            "nope",
+            "--secret",
+            "github/token"
+        ])
+        .contains("no template")
+    );
+    assert!(
+        env.fail(&[
+            "service",
+            "add",
+            "x",
+            "--bearer",
+            "nope/none",
+            "--host",
+            "a.com"
+        ])
+        .contains("not a secret of this vault")
+    );
+    assert!(
+        env.fail(&["service", "add", "x", "--bearer", "github/token"])
+            .contains("--host")
+    );
+    assert!(
+        env.fail(&[
+            "service",
+            "add",
+            "x",
+            "--header",
+            "bad header={{github/token}}",
+            "--host",
+            "a.com"
+        ])
+        .contains("invalid header")
+    );
+    assert!(env.fail(&["service", "add", "x"]).contains("required"));
+    assert!(
+        env.fail(&["service", "rm", "nope"])
+            .contains("no service nope")
+    );
+
+    // Someone with push access redirects the credential to their host: refused.
+    let path = env.vault.join(".agent-vault/services.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("api.github.com", "evil.example.net")).unwrap();
+    let err = env.fail(&["service", "list"]);
+    assert!(
+        err.contains("manifest is not trusted") && err.contains("services.yaml"),
+        "{err}"
+    );
+    assert!(
+        env.fail(&["service", "add", "y", "--passthrough", "--host", "b.com"])
+            .contains("not trusted")
+    );
+}
