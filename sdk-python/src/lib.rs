@@ -19,8 +19,18 @@ create_exception!(
     PyException,
     "Base class of every agent-vault error. `code` is a stable string, `hint` what to do."
 );
-create_exception!(agent_vault, VaultNotFoundError, VaultError, "No vault at the path.");
-create_exception!(agent_vault, SecretNotFoundError, VaultError, "No such secret.");
+create_exception!(
+    agent_vault,
+    VaultNotFoundError,
+    VaultError,
+    "No vault at the path."
+);
+create_exception!(
+    agent_vault,
+    SecretNotFoundError,
+    VaultError,
+    "No such secret."
+);
 create_exception!(
     agent_vault,
     NotAuthorizedError,

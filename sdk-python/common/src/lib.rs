@@ -73,9 +73,10 @@ impl Kind {
         match e {
             Error::VaultNotFound(_) => Kind::VaultNotFound,
             Error::SecretNotFound(_) => Kind::SecretNotFound,
-            Error::NotGranted { .. } | Error::UseOnly { .. } | Error::UnknownKey | Error::NotOwner => {
-                Kind::NotAuthorized
-            }
+            Error::NotGranted { .. }
+            | Error::UseOnly { .. }
+            | Error::UnknownKey
+            | Error::NotOwner => Kind::NotAuthorized,
             Error::UnsignedManifest(_) => Kind::Manifest,
             Error::InvalidName { .. } => Kind::InvalidName,
             _ => Kind::Vault,
@@ -171,6 +172,11 @@ pub struct SecretInfo {
     /// The metadata, or why it could not be read.
     pub meta: std::result::Result<SecretMeta, String>,
 }
+
+/// How often, and after what pause, a read that failed during a writer's
+/// operation is tried again.
+const RACE_RETRIES: u32 = 40;
+const RACE_PAUSE: Duration = Duration::from_millis(25);
 
 /// Identity of the manifest files: a change to any of them rebuilds the reader.
 type Stamp = [Option<(u64, u64, i64, i64)>; 3];
@@ -400,7 +406,10 @@ impl Session {
             return;
         }
         {
-            let mut last = self.last_pull.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut last = self
+                .last_pull
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < self.pull_interval) {
                 return;
             }
@@ -442,7 +451,37 @@ impl Session {
     pub fn get(&self, path: &str) -> Result<SecretValue> {
         let path: SecretPath = path.parse().map_err(Failure::from)?;
         self.maybe_auto_pull();
-        self.with_reader(|r| Ok(r.get(&path)?))
+        // Readers take no lock: a read that races a rotation (revoke, a
+        // half-finished operation) can see files of two generations. While
+        // a writer's journal is present, or when the manifest changed since
+        // the reader was built, such a failure is retried briefly.
+        let mut tries = 0;
+        loop {
+            match self.with_reader(|r| Ok(r.get(&path)?)) {
+                Err(f) if tries < RACE_RETRIES && self.mid_write(f.kind) => {
+                    tries += 1;
+                    std::thread::sleep(RACE_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether a failure of this kind may come from reading while a writer
+    /// works: its journal is present (the manifest and its signature are two
+    /// files), or, for a file that failed to decrypt or verify, the manifest
+    /// changed since the reader was built.
+    fn mid_write(&self, kind: Kind) -> bool {
+        let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(l) = guard.as_ref() else {
+            return false;
+        };
+        let v = l.opened.borrow_owner();
+        match kind {
+            Kind::Manifest => v.has_pending_operation(),
+            Kind::Vault => v.has_pending_operation() || l.stamp != Some(stamp(v.dir())),
+            _ => false,
+        }
     }
 
     /// Who the key belongs to.
@@ -494,10 +533,7 @@ impl Session {
 
     /// Every secret (or one group's) with its metadata, as `agent-vault list` shows them.
     pub fn list_secrets(&self, group: Option<&str>) -> Result<Vec<SecretInfo>> {
-        let group: Option<GroupName> = group
-            .map(str::parse)
-            .transpose()
-            .map_err(Failure::from)?;
+        let group: Option<GroupName> = group.map(str::parse).transpose().map_err(Failure::from)?;
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let live = guard.as_ref().ok_or_else(Self::closed)?;
         let infos = live.opened.borrow_owner().list(group.as_ref())?;
@@ -519,7 +555,10 @@ impl Session {
         let live = guard.as_mut().ok_or_else(Self::closed)?;
         let outcome = sync::pull_fast_forward(live.opened.borrow_owner(), sync::DEFAULT_TIMEOUT)?;
         live.stamp = None;
-        *self.last_pull.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *self
+            .last_pull
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         Ok(outcome_name(&outcome))
     }
 }
