@@ -140,6 +140,12 @@ pub enum Command {
         #[arg(long)]
         theirs: bool,
     },
+    /// The broker: its key and certificate authority.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+    /// The broker's CA certificate, for agents to trust.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Broker services: which hosts a credential goes to, and how.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -204,6 +210,20 @@ pub enum Command {
     },
     /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a grant, a read.
     Demo,
+}
+
+/// `broker` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Create the broker's key (escrowed to the owners) and its CA (key stored encrypted in the vault).
+    Init,
+}
+
+/// `ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM).
+    Cert,
 }
 
 /// `service` subcommands.

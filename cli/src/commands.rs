@@ -187,6 +187,32 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             let side = if theirs { "their" } else { "our" };
             done(&ctx, &format!("{path}: kept {side} value"))
         }
+        Command::Broker(crate::cli::BrokerCommand::Init) => {
+            let vault = ctx.vault()?;
+            let (cert, key) = agent_vault_proxy::ca::generate(vault.id())
+                .map_err(|e| CliError::Msg(format!("cannot make the CA: {e}"), None))?;
+            let path = vault.writer(&ctx.key_source())?.init_broker(&cert, &key)?;
+            if ctx.json {
+                output::json(
+                    &json!({"broker_key": path, "ca_cert": vault.broker_dir().join("ca.crt")}),
+                )?;
+            } else {
+                line(format!(
+                    "broker key: {} (copy it to the broker host; escrowed to the owners)",
+                    path.display()
+                ))?;
+                line(format!(
+                    "CA certificate: {} (agents trust it; `agent-vault ca cert` prints it)",
+                    vault.broker_dir().join("ca.crt").display()
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(crate::cli::CaCommand::Cert) => {
+            let vault = ctx.vault()?;
+            output::stdout_bytes(&vault.ca_cert()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Service(cmd) => {
             crate::service::run(&ctx_vault(&ctx)?, &ctx_source(&ctx), ctx.json, cmd)
         }

@@ -182,7 +182,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             }
             if is_dir {
                 let known = match parts.as_slice() {
-                    ["agents"] | ["groups"] | ["secrets"] => true,
+                    ["agents"] | ["groups"] | ["secrets"] | ["broker"] => true,
                     ["agents", a] => a
                         .parse::<AgentName>()
                         .map(|a| manifest.agents.contains_key(&a))
@@ -214,6 +214,10 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 | [".gitignore"]
                 | [".gitattributes"] => true,
                 ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
+                [
+                    "broker",
+                    "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age",
+                ] => manifest.broker.is_some(),
                 ["groups", file] => file
                     .strip_suffix(".key.age")
                     .and_then(|g| g.parse::<GroupName>().ok())

@@ -224,9 +224,17 @@ impl VaultRepo {
     /// unrelated git command that was already running stays.
     pub fn clear_locks_since(&self, since: std::time::SystemTime) {
         let git_dir = self.repo.path();
-        let mut candidates = vec![git_dir.join("index.lock"), git_dir.join("HEAD.lock"), git_dir.join("config.lock")];
+        let mut candidates = vec![
+            git_dir.join("index.lock"),
+            git_dir.join("HEAD.lock"),
+            git_dir.join("config.lock"),
+        ];
         if let Ok(rd) = std::fs::read_dir(git_dir.join("refs/heads")) {
-            candidates.extend(rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "lock")));
+            candidates.extend(
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "lock")),
+            );
         }
         for lock in candidates {
             let newer = std::fs::metadata(&lock)

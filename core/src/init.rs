@@ -70,6 +70,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         agents: Default::default(),
         groups: Default::default(),
         grants: Default::default(),
+        broker: None,
     };
     manifest.owners.insert(
         owner.clone(),

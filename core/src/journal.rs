@@ -54,13 +54,12 @@ pub struct Txn {
     /// Agents whose escrowed key is re-encrypted to the target manifest's owners.
     #[serde(default)]
     pub reescrow: Vec<AgentName>,
-    /// For a merge: the merged commit (the second parent), and the files the
-    /// merge brought in, relative to `.agent-vault`.
+    /// For a merge: the merged commit (the second parent).
     #[serde(default)]
     pub merge_parent: Option<String>,
-    /// See `merge_parent`.
+    /// Further files to commit (a merge's, the broker's), relative to `.agent-vault`.
     #[serde(default)]
-    pub merged_files: Vec<String>,
+    pub extra_files: Vec<String>,
     /// The new `services.yaml` (empty: none), signed with the manifest.
     #[serde(default)]
     pub services: Option<String>,

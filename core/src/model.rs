@@ -159,6 +159,20 @@ pub struct Manifest {
     /// Grants: agent → group → mode.
     #[serde(default)]
     pub grants: BTreeMap<AgentName, BTreeMap<GroupName, Mode>>,
+    /// The broker, once `broker init` made it: it can open the groups some
+    /// agent may `use`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerEntry>,
+}
+
+/// The broker in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerEntry {
+    /// The broker's age recipient.
+    pub recipient: String,
+    /// SHA-256 (hex) of `broker/ca.crt`: the signed manifest vouches for the CA.
+    pub ca_sha256: String,
 }
 
 impl Manifest {
@@ -189,7 +203,19 @@ impl Manifest {
                 .ok_or_else(|| Error::AgentNotFound(a.to_string()))?;
             out.push(entry.recipient.parse()?);
         }
+        if let Some(b) = &self.broker
+            && self.used(group)
+        {
+            out.push(b.recipient.parse()?);
+        }
         Ok(out)
+    }
+
+    /// Whether some agent may `use` the group (so the broker must open it).
+    pub fn used(&self, group: &GroupName) -> bool {
+        self.grants
+            .values()
+            .any(|g| g.get(group) == Some(&Mode::Use))
     }
 
     /// The group entry or a not-found error.
@@ -222,6 +248,7 @@ impl Manifest {
             .values()
             .map(|o| &o.recipient)
             .chain(self.agents.values().map(|a| &a.recipient))
+            .chain(self.broker.iter().map(|b| &b.recipient))
             .chain(self.groups.values().map(|g| &g.recipient));
         for r in recipients {
             r.parse::<crypto::Recipient>()

@@ -288,6 +288,7 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
         agents: BTreeMap::new(),
         groups: BTreeMap::new(),
         grants: BTreeMap::new(),
+        broker: None,
     };
     let base = base.unwrap_or(&empty);
     let flat = |m: &Manifest| -> BTreeMap<(AgentName, GroupName), Mode> {
@@ -306,6 +307,11 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
         agents: merge_map(&base.agents, &ours.agents, &theirs.agents),
         groups: merge_map(&base.groups, &ours.groups, &theirs.groups),
         grants: BTreeMap::new(),
+        broker: if ours.broker == theirs.broker || theirs.broker == base.broker {
+            ours.broker.clone()
+        } else {
+            theirs.broker.clone()
+        },
     };
     for ((a, g), mode) in merge_map(&flat(base), &flat(ours), &flat(theirs)) {
         if merged.agents.contains_key(&a) && merged.groups.contains_key(&g) {
@@ -505,7 +511,7 @@ impl Writer<'_> {
         }
         txn.manifest = Some(target);
         txn.merge_parent = Some(theirs.to_string());
-        txn.merged_files = merged_files;
+        txn.extra_files = merged_files;
         // The merged manifest in the working tree is whatever git merged;
         // the journal's target replaces it and is signed. Values are checked
         // against the merged owners.

@@ -139,6 +139,10 @@ impl Vault {
     pub(crate) fn agent_dir(&self, a: &AgentName) -> PathBuf {
         self.dir.join("agents").join(a.as_str())
     }
+    /// `.agent-vault/broker`: the broker's public key, escrow and CA.
+    pub fn broker_dir(&self) -> PathBuf {
+        self.dir.join("broker")
+    }
     pub(crate) fn local_dir(&self) -> PathBuf {
         self.dir.join(LOCAL_DIR)
     }
@@ -238,6 +242,25 @@ impl Vault {
         let sig = fsutil::read_optional(&self.sig_path())?;
         self.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
         crate::services::Services::parse(&self.services_path(), &services)
+    }
+
+    /// The broker's CA certificate (PEM), checked against the hash the
+    /// signed manifest holds.
+    pub fn ca_cert(&self) -> Result<Vec<u8>> {
+        let m = self.manifest()?;
+        let b = m.broker.ok_or_else(|| {
+            Error::InvalidInput(
+                "this vault has no broker yet: run `agent-vault broker init`".into(),
+            )
+        })?;
+        let path = self.broker_dir().join("ca.crt");
+        let pem = fsutil::read(&path)?;
+        if crate::crypto::sha256_hex(&pem) != b.ca_sha256 {
+            return Err(Error::UnsignedManifest(
+                "broker/ca.crt is not the CA the manifest names".into(),
+            ));
+        }
+        Ok(pem)
     }
 
     /// Who `id` is in `manifest`.

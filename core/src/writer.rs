@@ -412,6 +412,8 @@ impl<'v> Writer<'v> {
                 self.rotate_into(&mut target, &mut txn, group)?;
                 exposure = Some(self.exposure(agent, group, true)?);
             }
+            // The broker (if there is one) must open a group some agent uses.
+            (_, Mode::Use) if target.broker.is_some() => txn.rewrap.push(group.clone()),
             (_, Mode::Use) => {}
         }
         txn.manifest = Some(target);
@@ -535,6 +537,63 @@ impl<'v> Writer<'v> {
         txn.manifest = Some(target);
         self.run(txn)?;
         Ok(report)
+    }
+
+    /// Creates the broker: its age key (written to this machine's key store
+    /// and escrowed to the owners) and its CA, whose key is stored
+    /// encrypted to the broker and the owners. Groups that agents `use`
+    /// become readable by the broker. Returns the broker key's path.
+    pub fn init_broker(&mut self, ca_cert_pem: &str, ca_key_pem: &str) -> Result<PathBuf> {
+        if self.manifest.broker.is_some() {
+            return Err(Error::InvalidInput(
+                "this vault has a broker already".into(),
+            ));
+        }
+        let id = Identity::generate();
+        let recipient = id.recipient();
+        let dir = self.vault.broker_dir();
+        fsutil::create_dir_all(&dir, 0o755)?;
+        let key_path = self
+            .vault
+            .keys()
+            .vault_dir(self.vault.id())
+            .join("broker.key");
+        keystore::write_private_key(&key_path, &id)?;
+        let owners = self.owner_recipients(&self.manifest)?;
+        let owner_refs: Vec<&Recipient> = owners.iter().collect();
+        let mut with_broker = owner_refs.clone();
+        with_broker.push(&recipient);
+        let files: [(&str, Vec<u8>); 4] = [
+            ("public.key", format!("{recipient}\n").into_bytes()),
+            (
+                "private.key.escrow",
+                crypto::encrypt_identity(&owner_refs, &id)?,
+            ),
+            ("ca.crt", ca_cert_pem.as_bytes().to_vec()),
+            (
+                "ca.key.age",
+                crypto::encrypt(&with_broker, ca_key_pem.as_bytes())?,
+            ),
+        ];
+        let mut txn = Txn::new("broker init");
+        for (name, bytes) in &files {
+            fsutil::write_atomic(&dir.join(name), bytes, fsutil::PUBLIC_FILE)?;
+            txn.extra_files.push(format!("broker/{name}"));
+        }
+        let mut target = self.manifest.clone();
+        target.broker = Some(crate::model::BrokerEntry {
+            recipient: recipient.as_string(),
+            ca_sha256: crypto::sha256_hex(ca_cert_pem.as_bytes()),
+        });
+        txn.rewrap = target
+            .groups
+            .keys()
+            .filter(|g| target.used(g))
+            .cloned()
+            .collect();
+        txn.manifest = Some(target);
+        self.run(txn)?;
+        Ok(key_path)
     }
 
     /// The verified services list.
@@ -749,6 +808,29 @@ impl<'v> Writer<'v> {
             touched.push(dir.join("private.key.escrow"));
         }
         let owners = self.owner_recipients(&target)?;
+        // Owners changed: the broker's escrow and CA key follow them.
+        if !txn.reescrow.is_empty()
+            && let Some(b) = &target.broker
+        {
+            let dir = v.broker_dir();
+            let broker: Recipient = b.recipient.parse()?;
+            let owner_refs: Vec<&Recipient> = owners.iter().collect();
+            let mut with_broker = owner_refs.clone();
+            with_broker.push(&broker);
+            for (name, to) in [
+                ("private.key.escrow", &owner_refs),
+                ("ca.key.age", &with_broker),
+            ] {
+                let path = dir.join(name);
+                let plain = crypto::decrypt(&[&self.id], &fsutil::read(&path)?, &path)?;
+                fsutil::write_atomic(
+                    &path,
+                    &crypto::encrypt(to, plain.expose_secret())?,
+                    fsutil::PUBLIC_FILE,
+                )?;
+                touched.push(path);
+            }
+        }
         for a in &txn.reescrow {
             let path = v.agent_dir(a).join("private.key.escrow");
             let ct = fsutil::read(&path)?;
@@ -778,7 +860,7 @@ impl<'v> Writer<'v> {
         // 6. One commit of exactly these files.
         let _t = crate::trace::phase("complete: git commit");
         if let Some(repo) = &self.repo {
-            for f in &txn.merged_files {
+            for f in &txn.extra_files {
                 if !f.split('/').any(|c| c == ".." || c.is_empty()) {
                     touched.push(v.dir().join(f));
                 }

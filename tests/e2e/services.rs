@@ -130,3 +130,48 @@ fn services_are_added_listed_removed_and_signed() {
             .contains("not trusted")
     );
 }
+
+#[test]
+fn broker_init_makes_a_key_and_ca_and_opens_used_groups() {
+    use agent_vault_core::crypto::{self, Identity};
+    let env = Env::new();
+    env.set("stripe/key", b"sk");
+    env.set("gh/token", b"ghp");
+    env.set("other/x", b"x");
+    env.add_agent("bot");
+    env.ok(&["grant", "bot", "stripe", "--mode", "use"]);
+    env.ok(&["grant", "bot", "other"]);
+    assert!(env.fail(&["ca", "cert"]).contains("no broker yet"));
+    let v = env.json(&["broker", "init"]);
+    let broker =
+        Identity::read_file(std::path::Path::new(v["broker_key"].as_str().unwrap())).unwrap();
+    let pem = String::from_utf8(env.ok(&["ca", "cert"]).stdout).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let d = env.vault.join(".agent-vault");
+    let opens = |g: &str| {
+        let p = d.join(format!("groups/{g}.key.age"));
+        crypto::decrypt_identity(&[&broker], &std::fs::read(&p).unwrap(), &p).is_ok()
+    };
+    // The broker opens the groups some agent may use, and only those.
+    assert!(opens("stripe"));
+    assert!(!opens("other") && !opens("gh"));
+    env.ok(&["grant", "bot", "gh", "--mode", "use"]);
+    assert!(opens("gh"));
+    // The CA key opens for the broker and the owner, and nobody else.
+    let ca_key = d.join("broker/ca.key.age");
+    let ct = std::fs::read(&ca_key).unwrap();
+    assert!(crypto::decrypt(&[&broker], &ct, &ca_key).is_ok());
+    let owner = Identity::read_file(&env.owner_key()).unwrap();
+    assert!(crypto::decrypt(&[&owner], &ct, &ca_key).is_ok());
+    env.ok(&["check"]);
+    assert!(
+        env.fail(&["broker", "init"])
+            .contains("has a broker already")
+    );
+    // A swapped CA certificate is refused.
+    std::fs::write(d.join("broker/ca.crt"), pem.replace('A', "B")).unwrap();
+    assert!(
+        env.fail(&["ca", "cert"])
+            .contains("not the CA the manifest names")
+    );
+}
