@@ -143,6 +143,9 @@ pub enum Command {
     /// The broker: its key and certificate authority.
     #[command(subcommand)]
     Broker(BrokerCommand),
+    /// Short-lived broker tokens for agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The broker's CA certificate, for agents to trust.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -217,6 +220,41 @@ pub enum Command {
 pub enum BrokerCommand {
     /// Create the broker's key (escrowed to the owners) and its CA (key stored encrypted in the vault).
     Init,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for an agent (printed on standard output).
+    Issue {
+        /// The agent.
+        agent: String,
+        /// How long it lives: 15m, 2h, 1d (at most token_max_ttl_seconds).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Limit it to these services (repeatable; default: all the agent's grants allow).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+        /// A session or task id, to revoke together.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Revoke tokens: by id, by agent, by session, or all.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "agent", "session", "all"])))]
+    Revoke {
+        /// A token id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Every token of this agent issued until now.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Every token of this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Every token issued until now.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `ca` subcommands.

@@ -208,6 +208,82 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(crate::cli::TokenCommand::Issue {
+            agent,
+            ttl,
+            services,
+            session,
+        }) => {
+            let a: AgentName = parse(&agent)?;
+            let ttl: jiff::SignedDuration = ttl
+                .parse::<jiff::Span>()
+                .ok()
+                .and_then(|s| {
+                    s.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                        .ok()
+                })
+                .ok_or_else(|| {
+                    CliError::Msg(
+                        format!("cannot read --ttl {ttl:?}"),
+                        Some("use a span like 15m, 2h or 1d".into()),
+                    )
+                })?;
+            let vault = ctx.vault()?;
+            let owner = vault.keys().load(&ctx.key_source(), vault.id())?;
+            let manifest = vault.manifest()?;
+            let (token, claims) = agent_vault_core::broker::issue_token(
+                &vault,
+                &owner,
+                &manifest,
+                &a,
+                ttl.as_secs(),
+                &services,
+                session,
+            )?;
+            if ctx.json {
+                output::json(
+                    &json!({"token": token, "id": claims.id, "agent": claims.agent, "services": claims.services,
+                    "session": claims.session, "expires": claims.exp}),
+                )?;
+            } else {
+                line(token)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(crate::cli::TokenCommand::Revoke {
+            id,
+            agent,
+            session,
+            all,
+        }) => {
+            let vault = ctx.vault()?;
+            let mut w = vault.writer(&ctx.key_source())?;
+            let now = jiff::Timestamp::now().as_second();
+            let what = match (&id, &agent, &session) {
+                (Some(i), _, _) => format!("token {i}"),
+                (_, Some(a), _) => format!("the tokens of agent {a}"),
+                (_, _, Some(s)) => format!("the tokens of session {s}"),
+                _ => "every token".to_owned(),
+            };
+            w.revoke_tokens(
+                |r| {
+                    if let Some(i) = id {
+                        r.tokens.push(i);
+                    }
+                    if let Some(a) = agent {
+                        r.agents.insert(a, now);
+                    }
+                    if let Some(s) = session {
+                        r.sessions.push(s);
+                    }
+                    if all {
+                        r.all_before = Some(now);
+                    }
+                },
+                &format!("token revoke {what}"),
+            )?;
+            done(&ctx, &format!("revoked {what}"))
+        }
         Command::Ca(crate::cli::CaCommand::Cert) => {
             let vault = ctx.vault()?;
             output::stdout_bytes(&vault.ca_cert()?)?;

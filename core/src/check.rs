@@ -216,7 +216,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
                 [
                     "broker",
-                    "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age",
+                    "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age" | "token.key.age",
                 ] => manifest.broker.is_some(),
                 ["groups", file] => file
                     .strip_suffix(".key.age")

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod broker;
 pub mod check;
 pub mod crypto;
 pub mod dotenv;
@@ -34,6 +35,7 @@ pub mod reader;
 pub mod remote;
 pub mod services;
 pub mod sync;
+pub mod token;
 pub mod trace;
 pub mod vault;
 pub mod writer;

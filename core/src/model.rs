@@ -49,6 +49,13 @@ pub struct Config {
     /// How long an automatic pull may take before the read goes on without it.
     #[serde(default = "default_pull_timeout")]
     pub pull_timeout_seconds: u64,
+    /// The longest a broker token may live.
+    #[serde(default = "default_max_ttl")]
+    pub token_max_ttl_seconds: i64,
+}
+
+fn default_max_ttl() -> i64 {
+    crate::broker::DEFAULT_MAX_TTL
 }
 
 fn default_warn_days() -> u32 {
@@ -163,6 +170,45 @@ pub struct Manifest {
     /// agent may `use`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerEntry>,
+    /// Revoked broker tokens.
+    #[serde(default, skip_serializing_if = "Revocations::is_empty")]
+    pub revoked: Revocations,
+}
+
+/// Revoked tokens: by id, by agent (issued before a time), by session, or all
+/// issued before a time. Kept in the signed manifest, so a push cannot undo one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocations {
+    /// Token ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    /// Agent → tokens issued at or before this time (Unix seconds) are revoked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, i64>,
+    /// Session ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<String>,
+    /// Every token issued at or before this time is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_before: Option<i64>,
+}
+
+impl Revocations {
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        *self == Revocations::default()
+    }
+
+    /// Whether a token is revoked.
+    pub fn covers(&self, c: &crate::token::Claims) -> bool {
+        self.tokens.contains(&c.id)
+            || self.agents.get(&c.agent).is_some_and(|t| c.iat <= *t)
+            || c.session
+                .as_ref()
+                .is_some_and(|s| self.sessions.contains(s))
+            || self.all_before.is_some_and(|t| c.iat <= t)
+    }
 }
 
 /// The broker in the manifest.

@@ -279,6 +279,30 @@ fn merge_map<K: Ord + Clone, V: PartialEq + Clone>(
     out
 }
 
+/// Revocations only accumulate: a merge keeps every one of both sides.
+fn merge_revocations(
+    a: &crate::model::Revocations,
+    b: &crate::model::Revocations,
+) -> crate::model::Revocations {
+    let mut out = a.clone();
+    for t in &b.tokens {
+        if !out.tokens.contains(t) {
+            out.tokens.push(t.clone());
+        }
+    }
+    for (agent, t) in &b.agents {
+        let e = out.agents.entry(agent.clone()).or_insert(*t);
+        *e = (*e).max(*t);
+    }
+    for s in &b.sessions {
+        if !out.sessions.contains(s) {
+            out.sessions.push(s.clone());
+        }
+    }
+    out.all_before = a.all_before.max(b.all_before);
+    out
+}
+
 /// The manifest both sides' changes lead to.
 pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manifest) -> Manifest {
     let empty = Manifest {
@@ -289,6 +313,7 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
         groups: BTreeMap::new(),
         grants: BTreeMap::new(),
         broker: None,
+        revoked: Default::default(),
     };
     let base = base.unwrap_or(&empty);
     let flat = |m: &Manifest| -> BTreeMap<(AgentName, GroupName), Mode> {
@@ -312,6 +337,7 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
         } else {
             theirs.broker.clone()
         },
+        revoked: merge_revocations(&ours.revoked, &theirs.revoked),
     };
     for ((a, g), mode) in merge_map(&flat(base), &flat(ours), &flat(theirs)) {
         if merged.agents.contains_key(&a) && merged.groups.contains_key(&g) {

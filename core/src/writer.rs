@@ -563,7 +563,12 @@ impl<'v> Writer<'v> {
         let owner_refs: Vec<&Recipient> = owners.iter().collect();
         let mut with_broker = owner_refs.clone();
         with_broker.push(&recipient);
-        let files: [(&str, Vec<u8>); 4] = [
+        let token_key = crate::token::TokenKey::generate()?;
+        let files: [(&str, Vec<u8>); 5] = [
+            (
+                "token.key.age",
+                crypto::encrypt(&with_broker, token_key.bytes())?,
+            ),
             ("public.key", format!("{recipient}\n").into_bytes()),
             (
                 "private.key.escrow",
@@ -594,6 +599,20 @@ impl<'v> Writer<'v> {
         txn.manifest = Some(target);
         self.run(txn)?;
         Ok(key_path)
+    }
+
+    /// Revokes broker tokens (recorded in the signed manifest; a running
+    /// broker sees it on its next read of the manifest).
+    pub fn revoke_tokens(
+        &mut self,
+        change: impl FnOnce(&mut crate::model::Revocations),
+        op: &str,
+    ) -> Result<()> {
+        let mut target = self.manifest.clone();
+        change(&mut target.revoked);
+        let mut txn = Txn::new(op);
+        txn.manifest = Some(target);
+        self.run(txn)
     }
 
     /// The verified services list.
@@ -820,6 +839,7 @@ impl<'v> Writer<'v> {
             for (name, to) in [
                 ("private.key.escrow", &owner_refs),
                 ("ca.key.age", &with_broker),
+                ("token.key.age", &with_broker),
             ] {
                 let path = dir.join(name);
                 let plain = crypto::decrypt(&[&self.id], &fsutil::read(&path)?, &path)?;

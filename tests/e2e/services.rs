@@ -175,3 +175,104 @@ fn broker_init_makes_a_key_and_ca_and_opens_used_groups() {
             .contains("not the CA the manifest names")
     );
 }
+
+#[test]
+fn tokens_are_issued_scoped_verified_and_revoked() {
+    use agent_vault_core::crypto::Identity;
+    use agent_vault_core::token::TokenError;
+    use agent_vault_core::{KeyStore, Vault};
+    let env = Env::new();
+    env.set("gh/token", b"ghp");
+    env.set("other/x", b"x");
+    env.add_agent("bot");
+    env.ok(&["grant", "bot", "gh", "--mode", "use"]);
+    assert!(
+        env.fail(&["token", "issue", "bot"])
+            .contains("no broker yet")
+    );
+    let v = env.json(&["broker", "init"]);
+    let broker =
+        Identity::read_file(std::path::Path::new(v["broker_key"].as_str().unwrap())).unwrap();
+    env.ok(&[
+        "service",
+        "add",
+        "github",
+        "--template",
+        "github",
+        "--secret",
+        "gh/token",
+    ]);
+    env.ok(&[
+        "service",
+        "add",
+        "other",
+        "--bearer",
+        "other/x",
+        "--host",
+        "other.example",
+    ]);
+    let issued = env.json(&[
+        "token",
+        "issue",
+        "bot",
+        "--ttl",
+        "10m",
+        "--service",
+        "github",
+        "--session",
+        "task-7",
+    ]);
+    let token = issued["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("avt1."));
+    // Never for a service whose secrets the agent has no grant on, nor too long, nor for nobody.
+    assert!(
+        env.fail(&["token", "issue", "bot", "--service", "other"])
+            .contains("not granted group other")
+    );
+    assert!(
+        env.fail(&["token", "issue", "bot", "--ttl", "400d"])
+            .contains("between 1 second")
+    );
+    assert!(
+        env.fail(&["token", "issue", "ghost"])
+            .contains("no agent ghost")
+    );
+    // The broker verifies it with the key it can open.
+    let vault = Vault::open(&env.vault, KeyStore::at(&env.home)).unwrap();
+    let key = agent_vault_core::broker::token_key(&vault, &broker).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let claims = key
+        .verify(&token, now, &vault.manifest().unwrap().revoked)
+        .unwrap();
+    assert_eq!(
+        (claims.agent.as_str(), claims.services.as_slice()),
+        ("bot", &["github".to_string()][..])
+    );
+    assert_eq!(claims.exp - claims.iat, 600);
+    assert_eq!(
+        key.verify(&token, now + 601, &Default::default()),
+        Err(TokenError::Expired)
+    );
+    // Revoked by session: in the signed manifest, seen by the next read.
+    env.ok(&["token", "revoke", "--session", "task-7"]);
+    assert_eq!(
+        key.verify(&token, now, &vault.manifest().unwrap().revoked),
+        Err(TokenError::Revoked)
+    );
+    let t2 = env.json(&["token", "issue", "bot"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        key.verify(&t2, now, &vault.manifest().unwrap().revoked)
+            .is_ok()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["token", "revoke", "--agent", "bot"]);
+    assert_eq!(
+        key.verify(&t2, now, &vault.manifest().unwrap().revoked),
+        Err(TokenError::Revoked)
+    );
+    assert!(env.fail(&["token", "revoke"]).contains("required"));
+    env.ok(&["check"]);
+}
