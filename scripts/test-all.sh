@@ -22,3 +22,28 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace
+
+# SDKs (sdk-python: pyo3 + maturin; sdk-node: napi-rs), tested with pytest and
+# `node --test` against vaults the CLI (target/debug/agent-vault, built above)
+# writes, and the cross-language vectors of tests/vectors.
+need=()
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -x target/debug/agent-vault ] || cargo build -p agent-vault
+venv=target/sdk-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin pytest
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./sdk-python
+# `npm install`, not `npm ci`: npm 10/11 reject a lock file missing other
+# platforms' optional packages of @napi-rs/cli (npm/cli#4828). The install
+# script builds the addon (napi build --release).
+(cd sdk-node && npm install --no-audit --no-fund)
+"$venv/bin/python" -m pytest -q sdk-python/tests
+(cd sdk-node && node --test tests/)
