@@ -11,6 +11,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 # sync tests run a real sshd (key authentication) on loopback.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+# broker tests drive it with curl and Python requests against a Python HTTPS upstream.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -18,10 +20,13 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
-cargo test --workspace
+# The SDK crates are built by maturin and napi below, not by `cargo test`.
+cargo test
 
 # SDKs (sdk-python: pyo3 + maturin; sdk-node: napi-rs), tested with pytest and
 # `node --test` against vaults the CLI (target/debug/agent-vault, built above)

@@ -143,6 +143,23 @@ pub enum Command {
     /// The broker: its key and certificate authority.
     #[command(subcommand)]
     Broker(BrokerCommand),
+    /// Run the broker: an HTTPS proxy that injects credentials agents never see.
+    Proxy(ProxyArgs),
+    /// Run a command as an agent, its HTTPS going through the broker with a fresh token.
+    Run {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// The token's lifetime.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The broker's address.
+        #[arg(long, default_value = "127.0.0.1:14322")]
+        proxy: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -220,6 +237,43 @@ pub enum Command {
 pub enum BrokerCommand {
     /// Create the broker's key (escrowed to the owners) and its CA (key stored encrypted in the vault).
     Init,
+}
+
+/// Arguments of `proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// `env`: print the environment an agent needs, as shell exports.
+    #[command(subcommand)]
+    pub sub: Option<ProxySub>,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:14322")]
+    pub listen: String,
+    /// Extra CA certificates (PEM) to trust for upstreams.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Allow upstreams on private, loopback and link-local addresses.
+    #[arg(long)]
+    pub allow_private_upstreams: bool,
+    /// Append one JSON line per request to this file.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+}
+
+/// `proxy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProxySub {
+    /// Print HTTPS_PROXY, the CA variables and NO_PROXY for an agent, with a fresh token.
+    Env {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// The token's lifetime.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The broker's address.
+        #[arg(long, default_value = "127.0.0.1:14322")]
+        proxy: String,
+    },
 }
 
 /// `token` subcommands.

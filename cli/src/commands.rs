@@ -208,6 +208,19 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Proxy(args) => {
+            let vault = ctx.vault()?;
+            crate::broker::proxy(vault, &ctx.key_source(), ctx.key.clone(), args)
+        }
+        Command::Run {
+            agent,
+            ttl,
+            proxy,
+            command,
+        } => {
+            let vault = ctx.vault()?;
+            crate::broker::run(vault, &ctx.key_source(), &agent, &ttl, &proxy, &command)
+        }
         Command::Token(crate::cli::TokenCommand::Issue {
             agent,
             ttl,

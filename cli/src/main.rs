@@ -2,6 +2,7 @@
 //! `agent-vault-core`.
 #![forbid(unsafe_code)]
 
+mod broker;
 mod cli;
 mod commands;
 mod demo;

@@ -2,6 +2,8 @@
 //! owner's signature over the ciphertext, decrypt. No git, no lock, no
 //! network: a handful of small files whatever the vault's size.
 
+use age::secrecy::ExposeSecret;
+
 use crate::crypto::{self, Identity, SecretValue};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -49,10 +51,33 @@ impl<'v> Reader<'v> {
         &self.manifest
     }
 
+    /// The same key on a newer manifest (the broker re-reads the vault
+    /// while it runs, to see grants and revocations).
+    pub fn with_manifest(&self, manifest: Manifest) -> Result<Reader<'v>> {
+        let id = Identity::parse(self.id.to_secret_string().expose_secret(), "key")?;
+        let role = Vault::role_of(&manifest, &id)?;
+        Ok(Reader {
+            vault: self.vault,
+            id,
+            role,
+            manifest,
+        })
+    }
+
+    /// The key this reader opens the vault with.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
     /// Whether this key may read the group's values; a clear error if not.
     pub fn check_read(&self, group: &GroupName) -> Result<()> {
         match &self.role {
             Role::Owner(_) => Ok(()),
+            Role::Broker if self.manifest.used(group) => Ok(()),
+            Role::Broker => Err(Error::NotGranted {
+                agent: "the broker".into(),
+                group: group.to_string(),
+            }),
             Role::Agent(a) => match self.manifest.grant(a, group) {
                 Some(Mode::Read) => Ok(()),
                 Some(Mode::Use) => Err(Error::UseOnly {

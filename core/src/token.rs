@@ -114,6 +114,25 @@ impl TokenKey {
     }
 }
 
+impl TokenKey {
+    /// Re-checks claims already verified (expiry, revocations), e.g. on
+    /// every request of a long-lived tunnel.
+    pub fn verify_claims(
+        &self,
+        claims: &Claims,
+        now: i64,
+        revoked: &Revocations,
+    ) -> std::result::Result<(), TokenError> {
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if revoked.covers(claims) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(())
+    }
+}
+
 /// Why a token is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {

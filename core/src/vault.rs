@@ -32,6 +32,8 @@ pub enum Role {
     Owner(crate::names::OwnerName),
     /// An agent, by name.
     Agent(AgentName),
+    /// The broker: opens the groups some agent may use, to inject them.
+    Broker,
 }
 
 /// One secret as `list` shows it: name and metadata, never the value.
@@ -271,6 +273,9 @@ impl Vault {
         }
         if let Some((name, _)) = manifest.agents.iter().find(|(_, a)| a.recipient == r) {
             return Ok(Role::Agent(name.clone()));
+        }
+        if manifest.broker.as_ref().is_some_and(|b| b.recipient == r) {
+            return Ok(Role::Broker);
         }
         Err(Error::UnknownKey)
     }

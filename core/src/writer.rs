@@ -117,7 +117,7 @@ impl<'v> Writer<'v> {
         };
         let owner = match Vault::role_of(&manifest, &id)? {
             Role::Owner(o) => o,
-            Role::Agent(_) => return Err(Error::NotOwner),
+            Role::Agent(_) | Role::Broker => return Err(Error::NotOwner),
         };
         let signing = id.signing_key();
         if manifest.owners[&owner].signing_key != signing.public() {

@@ -1,8 +1,15 @@
-//! The agent-vault broker. Today: its certificate authority — the CA the
-//! broker terminates agents' TLS with, and the per-host leaf certificates it
-//! mints (each with its own key, cached, short-lived).
+//! The agent-vault broker: an HTTPS proxy that terminates agents' TLS with
+//! the vault's own CA, injects the credential of the service a request is
+//! for, verifies the upstream, scrubs every injected value out of the
+//! response and audits the request. Agents never hold the values.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod audit;
+pub mod body;
 pub mod ca;
+pub mod net;
+pub mod server;
+
+pub use server::{Broker, Options, ProxyError, serve};

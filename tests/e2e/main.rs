@@ -7,6 +7,7 @@ mod harness;
 
 mod access;
 mod basics;
+mod broker;
 mod faults;
 mod hook;
 mod interop;

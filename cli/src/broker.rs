@@ -1,0 +1,165 @@
+//! `agent-vault proxy`, `proxy env` and `run`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agent_vault_core::{AgentName, Vault};
+
+use crate::cli::{ProxyArgs, ProxySub};
+use crate::output::{CliError, CliResult, line, note};
+
+/// Parses a span like 15m into seconds.
+pub fn ttl_seconds(ttl: &str) -> CliResult<i64> {
+    ttl.parse::<jiff::Span>()
+        .ok()
+        .and_then(|s| {
+            s.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                .ok()
+        })
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            CliError::Msg(
+                format!("cannot read the span {ttl:?}"),
+                Some("use a span like 15m, 2h or 1d".into()),
+            )
+        })
+}
+
+/// The environment an agent's processes need: the proxy with the token,
+/// and the CA in every variable common clients read.
+fn agent_env(
+    vault: &Vault,
+    key: &agent_vault_core::KeySource,
+    agent: &str,
+    ttl: &str,
+    proxy: &str,
+) -> CliResult<Vec<(String, String)>> {
+    let a: AgentName = agent.parse()?;
+    let owner = vault.keys().load(key, vault.id())?;
+    let manifest = vault.manifest()?;
+    let (token, _) = agent_vault_core::broker::issue_token(
+        vault,
+        &owner,
+        &manifest,
+        &a,
+        ttl_seconds(ttl)?,
+        &[],
+        None,
+    )?;
+    let ca = vault.ca_cert()?;
+    // The CA goes to a file of its own (public data), beside the vault's local state.
+    let dir = vault.dir().join(".local");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Msg(format!("cannot write the CA file: {e}"), None))?;
+    let ca_path = dir.join("broker-ca.pem");
+    std::fs::write(&ca_path, &ca)
+        .map_err(|e| CliError::Msg(format!("cannot write the CA file: {e}"), None))?;
+    let url = format!("http://{agent}:{token}@{proxy}");
+    let ca = ca_path.display().to_string();
+    let mut env = vec![
+        ("HTTPS_PROXY".into(), url.clone()),
+        ("https_proxy".into(), url.clone()),
+        ("HTTP_PROXY".into(), url.clone()),
+        ("http_proxy".into(), url),
+        ("NO_PROXY".into(), String::new()),
+        ("no_proxy".into(), String::new()),
+        ("NODE_USE_ENV_PROXY".into(), "1".into()),
+    ];
+    for v in [
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push((v.into(), ca.clone()));
+    }
+    Ok(env)
+}
+
+/// `proxy`.
+pub fn proxy(
+    vault: Vault,
+    key: &agent_vault_core::KeySource,
+    key_flag: Option<std::path::PathBuf>,
+    args: ProxyArgs,
+) -> CliResult<ExitCode> {
+    if let Some(ProxySub::Env { agent, ttl, proxy }) = args.sub {
+        for (k, v) in agent_env(&vault, key, &agent, &ttl, &proxy)? {
+            line(format!("export {k}='{v}'"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listen: std::net::SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| CliError::Msg(format!("--listen {:?} is not HOST:PORT", args.listen), None))?;
+    let opts = agent_vault_proxy::Options {
+        listen,
+        upstream_ca: args.upstream_ca,
+        allow_private_upstreams: args.allow_private_upstreams,
+        audit: args.audit,
+        key: key_flag,
+    };
+    let broker = Arc::new(
+        agent_vault_proxy::Broker::new(vault, &opts)
+            .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Msg(format!("cannot start: {e}"), None))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            CliError::Msg(
+                format!("cannot listen on {listen}: {e}"),
+                Some("is another broker running there? pick another --listen".into()),
+            )
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| CliError::Msg(e.to_string(), None))?;
+        note(format!("broker listening on {bound}"));
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        agent_vault_proxy::serve(broker, listener, shutdown)
+            .await
+            .map_err(|e| CliError::Msg(e.to_string(), None))?;
+        note("broker stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `run`.
+pub fn run(
+    vault: Vault,
+    key: &agent_vault_core::KeySource,
+    agent: &str,
+    ttl: &str,
+    proxy: &str,
+    command: &[String],
+) -> CliResult<ExitCode> {
+    let env = agent_env(&vault, key, agent, ttl, proxy)?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| CliError::Msg("run needs a command".into(), None))?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .status()
+        .map_err(|e| CliError::Msg(format!("cannot run {program}: {e}"), None))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,69 @@
+//! The audit log: one JSON line per brokered request. Names, never values.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// One brokered request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// When it started (RFC 3339).
+    pub time: String,
+    /// The agent the token speaks for.
+    pub agent: String,
+    /// The token's id.
+    pub token_id: String,
+    /// The matching service (empty when refused before one matched).
+    pub service: String,
+    /// HTTP method.
+    pub method: String,
+    /// Destination host.
+    pub host: String,
+    /// Path, without the query.
+    pub path: String,
+    /// Status sent to the agent.
+    pub status: u16,
+    /// Request body bytes from the agent.
+    pub bytes_in: u64,
+    /// Response body bytes to the agent.
+    pub bytes_out: u64,
+    /// Milliseconds from request to the end of the response.
+    pub duration_ms: u64,
+    /// Secrets injected, by name.
+    pub secrets: Vec<String>,
+}
+
+/// An append-only audit file.
+pub struct AuditLog {
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl AuditLog {
+    /// Appends to `path` (created 0600), or logs nowhere.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = match path {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)?,
+            )),
+            None => None,
+        };
+        Ok(AuditLog { file })
+    }
+
+    /// Writes one record (one `write` of one line, so lines never interleave).
+    pub fn write(&self, r: &Record) {
+        let Some(f) = &self.file else { return };
+        let mut line = serde_json::to_vec(r).unwrap_or_default();
+        line.push(b'\n');
+        if let Ok(mut f) = f.lock() {
+            let _ = f.write_all(&line);
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! The proxy: `CONNECT host:port` with a token, TLS terminated with a leaf
+//! for that host, each request matched to a service, the agent's
+//! credentials stripped and the real one injected, the upstream verified,
+//! and every injected value scrubbed from the response.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_vault_core::inject::{Outgoing, Plan};
+use agent_vault_core::model::{Manifest, Mode};
+use agent_vault_core::services::Services;
+use agent_vault_core::token::{Claims, TokenKey};
+use agent_vault_core::{KeySource, SecretPath, Vault};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::audit::{AuditLog, Record};
+use crate::body::Rewritten;
+use crate::ca::Minter;
+
+type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// How the proxy is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Extra CA certificates (PEM) to trust for upstreams.
+    pub upstream_ca: Option<PathBuf>,
+    /// Allow upstreams on private, loopback and link-local addresses.
+    pub allow_private_upstreams: bool,
+    /// The audit log file.
+    pub audit: Option<PathBuf>,
+    /// The broker's key file (default: the vault's in the key store).
+    pub key: Option<PathBuf>,
+}
+
+/// A start-up or serving failure.
+#[derive(Debug)]
+pub struct ProxyError(pub String);
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ProxyError + '_ {
+    move |e| ProxyError(format!("{what}: {e}"))
+}
+
+/// The vault as the broker last read it.
+struct Snapshot {
+    manifest: Manifest,
+    services: Services,
+    stamp: Option<(SystemTime, SystemTime)>,
+}
+
+/// The running broker.
+pub struct Broker {
+    vault: Vault,
+    key_source: KeySource,
+    token_key: TokenKey,
+    minter: Minter,
+    snapshot: RwLock<Arc<Snapshot>>,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    leaf_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    audit: AuditLog,
+    allow_private: bool,
+}
+
+fn stamp(vault: &Vault) -> Option<(SystemTime, SystemTime)> {
+    let m = |f: &str| {
+        std::fs::metadata(vault.dir().join(f))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    Some((
+        m("manifest.sig")?,
+        m("services.yaml").unwrap_or(SystemTime::UNIX_EPOCH),
+    ))
+}
+
+impl Broker {
+    /// Opens the vault with the broker key, the token key and the CA.
+    pub fn new(vault: Vault, opts: &Options) -> Result<Self, ProxyError> {
+        let key_source = KeySource::File(
+            opts.key
+                .clone()
+                .unwrap_or_else(|| vault.keys().vault_dir(vault.id()).join("broker.key")),
+        );
+        let id = vault.keys().load(&key_source, vault.id()).map_err(|e| {
+            ProxyError(format!(
+                "no broker key ({e}); run `agent-vault broker init` or pass --key"
+            ))
+        })?;
+        let manifest = vault.manifest().map_err(err("the vault's manifest"))?;
+        let services = vault
+            .services()
+            .map_err(|e| ProxyError(format!("refusing the services list: {e}")))?;
+        let token_key =
+            agent_vault_core::broker::token_key(&vault, &id).map_err(err("the token key"))?;
+        let ca_key = agent_vault_core::broker::ca_key(&vault, &id).map_err(err("the CA key"))?;
+        let ca_cert = String::from_utf8(vault.ca_cert().map_err(err("the CA certificate"))?)
+            .map_err(err("the CA certificate"))?;
+        let minter = Minter::new(&ca_cert, &ca_key).map_err(err("the CA"))?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for c in native.certs {
+            let _ = roots.add(c);
+        }
+        if let Some(p) = &opts.upstream_ca {
+            for c in CertificateDer::pem_file_iter(p).map_err(err("--upstream-ca"))? {
+                roots
+                    .add(c.map_err(err("--upstream-ca"))?)
+                    .map_err(err("--upstream-ca"))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut upstream = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(err("TLS"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        upstream.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let s = stamp(&vault);
+        Ok(Broker {
+            key_source,
+            token_key,
+            minter,
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                manifest,
+                services,
+                stamp: s,
+            })),
+            upstream_tls: Arc::new(upstream),
+            leaf_configs: Mutex::new(HashMap::new()),
+            audit: AuditLog::open(opts.audit.as_deref()).map_err(err("the audit log"))?,
+            allow_private: opts.allow_private_upstreams,
+            vault,
+        })
+    }
+
+    /// The current grants, services and revocations; re-read when the
+    /// vault's files changed (so a revocation lands within moments).
+    fn snapshot(&self) -> Arc<Snapshot> {
+        let current = self.snapshot.read().map(|s| s.clone());
+        let Ok(current) = current else {
+            return Arc::new(Snapshot {
+                manifest: Manifest {
+                    format: 0,
+                    vault_id: String::new(),
+                    owners: Default::default(),
+                    agents: Default::default(),
+                    groups: Default::default(),
+                    grants: Default::default(),
+                    broker: None,
+                    revoked: Default::default(),
+                },
+                services: Services::default(),
+                stamp: None,
+            });
+        };
+        let now = stamp(&self.vault);
+        if now == current.stamp {
+            return current;
+        }
+        // Only a manifest and services list that verify replace the old ones.
+        match (self.vault.manifest(), self.vault.services()) {
+            (Ok(manifest), Ok(services)) => {
+                let fresh = Arc::new(Snapshot {
+                    manifest,
+                    services,
+                    stamp: now,
+                });
+                if let Ok(mut w) = self.snapshot.write() {
+                    *w = fresh.clone();
+                }
+                fresh
+            }
+            _ => current,
+        }
+    }
+
+    /// Leaves minted so far (a host's leaf is minted once).
+    pub fn leaves_minted(&self) -> u64 {
+        self.minter.minted()
+    }
+
+    fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        if let Some(c) = self.leaf_configs.lock().map_err(|_| "poisoned")?.get(host) {
+            return Ok(c.clone());
+        }
+        let (cert, key) = self.minter.leaf(host).map_err(|e| e.to_string())?;
+        let certs =
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| e.to_string())?];
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| e.to_string())?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = Arc::new(cfg);
+        self.leaf_configs
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(host.to_owned(), cfg.clone());
+        Ok(cfg)
+    }
+
+    /// The token in `Proxy-Authorization` (Basic with the token as the
+    /// password, or Bearer), verified now.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<Claims, String> {
+        let h = req
+            .headers()
+            .get(hyper::header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(
+                "no token: set HTTPS_PROXY=http://AGENT:TOKEN@HOST:PORT (agent-vault run does)",
+            )?;
+        let token = if let Some(b) = h.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| "malformed Proxy-Authorization")?;
+            let text = String::from_utf8(decoded).map_err(|_| "malformed Proxy-Authorization")?;
+            text.split_once(':')
+                .map(|(_, t)| t.to_owned())
+                .ok_or("malformed Proxy-Authorization")?
+        } else if let Some(t) = h.strip_prefix("Bearer ") {
+            t.trim().to_owned()
+        } else {
+            return Err("Proxy-Authorization must be Basic or Bearer".into());
+        };
+        self.check_token(&token)
+    }
+
+    fn check_token(&self, token: &str) -> Result<Claims, String> {
+        let snap = self.snapshot();
+        let now = jiff::Timestamp::now().as_second();
+        self.token_key
+            .verify(token, now, &snap.manifest.revoked)
+            .map_err(|e| format!("{e}: ask for a new token (agent-vault token issue)"))
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("agent-vault: {msg}\n")))
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        r.headers_mut().insert(
+            hyper::header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"agent-vault\""),
+        );
+    }
+    r
+}
+
+fn empty() -> ProxyBody {
+    Empty::new()
+        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        .boxed()
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let b = broker.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle_proxy(b.clone(), req));
+                    let _ = http1::Builder::new()
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn handle_proxy(
+    b: Arc<Broker>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let claims = match b.authenticate(&req) {
+        Ok(c) => c,
+        Err(msg) => return Ok(text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, &msg)),
+    };
+    if req.method() != Method::CONNECT {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "only https:// through CONNECT is brokered (plain http is not allowed for any service here)",
+        ));
+    }
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Ok(text(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(443);
+    let snap = b.snapshot();
+    let allowed = snap.services.services.iter().any(|(name, s)| {
+        s.host_matches(&host, port, true)
+            && (claims.services.is_empty() || claims.services.contains(name))
+    });
+    if !allowed {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
+            ),
+        ));
+    }
+    let addr = match crate::net::resolve(&host, port, b.allow_private).await {
+        Ok(a) => a,
+        Err(msg) => return Ok(text(StatusCode::FORBIDDEN, &msg)),
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let Ok(cfg) = b.server_config(&host) else {
+            return;
+        };
+        let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(TokioIo::new(upgraded))
+            .await
+        else {
+            return;
+        };
+        let token_claims = claims;
+        let svc = service_fn(move |req| {
+            handle_inner(
+                b.clone(),
+                token_claims.clone(),
+                host.clone(),
+                port,
+                addr,
+                req,
+            )
+        });
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
+            .await;
+    });
+    Ok(Response::new(empty()))
+}
+
+/// The largest request body rewritten for placeholders.
+const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;
+
+/// Hop-by-hop headers: never forwarded.
+const HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+async fn handle_inner(
+    b: Arc<Broker>,
+    token: Claims,
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let time = jiff::Timestamp::now().to_string();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let mut record = Record {
+        time,
+        agent: token.agent.clone(),
+        token_id: token.id.clone(),
+        service: String::new(),
+        method: method.clone(),
+        host: host.clone(),
+        path: path.clone(),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0,
+        secrets: Vec::new(),
+    };
+    let refuse = |b: &Broker, mut record: Record, status: StatusCode, msg: &str| {
+        record.status = status.as_u16();
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        b.audit.write(&record);
+        Ok(text(status, msg))
+    };
+    // The token is checked again on every request: a revocation reaches
+    // tunnels that are already open.
+    let snap = b.snapshot();
+    if let Err(e) = b.token_key.verify_claims(
+        &token,
+        jiff::Timestamp::now().as_second(),
+        &snap.manifest.revoked,
+    ) {
+        return refuse(
+            &b,
+            record,
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            &e.to_string(),
+        );
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let Some((name, service)) = snap.services.services.iter().find(|(n, s)| {
+        s.matches(&host, port, true, &method, &pq)
+            && (token.services.is_empty() || token.services.contains(n))
+    }) else {
+        return refuse(
+            &b,
+            record,
+            StatusCode::FORBIDDEN,
+            &format!("no service this token may use covers {method} {path} on {host}"),
+        );
+    };
+    record.service = name.clone();
+    let agent: Option<agent_vault_core::AgentName> = token.agent.parse().ok();
+    let reader = match b
+        .vault
+        .reader(&b.key_source)
+        .and_then(|r| r.with_manifest(snap.manifest.clone()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &b,
+                record,
+                StatusCode::BAD_GATEWAY,
+                &format!("the broker cannot open the vault: {e}"),
+            );
+        }
+    };
+    let resolve = |p: &SecretPath| {
+        let granted = agent
+            .as_ref()
+            .and_then(|a| snap.manifest.grant(a, p.group()))
+            .is_some_and(|m| matches!(m, Mode::Use | Mode::Read));
+        if !granted {
+            return Err(agent_vault_core::Error::NotGranted {
+                agent: token.agent.clone(),
+                group: p.group().to_string(),
+            });
+        }
+        reader.get(p)
+    };
+    let plan = match Plan::new(service, &resolve) {
+        Ok(p) => p,
+        Err(e) => return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string()),
+    };
+    record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
+    let (parts, body) = req.into_parts();
+    let mut out = Outgoing {
+        path_and_query: pq,
+        headers: parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !HOP.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+    };
+    if let Err(e) = plan.apply(&mut out) {
+        return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string());
+    }
+    let rewrites_body = !plan.substituter().is_empty();
+    let mut builder = Request::builder()
+        .method(parts.method)
+        .uri(out.path_and_query.as_str());
+    let mut has_host = false;
+    for (n, v) in &out.headers {
+        has_host |= n.eq_ignore_ascii_case("host");
+        if rewrites_body && n.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            builder = builder.header(n, v);
+        }
+    }
+    if !has_host {
+        builder = builder.header(
+            hyper::header::HOST,
+            if port == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            },
+        );
+    }
+    let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let substituter = plan.substituter();
+    let upstream_req = if substituter.is_empty() {
+        // Nothing to substitute: the body streams through as it is.
+        let counter = bytes_in.clone();
+        let body = Rewritten::new(
+            body,
+            substituter,
+            Some(Box::new(move |n| {
+                counter.store(n, std::sync::atomic::Ordering::Relaxed)
+            })),
+        );
+        builder.body(body.boxed())
+    } else {
+        // Substitution changes the body's length, and many servers take no
+        // chunked request bodies: a body of declared length is read whole
+        // (up to a limit), rewritten, and sent with its new length.
+        let declared = out
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+        match declared {
+            Some(n) if n > MAX_REWRITTEN_BODY => {
+                return refuse(
+                    &b,
+                    record,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "a body with placeholders may be at most 16 MiB",
+                );
+            }
+            _ => {}
+        }
+        let whole = match http_body_util::Limited::new(body, MAX_REWRITTEN_BODY as usize)
+            .collect()
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return refuse(
+                    &b,
+                    record,
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                );
+            }
+        };
+        bytes_in.store(whole.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let rewritten = Bytes::from(substituter.replace_all(&whole));
+        builder = builder.header(hyper::header::CONTENT_LENGTH, rewritten.len());
+        builder.body(
+            Full::new(rewritten)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+                .boxed(),
+        )
+    };
+    let upstream_req = match upstream_req {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &b,
+                record,
+                StatusCode::BAD_REQUEST,
+                &format!("cannot forward the request: {e}"),
+            );
+        }
+    };
+    // The upstream, at the address pinned at CONNECT, verified for the host.
+    let response = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(b.upstream_tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                format!("TLS with {host} failed (its certificate is not trusted?): {e}")
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("{host}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+            .send_request(upstream_req)
+            .await
+            .map_err(|e| format!("{host}: {e}"))
+    };
+    let upstream = match tokio::time::timeout(Duration::from_secs(120), response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(msg)) => return refuse(&b, record, StatusCode::BAD_GATEWAY, &msg),
+        Err(_) => {
+            return refuse(
+                &b,
+                record,
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("{host} did not answer"),
+            );
+        }
+    };
+    let (mut parts, body) = upstream.into_parts();
+    let scrub = plan.scrubber();
+    let mut headers = hyper::HeaderMap::new();
+    for (n, v) in parts.headers.iter() {
+        if HOP.contains(&n.as_str()) {
+            continue;
+        }
+        // A scrubbed body changes length.
+        if n == hyper::header::CONTENT_LENGTH && !scrub.is_empty() {
+            continue;
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&scrub.replace_all(v.as_bytes())) {
+            headers.append(n.clone(), v);
+        }
+    }
+    parts.headers = headers;
+    record.status = parts.status.as_u16();
+    let audit_b = b.clone();
+    let body = Rewritten::new(
+        body,
+        scrub,
+        Some(Box::new(move |n| {
+            record.bytes_out = n;
+            record.bytes_in = bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            audit_b.audit.write(&record);
+        })),
+    );
+    Ok(Response::from_parts(parts, body.boxed()))
+}

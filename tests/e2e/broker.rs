@@ -1,0 +1,368 @@
+//! The broker, end to end: a real HTTPS upstream (Python, echoing what it
+//! gets), the real broker, and clients this project did not write (curl,
+//! Python requests).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    env: Env,
+    _upstream: Proc,
+    up_port: u16,
+    upstream_log: PathBuf,
+    upstream_ca: PathBuf,
+    broker_ca: PathBuf,
+    audit: PathBuf,
+    _broker: Proc,
+    port: u16,
+    token: String,
+}
+
+/// An HTTPS echo upstream with its own CA, on 127.0.0.1.
+fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
+    let (ca, ca_key) = agent_vault_proxy::ca::generate("upstream-test-ca").unwrap();
+    let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
+    let (cert, key) = minter.leaf("127.0.0.1").unwrap();
+    let (ca_path, cert_path, key_path, log) = (
+        dir.join("up-ca.pem"),
+        dir.join("up.pem"),
+        dir.join("up.key"),
+        dir.join("upstream.log"),
+    );
+    std::fs::write(&ca_path, ca).unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/echo_server.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([&cert_path, &key_path, &log])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Proc(child), line.trim().parse().unwrap(), ca_path, log)
+}
+
+/// Starts `agent-vault proxy` on port 0; returns it and its port.
+fn start_broker(env: &Env, extra: &[&str]) -> (Proc, u16) {
+    let mut args = vec!["proxy", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut child = env
+        .cmd(&args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("broker did not start: {line}"));
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+    });
+    (Proc(child), port)
+}
+
+fn setup() -> Setup {
+    let env = Env::new();
+    let (up, up_port, upstream_ca, upstream_log) = upstream(env.tmp.path());
+    env.set("api/token", b"tok_REAL_VALUE_123");
+    env.set("api/user", b"user-1");
+    env.set("other/x", b"not-for-bot");
+    env.add_agent("bot");
+    env.ok(&["grant", "bot", "api", "--mode", "use"]);
+    env.ok(&["broker", "init"]);
+    let host = format!("127.0.0.1:{up_port}");
+    env.ok(&[
+        "service",
+        "add",
+        "api",
+        "--bearer",
+        "api/token",
+        "--host",
+        &host,
+        "--substitute",
+        "api/user",
+    ]);
+    let broker_ca = env.tmp.path().join("broker-ca.pem");
+    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let audit = env.tmp.path().join("audit.jsonl");
+    let (broker, port) = start_broker(
+        &env,
+        &[
+            "--allow-private-upstreams",
+            "--upstream-ca",
+            upstream_ca.to_str().unwrap(),
+            "--audit",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let token = env.json(&["token", "issue", "bot", "--ttl", "10m"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Setup {
+        env,
+        _upstream: up,
+        up_port,
+        upstream_log,
+        upstream_ca,
+        broker_ca,
+        audit,
+        _broker: broker,
+        port,
+        token,
+    }
+}
+
+impl Setup {
+    fn curl(&self, token: Option<&str>, url: &str, extra: &[&str]) -> (String, String) {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "-g",
+            "--max-time",
+            "10",
+            "--proxy",
+            &format!("http://127.0.0.1:{}", self.port),
+        ]);
+        if let Some(t) = token {
+            c.args(["--proxy-user", &format!("bot:{t}")]);
+        }
+        c.args(["--cacert", self.broker_ca.to_str().unwrap(), "-D", "-"]);
+        c.args(extra).arg(url);
+        let out = c.output().expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.up_port)
+    }
+
+    fn upstream_saw(&self) -> String {
+        std::fs::read_to_string(&self.upstream_log).unwrap_or_default()
+    }
+}
+
+#[test]
+fn curl_through_the_broker_gets_the_credential_injected_and_never_sees_it() {
+    let s = setup();
+    let (out, err) = s.curl(
+        Some(&s.token),
+        &s.url("/v1/echo?q=1"),
+        &[
+            "-H",
+            "Authorization: Bearer agent-made-this-up",
+            "-H",
+            "X-Who: {{secret:api/user}}",
+            "--data",
+            "user={{secret:api/user}}&again=tok_REAL_VALUE_123",
+        ],
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}{err}");
+    // The upstream got the real credential, the substituted value, and not the agent's own.
+    let saw = s.upstream_saw();
+    assert!(
+        saw.contains("Bearer tok_REAL_VALUE_123"),
+        "{saw} {out} {err}"
+    );
+    assert!(!saw.contains("agent-made-this-up"), "{saw}");
+    assert!(
+        saw.contains("\"x-who\": \"user-1\"") && saw.contains("user=user-1"),
+        "{saw}"
+    );
+    // The echo comes back with every injected value scrubbed, in headers and body.
+    assert!(
+        !out.contains("tok_REAL_VALUE_123") && !out.contains("user-1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[REDACTED:api/token]") && out.contains("[REDACTED:api/user]"),
+        "{out}"
+    );
+    assert!(
+        out.to_lowercase()
+            .contains("x-echo-auth: bearer [redacted:api/token]"),
+        "{out}"
+    );
+    // One audit line: names, never values.
+    let audit = std::fs::read_to_string(&s.audit).unwrap();
+    let line: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(line["agent"], "bot");
+    assert_eq!(line["service"], "api");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/v1/echo");
+    assert_eq!(line["status"], 200);
+    assert!(line["bytes_out"].as_u64().unwrap() > 0 && line["bytes_in"].as_u64().unwrap() > 0);
+    assert_eq!(
+        line["secrets"],
+        serde_json::json!(["api/token", "api/user"])
+    );
+    assert!(!audit.contains("tok_REAL_VALUE_123") && !audit.contains("user-1"));
+}
+
+#[test]
+fn tokens_hosts_and_addresses_are_enforced() {
+    let s = setup();
+    // No token, a forged one: 407.
+    let (out, _) = s.curl(None, &s.url("/"), &[]);
+    assert!(out.contains("407"), "{out}");
+    let (out, _) = s.curl(Some("avt1.e30.AAAA"), &s.url("/"), &[]);
+    assert!(out.contains("407"), "{out}");
+    // A host no service names: 403 with a reason.
+    let (out, err) = s.curl(
+        Some(&s.token),
+        &format!("https://localhost:{}/", s.up_port),
+        &[],
+    );
+    assert!(out.contains("403") || err.contains("403"), "{out}{err}");
+    // A placeholder for a secret the service does not list: refused, not passed on.
+    let (out, _) = s.curl(Some(&s.token), &s.url("/{{secret:other/x}}"), &[]);
+    assert!(out.contains("403") && out.contains("may not use"), "{out}");
+    assert!(!s.upstream_saw().contains("not-for-bot"));
+    // Revocation reaches the running broker, on a new tunnel at once.
+    s.env.ok(&["token", "revoke", "--agent", "bot"]);
+    let (out, _) = s.curl(Some(&s.token), &s.url("/"), &[]);
+    assert!(out.contains("407"), "{out}");
+    // Without --allow-private-upstreams, loopback upstreams are refused.
+    let (_strict, port) = start_broker(&s.env, &["--upstream-ca", s.upstream_ca.to_str().unwrap()]);
+    // (A revocation of the agent covers tokens issued in the same second.)
+    std::thread::sleep(Duration::from_millis(1100));
+    let token = s.env.json(&["token", "issue", "bot"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--proxy",
+            &format!("http://127.0.0.1:{port}"),
+            "--proxy-user",
+            &format!("bot:{token}"),
+        ])
+        .args(["--cacert", s.broker_ca.to_str().unwrap(), "-D", "-"])
+        .arg(s.url("/"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("403"), "{text}");
+}
+
+#[test]
+fn server_sent_events_arrive_as_sent() {
+    let s = setup();
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--max-time",
+            "10",
+            "--proxy",
+            &format!("http://127.0.0.1:{}", s.port),
+        ])
+        .args([
+            "--proxy-user",
+            &format!("bot:{}", s.token),
+            "--cacert",
+            s.broker_ca.to_str().unwrap(),
+        ])
+        .arg(s.url("/stream"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut times = Vec::new();
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("data:") {
+            times.push(start.elapsed());
+            lines.push(line);
+        }
+    }
+    let _ = child.wait();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    // Each event arrives when it is sent (0.4 s apart), not all at the end.
+    assert!(
+        times[1] - times[0] > Duration::from_millis(250),
+        "{times:?}"
+    );
+    assert!(
+        times[2] - times[1] > Duration::from_millis(250),
+        "{times:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("[REDACTED:api/token]") && !l.contains("tok_REAL")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn python_requests_and_agent_vault_run() {
+    let s = setup();
+    // `agent-vault run` sets HTTPS_PROXY with a fresh token and the CA variables.
+    let script = format!(
+        "import os, requests\nr = requests.get('{}', headers={{'Authorization': 'Bearer nope'}})\nprint(r.status_code, r.headers.get('X-Echo-Auth'), 'tok_REAL' in r.text)",
+        s.url("/py")
+    );
+    let out = s.env.run(
+        &[
+            "run",
+            "--agent",
+            "bot",
+            "--proxy",
+            &format!("127.0.0.1:{}", s.port),
+            "--",
+            "python3",
+            "-c",
+            &script,
+        ],
+        b"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert_eq!(stdout.trim(), "200 Bearer [REDACTED:api/token] False");
+    assert!(s.upstream_saw().contains("Bearer tok_REAL_VALUE_123"));
+    let env = String::from_utf8(s.env.ok(&["proxy", "env", "--agent", "bot"]).stdout).unwrap();
+    for v in [
+        "HTTPS_PROXY=",
+        "SSL_CERT_FILE=",
+        "NODE_EXTRA_CA_CERTS=",
+        "REQUESTS_CA_BUNDLE=",
+        "CURL_CA_BUNDLE=",
+        "GIT_SSL_CAINFO=",
+        "NODE_USE_ENV_PROXY='1'",
+    ] {
+        assert!(env.contains(v), "{v} missing: {env}");
+    }
+}
