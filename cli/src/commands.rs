@@ -104,7 +104,23 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             {
                 note(warning);
             }
-            let value = vault.reader(&ctx.key_source())?.get(&path)?;
+            // A writer in the middle of an operation (its journal exists)
+            // may have written the manifest but not yet its signature, or a
+            // rotated key but not yet the manifest: wait for it, briefly.
+            let mut tries = 0;
+            let value = loop {
+                match vault.reader(&ctx.key_source()).and_then(|r| r.get(&path)) {
+                    Err(
+                        agent_vault_core::Error::UnsignedManifest(_)
+                        | agent_vault_core::Error::UnsignedSecret { .. }
+                        | agent_vault_core::Error::Decrypt { .. },
+                    ) if vault.has_pending_operation() && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => break other?,
+                }
+            };
             output::stdout_bytes(value.expose_secret())?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,6 +4,8 @@
 
 use age::secrecy::ExposeSecret;
 
+use sha2::Digest;
+
 use crate::crypto::{self, Identity, SecretValue};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -18,6 +20,26 @@ pub struct Reader<'v> {
     id: Identity,
     role: Role,
     manifest: Manifest,
+    cache: std::sync::Mutex<ReadCache>,
+}
+
+/// What a long-lived reader (the SDKs', the broker's) need not redo: group
+/// keys already opened, keyed by the exact bytes of their files, and
+/// signatures already checked, keyed by a hash of the exact metadata and
+/// ciphertext bytes (and the generations acceptable then). A changed file
+/// misses the cache and is checked in full.
+#[derive(Default)]
+struct ReadCache {
+    groups: std::collections::HashMap<GroupName, OpenedGroup>,
+    verified: std::collections::HashSet<[u8; 32]>,
+}
+
+/// A group's key files as read (`.key.age`, `.key.age.next`) and the
+/// identities they opened to.
+struct OpenedGroup {
+    key_file: Vec<u8>,
+    next_file: Option<Vec<u8>>,
+    keys: std::sync::Arc<GroupKeys>,
 }
 
 /// The identities that may decrypt a group's secrets right now, with the
@@ -38,6 +60,7 @@ impl<'v> Reader<'v> {
             id,
             role,
             manifest,
+            cache: Default::default(),
         })
     }
 
@@ -61,6 +84,7 @@ impl<'v> Reader<'v> {
             id,
             role,
             manifest,
+            cache: Default::default(),
         })
     }
 
@@ -92,26 +116,41 @@ impl<'v> Reader<'v> {
         }
     }
 
-    fn group_keys(
-        vault: &Vault,
-        id: &Identity,
-        manifest: &Manifest,
-        group: &GroupName,
-    ) -> Result<GroupKeys> {
-        let entry = manifest.group(group)?;
-        let path = vault.group_key_path(group);
+    /// The group's identities, opened once per version of its key files.
+    fn group_keys(&self, group: &GroupName) -> Result<std::sync::Arc<GroupKeys>> {
+        let entry = self.manifest.group(group)?;
+        let path = self.vault.group_key_path(group);
         let ct = fsutil::read_optional(&path)?
             .ok_or_else(|| Error::corrupt(&path, "the group key file is missing"))?;
+        let next = self.vault.group_next_key_path(group);
+        let next_ct = fsutil::read_optional(&next)?;
+        if let Ok(cache) = self.cache.lock()
+            && let Some(g) = cache.groups.get(group)
+            && g.key_file == ct
+            && g.next_file == next_ct
+        {
+            return Ok(g.keys.clone());
+        }
         let mut keys = GroupKeys {
-            ids: vec![crypto::decrypt_identity(&[id], &ct, &path)?],
+            ids: vec![crypto::decrypt_identity(&[&self.id], &ct, &path)?],
             generations: vec![entry.generation],
         };
-        let next = vault.group_next_key_path(group);
-        if let Some(ct) = fsutil::read_optional(&next)?
-            && let Ok(nid) = crypto::decrypt_identity(&[id], &ct, &next)
+        if let Some(nct) = &next_ct
+            && let Ok(nid) = crypto::decrypt_identity(&[&self.id], nct, &next)
         {
             keys.ids.push(nid);
             keys.generations.push(entry.generation + 1);
+        }
+        let keys = std::sync::Arc::new(keys);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.groups.insert(
+                group.clone(),
+                OpenedGroup {
+                    key_file: ct,
+                    next_file: next_ct,
+                    keys: keys.clone(),
+                },
+            );
         }
         Ok(keys)
     }
@@ -126,21 +165,42 @@ impl<'v> Reader<'v> {
         let age_path = self.vault.secret_age_path(path);
         let ct = fsutil::read_optional(&age_path)?
             .ok_or_else(|| Error::SecretNotFound(path.to_string()))?;
-        let meta = self
-            .vault
-            .secret_meta(path)
-            .map_err(|_| Error::UnsignedSecret {
-                path: path.to_string(),
-                reason: "its metadata file is missing or malformed".into(),
-            })?;
-        let keys = Self::group_keys(self.vault, &self.id, &self.manifest, path.group())?;
-        meta.verify(
-            self.vault.id(),
-            path,
-            &ct,
-            &self.manifest,
-            &keys.generations,
-        )?;
+        let keys = self.group_keys(path.group())?;
+        let meta_path = self.vault.secret_meta_path(path);
+        let unsigned = |reason: &str| Error::UnsignedSecret {
+            path: path.to_string(),
+            reason: reason.into(),
+        };
+        let meta_bytes = fsutil::read_optional(&meta_path)?
+            .ok_or_else(|| unsigned("its metadata file is missing or malformed"))?;
+        let mut h = sha2::Sha256::new();
+        for part in [meta_bytes.as_slice(), &ct, path.to_string().as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        for g in &keys.generations {
+            h.update(g.to_le_bytes());
+        }
+        let seen: [u8; 32] = h.finalize().into();
+        let known = self
+            .cache
+            .lock()
+            .map(|c| c.verified.contains(&seen))
+            .unwrap_or(false);
+        if !known {
+            let meta: crate::model::SecretMeta = crate::model::parse_yaml(&meta_path, &meta_bytes)
+                .map_err(|_| unsigned("its metadata file is missing or malformed"))?;
+            meta.verify(
+                self.vault.id(),
+                path,
+                &ct,
+                &self.manifest,
+                &keys.generations,
+            )?;
+            if let Ok(mut c) = self.cache.lock() {
+                c.verified.insert(seen);
+            }
+        }
         let ids: Vec<&Identity> = keys.ids.iter().collect();
         crypto::decrypt(&ids, &ct, &age_path)
     }

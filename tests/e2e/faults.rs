@@ -401,3 +401,33 @@ fn a_commit_killed_mid_write_leaves_no_lock_behind() {
     assert_eq!(env.get("g/b"), b"B");
     assert_eq!(env.git(&["status", "--porcelain"]), "");
 }
+
+#[test]
+fn a_long_lived_reader_still_refuses_a_file_changed_under_it() {
+    use agent_vault_core::{KeySource, KeyStore, Vault};
+    let env = Env::new();
+    env.set("g/a", b"real");
+    let vault = Vault::open(&env.vault, KeyStore::at(&env.home)).unwrap();
+    let reader = vault.reader(&KeySource::File(env.owner_key())).unwrap();
+    let p = "g/a".parse().unwrap();
+    assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
+    assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
+    // Someone re-encrypts the file to the group's public recipient.
+    let m = std::fs::read_to_string(env.vault.join(".agent-vault/manifest.yaml")).unwrap();
+    let recipient: crypto::Recipient = m
+        .lines()
+        .skip_while(|l| !l.starts_with("groups:"))
+        .find_map(|l| l.trim().strip_prefix("recipient: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let age = env.vault.join(".agent-vault/secrets/g/a.age");
+    let original = std::fs::read(&age).unwrap();
+    std::fs::write(&age, crypto::encrypt(&[&recipient], b"forged").unwrap()).unwrap();
+    assert!(reader.get(&p).is_err());
+    std::fs::write(&age, original).unwrap();
+    assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
+    // A new value set meanwhile is read, checked, and cached in its turn.
+    env.set("g/a", b"newer");
+    assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"newer");
+}
