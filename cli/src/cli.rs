@@ -160,6 +160,17 @@ pub enum Command {
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Read the broker's audit log.
+    Audit {
+        /// The audit log (as given to `proxy --audit`).
+        file: PathBuf,
+        /// Only this agent's requests.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only requests since this time (a timestamp or date).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),

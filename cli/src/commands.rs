@@ -224,6 +224,52 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { file, agent, since } => {
+            let since = since.as_deref().map(parse_expiry).transpose()?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Msg(format!("cannot read {}: {e}", file.display()), None))?;
+            let mut records = Vec::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if agent.as_deref().is_some_and(|a| r["agent"] != a) {
+                    continue;
+                }
+                if let Some(t) = since {
+                    let at = r["time"]
+                        .as_str()
+                        .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+                    if at.is_none_or(|at| at < t) {
+                        continue;
+                    }
+                }
+                records.push(r);
+            }
+            if ctx.json {
+                output::json(&json!(records))?;
+            } else {
+                for r in &records {
+                    let secrets: Vec<&str> = r["secrets"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                        .unwrap_or_default();
+                    line(format!(
+                        "{} {} {} {} {}{} -> {} ({} ms) [{}]",
+                        r["time"].as_str().unwrap_or("?"),
+                        r["agent"].as_str().unwrap_or("?"),
+                        r["service"].as_str().unwrap_or("-"),
+                        r["method"].as_str().unwrap_or("?"),
+                        r["host"].as_str().unwrap_or("?"),
+                        r["path"].as_str().unwrap_or(""),
+                        r["status"],
+                        r["duration_ms"],
+                        secrets.join(", ")
+                    ))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Proxy(args) => {
             let vault = ctx.vault()?;
             crate::broker::proxy(vault, &ctx.key_source(), ctx.key.clone(), args)

@@ -366,3 +366,49 @@ fn python_requests_and_agent_vault_run() {
         assert!(env.contains(v), "{v} missing: {env}");
     }
 }
+
+#[test]
+fn malformed_requests_get_an_error_and_the_broker_keeps_serving() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let s = setup();
+    let auth = base64_basic(&format!("bot:{}", s.token));
+    let bad: Vec<Vec<u8>> = vec![
+        b"CONNECT\r\n\r\n".to_vec(),
+        b"CONNECT :::: HTTP/1.1\r\n\r\n".to_vec(),
+        format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\nX: {}\r\n\r\n", s.up_port, "a".repeat(200_000)).into_bytes(),
+        format!("POST http://127.0.0.1:{}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nProxy-Authorization: Basic {auth}\r\n\r\n0\r\n\r\n", s.up_port).into_bytes(),
+        b"\x16\x03\x01\x00\xff garbage that is not http".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+    ];
+    for req in bad {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(&req);
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{:?} got {text:?}",
+            String::from_utf8_lossy(&req[..req.len().min(40)])
+        );
+    }
+    // Still serving.
+    let (out, err) = s.curl(Some(&s.token), &s.url("/after"), &[]);
+    assert!(out.contains("[REDACTED:api/token]"), "{out}{err}");
+    // And the audit log reads back, filtered.
+    let v = s
+        .env
+        .json(&["audit", s.audit.to_str().unwrap(), "--agent", "bot"]);
+    assert!(v.as_array().unwrap().iter().any(|r| r["path"] == "/after"));
+    let none = s
+        .env
+        .json(&["audit", s.audit.to_str().unwrap(), "--agent", "nobody"]);
+    assert_eq!(none.as_array().unwrap().len(), 0);
+}
+
+fn base64_basic(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
