@@ -23,7 +23,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -139,7 +139,7 @@ impl Broker {
             .map_err(err("TLS"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        upstream.alpn_protocols = vec![b"http/1.1".to_vec()];
+        upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let s = stamp(&vault);
         Ok(Broker {
             key_source,
@@ -219,7 +219,7 @@ impl Broker {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| e.to_string())?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
         self.leaf_configs
             .lock()
@@ -379,10 +379,17 @@ async fn handle_proxy(
                 req,
             )
         });
-        let _ = http1::Builder::new()
-            .serve_connection(TokioIo::new(tls), svc)
-            .with_upgrades()
-            .await;
+        // HTTP/2 or HTTP/1.1, as the agent's client and the broker agreed (ALPN).
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        } else {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .with_upgrades()
+                .await;
+        }
     });
     Ok(Response::new(empty()))
 }
@@ -621,16 +628,48 @@ async fn handle_inner(
             .map_err(|e| {
                 format!("TLS with {host} failed (its certificate is not trusted?): {e}")
             })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("{host}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender
-            .send_request(upstream_req)
-            .await
-            .map_err(|e| format!("{host}: {e}"))
+        let mut upstream_req = upstream_req;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            // HTTP/2 takes the authority in the URI, not a Host header.
+            let authority = if port == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
+            let pq = upstream_req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into());
+            *upstream_req.uri_mut() = format!("https://{authority}{pq}")
+                .parse()
+                .map_err(|e| format!("{host}: {e}"))?;
+            upstream_req.headers_mut().remove(hyper::header::HOST);
+            *upstream_req.version_mut() = hyper::Version::HTTP_2;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("{host}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender
+                .send_request(upstream_req)
+                .await
+                .map_err(|e| format!("{host}: {e}"))
+        } else {
+            *upstream_req.version_mut() = hyper::Version::HTTP_11;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender
+                .send_request(upstream_req)
+                .await
+                .map_err(|e| format!("{host}: {e}"))
+        }
     };
     let upstream = match tokio::time::timeout(Duration::from_secs(120), response).await {
         Ok(Ok(r)) => r,

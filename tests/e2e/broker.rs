@@ -412,3 +412,15 @@ fn base64_basic(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[test]
+fn http2_between_the_agent_and_the_broker() {
+    let s = setup();
+    let (out, err) = s.curl(Some(&s.token), &s.url("/h2"), &["--http2"]);
+    assert!(out.contains("HTTP/2 200"), "{out}{err}");
+    assert!(
+        out.contains("[REDACTED:api/token]") && !out.contains("tok_REAL"),
+        "{out}"
+    );
+    assert!(s.upstream_saw().contains("Bearer tok_REAL_VALUE_123"));
+}
