@@ -496,6 +496,10 @@ impl Session {
                     role: "agent",
                     name: n.to_string(),
                 },
+                Role::Broker => Principal {
+                    role: "broker",
+                    name: "broker".to_string(),
+                },
             })
         })
     }
