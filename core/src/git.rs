@@ -286,7 +286,16 @@ impl VaultRepo {
     /// The names (relative to `dir`, without `.age`) of every `.age` file
     /// that stood under `dir` at any commit reachable from HEAD. Walks the
     /// history once, diffing only the commits that changed `dir`.
-    pub fn names_in_history(&self, dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    ///
+    /// With a `cache` file, the answer is remembered with the commit it was
+    /// computed at, and the next call walks only the commits since then —
+    /// otherwise every revoke would re-read a history that every rotation
+    /// makes longer.
+    pub fn names_in_history(
+        &self,
+        dir: &Path,
+        cache: Option<&Path>,
+    ) -> Result<std::collections::BTreeSet<String>> {
         let mut names = std::collections::BTreeSet::new();
         let Ok(rel) = dir.strip_prefix(&self.workdir) else {
             return Ok(names);
@@ -295,10 +304,32 @@ impl VaultRepo {
             Ok(h) => h.peel_to_commit()?,
             Err(_) => return Ok(names),
         };
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            commit: String,
+            names: std::collections::BTreeSet<String>,
+        }
+        let mut since: Option<Oid> = None;
+        if let Some(c) = cache
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            && let Ok(oid) = Oid::from_str(&c.commit)
+            && (oid == head.id()
+                || self
+                    .repo
+                    .graph_descendant_of(head.id(), oid)
+                    .unwrap_or(false))
+        {
+            names = c.names;
+            since = Some(oid);
+        }
         let subtree =
             |c: &git2::Commit| -> Option<Oid> { c.tree().ok()?.get_path(rel).ok().map(|e| e.id()) };
         let mut walk = self.repo.revwalk()?;
         walk.push(head.id())?;
+        if let Some(s) = since {
+            walk.hide(s)?;
+        }
         let mut seen = std::collections::HashSet::new();
         let mut collect = |old: Option<Oid>, new: Oid| -> Result<()> {
             if !seen.insert((old, new)) {
@@ -335,6 +366,20 @@ impl VaultRepo {
                     old => collect(old, new)?,
                 }
             }
+        }
+        if let Some(p) = cache {
+            let c = Cached {
+                commit: head.id().to_string(),
+                names: names.clone(),
+            };
+            if let Some(d) = p.parent() {
+                let _ = crate::fsutil::create_dir_all(d, 0o755);
+            }
+            let _ = crate::fsutil::write_atomic(
+                p,
+                &serde_json::to_vec(&c).unwrap_or_default(),
+                crate::fsutil::PUBLIC_FILE,
+            );
         }
         Ok(names)
     }

@@ -729,7 +729,12 @@ impl<'v> Writer<'v> {
         if could_read && let Some(repo) = &self.repo {
             let dir = self.vault.group_dir(group);
             let cur: BTreeSet<&String> = current.iter().collect();
-            for name in repo.names_in_history(&dir)? {
+            let cache = self
+                .vault
+                .local_dir()
+                .join("history")
+                .join(format!("{group}.json"));
+            for name in repo.names_in_history(&dir, Some(&cache))? {
                 let p = format!("{group}/{name}");
                 if !cur.contains(&p) {
                     in_history.push(p);

@@ -193,6 +193,16 @@ fn revoke_rotates_and_lists_exposure_including_history() {
         env.fail(&["revoke", "bot", "stripe"])
             .contains("has no grant")
     );
+    // Later revokes read only the history added since (cached), and still
+    // know what was removed before.
+    env.set("stripe/gone-too", b"x");
+    env.ok(&["rm", "stripe/gone-too"]);
+    env.ok(&["grant", "bot", "stripe"]);
+    let v = env.json(&["revoke", "bot", "stripe"]);
+    assert_eq!(
+        v["exposure"][0]["in_history"],
+        serde_json::json!(["stripe/gone-too", "stripe/old"])
+    );
 }
 
 #[test]
