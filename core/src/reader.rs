@@ -32,7 +32,13 @@ pub struct Reader<'v> {
 struct ReadCache {
     groups: std::collections::HashMap<GroupName, OpenedGroup>,
     verified: std::collections::HashSet<[u8; 32]>,
+    /// Values already decrypted, by the same hash: a warm read is file reads
+    /// and a hash, no public-key operation. Zeroized when dropped; bounded.
+    values: std::collections::HashMap<[u8; 32], SecretValue>,
 }
+
+/// The most values a reader keeps decrypted.
+const VALUE_CACHE: usize = 256;
 
 /// A group's key files as read (`.key.age`, `.key.age.next`) and the
 /// identities they opened to.
@@ -182,6 +188,13 @@ impl<'v> Reader<'v> {
             h.update(g.to_le_bytes());
         }
         let seen: [u8; 32] = h.finalize().into();
+        if let Ok(c) = self.cache.lock()
+            && let Some(v) = c.values.get(&seen)
+        {
+            return Ok(age::secrecy::SecretBox::new(Box::new(
+                v.expose_secret().clone(),
+            )));
+        }
         let known = self
             .cache
             .lock()
@@ -202,6 +215,16 @@ impl<'v> Reader<'v> {
             }
         }
         let ids: Vec<&Identity> = keys.ids.iter().collect();
-        crypto::decrypt(&ids, &ct, &age_path)
+        let value = crypto::decrypt(&ids, &ct, &age_path)?;
+        if let Ok(mut c) = self.cache.lock() {
+            if c.values.len() >= VALUE_CACHE {
+                c.values.clear();
+            }
+            c.values.insert(
+                seen,
+                age::secrecy::SecretBox::new(Box::new(value.expose_secret().clone())),
+            );
+        }
+        Ok(value)
     }
 }
