@@ -161,23 +161,13 @@ impl Broker {
     /// The current grants, services and revocations; re-read when the
     /// vault's files changed (so a revocation lands within moments).
     fn snapshot(&self) -> Arc<Snapshot> {
-        let current = self.snapshot.read().map(|s| s.clone());
-        let Ok(current) = current else {
-            return Arc::new(Snapshot {
-                manifest: Manifest {
-                    format: 0,
-                    vault_id: String::new(),
-                    owners: Default::default(),
-                    agents: Default::default(),
-                    groups: Default::default(),
-                    grants: Default::default(),
-                    broker: None,
-                    revoked: Default::default(),
-                },
-                services: Services::default(),
-                stamp: None,
-            });
-        };
+        // A panic elsewhere cannot leave a half-written snapshot (it is
+        // replaced whole), so a poisoned lock's value is still good.
+        let current = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let now = stamp(&self.vault);
         if now == current.stamp {
             return current;
@@ -190,9 +180,7 @@ impl Broker {
                     services,
                     stamp: now,
                 });
-                if let Ok(mut w) = self.snapshot.write() {
-                    *w = fresh.clone();
-                }
+                *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
                 fresh
             }
             _ => current,

@@ -97,15 +97,8 @@ fn manifest_edited_without_signature_is_refused() {
 fn secret_replaced_by_non_owner_is_refused() {
     let env = Env::new();
     env.set("stripe/key", b"real");
-    let m = std::fs::read_to_string(env.vault.join(".agent-vault/manifest.yaml")).unwrap();
     // Anyone can encrypt to the group's public recipient.
-    let recipient: crypto::Recipient = m
-        .lines()
-        .skip_while(|l| !l.starts_with("groups:"))
-        .find_map(|l| l.trim().strip_prefix("recipient: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let recipient: crypto::Recipient = group_recipient(&env, "stripe").parse().unwrap();
     let forged = crypto::encrypt(&[&recipient], b"attacker-value").unwrap();
     let age = env.vault.join(".agent-vault/secrets/stripe/key.age");
     std::fs::write(&age, &forged).unwrap();
@@ -413,14 +406,7 @@ fn a_long_lived_reader_still_refuses_a_file_changed_under_it() {
     assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
     assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
     // Someone re-encrypts the file to the group's public recipient.
-    let m = std::fs::read_to_string(env.vault.join(".agent-vault/manifest.yaml")).unwrap();
-    let recipient: crypto::Recipient = m
-        .lines()
-        .skip_while(|l| !l.starts_with("groups:"))
-        .find_map(|l| l.trim().strip_prefix("recipient: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let recipient: crypto::Recipient = group_recipient(&env, "g").parse().unwrap();
     let age = env.vault.join(".agent-vault/secrets/g/a.age");
     let original = std::fs::read(&age).unwrap();
     std::fs::write(&age, crypto::encrypt(&[&recipient], b"forged").unwrap()).unwrap();

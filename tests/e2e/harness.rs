@@ -197,6 +197,16 @@ impl Env {
     }
 }
 
+/// A group's public recipient, from the manifest (anyone can read it).
+pub fn group_recipient(env: &Env, group: &str) -> String {
+    let m = std::fs::read_to_string(env.vault.join(".agent-vault/manifest.yaml")).unwrap();
+    let mut lines = m.lines().skip_while(|l| !l.starts_with("groups:"));
+    lines
+        .find(|l| l.trim() == format!("{group}:"))
+        .and_then(|_| lines.find_map(|l| l.trim().strip_prefix("recipient: ").map(str::to_owned)))
+        .unwrap()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -54,15 +54,6 @@ fn age_cli_recovers_secrets_with_the_two_step_command() {
     assert_eq!(out.stdout, std::fs::read(&bot).unwrap());
 }
 
-fn group_recipient(env: &Env, group: &str) -> String {
-    let m = std::fs::read_to_string(env.vault.join(".agent-vault/manifest.yaml")).unwrap();
-    let mut lines = m.lines().skip_while(|l| !l.starts_with("groups:"));
-    lines
-        .find(|l| l.trim() == format!("{group}:"))
-        .and_then(|_| lines.find_map(|l| l.trim().strip_prefix("recipient: ").map(str::to_owned)))
-        .unwrap()
-}
-
 #[test]
 fn agent_vault_reads_what_the_age_cli_encrypted() {
     age_available();
