@@ -312,10 +312,7 @@ async fn handle_proxy(
         Err(msg) => return Ok(text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, &msg)),
     };
     if req.method() != Method::CONNECT {
-        return Ok(text(
-            StatusCode::FORBIDDEN,
-            "only https:// through CONNECT is brokered (plain http is not allowed for any service here)",
-        ));
+        return plain_http(b, claims, req).await;
     }
     let Some(authority) = req.uri().authority().cloned() else {
         return Ok(text(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
@@ -364,6 +361,7 @@ async fn handle_proxy(
                 host.clone(),
                 port,
                 addr,
+                true,
                 req,
             )
         });
@@ -380,6 +378,42 @@ async fn handle_proxy(
         }
     });
     Ok(Response::new(empty()))
+}
+
+/// An absolute-form `http://` request: brokered only for a service that
+/// allows plain http.
+async fn plain_http(
+    b: Arc<Broker>,
+    claims: Claims,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (Some("http"), Some(authority)) = (req.uri().scheme_str(), req.uri().authority().cloned())
+    else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "send https:// through CONNECT, or an absolute http:// URL",
+        ));
+    };
+    let host = authority.host().to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(80);
+    let snap = b.snapshot();
+    let allowed = snap.services.services.iter().any(|(name, s)| {
+        s.host_matches(&host, port, false)
+            && (claims.services.is_empty() || claims.services.contains(name))
+    });
+    if !allowed {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "no service this token may use allows plain http to {host}:{port}; use https://"
+            ),
+        ));
+    }
+    let addr = match crate::net::resolve(&host, port, b.allow_private).await {
+        Ok(a) => a,
+        Err(msg) => return Ok(text(StatusCode::FORBIDDEN, &msg)),
+    };
+    handle_inner(b, claims, host, port, addr, false, req).await
 }
 
 /// The largest request body rewritten for placeholders.
@@ -404,6 +438,7 @@ async fn handle_inner(
     host: String,
     port: u16,
     addr: SocketAddr,
+    https: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -451,7 +486,7 @@ async fn handle_inner(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     let Some((name, service)) = snap.services.services.iter().find(|(n, s)| {
-        s.matches(&host, port, true, &method, &pq)
+        s.matches(&host, port, https, &method, &pq)
             && (token.services.is_empty() || token.services.contains(n))
     }) else {
         return refuse(
@@ -609,6 +644,21 @@ async fn handle_inner(
             .await
             .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        if !https {
+            // A service that allows plain http (its owner said so).
+            let mut upstream_req = upstream_req;
+            *upstream_req.version_mut() = hyper::Version::HTTP_11;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            return sender
+                .send_request(upstream_req)
+                .await
+                .map_err(|e| format!("{host}: {e}"));
+        }
         let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(b.upstream_tls.clone())
             .connect(name, tcp)

@@ -424,3 +424,72 @@ fn http2_between_the_agent_and_the_broker() {
     );
     assert!(s.upstream_saw().contains("Bearer tok_REAL_VALUE_123"));
 }
+
+#[test]
+fn plain_http_only_where_a_service_allows_it() {
+    let s = setup();
+    let log = s.env.tmp.path().join("plain.log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/echo_server.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["-", "-"])
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _plain = Proc(child);
+    let port: u16 = line.trim().parse().unwrap();
+    let url = format!("http://127.0.0.1:{port}/plain");
+    let curl = |token: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--proxy",
+                &format!("http://127.0.0.1:{}", s.port),
+            ])
+            .args(["--proxy-user", &format!("bot:{token}"), "-D", "-"])
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Refused while no service allows plain http there.
+    s.env.ok(&[
+        "service",
+        "add",
+        "plain",
+        "--bearer",
+        "api/token",
+        "--host",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert!(curl(&s.token).starts_with("HTTP/1.1 403"));
+    s.env.ok(&[
+        "service",
+        "add",
+        "plain",
+        "--bearer",
+        "api/token",
+        "--host",
+        &format!("127.0.0.1:{port}"),
+        "--allow-http",
+    ]);
+    let out = curl(&s.token);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("[REDACTED:api/token]") && !out.contains("tok_REAL"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("Bearer tok_REAL_VALUE_123")
+    );
+    assert!(curl("avt1.x.y").starts_with("HTTP/1.1 407"));
+}
