@@ -252,6 +252,23 @@ impl Plan {
         )
     }
 
+    /// Like [`Plan::scrubber`], but each value is replaced by as many `*`:
+    /// for streams whose framing counts bytes (WebSocket frames), where the
+    /// length must not change.
+    pub fn scrubber_same_length(&self) -> StreamReplace {
+        StreamReplace::new(
+            self.scrub
+                .iter()
+                .map(|(v, _)| {
+                    (
+                        secret(v.expose_secret()),
+                        secret(&vec![b'*'; v.expose_secret().len()]),
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// Replaces every injected value (in every encoding) in a response,
     /// chunk by chunk, with `[REDACTED:group/name]`.
     pub fn scrubber(&self) -> StreamReplace {

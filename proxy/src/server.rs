@@ -80,6 +80,7 @@ pub struct Broker {
     minter: Minter,
     snapshot: RwLock<Arc<Snapshot>>,
     upstream_tls: Arc<rustls::ClientConfig>,
+    upstream_tls_h1: Arc<rustls::ClientConfig>,
     leaf_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
     audit: AuditLog,
     allow_private: bool,
@@ -139,6 +140,8 @@ impl Broker {
             .map_err(err("TLS"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut upstream_h1 = upstream.clone();
+        upstream_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let s = stamp(&vault);
         Ok(Broker {
@@ -151,6 +154,7 @@ impl Broker {
                 stamp: s,
             })),
             upstream_tls: Arc::new(upstream),
+            upstream_tls_h1: Arc::new(upstream_h1),
             leaf_configs: Mutex::new(HashMap::new()),
             audit: AuditLog::open(opts.audit.as_deref()).map_err(err("the audit log"))?,
             allow_private: opts.allow_private_upstreams,
@@ -416,6 +420,50 @@ async fn plain_http(
     handle_inner(b, claims, host, port, addr, false, req).await
 }
 
+/// Joins an upgraded agent connection to the upstream's: bytes to the
+/// upstream pass as they are; bytes to the agent pass through a scrubber that
+/// keeps lengths (frame headers count them). Returns (to agent, to upstream).
+async fn join<A, U>(
+    agent: A,
+    upstream: U,
+    mut scrub: agent_vault_core::inject::StreamReplace,
+) -> (u64, u64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut agent_r, mut agent_w) = tokio::io::split(agent);
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    let to_upstream = async {
+        let n = tokio::io::copy(&mut agent_r, &mut up_w).await.unwrap_or(0);
+        let _ = up_w.shutdown().await;
+        n
+    };
+    let to_agent = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match up_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let out = scrub.push(&buf[..n]);
+            total += out.len() as u64;
+            if agent_w.write_all(&out).await.is_err() {
+                return total;
+            }
+        }
+        let rest = scrub.finish();
+        total += rest.len() as u64;
+        let _ = agent_w.write_all(&rest).await;
+        let _ = agent_w.shutdown().await;
+        total
+    };
+    let (a, u) = tokio::join!(to_agent, to_upstream);
+    (a, u)
+}
+
 /// The largest request body rewritten for placeholders.
 const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;
 
@@ -531,6 +579,15 @@ async fn handle_inner(
         Err(e) => return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string()),
     };
     record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
+    // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any
+    // request, then the two connections are joined.
+    let mut req = req;
+    let websocket = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut out = Outgoing {
         path_and_query: pq,
@@ -554,12 +611,21 @@ async fn handle_inner(
         if rewrites_body && n.eq_ignore_ascii_case("content-length") {
             continue;
         }
+        // No compressed frames: the scrubber must see the bytes.
+        if websocket && n.eq_ignore_ascii_case("sec-websocket-extensions") {
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(n.as_bytes()),
             HeaderValue::from_bytes(v),
         ) {
             builder = builder.header(n, v);
         }
+    }
+    if websocket {
+        builder = builder
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "websocket");
     }
     if !has_host {
         builder = builder.header(
@@ -652,7 +718,7 @@ async fn handle_inner(
                 .await
                 .map_err(|e| format!("{host}: {e}"))?;
             tokio::spawn(async move {
-                let _ = conn.await;
+                let _ = conn.with_upgrades().await;
             });
             return sender
                 .send_request(upstream_req)
@@ -660,7 +726,13 @@ async fn handle_inner(
                 .map_err(|e| format!("{host}: {e}"));
         }
         let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(b.upstream_tls.clone())
+        // A WebSocket handshake needs HTTP/1.1 upstream.
+        let tls_config = if websocket {
+            b.upstream_tls_h1.clone()
+        } else {
+            b.upstream_tls.clone()
+        };
+        let tls = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, tcp)
             .await
             .map_err(|e| {
@@ -701,7 +773,7 @@ async fn handle_inner(
                 .await
                 .map_err(|e| format!("{host}: {e}"))?;
             tokio::spawn(async move {
-                let _ = conn.await;
+                let _ = conn.with_upgrades().await;
             });
             sender
                 .send_request(upstream_req)
@@ -721,11 +793,32 @@ async fn handle_inner(
             );
         }
     };
+    let mut upstream = upstream;
+    let switching = websocket && upstream.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(agent_upgrade) = agent_upgrade {
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+        let ws_scrub = plan.scrubber_same_length();
+        let audit_b = b.clone();
+        let mut record = record.clone();
+        record.status = 101;
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(u)) = (agent_upgrade.await, upstream_upgrade.await) {
+                let (to_agent, to_upstream) =
+                    join(TokioIo::new(a), TokioIo::new(u), ws_scrub).await;
+                record.bytes_in = to_upstream;
+                record.bytes_out = to_agent;
+            }
+            record.duration_ms = started.elapsed().as_millis() as u64;
+            audit_b.audit.write(&record);
+        });
+    }
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrubber();
     let mut headers = hyper::HeaderMap::new();
     for (n, v) in parts.headers.iter() {
-        if HOP.contains(&n.as_str()) {
+        let keep_for_upgrade =
+            switching && (n == hyper::header::UPGRADE || n == hyper::header::CONNECTION);
+        if HOP.contains(&n.as_str()) && !keep_for_upgrade {
             continue;
         }
         // A scrubbed body changes length.
@@ -739,15 +832,15 @@ async fn handle_inner(
     parts.headers = headers;
     record.status = parts.status.as_u16();
     let audit_b = b.clone();
-    let body = Rewritten::new(
-        body,
-        scrub,
-        Some(Box::new(move |n| {
+    // An upgraded connection is audited when it closes (above).
+    let on_end: Option<crate::body::OnEnd> = (!switching).then(|| -> crate::body::OnEnd {
+        Box::new(move |n| {
             record.bytes_out = n;
             record.bytes_in = bytes_in.load(std::sync::atomic::Ordering::Relaxed);
             record.duration_ms = started.elapsed().as_millis() as u64;
             audit_b.audit.write(&record);
-        })),
-    );
+        })
+    });
+    let body = Rewritten::new(body, scrub, on_end);
     Ok(Response::from_parts(parts, body.boxed()))
 }

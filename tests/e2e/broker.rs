@@ -493,3 +493,34 @@ fn plain_http_only_where_a_service_allows_it() {
     );
     assert!(curl("avt1.x.y").starts_with("HTTP/1.1 407"));
 }
+
+#[test]
+fn websocket_upgrade_through_the_broker() {
+    let s = setup();
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/ws_client.py");
+    let out = Command::new("python3")
+        .arg(client)
+        .args([
+            &s.port.to_string(),
+            &s.token,
+            s.broker_ca.to_str().unwrap(),
+            "127.0.0.1",
+            &s.up_port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The frame came back, the injected value in it masked (same length: frames count bytes).
+    assert!(text.starts_with("echo: hello auth=Bearer ***"), "{text}");
+    assert!(!text.contains("tok_REAL"), "{text}");
+    let saw = s.upstream_saw();
+    assert!(
+        saw.contains("Bearer tok_REAL_VALUE_123") && !saw.contains("agent-made-up"),
+        "{saw}"
+    );
+}

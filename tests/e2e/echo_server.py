@@ -1,7 +1,7 @@
 """An HTTPS upstream for broker tests: echoes what it receives, streams
 server-sent events, and logs every request it got (so a test can check
 what the broker injected). Prints its port, then serves until killed."""
-import json, ssl, sys, time
+import base64, hashlib, json, ssl, struct, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 cert, key, log_path = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -13,7 +13,32 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def websocket(self, auth):
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        head = self.rfile.read(2)
+        n = head[1] & 0x7F
+        if n == 126:
+            n = struct.unpack(">H", self.rfile.read(2))[0]
+        mask = self.rfile.read(4)
+        data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+        reply = ("echo: " + data.decode() + " auth=" + auth).encode()
+        frame = bytes([0x81, len(reply)]) if len(reply) < 126 else bytes([0x81, 126]) + struct.pack(">H", len(reply))
+        self.wfile.write(frame + reply)
+        self.wfile.flush()
+        self.close_connection = True
+
     def handle_any(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
+            return self.websocket(self.headers.get("Authorization", ""))
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         record = {
