@@ -81,6 +81,7 @@ pub struct Broker {
     snapshot: RwLock<Arc<Snapshot>>,
     upstream_tls: Arc<rustls::ClientConfig>,
     upstream_tls_h1: Arc<rustls::ClientConfig>,
+    pool: Pool,
     leaf_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
     audit: AuditLog,
     allow_private: bool,
@@ -155,6 +156,7 @@ impl Broker {
             })),
             upstream_tls: Arc::new(upstream),
             upstream_tls_h1: Arc::new(upstream_h1),
+            pool: Pool::default(),
             leaf_configs: Mutex::new(HashMap::new()),
             audit: AuditLog::open(opts.audit.as_deref()).map_err(err("the audit log"))?,
             allow_private: opts.allow_private_upstreams,
@@ -418,6 +420,173 @@ async fn plain_http(
         Err(msg) => return Ok(text(StatusCode::FORBIDDEN, &msg)),
     };
     handle_inner(b, claims, host, port, addr, false, req).await
+}
+
+/// A connection to an upstream that can take another request.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ProxyBody>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
+}
+
+/// Upstream connections kept for reuse, by pinned address, host and scheme.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<(SocketAddr, String, bool), Vec<Sender>>>,
+}
+
+/// The most idle connections kept per upstream.
+const POOL_PER_UPSTREAM: usize = 64;
+
+impl Pool {
+    /// An idle connection that can take a request now, if any.
+    fn take(&self, key: &(SocketAddr, String, bool)) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            match s {
+                Sender::H1(h) if h.is_ready() => return Some(Sender::H1(h)),
+                Sender::H2(h) if h.is_ready() => {
+                    list.push(Sender::H2(h.clone()));
+                    return Some(Sender::H2(h));
+                }
+                // Busy or closed: an HTTP/1.1 connection still streaming a
+                // response is dropped from the pool (it closes when done).
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: (SocketAddr, String, bool), s: Sender) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
+            if list.len() < POOL_PER_UPSTREAM {
+                list.push(s);
+            }
+        }
+    }
+}
+
+/// HTTP/2 takes the authority in the URI, not a Host header.
+fn for_h2(
+    mut req: Request<ProxyBody>,
+    host: &str,
+    port: u16,
+) -> Result<Request<ProxyBody>, String> {
+    let authority = if port == 443 {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = format!("https://{authority}{pq}")
+        .parse()
+        .map_err(|e| format!("{host}: {e}"))?;
+    req.headers_mut().remove(hyper::header::HOST);
+    *req.version_mut() = hyper::Version::HTTP_2;
+    Ok(req)
+}
+
+async fn send_on(
+    b: &Broker,
+    key: (SocketAddr, String, bool),
+    sender: Sender,
+    mut req: Request<ProxyBody>,
+    host: &str,
+    port: u16,
+    reuse: bool,
+) -> Result<Response<Incoming>, String> {
+    match sender {
+        Sender::H1(mut s) => {
+            *req.version_mut() = hyper::Version::HTTP_11;
+            let r = s
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            if reuse {
+                b.pool.put(key, Sender::H1(s));
+            }
+            Ok(r)
+        }
+        Sender::H2(mut s) => {
+            if reuse {
+                b.pool.put(key, Sender::H2(s.clone()));
+            }
+            s.send_request(for_h2(req, host, port)?)
+                .await
+                .map_err(|e| format!("{host}: {e}"))
+        }
+    }
+}
+
+/// Sends a request to the upstream: on an idle connection when there is one,
+/// else on a new one (TCP to the pinned address, TLS verified for the host,
+/// HTTP/2 or HTTP/1.1 by ALPN). WebSocket handshakes always get a connection
+/// of their own.
+async fn send_upstream(
+    b: &Broker,
+    host: &str,
+    port: u16,
+    addr: SocketAddr,
+    https: bool,
+    websocket: bool,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, String> {
+    let key = (addr, host.to_owned(), https);
+    if !websocket && let Some(sender) = b.pool.take(&key) {
+        return send_on(b, key, sender, req, host, port, true).await;
+    }
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let sender = if !https {
+        // A service that allows plain http (its owner said so).
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("{host}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Sender::H1(sender)
+    } else {
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
+        // A WebSocket handshake needs HTTP/1.1 upstream.
+        let config = if websocket {
+            b.upstream_tls_h1.clone()
+        } else {
+            b.upstream_tls.clone()
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                format!("TLS with {host} failed (its certificate is not trusted?): {e}")
+            })?;
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("{host}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            Sender::H1(sender)
+        }
+    };
+    send_on(b, key, sender, req, host, port, !websocket).await
 }
 
 /// Joins an upgraded agent connection to the upstream's: bytes to the
@@ -705,82 +874,7 @@ async fn handle_inner(
         }
     };
     // The upstream, at the address pinned at CONNECT, verified for the host.
-    let response = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if !https {
-            // A service that allows plain http (its owner said so).
-            let mut upstream_req = upstream_req;
-            *upstream_req.version_mut() = hyper::Version::HTTP_11;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| format!("{host}: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            return sender
-                .send_request(upstream_req)
-                .await
-                .map_err(|e| format!("{host}: {e}"));
-        }
-        let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
-        // A WebSocket handshake needs HTTP/1.1 upstream.
-        let tls_config = if websocket {
-            b.upstream_tls_h1.clone()
-        } else {
-            b.upstream_tls.clone()
-        };
-        let tls = tokio_rustls::TlsConnector::from(tls_config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| {
-                format!("TLS with {host} failed (its certificate is not trusted?): {e}")
-            })?;
-        let mut upstream_req = upstream_req;
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            // HTTP/2 takes the authority in the URI, not a Host header.
-            let authority = if port == 443 {
-                host.clone()
-            } else {
-                format!("{host}:{port}")
-            };
-            let pq = upstream_req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into());
-            *upstream_req.uri_mut() = format!("https://{authority}{pq}")
-                .parse()
-                .map_err(|e| format!("{host}: {e}"))?;
-            upstream_req.headers_mut().remove(hyper::header::HOST);
-            *upstream_req.version_mut() = hyper::Version::HTTP_2;
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .map_err(|e| format!("{host}: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender
-                .send_request(upstream_req)
-                .await
-                .map_err(|e| format!("{host}: {e}"))
-        } else {
-            *upstream_req.version_mut() = hyper::Version::HTTP_11;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("{host}: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            sender
-                .send_request(upstream_req)
-                .await
-                .map_err(|e| format!("{host}: {e}"))
-        }
-    };
+    let response = send_upstream(&b, &host, port, addr, https, websocket, upstream_req);
     let upstream = match tokio::time::timeout(Duration::from_secs(120), response).await {
         Ok(Ok(r)) => r,
         Ok(Err(msg)) => return refuse(&b, record, StatusCode::BAD_GATEWAY, &msg),

@@ -524,3 +524,30 @@ fn websocket_upgrade_through_the_broker() {
         "{saw}"
     );
 }
+
+#[test]
+fn upstream_connections_are_reused() {
+    let s = setup();
+    // One curl, three requests over one tunnel, one after the other.
+    let (out, err) = s.curl(
+        Some(&s.token),
+        &s.url("/one"),
+        &[&s.url("/two"), &s.url("/three")],
+    );
+    assert_eq!(
+        out.matches("[REDACTED:api/token]").count(),
+        3 * 2,
+        "{out}{err}"
+    );
+    let peers: Vec<u64> = s
+        .upstream_saw()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["peer"].as_u64())
+        .collect();
+    assert_eq!(peers.len(), 3);
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one upstream connection for all three: {peers:?}"
+    );
+}
