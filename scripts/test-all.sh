@@ -52,3 +52,14 @@ venv=target/sdk-venv
 (cd sdk-node && npm install --no-audit --no-fund)
 "$venv/bin/python" -m pytest -q sdk-python/tests
 (cd sdk-node && node --test tests/)
+
+# MCP server (mcp/), driven over stdio by the Python `mcp` package's client
+# against a vault the CLI writes, the real broker and a Python HTTPS upstream
+# (its certificates made with openssl).
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check mcp pytest
+"$venv/bin/python" -m pytest -q mcp/tests

@@ -145,6 +145,8 @@ pub enum Command {
     Broker(BrokerCommand),
     /// Run the broker: an HTTPS proxy that injects credentials agents never see.
     Proxy(ProxyArgs),
+    /// Serve MCP on stdio for an agent (Claude Desktop, Claude Code, Cursor): list, get, request, whoami.
+    Mcp(McpArgs),
     /// Run a command as an agent, its HTTPS going through the broker with a fresh token.
     Run {
         /// The agent.
@@ -266,6 +268,23 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub allow_private_upstreams: bool,
     /// Append one JSON line per request to this file.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+}
+
+/// Arguments of `mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Never return a secret's value (agent_vault_get is refused); requests still work.
+    #[arg(long)]
+    pub no_reveal: bool,
+    /// The broker's address, for agent_vault_request (the token from AGENT_VAULT_TOKEN).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+    /// Cut response bodies of agent_vault_request at this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100 * 1024)]
+    pub max_body: usize,
+    /// Append one JSON line per tool call to this file.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
 }

@@ -274,6 +274,28 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             let vault = ctx.vault()?;
             crate::broker::proxy(vault, &ctx.key_source(), ctx.key.clone(), args)
         }
+        Command::Mcp(args) => {
+            let vault = ctx.vault()?;
+            if !ctx.offline
+                && let Some(warning) = agent_vault_core::sync::auto_pull(&vault)
+            {
+                note(warning);
+            }
+            let opts = agent_vault_mcp::Options {
+                no_reveal: args.no_reveal,
+                broker: args.broker,
+                token: std::env::var("AGENT_VAULT_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty()),
+                max_body: args.max_body,
+                audit: args.audit,
+            };
+            match agent_vault_mcp::serve_stdio(vault, ctx.key_source(), opts) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(agent_vault_mcp::Error::Vault(e)) => Err(e.into()),
+                Err(e) => Err(CliError::Msg(e.to_string(), None)),
+            }
+        }
         Command::Run {
             agent,
             ttl,

@@ -1,0 +1,516 @@
+//! The agent-vault MCP server: how Claude Desktop, Claude Code, Cursor and
+//! other MCP clients reach a vault. It speaks MCP over stdio and offers four
+//! tools: `agent_vault_list`, `agent_vault_get` (values of `read` groups
+//! only), `agent_vault_request` (an HTTPS request through the broker, which
+//! injects what the agent may `use` but never see) and `agent_vault_whoami`.
+//!
+//! The server holds the agent's key in memory; tool results never carry key
+//! material, and failures (not authorized, not found, host not allowed,
+//! upstream error) are tool results with `isError` whose messages never
+//! contain a value. Logs go to stderr.
+//!
+//! ```no_run
+//! use agent_vault_core::{KeySource, KeyStore, Vault};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let vault = Vault::find(std::path::Path::new("."), KeyStore::from_env()?)?;
+//! let opts = agent_vault_mcp::Options::default();
+//! agent_vault_mcp::serve_stdio(vault, KeySource::resolve(None), opts)?;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod audit;
+pub mod request;
+pub mod tools;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_vault_core::secrecy::ExposeSecret;
+use agent_vault_core::{Error as CoreError, GroupName, KeySource, Mode, Role, SecretPath, Vault};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+pub use tools::tools;
+
+/// The default cut for response bodies: 100 KiB.
+pub const DEFAULT_MAX_BODY: usize = 100 * 1024;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Refuse `agent_vault_get` for every secret (the model sees no value).
+    pub no_reveal: bool,
+    /// The broker's address (`HOST:PORT`), for `agent_vault_request`.
+    pub broker: Option<String>,
+    /// The agent's broker token (`agent-vault token issue`).
+    pub token: Option<String>,
+    /// Response bodies are cut at this many bytes.
+    pub max_body: usize,
+    /// Append one JSON line per tool call to this file.
+    pub audit: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            no_reveal: false,
+            broker: None,
+            token: None,
+            max_body: DEFAULT_MAX_BODY,
+            audit: None,
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The vault could not be opened with the key.
+    Vault(CoreError),
+    /// The audit log could not be opened.
+    Audit(PathBuf, std::io::Error),
+    /// The MCP transport failed.
+    Transport(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Vault(e) => write!(f, "{e}"),
+            Error::Audit(p, e) => write!(f, "cannot open the audit log {}: {e}", p.display()),
+            Error::Transport(e) => write!(f, "MCP over stdio failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<CoreError> for Error {
+    fn from(e: CoreError) -> Self {
+        Error::Vault(e)
+    }
+}
+
+/// The server: one vault, one key.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    vault: Vault,
+    key: KeySource,
+    opts: Options,
+    agent: String,
+    audit: audit::AuditLog,
+    /// The broker client, built on first use (it needs the vault's CA).
+    broker: tokio::sync::OnceCell<request::Broker>,
+}
+
+/// A tool's failure: the message a model sees, and what the audit line names.
+struct Fail(String);
+
+impl From<CoreError> for Fail {
+    fn from(e: CoreError) -> Self {
+        Fail(describe(&e))
+    }
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Self {
+        Fail(s)
+    }
+}
+
+fn describe(e: &CoreError) -> String {
+    match e.hint() {
+        Some(h) => format!("{e} ({h})"),
+        None => e.to_string(),
+    }
+}
+
+impl Server {
+    /// Opens the vault with the key (checking that it is an owner's or an
+    /// agent's) and the audit log.
+    pub fn new(vault: Vault, key: KeySource, opts: Options) -> Result<Self, Error> {
+        let agent = match vault.reader(&key)?.role() {
+            Role::Agent(a) => a.to_string(),
+            Role::Owner(o) => format!("owner:{o}"),
+            Role::Broker => "broker".to_owned(),
+        };
+        let audit = audit::AuditLog::open(opts.audit.as_deref())
+            .map_err(|e| Error::Audit(opts.audit.clone().unwrap_or_default(), e))?;
+        Ok(Server {
+            inner: Arc::new(Inner {
+                vault,
+                key,
+                opts,
+                agent,
+                audit,
+                broker: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// Runs one tool call; every failure is a result with `is_error`.
+    pub async fn call(
+        &self,
+        name: &str,
+        args: Option<serde_json::Map<String, Value>>,
+    ) -> CallToolResult {
+        let args = Value::Object(args.unwrap_or_default());
+        let (subject, result) = match name {
+            tools::LIST => (None, self.list(args)),
+            tools::GET => {
+                let subject = args
+                    .get("secret")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                (subject, self.get(args))
+            }
+            tools::REQUEST => {
+                let subject = args
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .and_then(|u| request::parse_url(u).ok())
+                    .map(|t| t.authority());
+                (subject, self.request(args).await)
+            }
+            tools::WHOAMI => (None, self.whoami(args)),
+            other => (
+                None,
+                Err(Fail(format!(
+                    "there is no tool {other:?}; the tools are {}, {}, {} and {}",
+                    tools::LIST,
+                    tools::GET,
+                    tools::REQUEST,
+                    tools::WHOAMI
+                ))),
+            ),
+        };
+        let key = if name == tools::REQUEST {
+            "host"
+        } else {
+            "secret"
+        };
+        self.inner.audit.record(
+            name,
+            &self.inner.agent,
+            key,
+            subject.as_deref(),
+            result.is_ok(),
+        );
+        match result {
+            Ok(Output::Json(v)) => {
+                let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+                CallToolResult::success(vec![ContentBlock::text(text)])
+            }
+            Ok(Output::Text(t)) => CallToolResult::success(vec![ContentBlock::text(t)]),
+            Err(Fail(msg)) => {
+                eprintln!("agent-vault mcp: {name}: {msg}");
+                CallToolResult::error(vec![ContentBlock::text(msg)])
+            }
+        }
+    }
+
+    fn reader(&self) -> Result<agent_vault_core::reader::Reader<'_>, Fail> {
+        Ok(self.inner.vault.reader(&self.inner.key)?)
+    }
+
+    /// The mode the key has on a group: owners read everything.
+    fn mode(reader: &agent_vault_core::reader::Reader<'_>, group: &GroupName) -> Option<Mode> {
+        match reader.role() {
+            Role::Owner(_) => Some(Mode::Read),
+            Role::Agent(a) => reader.manifest().grant(a, group),
+            Role::Broker => None,
+        }
+    }
+
+    fn list(&self, args: Value) -> Result<Output, Fail> {
+        let a: tools::ListArgs = parse_args(tools::LIST, args)?;
+        let group: Option<GroupName> = match &a.group {
+            Some(g) => Some(g.parse().map_err(|e: CoreError| Fail(describe(&e)))?),
+            None => None,
+        };
+        let reader = self.reader()?;
+        if let Some(g) = &group {
+            if !reader.manifest().groups.contains_key(g) {
+                return Err(Fail(format!(
+                    "there is no group {g}; call {} without a group to see every secret",
+                    tools::LIST
+                )));
+            }
+            if Self::mode(&reader, g).is_none() {
+                return Err(Fail(format!(
+                    "this agent has no grant on group {g}; an owner can give one with \
+                     `agent-vault grant {} {g} --mode read|use`",
+                    self.inner.agent
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        for info in self.inner.vault.list(group.as_ref())? {
+            let Some(mode) = Self::mode(&reader, info.path.group()) else {
+                continue;
+            };
+            let mut entry = json!({
+                "secret": info.path.to_string(),
+                "group": info.path.group().to_string(),
+                "access": mode.to_string(),
+            });
+            match &info.meta {
+                Ok(m) => {
+                    entry["description"] = json!(m.description);
+                    entry["expires"] = json!(m.expires.map(|t| t.to_string()));
+                    entry["expired"] =
+                        json!(m.expires.is_some_and(|t| t <= jiff::Timestamp::now()));
+                }
+                Err(e) => entry["error"] = json!(e),
+            }
+            out.push(entry);
+        }
+        Ok(Output::Json(json!({
+            "agent": self.inner.agent,
+            "secrets": out,
+            "note": "access \"read\": agent_vault_get returns the value; \"use\": only agent_vault_request can use it",
+        })))
+    }
+
+    fn get(&self, args: Value) -> Result<Output, Fail> {
+        let a: tools::GetArgs = parse_args(tools::GET, args)?;
+        let path: SecretPath = a.secret.parse().map_err(|e: CoreError| {
+            Fail(format!(
+                "{}; a secret is named GROUP/NAME, as {} shows",
+                describe(&e),
+                tools::LIST
+            ))
+        })?;
+        if self.inner.opts.no_reveal {
+            return Err(Fail(format!(
+                "this server runs with --no-reveal: no secret value is returned. To use {path}, \
+                 call {} with a {{{{secret:{path}}}}} placeholder or to a service that injects it",
+                tools::REQUEST
+            )));
+        }
+        let reader = self.reader()?;
+        match reader.get(&path) {
+            Ok(v) => Ok(Output::Text(
+                String::from_utf8_lossy(v.expose_secret()).into_owned(),
+            )),
+            Err(CoreError::UseOnly { group, .. }) => Err(Fail(format!(
+                "{path} is use-only for this agent (group {group}): its value is never shown. \
+                 Call {} instead: the broker injects the service's credential, and a \
+                 {{{{secret:{path}}}}} placeholder in a header, the query or the body is filled in",
+                tools::REQUEST
+            ))),
+            Err(CoreError::NotGranted { group, .. }) => Err(Fail(format!(
+                "this agent has no grant on group {group}, so {path} is out of reach; {} shows \
+                 what it can use. An owner can grant access with `agent-vault grant {} {group} \
+                 --mode read|use`",
+                tools::LIST,
+                self.inner.agent
+            ))),
+            Err(CoreError::SecretNotFound(_)) => Err(Fail(format!(
+                "there is no secret {path}; {} shows the secrets there are",
+                tools::LIST
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn request(&self, args: Value) -> Result<Output, Fail> {
+        let a: tools::RequestArgs = parse_args(tools::REQUEST, args)?;
+        let mut target = request::parse_url(&a.url).map_err(Fail)?;
+        let services = self.inner.vault.services()?;
+        if !services.knows_host(&target.host, target.port, true) {
+            let hosts: Vec<&str> = services
+                .services
+                .values()
+                .flat_map(|s| s.hosts.iter().map(String::as_str))
+                .collect();
+            return Err(Fail(format!(
+                "{} is not a host any vault service names, so the broker will not reach it. \
+                 Reachable hosts: {}. An owner adds one with `agent-vault service add`",
+                target.authority(),
+                if hosts.is_empty() {
+                    "none".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            )));
+        }
+        let broker = self.broker().await?;
+        if let Some(q) = &a.query {
+            request::add_query(&mut target.path_and_query, q);
+        }
+        let resp = request::send(
+            broker,
+            &target,
+            &a.method,
+            &a.headers.unwrap_or_default(),
+            a.body,
+            self.inner.opts.max_body,
+        )
+        .await
+        .map_err(Fail)?;
+        Ok(Output::Json(
+            serde_json::to_value(&resp).unwrap_or(Value::Null),
+        ))
+    }
+
+    async fn broker(&self) -> Result<&request::Broker, Fail> {
+        let inner = &self.inner;
+        inner
+            .broker
+            .get_or_try_init(|| async {
+                let addr = inner.opts.broker.clone().ok_or_else(|| {
+                    Fail(format!(
+                        "{} needs the broker: the MCP server was started without --broker \
+                         HOST:PORT; ask the user to add it (and AGENT_VAULT_TOKEN) to the \
+                         server's configuration",
+                        tools::REQUEST
+                    ))
+                })?;
+                let token = inner.opts.token.clone().ok_or_else(|| {
+                    Fail(format!(
+                        "{} needs a broker token: AGENT_VAULT_TOKEN is not set for the MCP \
+                         server; an owner issues one with `agent-vault token issue {}`",
+                        tools::REQUEST,
+                        inner.agent
+                    ))
+                })?;
+                let ca = inner.vault.ca_cert()?;
+                request::Broker::new(addr, &inner.agent, &token, &ca).map_err(Fail)
+            })
+            .await
+    }
+
+    fn whoami(&self, args: Value) -> Result<Output, Fail> {
+        let _: tools::WhoamiArgs = parse_args(tools::WHOAMI, args)?;
+        let reader = self.reader()?;
+        let m = reader.manifest();
+        let groups: BTreeMap<String, String> = m
+            .groups
+            .keys()
+            .filter_map(|g| Self::mode(&reader, g).map(|mode| (g.to_string(), mode.to_string())))
+            .collect();
+        let services = self.inner.vault.services()?;
+        let usable: Vec<Value> = services
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                s.all_secrets()
+                    .iter()
+                    .all(|p| Self::mode(&reader, p.group()).is_some())
+            })
+            .map(|(name, s)| {
+                json!({
+                    "service": name,
+                    "hosts": s.hosts,
+                    "paths": s.paths,
+                    "methods": s.methods,
+                    "placeholders": s.secrets.iter().map(|p| format!("{{{{secret:{p}}}}}")).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let role = match reader.role() {
+            Role::Owner(_) => "owner",
+            Role::Agent(_) => "agent",
+            Role::Broker => "broker",
+        };
+        Ok(Output::Json(json!({
+            "agent": self.inner.agent,
+            "role": role,
+            "groups": groups,
+            "services": usable,
+            "reveal": !self.inner.opts.no_reveal,
+            "broker": self.inner.opts.broker,
+        })))
+    }
+}
+
+/// A tool's successful output.
+enum Output {
+    Json(Value),
+    Text(String),
+}
+
+fn parse_args<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Result<T, Fail> {
+    serde_json::from_value(args).map_err(|e| {
+        Fail(format!(
+            "invalid arguments for {tool}: {e}; see the tool's input schema"
+        ))
+    })
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "agent-vault",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "agent-vault holds this agent's secrets. Call agent_vault_whoami or \
+                 agent_vault_list first. Read a value with agent_vault_get only when access is \
+                 \"read\"; for \"use\" secrets call agent_vault_request, which sends the HTTPS \
+                 request through the broker that injects the credential.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools().into_iter().find(|t| t.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        Ok(self.call(&request.name, request.arguments).await.into())
+    }
+}
+
+/// Serves MCP over stdin/stdout until the client closes it.
+pub fn serve_stdio(vault: Vault, key: KeySource, opts: Options) -> Result<(), Error> {
+    let server = Server::new(vault, key, opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    rt.block_on(async move {
+        eprintln!(
+            "agent-vault: MCP server for {} on stdio",
+            server.inner.agent
+        );
+        let running = server
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(())
+    })
+}
