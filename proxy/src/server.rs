@@ -445,10 +445,8 @@ impl Pool {
         while let Some(s) = list.pop() {
             match s {
                 Sender::H1(h) if h.is_ready() => return Some(Sender::H1(h)),
-                Sender::H2(h) if h.is_ready() => {
-                    list.push(Sender::H2(h.clone()));
-                    return Some(Sender::H2(h));
-                }
+                // (A multiplexed HTTP/2 connection goes back in when used.)
+                Sender::H2(h) if h.is_ready() => return Some(Sender::H2(h)),
                 // Busy or closed: an HTTP/1.1 connection still streaming a
                 // response is dropped from the pool (it closes when done).
                 _ => {}
@@ -491,6 +489,9 @@ fn for_h2(
     Ok(req)
 }
 
+/// Sends on a connection. Fails with the request handed back when it was
+/// never written (a pooled connection the upstream had closed), so it can
+/// go out on a new one.
 async fn send_on(
     b: &Broker,
     key: (SocketAddr, String, bool),
@@ -499,26 +500,31 @@ async fn send_on(
     host: &str,
     port: u16,
     reuse: bool,
-) -> Result<Response<Incoming>, String> {
+) -> Result<Response<Incoming>, (Option<Request<ProxyBody>>, String)> {
     match sender {
         Sender::H1(mut s) => {
             *req.version_mut() = hyper::Version::HTTP_11;
-            let r = s
-                .send_request(req)
-                .await
-                .map_err(|e| format!("{host}: {e}"))?;
-            if reuse {
-                b.pool.put(key, Sender::H1(s));
+            match s.try_send_request(req).await {
+                Ok(r) => {
+                    if reuse {
+                        b.pool.put(key, Sender::H1(s));
+                    }
+                    Ok(r)
+                }
+                Err(mut e) => Err((e.take_message(), format!("{host}: {}", e.into_error()))),
             }
-            Ok(r)
         }
         Sender::H2(mut s) => {
-            if reuse {
-                b.pool.put(key, Sender::H2(s.clone()));
+            let req = for_h2(req, host, port).map_err(|e| (None, e))?;
+            match s.try_send_request(req).await {
+                Ok(r) => {
+                    if reuse {
+                        b.pool.put(key, Sender::H2(s));
+                    }
+                    Ok(r)
+                }
+                Err(mut e) => Err((e.take_message(), format!("{host}: {}", e.into_error()))),
             }
-            s.send_request(for_h2(req, host, port)?)
-                .await
-                .map_err(|e| format!("{host}: {e}"))
         }
     }
 }
@@ -537,8 +543,14 @@ async fn send_upstream(
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, String> {
     let key = (addr, host.to_owned(), https);
+    let mut req = req;
     if !websocket && let Some(sender) = b.pool.take(&key) {
-        return send_on(b, key, sender, req, host, port, true).await;
+        match send_on(b, key.clone(), sender, req, host, port, true).await {
+            Ok(r) => return Ok(r),
+            // Never written: the idle connection had gone; a new one below.
+            Err((Some(back), _)) => req = back,
+            Err((None, msg)) => return Err(msg),
+        }
     }
     let tcp = TcpStream::connect(addr)
         .await
@@ -586,7 +598,9 @@ async fn send_upstream(
             Sender::H1(sender)
         }
     };
-    send_on(b, key, sender, req, host, port, !websocket).await
+    send_on(b, key, sender, req, host, port, !websocket)
+        .await
+        .map_err(|(_, msg)| msg)
 }
 
 /// Joins an upgraded agent connection to the upstream's: bytes to the
