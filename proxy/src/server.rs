@@ -295,6 +295,8 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // Requests are small writes: no waiting for delayed ACKs.
+                let _ = stream.set_nodelay(true);
                 let b = broker.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle_proxy(b.clone(), req));
