@@ -70,12 +70,15 @@ struct Snapshot {
     manifest: Manifest,
     services: Services,
     stamp: Option<(SystemTime, SystemTime)>,
+    /// The broker's reader on this manifest: it keeps opened group keys,
+    /// checked signatures and values between requests (core's read cache),
+    /// so a request costs no public-key operation once warm.
+    reader: Arc<agent_vault_core::reader::Reader<'static>>,
 }
 
 /// The running broker.
 pub struct Broker {
     vault: Vault,
-    key_source: KeySource,
     token_key: TokenKey,
     minter: Minter,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -145,14 +148,23 @@ impl Broker {
         upstream_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         upstream.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let s = stamp(&vault);
+        // The reader borrows the vault for as long as the broker runs: one
+        // small allocation, leaked on purpose, for the life of the process.
+        let forever: &'static Vault = Box::leak(Box::new(vault.clone()));
+        let reader = Arc::new(
+            forever
+                .reader(&key_source)
+                .and_then(|r| r.with_manifest(manifest.clone()))
+                .map_err(err("the broker cannot open the vault"))?,
+        );
         Ok(Broker {
-            key_source,
             token_key,
             minter,
             snapshot: RwLock::new(Arc::new(Snapshot {
                 manifest,
                 services,
                 stamp: s,
+                reader,
             })),
             upstream_tls: Arc::new(upstream),
             upstream_tls_h1: Arc::new(upstream_h1),
@@ -181,10 +193,14 @@ impl Broker {
         // Only a manifest and services list that verify replace the old ones.
         match (self.vault.manifest(), self.vault.services()) {
             (Ok(manifest), Ok(services)) => {
+                let Ok(reader) = current.reader.with_manifest(manifest.clone()) else {
+                    return current;
+                };
                 let fresh = Arc::new(Snapshot {
                     manifest,
                     services,
                     stamp: now,
+                    reader: Arc::new(reader),
                 });
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
                 fresh
@@ -731,21 +747,7 @@ async fn handle_inner(
     };
     record.service = name.clone();
     let agent: Option<agent_vault_core::AgentName> = token.agent.parse().ok();
-    let reader = match b
-        .vault
-        .reader(&b.key_source)
-        .and_then(|r| r.with_manifest(snap.manifest.clone()))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                &b,
-                record,
-                StatusCode::BAD_GATEWAY,
-                &format!("the broker cannot open the vault: {e}"),
-            );
-        }
-    };
+    let reader = snap.reader.clone();
     let resolve = |p: &SecretPath| {
         let granted = agent
             .as_ref()
