@@ -312,30 +312,12 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             session,
         }) => {
             let a: AgentName = parse(&agent)?;
-            let ttl: jiff::SignedDuration = ttl
-                .parse::<jiff::Span>()
-                .ok()
-                .and_then(|s| {
-                    s.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-                        .ok()
-                })
-                .ok_or_else(|| {
-                    CliError::Msg(
-                        format!("cannot read --ttl {ttl:?}"),
-                        Some("use a span like 15m, 2h or 1d".into()),
-                    )
-                })?;
+            let ttl = crate::broker::ttl_seconds(&ttl)?;
             let vault = ctx.vault()?;
             let owner = vault.keys().load(&ctx.key_source(), vault.id())?;
             let manifest = vault.manifest()?;
             let (token, claims) = agent_vault_core::broker::issue_token(
-                &vault,
-                &owner,
-                &manifest,
-                &a,
-                ttl.as_secs(),
-                &services,
-                session,
+                &vault, &owner, &manifest, &a, ttl, &services, session,
             )?;
             if ctx.json {
                 output::json(
