@@ -38,6 +38,10 @@ pub struct Plan {
     scrub: Vec<(SecretBox<Vec<u8>>, SecretPath)>,
     /// The secrets this plan may inject (names only: for the audit log).
     secrets: Vec<SecretPath>,
+    /// Built from `substitutions` and `scrub` once the plan is complete.
+    substituter: StreamReplace,
+    scrubber: StreamReplace,
+    scrubber_same_length: StreamReplace,
 }
 
 /// Fetches a secret's value; the caller enforces the agent's grants.
@@ -110,6 +114,9 @@ impl Plan {
             substitutions: Vec::new(),
             scrub: Vec::new(),
             secrets: Vec::new(),
+            substituter: StreamReplace::new(Vec::new()),
+            scrubber: StreamReplace::new(Vec::new()),
+            scrubber_same_length: StreamReplace::new(Vec::new()),
         };
         let remember = |plan: &mut Plan, path: &SecretPath, injected: &[u8]| {
             for e in encodings(injected) {
@@ -179,6 +186,7 @@ impl Plan {
                 p.clone(),
             ));
         }
+        plan.build_replacers();
         Ok(plan)
     }
 
@@ -244,19 +252,33 @@ impl Plan {
 
     /// Fills placeholders into a request body, chunk by chunk.
     pub fn substituter(&self) -> StreamReplace {
-        StreamReplace::new(
-            self.substitutions
-                .iter()
-                .map(|(placeholder, value, _)| (secret(placeholder), secret(value.expose_secret())))
-                .collect(),
-        )
+        self.substituter.fresh()
     }
 
     /// Like [`Plan::scrubber`], but each value is replaced by as many `*`:
     /// for streams whose framing counts bytes (WebSocket frames), where the
     /// length must not change.
     pub fn scrubber_same_length(&self) -> StreamReplace {
-        StreamReplace::new(
+        self.scrubber_same_length.fresh()
+    }
+
+    /// Replaces every injected value (in every encoding) in a response,
+    /// chunk by chunk, with `[REDACTED:group/name]`.
+    pub fn scrubber(&self) -> StreamReplace {
+        self.scrubber.fresh()
+    }
+
+    /// Builds the three replacers once: a plan may serve many requests
+    /// (the broker keeps one per service and agent), and each request only
+    /// takes a fresh carry buffer.
+    fn build_replacers(&mut self) {
+        self.substituter = StreamReplace::new(
+            self.substitutions
+                .iter()
+                .map(|(placeholder, value, _)| (secret(placeholder), secret(value.expose_secret())))
+                .collect(),
+        );
+        self.scrubber_same_length = StreamReplace::new(
             self.scrub
                 .iter()
                 .map(|(v, _)| {
@@ -266,13 +288,8 @@ impl Plan {
                     )
                 })
                 .collect(),
-        )
-    }
-
-    /// Replaces every injected value (in every encoding) in a response,
-    /// chunk by chunk, with `[REDACTED:group/name]`.
-    pub fn scrubber(&self) -> StreamReplace {
-        StreamReplace::new(
+        );
+        self.scrubber = StreamReplace::new(
             self.scrub
                 .iter()
                 .map(|(v, p)| {
@@ -282,7 +299,7 @@ impl Plan {
                     )
                 })
                 .collect(),
-        )
+        );
     }
 }
 
@@ -305,7 +322,8 @@ type Pair = (SecretBox<Vec<u8>>, SecretBox<Vec<u8>>);
 /// there. Leftmost match wins; among matches starting at one place, the
 /// longest. Patterns and replacements are zeroized on drop.
 pub struct StreamReplace {
-    pairs: Vec<Pair>,
+    /// Shared between the replacers made from one plan (read-only).
+    pairs: std::sync::Arc<[Pair]>,
     longest: usize,
     carry: Zeroizing<Vec<u8>>,
 }
@@ -320,8 +338,17 @@ impl StreamReplace {
             .map(|(p, _)| p.expose_secret().len())
             .unwrap_or(0);
         StreamReplace {
-            pairs,
+            pairs: pairs.into(),
             longest,
+            carry: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// The same patterns with nothing carried over: for a new stream.
+    fn fresh(&self) -> Self {
+        StreamReplace {
+            pairs: self.pairs.clone(),
+            longest: self.longest,
             carry: Zeroizing::new(Vec::new()),
         }
     }

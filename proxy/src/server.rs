@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,6 +75,36 @@ struct Snapshot {
     /// checked signatures and values between requests (core's read cache),
     /// so a request costs no public-key operation once warm.
     reader: Arc<agent_vault_core::reader::Reader<'static>>,
+    /// When `stamp` was last compared with the files (ms after `Broker::started`).
+    checked_ms: AtomicU64,
+    /// Injection plans by (service, agent), with when they were made.
+    plans: Mutex<HashMap<(String, String), (Instant, Arc<Plan>)>>,
+}
+
+/// How long the broker goes on with what it read from the vault's files
+/// before it looks at them again: grants, services and revocations (by the
+/// manifest's and the services list's times), and secret values (plans are
+/// re-made). So a change reaches a running broker within this time, and a
+/// request on a warm broker makes no file system call at all.
+const RECHECK: Duration = Duration::from_millis(250);
+
+impl Snapshot {
+    fn new(
+        manifest: Manifest,
+        services: Services,
+        stamp: Option<(SystemTime, SystemTime)>,
+        reader: agent_vault_core::reader::Reader<'static>,
+        now_ms: u64,
+    ) -> Self {
+        Snapshot {
+            manifest,
+            services,
+            stamp,
+            reader: Arc::new(reader),
+            checked_ms: AtomicU64::new(now_ms),
+            plans: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// The running broker.
@@ -82,6 +113,8 @@ pub struct Broker {
     token_key: TokenKey,
     minter: Minter,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// The clock `Snapshot::checked_ms` counts from.
+    started: Instant,
     upstream_tls: Arc<rustls::ClientConfig>,
     upstream_tls_h1: Arc<rustls::ClientConfig>,
     pool: Pool,
@@ -151,21 +184,15 @@ impl Broker {
         // The reader borrows the vault for as long as the broker runs: one
         // small allocation, leaked on purpose, for the life of the process.
         let forever: &'static Vault = Box::leak(Box::new(vault.clone()));
-        let reader = Arc::new(
-            forever
-                .reader(&key_source)
-                .and_then(|r| r.with_manifest(manifest.clone()))
-                .map_err(err("the broker cannot open the vault"))?,
-        );
+        let reader = forever
+            .reader(&key_source)
+            .and_then(|r| r.with_manifest(manifest.clone()))
+            .map_err(err("the broker cannot open the vault"))?;
         Ok(Broker {
             token_key,
             minter,
-            snapshot: RwLock::new(Arc::new(Snapshot {
-                manifest,
-                services,
-                stamp: s,
-                reader,
-            })),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(manifest, services, s, reader, 0))),
+            started: Instant::now(),
             upstream_tls: Arc::new(upstream),
             upstream_tls_h1: Arc::new(upstream_h1),
             pool: Pool::default(),
@@ -177,7 +204,7 @@ impl Broker {
     }
 
     /// The current grants, services and revocations; re-read when the
-    /// vault's files changed (so a revocation lands within moments).
+    /// vault's files changed (looked at once per [`RECHECK`]).
     fn snapshot(&self) -> Arc<Snapshot> {
         // A panic elsewhere cannot leave a half-written snapshot (it is
         // replaced whole), so a poisoned lock's value is still good.
@@ -186,8 +213,21 @@ impl Broker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = current.checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < RECHECK.as_millis() as u64
+            // One request looks; the others go on with what is current.
+            || current
+                .checked_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return current;
+        }
         let now = stamp(&self.vault);
         if now == current.stamp {
+            // Values may have changed (a `set` touches neither file):
+            // plans are re-made from the files after RECHECK (see `plan`).
             return current;
         }
         // Only a manifest and services list that verify replace the old ones.
@@ -196,17 +236,50 @@ impl Broker {
                 let Ok(reader) = current.reader.with_manifest(manifest.clone()) else {
                     return current;
                 };
-                let fresh = Arc::new(Snapshot {
-                    manifest,
-                    services,
-                    stamp: now,
-                    reader: Arc::new(reader),
-                });
+                let fresh = Arc::new(Snapshot::new(manifest, services, now, reader, now_ms));
                 *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
                 fresh
             }
             _ => current,
         }
+    }
+
+    /// The injection plan for `service` on behalf of `agent`: made from the
+    /// vault's values (only those the agent's grants cover), then kept for
+    /// [`RECHECK`], so a warm request reads no file and decrypts nothing.
+    fn plan(
+        &self,
+        snap: &Snapshot,
+        name: &str,
+        service: &agent_vault_core::services::Service,
+        agent: &str,
+    ) -> Result<Arc<Plan>, agent_vault_core::Error> {
+        let key = (name.to_owned(), agent.to_owned());
+        if let Ok(plans) = snap.plans.lock()
+            && let Some((made, plan)) = plans.get(&key)
+            && made.elapsed() < RECHECK
+        {
+            return Ok(plan.clone());
+        }
+        let agent_name: Option<agent_vault_core::AgentName> = agent.parse().ok();
+        let resolve = |p: &SecretPath| {
+            let granted = agent_name
+                .as_ref()
+                .and_then(|a| snap.manifest.grant(a, p.group()))
+                .is_some_and(|m| matches!(m, Mode::Use | Mode::Read));
+            if !granted {
+                return Err(agent_vault_core::Error::NotGranted {
+                    agent: agent.to_owned(),
+                    group: p.group().to_string(),
+                });
+            }
+            snap.reader.get(p)
+        };
+        let plan = Arc::new(Plan::new(service, &resolve)?);
+        if let Ok(mut plans) = snap.plans.lock() {
+            plans.insert(key, (Instant::now(), plan.clone()));
+        }
+        Ok(plan)
     }
 
     /// Leaves minted so far (a host's leaf is minted once).
@@ -746,22 +819,7 @@ async fn handle_inner(
         );
     };
     record.service = name.clone();
-    let agent: Option<agent_vault_core::AgentName> = token.agent.parse().ok();
-    let reader = snap.reader.clone();
-    let resolve = |p: &SecretPath| {
-        let granted = agent
-            .as_ref()
-            .and_then(|a| snap.manifest.grant(a, p.group()))
-            .is_some_and(|m| matches!(m, Mode::Use | Mode::Read));
-        if !granted {
-            return Err(agent_vault_core::Error::NotGranted {
-                agent: token.agent.clone(),
-                group: p.group().to_string(),
-            });
-        }
-        reader.get(p)
-    };
-    let plan = match Plan::new(service, &resolve) {
+    let plan = match b.plan(&snap, name, service, &token.agent) {
         Ok(p) => p,
         Err(e) => return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string()),
     };

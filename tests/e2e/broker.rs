@@ -167,6 +167,65 @@ impl Setup {
     fn upstream_saw(&self) -> String {
         std::fs::read_to_string(&self.upstream_log).unwrap_or_default()
     }
+
+    /// A tunnel held open by Python's http.client (CONNECT once, then
+    /// requests on the same TLS connection when asked).
+    fn open_tunnel(&self) -> Tunnel {
+        let script = format!(
+            r#"
+import base64, http.client, ssl, sys
+ctx = ssl.create_default_context(cafile={ca:?})
+c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx, timeout=10)
+auth = base64.b64encode(b"bot:" + {token:?}.encode()).decode()
+c.set_tunnel("127.0.0.1", {up}, headers={{"Proxy-Authorization": "Basic " + auth}})
+for line in sys.stdin:
+    c.request("GET", "/held")
+    r = c.getresponse()
+    r.read()
+    print(r.status, flush=True)
+"#,
+            ca = self.broker_ca.to_str().unwrap(),
+            port = self.port,
+            token = self.token,
+            up = self.up_port,
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Tunnel {
+            stdin: child.stdin.take(),
+            out,
+            ok: 0,
+            _child: Proc(child),
+        }
+    }
+}
+
+struct Tunnel {
+    stdin: Option<std::process::ChildStdin>,
+    out: BufReader<std::process::ChildStdout>,
+    /// Requests on it answered 200.
+    ok: usize,
+    _child: Proc,
+}
+
+impl Tunnel {
+    /// One request on the held connection; its status.
+    fn request(&mut self) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let status = line.trim().to_owned();
+        self.ok += usize::from(status == "200");
+        status
+    }
 }
 
 #[test]
@@ -227,6 +286,34 @@ fn curl_through_the_broker_gets_the_credential_injected_and_never_sees_it() {
 }
 
 #[test]
+fn a_changed_value_reaches_the_running_broker() {
+    let s = setup();
+    let mut open = s.open_tunnel();
+    assert_eq!(open.request(), "200");
+    assert!(s.upstream_saw().contains("Bearer tok_REAL_VALUE_123"));
+    // The owner rotates the value: the broker injects the new one within
+    // moments, on the tunnel already open, and scrubs it too.
+    s.env.set("api/token", b"tok_ROTATED_456");
+    let waited = Instant::now();
+    while !s.upstream_saw().contains("Bearer tok_ROTATED_456")
+        && waited.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(open.request(), "200");
+    }
+    assert!(
+        waited.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        waited.elapsed()
+    );
+    let (out, err) = s.curl(Some(&s.token), &s.url("/after-rotation"), &[]);
+    assert!(
+        out.contains("[REDACTED:api/token]") && !out.contains("tok_ROTATED"),
+        "{out}{err}"
+    );
+}
+
+#[test]
 fn tokens_hosts_and_addresses_are_enforced() {
     let s = setup();
     // No token, a forged one: 407.
@@ -245,8 +332,29 @@ fn tokens_hosts_and_addresses_are_enforced() {
     let (out, _) = s.curl(Some(&s.token), &s.url("/{{secret:other/x}}"), &[]);
     assert!(out.contains("403") && out.contains("may not use"), "{out}");
     assert!(!s.upstream_saw().contains("not-for-bot"));
-    // Revocation reaches the running broker, on a new tunnel at once.
+    // Revocation reaches the running broker within moments: on a tunnel
+    // already open (Python keeps its connection) and on a new one.
+    let mut open = s.open_tunnel();
+    assert_eq!(open.request(), "200");
     s.env.ok(&["token", "revoke", "--agent", "bot"]);
+    let waited = Instant::now();
+    let mut status = open.request();
+    while status == "200" && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        status = open.request();
+    }
+    assert_eq!(
+        status, "407",
+        "the open tunnel still works after the revocation"
+    );
+    assert!(
+        waited.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        waited.elapsed()
+    );
+    // What was refused never reached the upstream.
+    let reached = s.upstream_saw().matches("/held").count();
+    assert_eq!(reached, open.ok, "{}", s.upstream_saw());
     let (out, _) = s.curl(Some(&s.token), &s.url("/"), &[]);
     assert!(out.contains("407"), "{out}");
     // Without --allow-private-upstreams, loopback upstreams are refused.
@@ -480,7 +588,13 @@ fn plain_http_only_where_a_service_allows_it() {
         &format!("127.0.0.1:{port}"),
         "--allow-http",
     ]);
-    let out = curl(&s.token);
+    // The changed services list reaches the running broker within moments.
+    let waited = Instant::now();
+    let mut out = curl(&s.token);
+    while out.starts_with("HTTP/1.1 403") && waited.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        out = curl(&s.token);
+    }
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
         out.contains("[REDACTED:api/token]") && !out.contains("tok_REAL"),
