@@ -78,8 +78,11 @@ struct Snapshot {
     /// When `stamp` was last compared with the files (ms after `Broker::started`).
     checked_ms: AtomicU64,
     /// Injection plans by (service, agent), with when they were made.
-    plans: Mutex<HashMap<(String, String), (Instant, Arc<Plan>)>>,
+    plans: Mutex<HashMap<PlanKey, (Instant, Arc<Plan>)>>,
 }
+
+/// A service's name and an agent's.
+type PlanKey = (String, String);
 
 /// How long the broker goes on with what it read from the vault's files
 /// before it looks at them again: grants, services and revocations (by the
