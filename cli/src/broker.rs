@@ -105,38 +105,17 @@ pub fn proxy(
         agent_vault_proxy::Broker::new(vault, &opts)
             .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Msg(format!("cannot start: {e}"), None))?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            CliError::Msg(
-                format!("cannot listen on {listen}: {e}"),
-                Some("is another broker running there? pick another --listen".into()),
-            )
-        })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| CliError::Msg(e.to_string(), None))?;
-        note(format!("broker listening on {bound}"));
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-        };
-        agent_vault_proxy::serve(broker, listener, shutdown)
-            .await
-            .map_err(|e| CliError::Msg(e.to_string(), None))?;
-        note("broker stopped");
-        Ok(ExitCode::SUCCESS)
+    agent_vault_proxy::run(broker, listen, None, |bound| {
+        note(format!("broker listening on {bound}"))
     })
+    .map_err(|e| {
+        let hint =
+            e.0.starts_with("cannot listen")
+                .then(|| "is another broker running there? pick another --listen".to_owned());
+        CliError::Msg(e.to_string(), hint)
+    })?;
+    note("broker stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `run`.

@@ -10,6 +10,8 @@ pub mod audit;
 pub mod body;
 pub mod ca;
 pub mod net;
+pub mod run;
 pub mod server;
 
+pub use run::run;
 pub use server::{Broker, Options, ProxyError, serve};

@@ -525,15 +525,20 @@ enum Sender {
 /// Upstream connections kept for reuse, by pinned address, host and scheme.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<(SocketAddr, String, bool), Vec<Sender>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Sender>>>,
 }
+
+/// An upstream (pinned address, host, https) and the thread whose runtime
+/// drives the connection: with a runtime per core, a request only ever
+/// uses a connection of its own thread (no wake-ups across threads).
+type PoolKey = (SocketAddr, String, bool, std::thread::ThreadId);
 
 /// The most idle connections kept per upstream.
 const POOL_PER_UPSTREAM: usize = 64;
 
 impl Pool {
     /// An idle connection that can take a request now, if any.
-    fn take(&self, key: &(SocketAddr, String, bool)) -> Option<Sender> {
+    fn take(&self, key: &PoolKey) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some(s) = list.pop() {
@@ -549,7 +554,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, key: (SocketAddr, String, bool), s: Sender) {
+    fn put(&self, key: PoolKey, s: Sender) {
         if let Ok(mut idle) = self.idle.lock() {
             let list = idle.entry(key).or_default();
             if list.len() < POOL_PER_UPSTREAM {
@@ -588,7 +593,7 @@ fn for_h2(
 /// go out on a new one.
 async fn send_on(
     b: &Broker,
-    key: (SocketAddr, String, bool),
+    key: PoolKey,
     sender: Sender,
     mut req: Request<ProxyBody>,
     host: &str,
@@ -636,7 +641,7 @@ async fn send_upstream(
     websocket: bool,
     req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, String> {
-    let key = (addr, host.to_owned(), https);
+    let key = (addr, host.to_owned(), https, std::thread::current().id());
     let mut req = req;
     if !websocket && let Some(sender) = b.pool.take(&key) {
         match send_on(b, key.clone(), sender, req, host, port, true).await {

@@ -665,3 +665,48 @@ fn upstream_connections_are_reused() {
         "one upstream connection for all three: {peers:?}"
     );
 }
+
+#[test]
+fn start_up_errors_are_clear_and_sigterm_stops_the_broker() {
+    let mut s = setup();
+    // The port is taken (by the running broker).
+    let err = s
+        .env
+        .fail(&["proxy", "--listen", &format!("127.0.0.1:{}", s.port)]);
+    assert!(
+        err.contains("cannot listen") && err.contains("another broker"),
+        "{err}"
+    );
+    // SIGTERM: the broker stops, and says so with success.
+    let pid = s._broker.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(st) = s._broker.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    // An unsigned (edited) services list: refused at start.
+    let services = s.env.vault.join(".agent-vault/services.yaml");
+    let mut text = std::fs::read_to_string(&services).unwrap();
+    text = text.replace("api/token", "other/x");
+    std::fs::write(&services, text).unwrap();
+    let err = s.env.fail(&["proxy", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("without an owner's signature"), "{err}");
+    // No broker key: say how to make one.
+    let fresh = Env::new();
+    let err = fresh.fail(&["proxy", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("broker init"), "{err}");
+}
