@@ -13,6 +13,9 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 # broker tests drive it with curl and Python requests against a Python HTTPS upstream.
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -21,6 +24,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
+(cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

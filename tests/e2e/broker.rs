@@ -710,3 +710,224 @@ fn start_up_errors_are_clear_and_sigterm_stops_the_broker() {
     let err = fresh.fail(&["proxy", "--listen", "127.0.0.1:0"]);
     assert!(err.contains("broker init"), "{err}");
 }
+
+/// Node's own `fetch` through the broker, with undici's `ProxyAgent` as the
+/// dispatcher (Node 20 has no NODE_USE_ENV_PROXY). undici comes from
+/// tests/e2e/node (`npm install` there; scripts/test-all.sh does it).
+#[test]
+fn node_fetch_through_the_broker() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("tests/e2e/node");
+    let modules = dir.join("node_modules");
+    assert!(
+        modules.join("undici/package.json").is_file(),
+        "undici is not installed in {}: run scripts/test-all.sh (or `npm install --no-audit --no-fund` there) first",
+        dir.display()
+    );
+    let s = setup();
+    let script = r#"
+const fs = require('fs');
+const { ProxyAgent } = require('undici');
+const e = process.env;
+const dispatcher = new ProxyAgent({
+  uri: 'http://127.0.0.1:' + e.BROKER_PORT,
+  token: 'Basic ' + Buffer.from('bot:' + e.BROKER_TOKEN).toString('base64'),
+  requestTls: { ca: fs.readFileSync(e.BROKER_CA) },
+});
+(async () => {
+  const r = await fetch(e.TARGET_URL, {
+    method: 'POST',
+    headers: { Authorization: 'Bearer fake-agent-value', 'Content-Type': 'application/json' },
+    body: JSON.stringify({ hello: 'from node' }),
+    dispatcher,
+  });
+  console.log(r.status);
+  console.log(r.headers.get('x-echo-auth'));
+  console.log(await r.text());
+})().catch((err) => { console.error(err); process.exit(1); });
+"#;
+    let out = Command::new("node")
+        .args(["-e", script])
+        .current_dir(&dir)
+        .env("NODE_PATH", &modules)
+        .env("BROKER_PORT", s.port.to_string())
+        .env("BROKER_TOKEN", &s.token)
+        .env("BROKER_CA", &s.broker_ca)
+        .env("TARGET_URL", s.url("/node?x=1"))
+        .output()
+        .expect("node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("200"), "{text}");
+    assert_eq!(lines.next(), Some("Bearer [REDACTED:api/token]"), "{text}");
+    let body = lines.collect::<Vec<_>>().join("\n");
+    assert!(
+        body.contains("[REDACTED:api/token]") && body.contains("from node"),
+        "{body}"
+    );
+    assert!(!text.contains("tok_REAL"), "{text}");
+    let saw = s.upstream_saw();
+    assert!(saw.contains("Bearer tok_REAL_VALUE_123"), "{saw}");
+    assert!(!saw.contains("fake-agent-value"), "{saw}");
+}
+
+/// `git clone` (smart HTTP) through the broker, from a `git http-backend`
+/// upstream that answers 401 without the real credential.
+#[test]
+fn git_clone_over_https_through_the_broker() {
+    let s = setup();
+    let tmp = s.env.tmp.path();
+    // A repository with a commit, served bare.
+    let work = tmp.join("git-work");
+    let root = tmp.join("git-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let out = s.env.git_in(dir, args);
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    git(tmp, &["init", "-q", "-b", "main", "git-work"]);
+    std::fs::write(work.join("README.txt"), "cloned through the broker\n").unwrap();
+    git(&work, &["add", "README.txt"]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    git(
+        tmp,
+        &["clone", "-q", "--bare", "git-work", "git-root/repo.git"],
+    );
+    // The server, with the upstream echo's certificate (signed by the CA the broker trusts).
+    let log = tmp.join("git-server.log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/git_https_server.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([
+            tmp.join("up.pem"),
+            tmp.join("up.key"),
+            root.clone(),
+            log.clone(),
+        ])
+        .arg("Bearer tok_REAL_VALUE_123")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Proc(child);
+    let git_port: u16 = line.trim().parse().unwrap();
+    let host = format!("127.0.0.1:{git_port}");
+    let url = format!("https://{host}/repo.git");
+    let home = tmp.join("git-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let git_cmd = |mut c: Command| {
+        c.env("HOME", &home)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", home.join("gitconfig"))
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stdin(Stdio::null());
+        c
+    };
+    // Straight to the server, without the credential: refused.
+    let mut direct = git_cmd(Command::new("git"));
+    direct
+        .args(["clone", "-q", &url])
+        .arg(tmp.join("direct"))
+        .env("GIT_SSL_CAINFO", &s.upstream_ca)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy");
+    let out = direct.output().expect("git");
+    assert!(!out.status.success(), "cloned without the credential");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("\"authorization\": \"\"")
+    );
+    // The service; the running broker picks it up within moments.
+    s.env.ok(&[
+        "service",
+        "add",
+        "gitsvc",
+        "--bearer",
+        "api/token",
+        "--host",
+        &host,
+    ]);
+    let refs = format!("{url}/info/refs?service=git-upload-pack");
+    let waited = Instant::now();
+    let (mut out, mut err) = s.curl(Some(&s.token), &refs, &[]);
+    while !out.contains("# service=git-upload-pack") && waited.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+        (out, err) = s.curl(Some(&s.token), &refs, &[]);
+    }
+    assert!(out.contains("# service=git-upload-pack"), "{out}{err}");
+    // git clone, the proxy and CA set by hand.
+    let dest = tmp.join("cloned");
+    let proxy = format!("http://bot:{}@127.0.0.1:{}", s.token, s.port);
+    let mut clone = git_cmd(Command::new("git"));
+    clone
+        .args(["clone", "-q", &url])
+        .arg(&dest)
+        .env("HTTPS_PROXY", &proxy)
+        .env("https_proxy", &proxy)
+        .env("GIT_SSL_CAINFO", &s.broker_ca);
+    let out = clone.output().expect("git");
+    assert!(out.status.success(), "git clone: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("README.txt")).unwrap(),
+        "cloned through the broker\n"
+    );
+    assert!(!stderr(&out).contains("tok_REAL"));
+    // Every request that reached the server through the broker carried the
+    // real credential; the count of those.
+    let injected = || {
+        let served = std::fs::read_to_string(&log).unwrap();
+        let through: Vec<&str> = served
+            .lines()
+            .filter(|l| !l.contains("\"authorization\": \"\""))
+            .collect();
+        assert!(
+            through
+                .iter()
+                .all(|l| l.contains("\"authorization\": \"Bearer tok_REAL_VALUE_123\"")),
+            "{served}"
+        );
+        assert!(
+            served.contains("\"method\": \"POST\", \"path\": \"/repo.git/git-upload-pack\""),
+            "{served}"
+        );
+        through.len()
+    };
+    let after_clone = injected();
+    // A second commit, fetched with `agent-vault run` setting the proxy and CA.
+    std::fs::write(work.join("NEWS.txt"), "second commit\n").unwrap();
+    git(&work, &["add", "NEWS.txt"]);
+    git(&work, &["commit", "-q", "-m", "second"]);
+    git(&work, &["push", "-q", "../git-root/repo.git", "main"]);
+    let mut pull = git_cmd(s.env.cmd(&[
+        "run",
+        "--agent",
+        "bot",
+        "--proxy",
+        &format!("127.0.0.1:{}", s.port),
+        "--",
+        "git",
+        "-C",
+        dest.to_str().unwrap(),
+        "pull",
+        "-q",
+        "--ff-only",
+    ]));
+    let out = pull.output().expect("agent-vault run");
+    assert!(out.status.success(), "git pull: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("NEWS.txt")).unwrap(),
+        "second commit\n"
+    );
+    assert!(injected() > after_clone);
+}
