@@ -208,15 +208,10 @@ impl Plan {
         let pq = sub.replace_all(req.path_and_query.as_bytes());
         req.path_and_query = String::from_utf8(pq)
             .map_err(|_| Error::InvalidInput("the request path is not UTF-8".into()))?;
-        for text in std::iter::once(req.path_and_query.as_bytes())
-            .chain(req.headers.iter().map(|(_, v)| v.as_slice()))
-        {
-            if let Some(p) = unlisted_placeholder(text) {
-                return Err(Error::InvalidInput(format!(
-                    "the request names {p}, which this service may not use"
-                )));
-            }
-        }
+        Self::refuse_unlisted(
+            std::iter::once(req.path_and_query.as_bytes())
+                .chain(req.headers.iter().map(|(_, v)| v.as_slice())),
+        )?;
         if let Some((param, value)) = &self.query {
             let (path, query) = match req.path_and_query.split_once('?') {
                 Some((p, q)) => (p.to_owned(), q.to_owned()),
@@ -248,6 +243,39 @@ impl Plan {
                 .push((name.clone(), value.expose_secret().clone()));
         }
         Ok(())
+    }
+
+    /// An error naming the first `{{secret:…}}` placeholder left in any of
+    /// `texts` (one the service does not list: never passed on).
+    pub fn refuse_unlisted<'a>(texts: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        for text in texts {
+            if let Some(p) = unlisted_placeholder(text) {
+                return Err(Error::InvalidInput(format!(
+                    "the request names {p}, which this service may not use"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`Plan::apply`] would only remove and set headers (nothing to
+    /// fill in, no query parameter): a caller holding its own header map
+    /// may then do just that, with [`Plan::strips`], [`Plan::sets`] and
+    /// [`Plan::refuse_unlisted`], and skip the copy into [`Outgoing`].
+    pub fn edits_headers_only(&self) -> bool {
+        self.substitutions.is_empty() && self.query.is_none()
+    }
+
+    /// The headers removed from every request (lower case).
+    pub fn strips(&self) -> &[String] {
+        &self.strip_headers
+    }
+
+    /// The headers set (lower case), after those in [`Plan::strips`] are gone.
+    pub fn sets(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.set_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.expose_secret().as_slice()))
     }
 
     /// Fills placeholders into a request body, chunk by chunk.
@@ -356,6 +384,11 @@ impl StreamReplace {
     /// Whether it replaces anything at all.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+
+    /// Whether `input` holds any of the patterns.
+    pub fn finds(&self, input: &[u8]) -> bool {
+        self.next_match(input, 0).is_some()
     }
 
     /// The next leftmost (then longest) match at or after `from`.

@@ -9,8 +9,8 @@ use serde::Serialize;
 /// One brokered request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    /// When it started (RFC 3339).
-    pub time: String,
+    /// When it started (written as RFC 3339).
+    pub time: jiff::Timestamp,
     /// The agent the token speaks for.
     pub agent: String,
     /// The token's id.

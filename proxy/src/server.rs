@@ -772,7 +772,7 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let time = jiff::Timestamp::now().to_string();
+    let time = jiff::Timestamp::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let mut record = Record {
@@ -841,39 +841,71 @@ async fn handle_inner(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut out = Outgoing {
-        path_and_query: pq,
-        headers: parts
-            .headers
-            .iter()
-            .filter(|(n, _)| !HOP.contains(&n.as_str()))
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-    };
-    if let Err(e) = plan.apply(&mut out) {
-        return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string());
-    }
+    let (mut parts, body) = req.into_parts();
     let rewrites_body = !plan.substituter().is_empty();
-    let mut builder = Request::builder()
-        .method(parts.method)
-        .uri(out.path_and_query.as_str());
-    let mut has_host = false;
-    for (n, v) in &out.headers {
-        has_host |= n.eq_ignore_ascii_case("host");
-        if rewrites_body && n.eq_ignore_ascii_case("content-length") {
-            continue;
+    let (pq, mut headers) = if plan.edits_headers_only() {
+        // The common case: credentials out, the real one in, on the
+        // request's own header map.
+        let mut headers = std::mem::take(&mut parts.headers);
+        for name in HOP
+            .iter()
+            .copied()
+            .chain(plan.strips().iter().map(|s| s.as_str()))
+        {
+            headers.remove(name);
         }
-        // No compressed frames: the scrubber must see the bytes.
-        if websocket && n.eq_ignore_ascii_case("sec-websocket-extensions") {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_bytes(v),
+        if let Err(e) = Plan::refuse_unlisted(
+            std::iter::once(pq.as_bytes()).chain(headers.values().map(|v| v.as_bytes())),
         ) {
-            builder = builder.header(n, v);
+            return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string());
         }
+        for (n, v) in plan.sets() {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        (pq, headers)
+    } else {
+        let mut out = Outgoing {
+            path_and_query: pq,
+            headers: parts
+                .headers
+                .iter()
+                .filter(|(n, _)| !HOP.contains(&n.as_str()))
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        if let Err(e) = plan.apply(&mut out) {
+            return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let mut headers = hyper::HeaderMap::with_capacity(out.headers.len());
+        for (n, v) in &out.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        (out.path_and_query, headers)
+    };
+    if rewrites_body {
+        headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    // No compressed frames: the scrubber must see the bytes.
+    if websocket {
+        headers.remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    let has_host = headers.contains_key(hyper::header::HOST);
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let mut builder = Request::builder().method(parts.method).uri(pq.as_str());
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
     }
     if websocket {
         builder = builder
@@ -907,11 +939,6 @@ async fn handle_inner(
         // Substitution changes the body's length, and many servers take no
         // chunked request bodies: a body of declared length is read whole
         // (up to a limit), rewritten, and sent with its new length.
-        let declared = out
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
         match declared {
             Some(n) if n > MAX_REWRITTEN_BODY => {
                 return refuse(
@@ -992,22 +1019,24 @@ async fn handle_inner(
     }
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrubber();
-    let mut headers = hyper::HeaderMap::new();
-    for (n, v) in parts.headers.iter() {
-        let keep_for_upgrade =
-            switching && (n == hyper::header::UPGRADE || n == hyper::header::CONNECTION);
-        if HOP.contains(&n.as_str()) && !keep_for_upgrade {
-            continue;
-        }
-        // A scrubbed body changes length.
-        if n == hyper::header::CONTENT_LENGTH && !scrub.is_empty() {
-            continue;
-        }
-        if let Ok(v) = HeaderValue::from_bytes(&scrub.replace_all(v.as_bytes())) {
-            headers.append(n.clone(), v);
+    // Edited in place: most responses carry no injected value, and their
+    // headers pass without a copy.
+    for name in HOP {
+        let keep_for_upgrade = switching && (*name == "upgrade" || *name == "connection");
+        if !keep_for_upgrade {
+            parts.headers.remove(*name);
         }
     }
-    parts.headers = headers;
+    // A scrubbed body changes length.
+    if !scrub.is_empty() {
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    for v in parts.headers.values_mut() {
+        if scrub.finds(v.as_bytes()) {
+            *v = HeaderValue::from_bytes(&scrub.replace_all(v.as_bytes()))
+                .unwrap_or(HeaderValue::from_static("[REDACTED]"));
+        }
+    }
     record.status = parts.status.as_u16();
     let audit_b = b.clone();
     // An upgraded connection is audited when it closes (above).

@@ -606,6 +606,36 @@ fn plain_http_only_where_a_service_allows_it() {
             .contains("Bearer tok_REAL_VALUE_123")
     );
     assert!(curl("avt1.x.y").starts_with("HTTP/1.1 407"));
+    // A service that fills in no placeholders still refuses one in a
+    // header or the path, and passes nothing on.
+    for extra in [
+        vec!["-H", "X-Try: {{secret:other/x}}"],
+        vec!["-g", "--path-as-is"],
+    ] {
+        let target = if extra[0] == "-H" {
+            url.clone()
+        } else {
+            format!("http://127.0.0.1:{port}/{{{{secret:other/x}}}}")
+        };
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--proxy"])
+            .arg(format!("http://127.0.0.1:{}", s.port))
+            .args(["--proxy-user", &format!("bot:{}", s.token), "-D", "-"])
+            .args(&extra)
+            .arg(&target)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.starts_with("HTTP/1.1 403") && out.contains("may not use"),
+            "{out}"
+        );
+    }
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("secret:other")
+    );
 }
 
 #[test]
