@@ -1,14 +1,18 @@
-//! Running the broker: one single-threaded tokio runtime per core, all
-//! accepting from one listening socket. An agent's connection, its TLS, and
-//! the upstream connections its requests use then live on one thread, so a
-//! request never waits for a wake-up from another thread; on a loaded
-//! machine this costs about a third less CPU per request than tokio's
-//! work-stealing runtime (bench/broker.sh).
+//! Running the broker: one single-threaded tokio runtime per core. The main
+//! thread accepts agents' connections and deals them out in turn; a
+//! connection, its TLS, and the upstream connections its requests use then
+//! live on one thread, so a request never waits for a wake-up from another
+//! thread. On a loaded machine this costs about a third less CPU per
+//! request than tokio's work-stealing runtime, and dealing in turn (rather
+//! than letting the runtimes race for `accept`) keeps the cores evenly
+//! loaded when a client opens its connections all at once (bench/broker.sh).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::server::{Broker, ProxyError, serve};
+use tokio::sync::mpsc;
+
+use crate::server::{Broker, ProxyError, serve_agent};
 
 /// Listens on `listen`, calls `on_listening` with the bound address, and
 /// serves until SIGTERM or Ctrl-C. `threads`: how many runtimes (at least
@@ -19,27 +23,14 @@ pub fn run(
     threads: Option<usize>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ProxyError> {
-    let listener = TcpListener::bind(listen)
-        .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut queues = Vec::with_capacity(threads);
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
-        // Each runtime accepts on its own descriptor of the one socket:
-        // whichever thread is free takes the next connection.
-        let socket = listener
-            .try_clone()
-            .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
+        let (queue, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let broker = broker.clone();
-        let mut stopped = stopped.clone();
         let worker = std::thread::Builder::new()
             .name(format!("broker-{i}"))
             .spawn(move || -> Result<(), ProxyError> {
@@ -47,41 +38,57 @@ pub fn run(
                     .enable_all()
                     .build()
                     .map_err(|e| ProxyError(format!("cannot start: {e}")))?;
+                // Ends when the acceptor drops its end of the queue; the
+                // connections still open are dropped with the runtime.
                 rt.block_on(async move {
-                    let socket = tokio::net::TcpListener::from_std(socket)
-                        .map_err(|e| ProxyError(format!("cannot listen: {e}")))?;
-                    serve(broker, socket, async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-                })
+                    while let Some(stream) = incoming.recv().await {
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                            tokio::spawn(serve_agent(broker.clone(), stream));
+                        }
+                    }
+                });
+                Ok(())
             })
             .map_err(|e| ProxyError(format!("cannot start a thread: {e}")))?;
+        queues.push(queue);
         workers.push(worker);
     }
-    drop(listener);
-    on_listening(bound);
-    // This thread waits for the signal and tells the runtimes.
-    let signals = tokio::runtime::Builder::new_current_thread()
+    // This thread accepts, and waits for the signal to stop.
+    let acceptor = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ProxyError(format!("cannot start: {e}")))?;
-    signals.block_on(async {
+    let served = acceptor.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
+        on_listening(bound);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| ProxyError(format!("cannot wait for SIGTERM: {e}")))?;
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+        let mut next = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let Ok(stream) = stream.into_std() else { continue };
+                    let _ = queues[next].send(stream);
+                    next = (next + 1) % queues.len();
+                }
+            }
         }
-        Ok::<_, ProxyError>(())
-    })?;
-    let _ = stop.send(true);
-    let mut result = Ok(());
+    });
+    // `queues` went with the acceptor's future: the workers stop.
+    let mut result = served;
     for w in workers {
         match w.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(ProxyError("a broker thread panicked".into())),
+            Ok(Err(e)) => result = result.and(Err(e)),
+            Err(_) => result = result.and(Err(ProxyError("a broker thread panicked".into()))),
         }
     }
     result

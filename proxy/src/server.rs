@@ -387,20 +387,22 @@ pub async fn serve(
             _ = &mut shutdown => return Ok(()),
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                // Requests are small writes: no waiting for delayed ACKs.
-                let _ = stream.set_nodelay(true);
-                let b = broker.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle_proxy(b.clone(), req));
-                    let _ = http1::Builder::new()
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
+                tokio::spawn(serve_agent(broker.clone(), stream));
             }
         }
     }
+}
+
+/// Serves one agent's connection to the proxy until it closes.
+pub async fn serve_agent(broker: Arc<Broker>, stream: TcpStream) {
+    // Requests are small writes: no waiting for delayed ACKs.
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| handle_proxy(broker.clone(), req));
+    let _ = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
 }
 
 async fn handle_proxy(
