@@ -894,6 +894,9 @@ async fn handle_inner(
         }
         (out.path_and_query, headers)
     };
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if rewrites_body {
         headers.remove(hyper::header::CONTENT_LENGTH);
     }
@@ -902,9 +905,6 @@ async fn handle_inner(
         headers.remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
     }
     let has_host = headers.contains_key(hyper::header::HOST);
-    let declared = headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     let mut builder = Request::builder().method(parts.method).uri(pq.as_str());
     if let Some(h) = builder.headers_mut() {
         *h = headers;

@@ -502,6 +502,35 @@ fn malformed_requests_get_an_error_and_the_broker_keeps_serving() {
             String::from_utf8_lossy(&req[..req.len().min(40)])
         );
     }
+    // A body with placeholders is read whole to fill them in: one declared
+    // larger than 16 MiB is refused before it is read, and never sent on.
+    let script = format!(
+        r#"
+import base64, http.client, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx, timeout=10)
+c.set_tunnel("127.0.0.1", {up}, headers={{"Proxy-Authorization": "Basic {auth}"}})
+c.putrequest("POST", "/too-big")
+c.putheader("Content-Length", str(20 * 1024 * 1024))
+c.endheaders()
+c.send(b"x" * 1000)
+print(c.getresponse().status)
+"#,
+        ca = s.broker_ca.to_str().unwrap(),
+        port = s.port,
+        up = s.up_port,
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "413",
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s.upstream_saw().contains("/too-big"));
     // Still serving.
     let (out, err) = s.curl(Some(&s.token), &s.url("/after"), &[]);
     assert!(out.contains("[REDACTED:api/token]"), "{out}{err}");
