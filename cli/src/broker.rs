@@ -105,7 +105,7 @@ pub fn proxy(
         agent_vault_proxy::Broker::new(vault, &opts)
             .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
     );
-    agent_vault_proxy::run(broker, listen, None, |bound| {
+    agent_vault_proxy::run(broker.clone(), listen, None, |bound| {
         note(format!("broker listening on {bound}"))
     })
     .map_err(|e| {
@@ -114,7 +114,11 @@ pub fn proxy(
                 .then(|| "is another broker running there? pick another --listen".to_owned());
         CliError::Msg(e.to_string(), hint)
     })?;
-    note("broker stopped");
+    // A host's leaf is minted once and cached: this counts them.
+    note(format!(
+        "broker stopped ({} leaf certificate(s) minted)",
+        broker.leaves_minted()
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
