@@ -1,6 +1,5 @@
 //! `agent-vault service add|list|rm`.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use agent_vault_core::services::{self, Auth, Service};
@@ -50,15 +49,7 @@ fn build(a: &ServiceAddArgs) -> CliResult<Service> {
             } else {
                 Auth::Passthrough
             };
-            Service {
-                hosts: Vec::new(),
-                paths: Vec::new(),
-                methods: Vec::new(),
-                auth,
-                secrets: Vec::new(),
-                placeholders: BTreeMap::new(),
-                allow_http: false,
-            }
+            Service::new(Vec::new(), auth)
         }
     };
     if !a.hosts.is_empty() {

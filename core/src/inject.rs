@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::crypto::SecretValue;
 use crate::error::{Error, Result};
 use crate::names::SecretPath;
-use crate::services::{Auth, Service, template_secrets};
+use crate::services::{Auth, Service, TemplatePart, template_parts};
 
 /// Headers through which an agent could send a credential of its own;
 /// always removed before the real one is injected.
@@ -46,24 +46,6 @@ pub struct Plan {
 
 /// Fetches a secret's value; the caller enforces the agent's grants.
 pub type Resolve<'a> = dyn Fn(&SecretPath) -> Result<SecretValue> + 'a;
-
-fn fill_template(template: &str, resolve: &Resolve<'_>) -> Result<Zeroizing<Vec<u8>>> {
-    let mut out = Zeroizing::new(Vec::new());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.extend_from_slice(&rest.as_bytes()[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| {
-            Error::InvalidInput("unclosed placeholder in a header template".into())
-        })?;
-        let inner = after[..end].trim();
-        let path: SecretPath = inner.strip_prefix("secret:").unwrap_or(inner).parse()?;
-        out.extend_from_slice(resolve(&path)?.expose_secret());
-        rest = &after[end + 2..];
-    }
-    out.extend_from_slice(rest.as_bytes());
-    Ok(out)
-}
 
 fn secret(bytes: &[u8]) -> SecretBox<Vec<u8>> {
     SecretBox::new(Box::new(bytes.to_vec()))
@@ -152,10 +134,16 @@ impl Plan {
                 plan.set_headers.push(("authorization".into(), secret(&h)));
             }
             Auth::Header { name, template } => {
-                let v = fill_template(template, resolve)?;
-                for p in template_secrets(template).map_err(Error::InvalidInput)? {
-                    let value = resolve(&p)?;
-                    remember(&mut plan, &p, value.expose_secret());
+                let mut v = Zeroizing::new(Vec::new());
+                for part in template_parts(template).map_err(Error::InvalidInput)? {
+                    match part {
+                        TemplatePart::Text(t) => v.extend_from_slice(t.as_bytes()),
+                        TemplatePart::Secret(p) => {
+                            let value = resolve(&p)?;
+                            v.extend_from_slice(value.expose_secret());
+                            remember(&mut plan, &p, value.expose_secret());
+                        }
+                    }
                 }
                 plan.strip_headers.push(name.to_ascii_lowercase());
                 plan.set_headers

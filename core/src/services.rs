@@ -114,8 +114,8 @@ impl Services {
         model::to_yaml(self)
     }
 
-    /// The service for a request, if any: the first (by name) whose host
-    /// pattern, path prefix and method match.
+    /// The service for a request, if any: the first (by name) that
+    /// `may_use` allows and whose host pattern, path prefix and method match.
     pub fn find(
         &self,
         host: &str,
@@ -123,11 +123,25 @@ impl Services {
         scheme_https: bool,
         method: &str,
         path: &str,
+        may_use: impl Fn(&str) -> bool,
     ) -> Option<(&str, &Service)> {
         self.services
             .iter()
-            .find(|(_, s)| s.matches(host, port, scheme_https, method, path))
+            .find(|(n, s)| may_use(n) && s.matches(host, port, scheme_https, method, path))
             .map(|(n, s)| (n.as_str(), s))
+    }
+
+    /// Whether any service that `may_use` allows covers the host.
+    pub fn covers(
+        &self,
+        host: &str,
+        port: u16,
+        scheme_https: bool,
+        may_use: impl Fn(&str) -> bool,
+    ) -> bool {
+        self.services
+            .iter()
+            .any(|(n, s)| may_use(n) && s.host_matches(host, port, scheme_https))
     }
 
     /// Whether any service names this host (and port), whatever the path.
@@ -201,6 +215,20 @@ impl Service {
             .any(|p| host_pattern_matches(p, host, port, default_port))
     }
 
+    /// A service for these hosts: every path and method, https only,
+    /// nothing to substitute.
+    pub fn new(hosts: Vec<String>, auth: Auth) -> Service {
+        Service {
+            hosts,
+            paths: Vec::new(),
+            methods: Vec::new(),
+            auth,
+            secrets: Vec::new(),
+            placeholders: BTreeMap::new(),
+            allow_http: false,
+        }
+    }
+
     /// Whether a request falls under this service.
     pub fn matches(
         &self,
@@ -243,33 +271,55 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
             && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
 }
 
-/// The secrets a template names: `{{group/name}}` or `{{secret:group/name}}`.
-pub fn template_secrets(template: &str) -> std::result::Result<Vec<SecretPath>, String> {
+/// One piece of a header template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart<'a> {
+    /// Text sent as it is.
+    Text(&'a str),
+    /// `{{group/name}}` or `{{secret:group/name}}`: the secret's value.
+    Secret(SecretPath),
+}
+
+/// A template split into text and the secrets it names.
+pub fn template_parts(template: &str) -> std::result::Result<Vec<TemplatePart<'_>>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            out.push(TemplatePart::Text(&rest[..start]));
+        }
         let after = &rest[start + 2..];
         let end = after
             .find("}}")
             .ok_or_else(|| format!("unclosed {{{{ in {template:?}"))?;
         let inner = after[..end].trim();
         let inner = inner.strip_prefix("secret:").unwrap_or(inner);
-        out.push(inner.parse::<SecretPath>().map_err(|e| e.to_string())?);
+        out.push(TemplatePart::Secret(
+            inner.parse::<SecretPath>().map_err(|e| e.to_string())?,
+        ));
         rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(TemplatePart::Text(rest));
     }
     Ok(out)
 }
 
+/// The secrets a template names: `{{group/name}}` or `{{secret:group/name}}`.
+pub fn template_secrets(template: &str) -> std::result::Result<Vec<SecretPath>, String> {
+    Ok(template_parts(template)?
+        .into_iter()
+        .filter_map(|p| match p {
+            TemplatePart::Secret(s) => Some(s),
+            TemplatePart::Text(_) => None,
+        })
+        .collect())
+}
+
 /// Built-in services: the usual way each API takes its key.
 pub fn template(kind: &str, secret: &SecretPath) -> Option<Service> {
-    let svc = |hosts: &[&str], auth: Auth| Service {
-        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-        paths: Vec::new(),
-        methods: Vec::new(),
-        auth,
-        secrets: Vec::new(),
-        placeholders: BTreeMap::new(),
-        allow_http: false,
+    let svc = |hosts: &[&str], auth: Auth| {
+        Service::new(hosts.iter().map(|h| (*h).to_owned()).collect(), auth)
     };
     let s = secret.clone();
     Some(match kind {

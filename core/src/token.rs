@@ -38,6 +38,14 @@ pub struct Claims {
     pub exp: i64,
 }
 
+impl Claims {
+    /// Whether the token may reach the service named `service` (the
+    /// agent's grants still decide which secrets it may use).
+    pub fn may_use(&self, service: &str) -> bool {
+        self.services.is_empty() || self.services.iter().any(|s| s == service)
+    }
+}
+
 /// The token key (32 bytes), zeroized on drop.
 pub struct TokenKey(Zeroizing<Vec<u8>>);
 

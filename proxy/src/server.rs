@@ -77,12 +77,13 @@ struct Snapshot {
     reader: Arc<agent_vault_core::reader::Reader<'static>>,
     /// When `stamp` was last compared with the files (ms after `Broker::started`).
     checked_ms: AtomicU64,
-    /// Injection plans by (service, agent), with when they were made.
-    plans: Mutex<HashMap<PlanKey, (Instant, Arc<Plan>)>>,
+    /// Injection plans by service, then agent, with when they were made
+    /// (two levels, so a lookup by `&str` allocates nothing).
+    plans: Mutex<HashMap<String, HashMap<String, MadePlan>>>,
 }
 
-/// A service's name and an agent's.
-type PlanKey = (String, String);
+/// A plan and when it was made.
+type MadePlan = (Instant, Arc<Plan>);
 
 /// How long the broker goes on with what it read from the vault's files
 /// before it looks at them again: grants, services and revocations (by the
@@ -257,9 +258,8 @@ impl Broker {
         service: &agent_vault_core::services::Service,
         agent: &str,
     ) -> Result<Arc<Plan>, agent_vault_core::Error> {
-        let key = (name.to_owned(), agent.to_owned());
         if let Ok(plans) = snap.plans.lock()
-            && let Some((made, plan)) = plans.get(&key)
+            && let Some((made, plan)) = plans.get(name).and_then(|by_agent| by_agent.get(agent))
             && made.elapsed() < RECHECK
         {
             return Ok(plan.clone());
@@ -280,7 +280,10 @@ impl Broker {
         };
         let plan = Arc::new(Plan::new(service, &resolve)?);
         if let Ok(mut plans) = snap.plans.lock() {
-            plans.insert(key, (Instant::now(), plan.clone()));
+            plans
+                .entry(name.to_owned())
+                .or_default()
+                .insert(agent.to_owned(), (Instant::now(), plan.clone()));
         }
         Ok(plan)
     }
@@ -425,22 +428,9 @@ async fn handle_proxy(
         .trim_end_matches(']')
         .to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(443);
-    let snap = b.snapshot();
-    let allowed = snap.services.services.iter().any(|(name, s)| {
-        s.host_matches(&host, port, true)
-            && (claims.services.is_empty() || claims.services.contains(name))
-    });
-    if !allowed {
-        return Ok(text(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
-            ),
-        ));
-    }
-    let addr = match crate::net::resolve(&host, port, b.allow_private).await {
+    let addr = match admit(&b, &claims, &host, port, true).await {
         Ok(a) => a,
-        Err(msg) => return Ok(text(StatusCode::FORBIDDEN, &msg)),
+        Err(refused) => return Ok(refused),
     };
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
@@ -455,11 +445,12 @@ async fn handle_proxy(
         else {
             return;
         };
-        let token_claims = claims;
+        // Shared by every request on the tunnel.
+        let (claims, host): (Arc<Claims>, Arc<str>) = (Arc::new(claims), host.into());
         let svc = service_fn(move |req| {
             handle_inner(
                 b.clone(),
-                token_claims.clone(),
+                claims.clone(),
                 host.clone(),
                 port,
                 addr,
@@ -482,6 +473,37 @@ async fn handle_proxy(
     Ok(Response::new(empty()))
 }
 
+/// Whether the token may reach `host:port` at all (some service it may use
+/// covers the host, for https or plain http), and the address to pin: a
+/// public one unless private upstreams are allowed. Else the refusal.
+async fn admit(
+    b: &Broker,
+    claims: &Claims,
+    host: &str,
+    port: u16,
+    https: bool,
+) -> Result<SocketAddr, Response<ProxyBody>> {
+    let covered = b
+        .snapshot()
+        .services
+        .covers(host, port, https, |n| claims.may_use(n));
+    if !covered {
+        let msg = if https {
+            format!(
+                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
+            )
+        } else {
+            format!(
+                "no service this token may use allows plain http to {host}:{port}; use https://"
+            )
+        };
+        return Err(text(StatusCode::FORBIDDEN, &msg));
+    }
+    crate::net::resolve(host, port, b.allow_private)
+        .await
+        .map_err(|msg| text(StatusCode::FORBIDDEN, &msg))
+}
+
 /// An absolute-form `http://` request: brokered only for a service that
 /// allows plain http.
 async fn plain_http(
@@ -498,24 +520,11 @@ async fn plain_http(
     };
     let host = authority.host().to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(80);
-    let snap = b.snapshot();
-    let allowed = snap.services.services.iter().any(|(name, s)| {
-        s.host_matches(&host, port, false)
-            && (claims.services.is_empty() || claims.services.contains(name))
-    });
-    if !allowed {
-        return Ok(text(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "no service this token may use allows plain http to {host}:{port}; use https://"
-            ),
-        ));
-    }
-    let addr = match crate::net::resolve(&host, port, b.allow_private).await {
+    let addr = match admit(&b, &claims, &host, port, false).await {
         Ok(a) => a,
-        Err(msg) => return Ok(text(StatusCode::FORBIDDEN, &msg)),
+        Err(refused) => return Ok(refused),
     };
-    handle_inner(b, claims, host, port, addr, false, req).await
+    handle_inner(b, Arc::new(claims), host.into(), port, addr, false, req).await
 }
 
 /// A connection to an upstream that can take another request.
@@ -766,8 +775,8 @@ const HOP: &[&str] = &[
 
 async fn handle_inner(
     b: Arc<Broker>,
-    token: Claims,
-    host: String,
+    token: Arc<Claims>,
+    host: Arc<str>,
     port: u16,
     addr: SocketAddr,
     https: bool,
@@ -783,7 +792,7 @@ async fn handle_inner(
         token_id: token.id.clone(),
         service: String::new(),
         method: method.clone(),
-        host: host.clone(),
+        host: host.to_string(),
         path: path.clone(),
         status: 0,
         bytes_in: 0,
@@ -817,10 +826,10 @@ async fn handle_inner(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let Some((name, service)) = snap.services.services.iter().find(|(n, s)| {
-        s.matches(&host, port, https, &method, &pq)
-            && (token.services.is_empty() || token.services.contains(n))
-    }) else {
+    let Some((name, service)) = snap
+        .services
+        .find(&host, port, https, &method, &pq, |n| token.may_use(n))
+    else {
         return refuse(
             &b,
             record,
@@ -828,7 +837,7 @@ async fn handle_inner(
             &format!("no service this token may use covers {method} {path} on {host}"),
         );
     };
-    record.service = name.clone();
+    record.service = name.to_owned();
     let plan = match b.plan(&snap, name, service, &token.agent) {
         Ok(p) => p,
         Err(e) => return refuse(&b, record, StatusCode::FORBIDDEN, &e.to_string()),
@@ -844,7 +853,8 @@ async fn handle_inner(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let rewrites_body = !plan.substituter().is_empty();
+    let substituter = plan.substituter();
+    let rewrites_body = !substituter.is_empty();
     let (pq, mut headers) = if plan.edits_headers_only() {
         // The common case: credentials out, the real one in, on the
         // request's own header map.
@@ -918,15 +928,14 @@ async fn handle_inner(
         builder = builder.header(
             hyper::header::HOST,
             if port == 443 {
-                host.clone()
+                host.to_string()
             } else {
                 format!("{host}:{port}")
             },
         );
     }
     let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let substituter = plan.substituter();
-    let upstream_req = if substituter.is_empty() {
+    let upstream_req = if !rewrites_body {
         // Nothing to substitute: the body streams through as it is.
         let counter = bytes_in.clone();
         let body = Rewritten::new(

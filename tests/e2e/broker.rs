@@ -59,6 +59,16 @@ fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
     (Proc(child), line.trim().parse().unwrap(), ca_path, log)
 }
 
+/// Calls `done` every 50 ms until it says yes or `limit` has passed;
+/// returns how long that took.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
 /// Starts `agent-vault proxy` on port 0; returns it and its port.
 fn start_broker(env: &Env, extra: &[&str]) -> (Proc, u16) {
     let mut args = vec!["proxy", "--listen", "127.0.0.1:0"];
@@ -294,18 +304,13 @@ fn a_changed_value_reaches_the_running_broker() {
     // The owner rotates the value: the broker injects the new one within
     // moments, on the tunnel already open, and scrubs it too.
     s.env.set("api/token", b"tok_ROTATED_456");
-    let waited = Instant::now();
-    while !s.upstream_saw().contains("Bearer tok_ROTATED_456")
-        && waited.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(open.request(), "200");
-    }
-    assert!(
-        waited.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        waited.elapsed()
-    );
+    let took = wait_until(Duration::from_secs(5), || {
+        s.upstream_saw().contains("Bearer tok_ROTATED_456") || {
+            assert_eq!(open.request(), "200");
+            false
+        }
+    });
+    assert!(took < Duration::from_secs(2), "{took:?}");
     let (out, err) = s.curl(Some(&s.token), &s.url("/after-rotation"), &[]);
     assert!(
         out.contains("[REDACTED:api/token]") && !out.contains("tok_ROTATED"),
@@ -337,21 +342,16 @@ fn tokens_hosts_and_addresses_are_enforced() {
     let mut open = s.open_tunnel();
     assert_eq!(open.request(), "200");
     s.env.ok(&["token", "revoke", "--agent", "bot"]);
-    let waited = Instant::now();
-    let mut status = open.request();
-    while status == "200" && waited.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut status = String::new();
+    let took = wait_until(Duration::from_secs(5), || {
         status = open.request();
-    }
+        status != "200"
+    });
     assert_eq!(
         status, "407",
         "the open tunnel still works after the revocation"
     );
-    assert!(
-        waited.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        waited.elapsed()
-    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
     // What was refused never reached the upstream.
     let reached = s.upstream_saw().matches("/held").count();
     assert_eq!(reached, open.ok, "{}", s.upstream_saw());
@@ -618,12 +618,11 @@ fn plain_http_only_where_a_service_allows_it() {
         "--allow-http",
     ]);
     // The changed services list reaches the running broker within moments.
-    let waited = Instant::now();
-    let mut out = curl(&s.token);
-    while out.starts_with("HTTP/1.1 403") && waited.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(50));
+    let mut out = String::new();
+    wait_until(Duration::from_secs(2), || {
         out = curl(&s.token);
-    }
+        !out.starts_with("HTTP/1.1 403")
+    });
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
         out.contains("[REDACTED:api/token]") && !out.contains("tok_REAL"),
@@ -745,17 +744,12 @@ fn start_up_errors_are_clear_and_sigterm_stops_the_broker() {
             .unwrap()
             .success()
     );
-    let waited = Instant::now();
-    let status = loop {
-        if let Some(st) = s._broker.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(5),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut exited = None;
+    wait_until(Duration::from_secs(5), || {
+        exited = s._broker.0.try_wait().unwrap();
+        exited.is_some()
+    });
+    let status = exited.expect("still running after SIGTERM");
     assert!(status.success(), "{status:?}");
     // An unsigned (edited) services list: refused at start.
     let services = s.env.vault.join(".agent-vault/services.yaml");
@@ -918,12 +912,11 @@ fn git_clone_over_https_through_the_broker() {
         &host,
     ]);
     let refs = format!("{url}/info/refs?service=git-upload-pack");
-    let waited = Instant::now();
-    let (mut out, mut err) = s.curl(Some(&s.token), &refs, &[]);
-    while !out.contains("# service=git-upload-pack") && waited.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(50));
+    let (mut out, mut err) = (String::new(), String::new());
+    wait_until(Duration::from_secs(3), || {
         (out, err) = s.curl(Some(&s.token), &refs, &[]);
-    }
+        out.contains("# service=git-upload-pack")
+    });
     assert!(out.contains("# service=git-upload-pack"), "{out}{err}");
     // git clone, the proxy and CA set by hand.
     let dest = tmp.join("cloned");

@@ -162,17 +162,7 @@ impl Env {
     }
 
     pub fn git_out(&self, args: &[&str]) -> Output {
-        Command::new("git")
-            .args(args)
-            .current_dir(&self.vault)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", self.tmp.path().join("gitconfig"))
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .expect("git")
+        self.git_in(&self.vault, args)
     }
 
     /// Every file below `dir` with its contents, for before/after comparisons.
