@@ -120,3 +120,69 @@ fn init_adds_to_an_existing_hook_under_core_hooks_path() {
     let hook2 = std::fs::read_to_string(hooks.join("pre-commit")).unwrap();
     assert_eq!(hook, hook2);
 }
+
+/// A PKCS#8 EC P-521 key as `openssl genpkey` writes it: 64-column lines and
+/// a last line of four characters (the old hook wanted every line ≥ 16).
+const P521_PEM: &str = "-----BEGIN PRIVATE KEY-----\n\
+MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIBnKCHKdtef/Ezxh5Y\n\
+k/Hx8mLJK9qGMnaAkX6HY52xctxyvFe/Dv1vW31BLo5xhiSqHqW0duK6GPRQ6sMN\n\
+69JDfyqhgYkDgYYABAEcnrsolcuY1qld6BSJLdwmCfRL0jExcIPRvQ0yW280bhiD\n\
+56XTSlhKbijhTEmD3Vy7Af7KOnll5YlNAWQJFodl1ADaVwe8rTOJkDWI0wRMFD/d\n\
+JMrSBlyG35r+mi/MCDL/xqOFNpZRLX/9Rl2j7sUu+KzDaXElqKuojyNDMgO80KZ9\n\
+9w==\n\
+-----END PRIVATE KEY-----\n";
+
+#[test]
+fn hook_blocks_pem_keys_whatever_their_line_lengths_and_inside_json() {
+    let env = Env::new();
+    let one_line_body = P521_PEM
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    let service_account = format!(
+        "{{\"type\": \"service_account\", \"project_id\": \"p\", \"private_key_id\": \"1\", \
+         \"private_key\": {}, \"client_email\": \"x@p.iam.example\"}}\n",
+        serde_json::to_string(P521_PEM).unwrap()
+    );
+    for (file, content) in [
+        ("p521.pem", P521_PEM.to_owned()),
+        ("crlf.pem", P521_PEM.replace('\n', "\r\n")),
+        (
+            "unwrapped.pem",
+            format!("-----BEGIN EC PRIVATE KEY-----\n{one_line_body}\n-----END EC PRIVATE KEY-----\n"),
+        ),
+        ("sa.json", service_account),
+        (
+            "escaped.env",
+            format!("KEY=\"{}\"\n", P521_PEM.replace('\n', "\\n")),
+        ),
+    ] {
+        let out = commit(&env, file, &content);
+        assert!(!out.status.success(), "{file} was committed");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("refusing to commit {file}")) && err.contains("PEM"),
+            "{file}: {err}"
+        );
+        assert!(!err.contains("MIHuAgEA"), "the hook must not print the key");
+        env.git(&["reset", "-q", file]);
+        std::fs::remove_file(env.vault.join(file)).unwrap();
+    }
+    // A README that shows the shape of a key without one is not blocked.
+    let doc = "Paste it as:\n-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n";
+    let out = commit(&env, "README.md", doc);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn hook_blocks_a_symlink_turned_into_a_file_holding_a_key() {
+    let env = Env::new();
+    std::os::unix::fs::symlink("/etc/hostname", env.vault.join("cred")).unwrap();
+    env.git(&["add", "cred"]);
+    assert!(env.git_out(&["commit", "-m", "link"]).status.success());
+    // The typechange (link -> file) is what git reports for it: `T`, not `M`.
+    std::fs::remove_file(env.vault.join("cred")).unwrap();
+    let out = commit(&env, "cred", P521_PEM);
+    assert!(!out.status.success(), "the typechange was committed");
+    assert!(stderr(&out).contains("refusing to commit cred"), "{}", stderr(&out));
+}
