@@ -568,6 +568,14 @@ impl<'v> Writer<'v> {
         }
         txn.manifest = Some(target);
         self.run(txn)?;
+        // What a rotation left alone (no owner signed it) was not re-encrypted.
+        for skipped in std::mem::take(&mut self.skipped) {
+            if let Some((g, _)) = skipped.split_once('/')
+                && let Some(n) = report.get_mut(g)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
         Ok(report)
     }
 

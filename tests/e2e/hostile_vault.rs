@@ -447,7 +447,11 @@ fn config_and_metadata_linked_to_a_key_never_reach_output() {
     let out = s.run(&["revoke", "bot", "g", "--json"]);
     assert!(out.status.success(), "revoke: {}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["exposure"][0]["skipped"], serde_json::json!(["g/one"]), "{v}");
+    assert_eq!(
+        v["exposure"][0]["skipped"],
+        serde_json::json!(["g/one"]),
+        "{v}"
+    );
     s.assert_untouched();
     s.reset_to(&before);
     s.check_passes();
@@ -535,7 +539,11 @@ fn planted_unsigned_secret_does_not_stop_revoke() {
     let out = s.run(&["revoke", "bot", "g", "--json"]);
     assert!(out.status.success(), "revoke: {}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["exposure"][0]["skipped"], serde_json::json!(["g/planted"]), "{v}");
+    assert_eq!(
+        v["exposure"][0]["skipped"],
+        serde_json::json!(["g/planted"]),
+        "{v}"
+    );
     let key_after = std::fs::read(s.env.vault.join(".agent-vault/groups/g.key.age")).unwrap();
     assert_ne!(key_before, key_after, "the group key was not rotated");
     assert!(
