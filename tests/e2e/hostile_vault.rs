@@ -20,7 +20,6 @@ struct Scene {
     env: Env,
     url: String,
     bot_key: PathBuf,
-    canary: PathBuf,
     outside: PathBuf,
     before: Vec<(PathBuf, Vec<u8>, i64)>,
 }
@@ -51,7 +50,6 @@ impl Scene {
             env,
             url,
             bot_key,
-            canary,
             outside,
             before: Vec::new(),
         };
