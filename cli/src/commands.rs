@@ -837,7 +837,7 @@ fn grant(ctx: &Ctx, agent: &str, group: &str, mode: ModeArg) -> CliResult<ExitCo
 fn exposure_json(e: &Exposure) -> serde_json::Value {
     json!({
         "agent": e.agent, "group": e.group, "could_read": e.could_read,
-        "secrets": e.secrets, "in_history": e.in_history,
+        "secrets": e.secrets, "in_history": e.in_history, "skipped": e.skipped,
     })
 }
 
@@ -867,6 +867,14 @@ fn print_exposure_text(e: &Exposure) -> CliResult<()> {
     }
     if e.secrets.is_empty() && e.in_history.is_empty() {
         line("  (none: the group holds no secrets)")?;
+    }
+    if !e.skipped.is_empty() {
+        line(
+            "left as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):",
+        )?;
+        for s in &e.skipped {
+            line(format!("  {s}"))?;
+        }
     }
     Ok(())
 }

@@ -5,11 +5,11 @@ use age::secrecy::ExposeSecret;
 
 use crate::crypto::{self, Identity};
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::model::{Manifest, Mode};
 use crate::names::AgentName;
 use crate::token::{Claims, TokenKey};
 use crate::vault::Vault;
+use crate::vfs::Kind;
 
 /// The longest a token may live unless `config.yaml` says otherwise.
 pub const DEFAULT_MAX_TTL: i64 = 24 * 3600;
@@ -17,16 +17,21 @@ pub const DEFAULT_MAX_TTL: i64 = 24 * 3600;
 /// Opens the token key with the broker's or an owner's identity.
 pub fn token_key(vault: &Vault, id: &Identity) -> Result<TokenKey> {
     let path = vault.broker_dir().join("token.key.age");
-    let ct = fsutil::read_optional(&path)?.ok_or_else(|| {
-        Error::InvalidInput("this vault has no broker yet: run `agent-vault broker init`".into())
-    })?;
+    let ct = vault
+        .fs()
+        .read_optional(&path, Kind::KeyFile)?
+        .ok_or_else(|| {
+            Error::InvalidInput(
+                "this vault has no broker yet: run `agent-vault broker init`".into(),
+            )
+        })?;
     TokenKey::from_bytes(crypto::decrypt(&[id], &ct, &path)?.expose_secret())
 }
 
 /// Opens the CA key (PEM) with the broker's or an owner's identity.
 pub fn ca_key(vault: &Vault, id: &Identity) -> Result<zeroize::Zeroizing<String>> {
     let path = vault.broker_dir().join("ca.key.age");
-    let ct = fsutil::read(&path)?;
+    let ct = vault.fs().read(&path, Kind::KeyFile)?;
     let pem = crypto::decrypt(&[id], &ct, &path)?;
     String::from_utf8(pem.expose_secret().clone())
         .map(zeroize::Zeroizing::new)

@@ -7,11 +7,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::crypto::{self, Identity};
+use crate::error::Error as VaultError;
 use crate::fsutil;
 use crate::journal::Txn;
 use crate::model::{self, Manifest};
 use crate::names::{AgentName, GroupName, SecretPath};
 use crate::vault::{LOCAL_DIR, Vault};
+use crate::vfs::{EntryType, Kind};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -30,7 +32,9 @@ pub struct Finding {
     pub severity: Severity,
     /// A stable code: `manifest-signature`, `unsigned-secret`, `expired`,
     /// `expiring`, `orphan`, `mismatch`, `missing`, `loose-permissions`,
-    /// `half-finished`, `group-key`.
+    /// `half-finished`, `group-key`, `unsafe-file` (a link or special file
+    /// below `.agent-vault`), `oversize`, `tracked-local` (git tracks an
+    /// entry under `.agent-vault/.local/`), `foreign-journal`.
     pub kind: &'static str,
     /// The file, secret, agent or group concerned.
     pub subject: String,
@@ -87,24 +91,61 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             .to_string()
     };
 
-    if let Ok(Some(txn)) = Txn::read(&vault.journal_path()) {
-        f.push(
-            Error,
-            "half-finished",
-            &txn.op,
-            format!(
-                "the operation `{}` was interrupted; `agent-vault repair` (or any command that changes the vault) completes it",
-                txn.op
+    let fs = vault.fs();
+
+    // Machine-private state that git tracks: nothing under `.local/` is
+    // trusted then, so no journal is read (nor offered to `repair`).
+    let tracked = match crate::vfs::tracked_local(vault.dir()) {
+        Ok(t) => t,
+        Err(e) => vec![e.to_string()],
+    };
+    for t in &tracked {
+        f.push(Error, "tracked-local", t, crate::vfs::TRACKED_LOCAL);
+    }
+    if tracked.is_empty() {
+        match Txn::peek(vault) {
+            Ok(None) => {}
+            Ok(Some(op)) => {
+                let verdict = owner.map(|id| Txn::read(vault, &id.signing_key().public()));
+                match verdict {
+                    Some(Err(e)) => f.push(Error, "foreign-journal", rel(&vault.journal_path()), e.to_string()),
+                    Some(Ok(_)) => f.push(
+                        Error,
+                        "half-finished",
+                        &op,
+                        format!(
+                            "the operation `{op}` was interrupted; `agent-vault repair` (or any command that changes the vault) completes it"
+                        ),
+                    ),
+                    None => f.push(
+                        Error,
+                        "half-finished",
+                        &op,
+                        format!(
+                            "the operation `{op}` was interrupted; the owner whose command it was completes it with `agent-vault repair`"
+                        ),
+                    ),
+                }
+            }
+            Err(e) => f.push(
+                Error,
+                "unsafe-file",
+                rel(&vault.journal_path()),
+                e.to_string(),
             ),
-        );
+        }
     }
 
     // The manifest: verified if possible, else parsed as is for the rest.
     let manifest: Option<Manifest> = match vault.manifest() {
         Ok(m) => Some(m),
         Err(e) => {
-            f.push(Error, "manifest-signature", "manifest.yaml", e.to_string());
-            fsutil::read(&vault.manifest_path())
+            let kind = match e {
+                VaultError::Refused { .. } => "unsafe-file",
+                _ => "manifest-signature",
+            };
+            f.push(Error, kind, "manifest.yaml", e.to_string());
+            fs.read(&vault.manifest_path(), Kind::Manifest)
                 .ok()
                 .and_then(|b| model::parse_yaml(&vault.manifest_path(), &b).ok())
         }
@@ -116,13 +157,19 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
     // Agents and groups named by the manifest have their files.
     for (a, entry) in &manifest.agents {
         let dir = vault.agent_dir(a);
-        match fsutil::read_optional(&dir.join("public.key")) {
+        match fs.read_optional(&dir.join("public.key"), Kind::PublicKey) {
             Ok(Some(b)) if String::from_utf8_lossy(&b).trim() == entry.recipient => {}
             Ok(Some(_)) => f.push(
                 Error,
                 "mismatch",
                 rel(&dir.join("public.key")),
                 "differs from the agent's recipient in the manifest",
+            ),
+            Err(e @ VaultError::Refused { .. }) => f.push(
+                Error,
+                "unsafe-file",
+                rel(&dir.join("public.key")),
+                e.to_string(),
             ),
             _ => f.push(
                 Error,
@@ -131,7 +178,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 format!("agent {a} has no public key file"),
             ),
         }
-        if !dir.join("private.key.escrow").exists() {
+        if !matches!(fs.entry_type(&dir.join("private.key.escrow")), Ok(Some(_))) {
             f.push(
                 Warning,
                 "missing",
@@ -142,7 +189,10 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
     }
     for (g, entry) in &manifest.groups {
         let p = vault.group_key_path(g);
-        match (fsutil::read_optional(&p), owner) {
+        match (fs.read_optional(&p, Kind::GroupKey), owner) {
+            (Err(e @ VaultError::Refused { .. }), _) => {
+                f.push(Error, "unsafe-file", rel(&p), e.to_string())
+            }
             (Ok(None), _) | (Err(_), _) => f.push(
                 Error,
                 "missing",
@@ -169,16 +219,45 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
     let mut ages: BTreeSet<PathBuf> = BTreeSet::new();
     let mut stack = vec![vault.dir().to_owned()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
+        // Links are never followed: a linked directory is reported, not walked.
+        let entries = match fs.read_dir(&dir) {
+            Ok(Some(entries)) => entries,
+            Ok(None) => continue,
+            Err(e) => {
+                f.push(Error, "unsafe-file", rel(&dir), e.to_string());
+                continue;
+            }
         };
-        for e in rd.flatten() {
-            let p = e.path();
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        for (name, t) in entries {
+            let p = dir.join(&name);
+            let is_dir = t == EntryType::Dir;
             let r = p.strip_prefix(vault.dir()).unwrap_or(&p).to_path_buf();
             let parts: Vec<&str> = r.iter().filter_map(|c| c.to_str()).collect();
-            if parts.first() == Some(&LOCAL_DIR) {
+            if matches!(t, EntryType::Symlink | EntryType::Special) {
+                f.push(Error, "unsafe-file", rel(&p), t.refusal());
                 continue;
+            }
+            if parts.first() == Some(&LOCAL_DIR) {
+                // Machine-private: only links and special files are reported.
+                if is_dir {
+                    stack.push(p);
+                }
+                continue;
+            }
+            if !is_dir {
+                let cap = Kind::of(&r).cap();
+                if let Ok(md) = std::fs::symlink_metadata(&p)
+                    && md.is_file()
+                    && md.len() > cap
+                {
+                    f.push(
+                        Error,
+                        "oversize",
+                        rel(&p),
+                        format!("{} bytes: more than the {cap} a file of its kind may hold; readers refuse it", md.len()),
+                    );
+                    continue;
+                }
             }
             if is_dir {
                 let known = match parts.as_slice() {
@@ -277,8 +356,12 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
         .par_iter()
         .map(|sp| {
             let mut out = Findings(Vec::new());
-            let ct = match fsutil::read(&vault.secret_age_path(sp)) {
+            let ct = match fs.read(&vault.secret_age_path(sp), Kind::Secret) {
                 Ok(b) => b,
+                Err(e @ VaultError::Refused { .. }) => {
+                    out.push(Error, "unsafe-file", sp, e.to_string());
+                    return out.0;
+                }
                 Err(e) => {
                     out.push(Error, "missing", sp, e.to_string());
                     return out.0;
@@ -286,6 +369,10 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             };
             let meta = match vault.secret_meta(sp) {
                 Ok(m) => m,
+                Err(e @ VaultError::Refused { .. }) => {
+                    out.push(Error, "unsafe-file", sp, e.to_string());
+                    return out.0;
+                }
                 Err(_) => {
                     out.push(
                         Error,
@@ -321,7 +408,9 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
         .collect();
     f.0.extend(per_secret.into_iter().flatten());
 
-    if let Ok(unresolved) = crate::sync::unresolved(vault) {
+    if tracked.is_empty()
+        && let Ok(unresolved) = crate::sync::unresolved(vault)
+    {
         for s in unresolved {
             f.push(
                 Warning,

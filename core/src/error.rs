@@ -39,6 +39,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A path the vault refuses to touch: a symbolic link or special file
+    /// below `.agent-vault`, a file larger than its kind may be, an entry
+    /// under `.agent-vault/.local/` that git tracks, a journal this machine
+    /// did not write, or such an entry in an incoming commit.
+    Refused {
+        /// The path (in the working tree, or in the incoming commit).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No key was given and this machine holds no owner key for the vault.
     NoKey {
         /// The vault id whose owner key was looked for.
@@ -180,6 +190,12 @@ impl Error {
                 "`agent-vault check` reports damaged files; git history holds earlier versions"
                     .into()
             }
+            Error::Refused { .. } => {
+                "nothing below .agent-vault may be a link or a special file, and nothing under \
+                 .agent-vault/.local may come from git; `git log -- PATH` shows which commit \
+                 brought it: revert it, then run `agent-vault check`"
+                    .into()
+            }
             Error::Remote { hint, .. } => hint.clone(),
             _ => return None,
         })
@@ -202,6 +218,9 @@ impl fmt::Display for Error {
             Error::AlreadyInitialized(p) => write!(f, "a vault exists already at {}", p.display()),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Corrupt { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Error::Refused { path, reason } => {
+                write!(f, "refusing {}: it {reason}", path.display())
+            }
             Error::NoKey { .. } => write!(f, "no key to open the vault with"),
             Error::BadKey { source } => write!(f, "{source} does not hold an age identity"),
             Error::UnknownKey => write!(f, "this key belongs to no owner or agent of this vault"),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use git2::{FileMode, IndexEntry, IndexTime, Oid, Repository, Signature, build::TreeUpdateBuilder};
 
 use crate::error::{Error, Result};
+use crate::vfs::{Kind, VaultFs};
 
 /// libgit2 re-reads and re-hashes every object it references while
 /// creating a tree or commit, and re-hashes every object it reads. Our own
@@ -136,16 +137,19 @@ impl VaultRepo {
                         ))
                     })?
                     .to_owned();
-                match std::fs::read(p) {
-                    Ok(bytes) => {
-                        let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-                        Ok((rel, Some((bytes, md))))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((rel, None)),
-                    Err(e) => Err(Error::io(p, e)),
+                // Never through a link, never a special file, never more
+                // than the file's kind may hold. A path that is a link or
+                // special file now is left as git has it (`check` reports it).
+                match VaultFs::new(workdir).read_with_metadata(p, Kind::of_path(p)) {
+                    Ok(f) => Ok(Some((rel, f))),
+                    Err(Error::Refused { .. }) => Ok(None),
+                    Err(e) => Err(e),
                 }
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         // A large commit goes into git as one pack instead of a loose file
         // per object: creating tens of thousands of small files is what costs.
         let present: Vec<&[u8]> = files
@@ -310,8 +314,9 @@ impl VaultRepo {
             names: std::collections::BTreeSet<String>,
         }
         let mut since: Option<Oid> = None;
+        let fs = VaultFs::new(&self.workdir);
         if let Some(c) = cache
-            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|p| fs.read_optional(p, Kind::Local).ok().flatten())
             .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
             && let Ok(oid) = Oid::from_str(&c.commit)
             && (oid == head.id()
@@ -372,10 +377,7 @@ impl VaultRepo {
                 commit: head.id().to_string(),
                 names: names.clone(),
             };
-            if let Some(d) = p.parent() {
-                let _ = crate::fsutil::create_dir_all(d, 0o755);
-            }
-            let _ = crate::fsutil::write_atomic(
+            let _ = fs.write_atomic(
                 p,
                 &serde_json::to_vec(&c).unwrap_or_default(),
                 crate::fsutil::PUBLIC_FILE,

@@ -39,7 +39,8 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
     fsutil::create_dir_all(dir, 0o755)?;
     let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
     let vdir = root.join(VAULT_DIR);
-    if vdir.join("config.yaml").exists() {
+    let fs = crate::vfs::VaultFs::new(&root);
+    if fs.entry_type(&vdir.join("config.yaml"))?.is_some() {
         return Err(Error::AlreadyInitialized(root));
     }
     let (repo, created_repo) = match VaultRepo::discover(&root)? {
@@ -81,7 +82,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
             signing_key: signing.public(),
         },
     );
-    fsutil::create_dir_all(&vdir, 0o755)?;
+    fs.create_dir_all(&vdir, 0o755)?;
     let mbytes = model::to_yaml(&manifest);
     let sig = ManifestSig::sign(&owner, &signing, &vault_id, &mbytes, b"");
     let files = [
@@ -96,7 +97,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         (vdir.join("config.yaml"), model::to_yaml(&config)),
     ];
     for (p, b) in &files {
-        fsutil::write_atomic(p, b, fsutil::PUBLIC_FILE)?;
+        fs.write_atomic(p, b, fsutil::PUBLIC_FILE)?;
     }
     keys.set_trust(&TrustPins {
         vault_id: vault_id.clone(),
@@ -104,13 +105,16 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
     })?;
 
     let gitignore = repo.workdir().join(".gitignore");
-    let mut ignore = fsutil::read_optional(&gitignore)?.unwrap_or_default();
+    let tree = crate::vfs::VaultFs::new(repo.workdir());
+    let mut ignore = tree
+        .read_optional(&gitignore, crate::vfs::Kind::Other)?
+        .unwrap_or_default();
     if !String::from_utf8_lossy(&ignore).contains(ROOT_GITIGNORE_MARK) {
         if !ignore.is_empty() && !ignore.ends_with(b"\n") {
             ignore.push(b'\n');
         }
         ignore.extend_from_slice(ROOT_GITIGNORE.as_bytes());
-        fsutil::write_atomic(&gitignore, &ignore, fsutil::PUBLIC_FILE)?;
+        tree.write_atomic(&gitignore, &ignore, fsutil::PUBLIC_FILE)?;
     }
     let hook = install_hook(&repo)?;
     crate::sync::register_merge_driver(&repo)?;

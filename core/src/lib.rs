@@ -38,6 +38,7 @@ pub mod sync;
 pub mod token;
 pub mod trace;
 pub mod vault;
+pub mod vfs;
 pub mod writer;
 
 pub use age;

@@ -8,11 +8,11 @@ use sha2::Digest;
 
 use crate::crypto::{self, Identity, SecretValue};
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::keystore::KeySource;
 use crate::model::{Manifest, Mode};
 use crate::names::{GroupName, SecretPath};
 use crate::vault::{Role, Vault};
+use crate::vfs::Kind;
 
 /// A vault opened with a key: an owner's or an agent's.
 pub struct Reader<'v> {
@@ -126,10 +126,12 @@ impl<'v> Reader<'v> {
     fn group_keys(&self, group: &GroupName) -> Result<std::sync::Arc<GroupKeys>> {
         let entry = self.manifest.group(group)?;
         let path = self.vault.group_key_path(group);
-        let ct = fsutil::read_optional(&path)?
+        let fs = self.vault.fs();
+        let ct = fs
+            .read_optional(&path, Kind::GroupKey)?
             .ok_or_else(|| Error::corrupt(&path, "the group key file is missing"))?;
         let next = self.vault.group_next_key_path(group);
-        let next_ct = fsutil::read_optional(&next)?;
+        let next_ct = fs.read_optional(&next, Kind::GroupKey)?;
         if let Ok(cache) = self.cache.lock()
             && let Some(g) = cache.groups.get(group)
             && g.key_file == ct
@@ -169,7 +171,10 @@ impl<'v> Reader<'v> {
         }
         self.check_read(path.group())?;
         let age_path = self.vault.secret_age_path(path);
-        let ct = fsutil::read_optional(&age_path)?
+        let ct = self
+            .vault
+            .fs()
+            .read_optional(&age_path, Kind::Secret)?
             .ok_or_else(|| Error::SecretNotFound(path.to_string()))?;
         let keys = self.group_keys(path.group())?;
         let meta_path = self.vault.secret_meta_path(path);
@@ -177,7 +182,10 @@ impl<'v> Reader<'v> {
             path: path.to_string(),
             reason: reason.into(),
         };
-        let meta_bytes = fsutil::read_optional(&meta_path)?
+        let meta_bytes = self
+            .vault
+            .fs()
+            .read_optional(&meta_path, Kind::Metadata)?
             .ok_or_else(|| unsigned("its metadata file is missing or malformed"))?;
         let mut h = sha2::Sha256::new();
         for part in [meta_bytes.as_slice(), &ct, path.to_string().as_bytes()] {

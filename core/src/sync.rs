@@ -24,6 +24,7 @@ use crate::model::{self, Manifest, Mode, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
 use crate::remote::{self, Failure, Upstream};
 use crate::vault::Vault;
+use crate::vfs::Kind;
 use crate::writer::{SetOptions, Writer};
 
 /// What a pull did.
@@ -68,7 +69,67 @@ fn vault_rel(vault: &Vault, repo: &VaultRepo) -> Result<PathBuf> {
         .map_err(|_| Error::Git("the vault is outside its repository".into()))
 }
 
-/// Verifies what a commit would bring: its manifest must be signed by a
+/// Refuses a commit that would put in the vault's directory anything but
+/// directories and regular files (a symbolic link, a submodule), or anything
+/// under `.agent-vault/.local/` (machine-private state never comes from
+/// git), or that makes the vault's directory (or one above it) something
+/// other than a directory. Only what differs from `from` is looked at.
+fn check_incoming_entries(
+    repo: &Repository,
+    rel: &Path,
+    from: Option<&Tree<'_>>,
+    to: &Tree<'_>,
+) -> Result<()> {
+    let refuse = |path: PathBuf, what: &str| Error::Refused {
+        path,
+        reason: format!("{what} in the incoming commit; nothing was brought in"),
+    };
+    let mut above = PathBuf::new();
+    for c in rel.components() {
+        above.push(c);
+        match to.get_path(&above) {
+            Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {}
+            Ok(_) => return Err(refuse(above, "is not a directory")),
+            // No vault there: the manifest check says so.
+            Err(_) => return Ok(()),
+        }
+    }
+    let new_sub = to.get_path(rel).ok().map(|e| e.id());
+    let old_sub = from.and_then(|t| t.get_path(rel).ok()).map(|e| e.id());
+    let Some(new_sub) = new_sub.filter(|n| Some(*n) != old_sub) else {
+        return Ok(());
+    };
+    let new_tree = repo.find_tree(new_sub)?;
+    let old_tree = old_sub.map(|o| repo.find_tree(o)).transpose()?;
+    let mut opts = git2::DiffOptions::new();
+    opts.include_typechange(true);
+    let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), Some(&mut opts))?;
+    let local = Path::new(crate::vault::LOCAL_DIR);
+    for d in diff.deltas() {
+        let f = d.new_file();
+        let Some(p) = f.path() else { continue };
+        if !f.exists() {
+            continue;
+        }
+        let path = rel.join(p);
+        if p.starts_with(local) {
+            return Err(refuse(
+                path,
+                "is under .agent-vault/.local/, this machine's private state, which never comes from git,",
+            ));
+        }
+        match f.mode() {
+            git2::FileMode::Blob | git2::FileMode::BlobExecutable => {}
+            git2::FileMode::Link => return Err(refuse(path, "is a symbolic link")),
+            git2::FileMode::Commit => return Err(refuse(path, "is a submodule (a gitlink)")),
+            _ => return Err(refuse(path, "is not a regular file")),
+        }
+    }
+    Ok(())
+}
+
+/// Verifies what a commit would bring: nothing but regular files and
+/// directories (see [`check_incoming_entries`]), its manifest signed by a
 /// trusted owner, and every secret that differs from `from` signed by one of
 /// its owners at its group's generation.
 fn verify_incoming(
@@ -78,6 +139,7 @@ fn verify_incoming(
     from: Option<&Tree<'_>>,
     to: &Tree<'_>,
 ) -> Result<()> {
+    check_incoming_entries(repo, rel, from, to)?;
     let mbytes = blob_at(repo, to, &rel.join("manifest.yaml"))
         .ok_or_else(|| Error::UnsignedManifest("the incoming commit has no manifest".into()))?;
     let sig = blob_at(repo, to, &rel.join("manifest.sig"));
@@ -231,7 +293,7 @@ fn conflicts_path(vault: &Vault) -> PathBuf {
 
 fn read_conflicts(vault: &Vault) -> Result<Conflicts> {
     let p = conflicts_path(vault);
-    Ok(match fsutil::read_optional(&p)? {
+    Ok(match vault.fs().read_optional(&p, Kind::Local)? {
         Some(b) => model::parse_yaml(&p, &b)?,
         None => Conflicts::default(),
     })
@@ -240,9 +302,11 @@ fn read_conflicts(vault: &Vault) -> Result<Conflicts> {
 fn write_conflicts(vault: &Vault, c: &Conflicts) -> Result<()> {
     let p = conflicts_path(vault);
     if c.secrets.is_empty() {
-        return fsutil::remove_file(&p);
+        return vault.fs().remove_file(&p);
     }
-    fsutil::write_atomic(&p, &model::to_yaml(c), fsutil::PUBLIC_FILE)
+    vault
+        .fs()
+        .write_atomic(&p, &model::to_yaml(c), fsutil::PUBLIC_FILE)
 }
 
 /// Secrets changed on both sides of a merge and not yet resolved.
@@ -518,9 +582,10 @@ impl Writer<'_> {
                         ("ours", &our_tree),
                     ] {
                         if let Some(b) = blob_at(r, tree, &key_rel) {
-                            fsutil::create_dir_all(&merge_dir, 0o700)?;
+                            let fs = self.vault.fs();
+                            fs.create_dir_all(&merge_dir, 0o700)?;
                             let name = format!("{g}.{side}.key.age");
-                            fsutil::write_atomic(&merge_dir.join(&name), &b, fsutil::PUBLIC_FILE)?;
+                            fs.write_atomic(&merge_dir.join(&name), &b, fsutil::PUBLIC_FILE)?;
                             extra.push(format!("merge/{name}"));
                         }
                     }
@@ -543,7 +608,7 @@ impl Writer<'_> {
         // against the merged owners.
         self.manifest = txn.manifest.clone().unwrap_or(our_m);
         self.run(txn)?;
-        let _ = std::fs::remove_dir_all(&merge_dir);
+        let _ = self.vault.fs().remove_dir_all(&merge_dir);
         let mut record = read_conflicts(self.vault)?;
         for s in &conflicted_secrets {
             record.secrets.insert(s.clone(), theirs.to_string());
@@ -671,7 +736,7 @@ pub fn git_merged_manifest(vault: &Vault) -> Result<Option<Manifest>> {
     if head.parent_count() != 2 {
         return Ok(None);
     }
-    let current = fsutil::read(&vault.manifest_path())?;
+    let current = vault.fs().read(&vault.manifest_path(), Kind::Manifest)?;
     if blob_at(r, &head.tree()?, &rel.join("manifest.yaml")).as_deref() != Some(current.as_slice())
     {
         return Ok(None);
@@ -757,18 +822,28 @@ pub fn auto_pull(vault: &Vault) -> Option<String> {
     if !remote::has_remote_cheap(&git_dir) {
         return None;
     }
+    // The stamp is machine-private: never a link (it is neither followed nor
+    // written through), and not written while git tracks anything under
+    // `.local/`. (A fresh stamp only ever skips a pull for one interval.)
+    let fs = vault.fs();
     let stamp = vault.local_dir().join("last-pull");
-    let fresh = std::fs::metadata(&stamp)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < Duration::from_secs(cfg.pull_interval_seconds));
+    let not_updating = |e: Error| Some(format!("not updating the vault from its remote: {e}"));
+    let fresh = match fs.modified(&stamp) {
+        Ok(t) => t
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(cfg.pull_interval_seconds)),
+        Err(e) => return not_updating(e),
+    };
     if fresh {
         return None;
     }
+    if let Err(e) = crate::vfs::ensure_local_untracked(vault.dir()) {
+        return not_updating(e);
+    }
     // Stamp first: a failing remote is tried (and warned about) once per interval.
-    let _ = fsutil::create_dir_all(&vault.local_dir(), 0o755);
-    let _ = std::fs::write(&stamp, b"");
+    if let Err(e) = fs.write_atomic(&stamp, b"", fsutil::PUBLIC_FILE) {
+        return not_updating(e);
+    }
     match pull_fast_forward(vault, Duration::from_secs(cfg.pull_timeout_seconds)) {
         Ok(_) => None,
         Err(e) => Some(format!(

@@ -6,15 +6,18 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::Identity;
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::keystore::{KeyStore, TrustPins};
 use crate::model::{self, Config, Manifest, ManifestSig, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
+use crate::vfs::{Kind, VaultFs};
 
 /// The directory inside the vault root that holds everything.
 pub const VAULT_DIR: &str = ".agent-vault";
 /// Local, untracked state: the lock and the journal of a half-finished operation.
 pub const LOCAL_DIR: &str = ".local";
+
+/// The bytes of `manifest.yaml`, `services.yaml` and `manifest.sig`.
+pub(crate) type ManifestFiles = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 /// A vault found on disk. Opening one reads `config.yaml` only.
 #[derive(Debug, Clone)]
@@ -65,7 +68,7 @@ impl Vault {
         let root = root.canonicalize().map_err(|e| Error::io(root, e))?;
         let dir = root.join(VAULT_DIR);
         let cfg_path = dir.join("config.yaml");
-        let bytes = match fsutil::read_optional(&cfg_path)? {
+        let bytes = match VaultFs::new(&root).read_optional(&cfg_path, Kind::Config)? {
             Some(b) => b,
             None => return Err(Error::VaultNotFound(root)),
         };
@@ -110,6 +113,11 @@ impl Vault {
     /// The key store.
     pub fn keys(&self) -> &KeyStore {
         &self.keys
+    }
+
+    /// The vault's files, touched only through no-follow, size-capped access.
+    pub fn fs(&self) -> VaultFs<'_> {
+        VaultFs::new(&self.root)
     }
 
     pub(crate) fn manifest_path(&self) -> PathBuf {
@@ -158,7 +166,7 @@ impl Vault {
 
     /// Whether a half-finished operation awaits completion.
     pub fn has_pending_operation(&self) -> bool {
-        self.journal_path().exists()
+        self.fs().is_file(&self.journal_path()).unwrap_or(false)
     }
 
     /// Reads and verifies the manifest: its signature must verify, be made by
@@ -166,10 +174,20 @@ impl Vault {
     /// first open pins the owners' keys; a later change of the owner set is
     /// accepted only when signed by a pinned owner.
     pub fn manifest(&self) -> Result<Manifest> {
-        let mbytes = fsutil::read(&self.manifest_path())?;
-        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
-        let sig = fsutil::read_optional(&self.sig_path())?;
+        let (mbytes, services, sig) = self.manifest_files()?;
         self.verify_manifest(&mbytes, sig.as_deref(), &services, true)
+    }
+
+    /// The bytes of `manifest.yaml`, `services.yaml` (empty if none) and
+    /// `manifest.sig` (if any).
+    pub(crate) fn manifest_files(&self) -> Result<ManifestFiles> {
+        let fs = self.fs();
+        Ok((
+            fs.read(&self.manifest_path(), Kind::Manifest)?,
+            fs.read_optional(&self.services_path(), Kind::Services)?
+                .unwrap_or_default(),
+            fs.read_optional(&self.sig_path(), Kind::Signature)?,
+        ))
     }
 
     /// Verifies manifest bytes (from the files, or from a commit) against
@@ -239,9 +257,7 @@ impl Vault {
     /// The services list, verified with the manifest's signature (which
     /// covers it).
     pub fn services(&self) -> Result<crate::services::Services> {
-        let mbytes = fsutil::read(&self.manifest_path())?;
-        let services = fsutil::read_optional(&self.services_path())?.unwrap_or_default();
-        let sig = fsutil::read_optional(&self.sig_path())?;
+        let (mbytes, services, sig) = self.manifest_files()?;
         self.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
         crate::services::Services::parse(&self.services_path(), &services)
     }
@@ -256,7 +272,7 @@ impl Vault {
             )
         })?;
         let path = self.broker_dir().join("ca.crt");
-        let pem = fsutil::read(&path)?;
+        let pem = self.fs().read(&path, Kind::KeyFile)?;
         if crate::crypto::sha256_hex(&pem) != b.ca_sha256 {
             return Err(Error::UnsignedManifest(
                 "broker/ca.crt is not the CA the manifest names".into(),
@@ -283,24 +299,27 @@ impl Vault {
     /// Every secret path in the vault, or in one group, sorted. The files
     /// are the index: this walks `secrets/`.
     pub fn secret_paths(&self, group: Option<&GroupName>) -> Result<Vec<SecretPath>> {
+        use crate::vfs::EntryType;
+        let fs = self.fs();
         let secrets = self.dir.join("secrets");
         let groups: Vec<GroupName> = match group {
             Some(g) => vec![g.clone()],
             None => {
                 let mut v = Vec::new();
-                match std::fs::read_dir(&secrets) {
-                    Ok(rd) => {
-                        for e in rd {
-                            let e = e.map_err(|e| Error::io(&secrets, e))?;
-                            if let Some(g) = e.file_name().to_str().and_then(|n| n.parse().ok())
-                                && e.file_type().map(|t| t.is_dir()).unwrap_or(false)
-                            {
-                                v.push(g);
-                            }
+                for (name, t) in fs.read_dir(&secrets)?.unwrap_or_default() {
+                    let Some(g) = name.to_str().and_then(|n| n.parse::<GroupName>().ok()) else {
+                        continue;
+                    };
+                    match t {
+                        EntryType::Dir => v.push(g),
+                        EntryType::File => {}
+                        t => {
+                            return Err(Error::Refused {
+                                path: secrets.join(name),
+                                reason: t.refusal().into(),
+                            });
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&secrets, e)),
                 }
                 v
             }
@@ -310,22 +329,20 @@ impl Vault {
             let base = self.group_dir(&g);
             let mut stack = vec![(base.clone(), String::new())];
             while let Some((dir, prefix)) = stack.pop() {
-                let rd = match std::fs::read_dir(&dir) {
-                    Ok(rd) => rd,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io(&dir, e)),
+                // A linked directory is refused here, never descended into.
+                let Some(entries) = fs.read_dir(&dir)? else {
+                    continue;
                 };
-                for e in rd {
-                    let e = e.map_err(|e| Error::io(&dir, e))?;
-                    let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                for (name, t) in entries {
+                    let Some(name) = name.to_str() else {
                         continue;
                     };
-                    let ft = e.file_type().map_err(|err| Error::io(e.path(), err))?;
-                    if ft.is_dir() {
-                        stack.push((e.path(), format!("{prefix}{name}/")));
+                    if t == EntryType::Dir {
+                        stack.push((dir.join(name), format!("{prefix}{name}/")));
                     } else if let Some(stem) = name.strip_suffix(".age")
                         && let Ok(p) = SecretPath::new(g.clone(), &format!("{prefix}{stem}"))
                     {
+                        // A link or special file is listed: reading it is refused, naming it.
                         out.push(p);
                     }
                 }
@@ -338,7 +355,7 @@ impl Vault {
     /// Reads one secret's metadata.
     pub fn secret_meta(&self, p: &SecretPath) -> Result<SecretMeta> {
         let mp = self.secret_meta_path(p);
-        match fsutil::read_optional(&mp)? {
+        match self.fs().read_optional(&mp, Kind::Metadata)? {
             Some(b) => model::parse_yaml(&mp, &b),
             None => Err(Error::corrupt(mp, "missing")),
         }

@@ -4,7 +4,7 @@
 //! a half-finished operation after a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::crypto::{self, Identity, OwnerSigningKey, Recipient};
 use crate::error::{Error, Result};
-use crate::fsutil::{self, Batch};
+use crate::fsutil;
 use crate::git::VaultRepo;
 use crate::journal::{Rotation, Txn};
 use crate::keystore::{self, KeySource};
@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::names::{AgentName, GroupName, OwnerName, SecretPath};
 use crate::vault::{Role, Vault};
+use crate::vfs::{Batch, Kind};
 
 /// Options of `set`.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +46,10 @@ pub struct Exposure {
     /// Secrets no longer in the group but still in git history, encrypted
     /// to a group key the agent may have held.
     pub in_history: Vec<String>,
+    /// Secrets of the group the rotation left as they were, because no
+    /// owner signed them (planted, or damaged) or they could not be read
+    /// safely: `get` refuses them, and they stay encrypted to the old key.
+    pub skipped: Vec<String>,
 }
 
 /// The result of a grant.
@@ -68,19 +73,17 @@ pub struct Writer<'v> {
     pub(crate) manifest: Manifest,
     pub(crate) repo: Option<VaultRepo>,
     recovered: Option<String>,
+    /// Secrets the last operation's rotations left alone (see [`Exposure::skipped`]).
+    skipped: Vec<String>,
     _lock: File,
 }
 
+/// Takes the vault's lock: `.local/lock`, never through a link, and only
+/// while git tracks nothing under `.local/` (whose files are then trusted).
 fn lock(vault: &Vault) -> Result<File> {
-    let dir = vault.local_dir();
-    fsutil::create_dir_all(&dir, 0o755)?;
-    let path = dir.join("lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
+    crate::vfs::ensure_local_untracked(vault.dir())?;
+    let path = vault.local_dir().join("lock");
+    let f = vault.fs().open_lock_file(&path)?;
     f.lock().map_err(|e| Error::io(&path, e))?;
     Ok(f)
 }
@@ -90,7 +93,7 @@ impl<'v> Writer<'v> {
         let lock = lock(vault)?;
         let id = vault.keys().load(source, vault.id())?;
         let repo = VaultRepo::discover(vault.root())?;
-        let pending = Txn::read(&vault.journal_path())?;
+        let pending = Txn::read(vault, &id.signing_key().public())?;
         // With no journal, a rotated key waiting in `.next` is debris from an
         // operation that died before it began: nothing refers to it.
         if pending.is_none() {
@@ -133,14 +136,14 @@ impl<'v> Writer<'v> {
             manifest,
             repo,
             recovered: None,
+            skipped: Vec::new(),
             _lock: lock,
         };
         if let Some(txn) = pending {
             // The interrupted process may have died inside a git commit.
-            if let (Some(repo), Ok(began)) = (
-                &w.repo,
-                std::fs::metadata(vault.journal_path()).and_then(|m| m.modified()),
-            ) {
+            if let (Some(repo), Ok(began)) = (&w.repo, vault.fs().modified(&vault.journal_path()))
+                && let Some(began) = began
+            {
                 repo.clear_locks_since(began);
             }
             let op = txn.op.clone();
@@ -191,6 +194,29 @@ impl<'v> Writer<'v> {
         items: Vec<(SecretPath, &[u8], SetOptions)>,
         op: String,
     ) -> Result<()> {
+        if let Some((p, _, _)) = items
+            .iter()
+            .find(|(_, v, _)| v.len() > crate::vfs::MAX_VALUE)
+        {
+            return Err(Error::InvalidInput(format!(
+                "the value of {p} is larger than {} bytes, the most a secret may hold",
+                crate::vfs::MAX_VALUE
+            )));
+        }
+        // Every directory the values go to is a real directory (made now,
+        // before the journal: a link there refuses the whole operation).
+        let dirs: BTreeSet<PathBuf> = items
+            .iter()
+            .filter_map(|(p, _, _)| self.vault.secret_age_path(p).parent().map(Path::to_owned))
+            .collect();
+        for d in &dirs {
+            self.vault.fs().create_dir_all(d, 0o755)?;
+        }
+        // And each value's two files are absent or regular files.
+        for (p, _, _) in &items {
+            self.vault.fs().is_file(&self.vault.secret_age_path(p))?;
+            self.vault.fs().is_file(&self.vault.secret_meta_path(p))?;
+        }
         let mut txn = Txn::new(op);
         let mut target = self.manifest.clone();
         let groups: BTreeSet<&GroupName> = items.iter().map(|(p, _, _)| p.group()).collect();
@@ -239,22 +265,19 @@ impl<'v> Writer<'v> {
             .map(|(p, _, m)| (p.clone(), m.clone()))
             .collect();
         let _t = crate::trace::phase("set: journal and ciphertext");
-        txn.write(&self.vault.journal_path())?;
+        txn.write(self.vault, &self.signing)?;
+        let fs = self.vault.fs();
         if let [(p, ct, _)] = sealed.as_slice() {
-            let path = self.vault.secret_age_path(p);
-            if let Some(d) = path.parent() {
-                fsutil::create_dir_all(d, 0o755)?;
-            }
-            fsutil::write_atomic(&path, ct, fsutil::PUBLIC_FILE)?;
+            fs.write_atomic(&self.vault.secret_age_path(p), ct, fsutil::PUBLIC_FILE)?;
         } else {
-            let mut batch = Batch::with_pool(&self.vault.pool_dir())?;
+            let mut batch = Batch::with_pool(fs, &self.vault.pool_dir())?;
             batch.write_all(
                 sealed
                     .into_iter()
                     .map(|(p, ct, _)| (self.vault.secret_age_path(&p), ct))
                     .collect(),
             )?;
-            batch.commit(self.vault.dir())?;
+            batch.commit()?;
         }
         drop(_t);
         self.complete(txn)
@@ -262,7 +285,12 @@ impl<'v> Writer<'v> {
 
     /// Removes a secret.
     pub fn remove_secret(&mut self, path: &SecretPath) -> Result<()> {
-        if !self.vault.secret_age_path(path).exists() {
+        if self
+            .vault
+            .fs()
+            .entry_type(&self.vault.secret_age_path(path))?
+            .is_none()
+        {
             return Err(Error::SecretNotFound(path.to_string()));
         }
         let mut txn = Txn::new(format!("rm {path}"));
@@ -295,16 +323,17 @@ impl<'v> Writer<'v> {
         let recipients = self.owner_recipients(owners)?;
         let escrow = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
         let dir = self.vault.agent_dir(name);
-        fsutil::create_dir_all(&dir, 0o755)?;
+        let fs = self.vault.fs();
+        fs.create_dir_all(&dir, 0o755)?;
         let key_path = self.vault.keys().agent_key_path(self.vault.id(), name);
         keystore::write_private_key(&key_path, &id)?;
-        fsutil::write_atomic(
+        fs.write_atomic(
             &dir.join("private.key.escrow"),
             &escrow,
             fsutil::PUBLIC_FILE,
         )?;
         let recipient = id.recipient().as_string();
-        fsutil::write_atomic(
+        fs.write_atomic(
             &dir.join("public.key"),
             format!("{recipient}\n").as_bytes(),
             fsutil::PUBLIC_FILE,
@@ -328,11 +357,12 @@ impl<'v> Writer<'v> {
         }
         txn.manifest = Some(target);
         txn.remove_agents.push(name.clone());
-        let exposures = readable
+        let mut exposures = readable
             .iter()
             .map(|g| self.exposure(name, g, true))
             .collect::<Result<Vec<_>>>()?;
         self.run(txn)?;
+        self.take_skipped(&mut exposures);
         let _ = fsutil::remove_file(&self.vault.keys().agent_key_path(self.vault.id(), name));
         Ok(exposures)
     }
@@ -364,7 +394,7 @@ impl<'v> Writer<'v> {
             return Err(Error::AgentNotFound(name.to_string()));
         }
         let escrow = self.vault.agent_dir(name).join("private.key.escrow");
-        let ct = fsutil::read(&escrow)?;
+        let ct = self.vault.fs().read(&escrow, Kind::KeyFile)?;
         let id = crypto::decrypt_identity(&[&self.id], &ct, &escrow)?;
         if id.recipient().as_string() != self.manifest.agents[name].recipient {
             return Err(Error::corrupt(
@@ -418,6 +448,7 @@ impl<'v> Writer<'v> {
         }
         txn.manifest = Some(target);
         self.run(txn)?;
+        self.take_skipped(exposure.as_mut_slice());
         Ok(GrantOutcome { previous, exposure })
     }
 
@@ -441,8 +472,9 @@ impl<'v> Writer<'v> {
             self.rotate_into(&mut target, &mut txn, group)?;
         }
         txn.manifest = Some(target);
-        let exposure = self.exposure(agent, group, mode == Mode::Read)?;
+        let mut exposure = self.exposure(agent, group, mode == Mode::Read)?;
         self.run(txn)?;
+        self.take_skipped(std::slice::from_mut(&mut exposure));
         Ok(exposure)
     }
 
@@ -536,6 +568,14 @@ impl<'v> Writer<'v> {
         }
         txn.manifest = Some(target);
         self.run(txn)?;
+        // What a rotation left alone (no owner signed it) was not re-encrypted.
+        for skipped in std::mem::take(&mut self.skipped) {
+            if let Some((g, _)) = skipped.split_once('/')
+                && let Some(n) = report.get_mut(g)
+            {
+                *n = n.saturating_sub(1);
+            }
+        }
         Ok(report)
     }
 
@@ -552,7 +592,7 @@ impl<'v> Writer<'v> {
         let id = Identity::generate();
         let recipient = id.recipient();
         let dir = self.vault.broker_dir();
-        fsutil::create_dir_all(&dir, 0o755)?;
+        self.vault.fs().create_dir_all(&dir, 0o755)?;
         let key_path = self
             .vault
             .keys()
@@ -582,7 +622,9 @@ impl<'v> Writer<'v> {
         ];
         let mut txn = Txn::new("broker init");
         for (name, bytes) in &files {
-            fsutil::write_atomic(&dir.join(name), bytes, fsutil::PUBLIC_FILE)?;
+            self.vault
+                .fs()
+                .write_atomic(&dir.join(name), bytes, fsutil::PUBLIC_FILE)?;
             txn.extra_files.push(format!("broker/{name}"));
         }
         let mut target = self.manifest.clone();
@@ -618,7 +660,8 @@ impl<'v> Writer<'v> {
     /// The verified services list.
     pub fn services(&self) -> Result<crate::services::Services> {
         let path = self.vault.services_path();
-        crate::services::Services::parse(&path, &fsutil::read_optional(&path)?.unwrap_or_default())
+        let bytes = self.vault.fs().read_optional(&path, Kind::Services)?;
+        crate::services::Services::parse(&path, &bytes.unwrap_or_default())
     }
 
     /// Replaces the services list (signed with the manifest). Every secret a
@@ -628,7 +671,7 @@ impl<'v> Writer<'v> {
         for (name, svc) in &services.services {
             for p in svc.all_secrets() {
                 if !self.manifest.groups.contains_key(p.group())
-                    || !self.vault.secret_age_path(&p).exists()
+                    || !self.vault.fs().is_file(&self.vault.secret_age_path(&p))?
                 {
                     return Err(Error::InvalidInput(format!(
                         "service {name} names {p}, which is not a secret of this vault; set it first"
@@ -654,6 +697,19 @@ impl<'v> Writer<'v> {
     }
 
     // ---- helpers ----------------------------------------------------------
+
+    /// Hands the secrets that rotations skipped to the exposures of their groups.
+    fn take_skipped(&mut self, exposures: &mut [Exposure]) {
+        let skipped = std::mem::take(&mut self.skipped);
+        for e in exposures {
+            let prefix = format!("{}/", e.group);
+            e.skipped = skipped
+                .iter()
+                .filter(|s| s.starts_with(&prefix))
+                .cloned()
+                .collect();
+        }
+    }
 
     fn readable_groups(&self, agent: &AgentName) -> Vec<GroupName> {
         self.manifest
@@ -705,10 +761,9 @@ impl<'v> Writer<'v> {
         let recipients = target.group_key_recipients(group)?;
         let ct = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
         let next = self.vault.group_next_key_path(group);
-        if let Some(d) = next.parent() {
-            fsutil::create_dir_all(d, 0o755)?;
-        }
-        fsutil::write_atomic(&next, &ct, fsutil::PUBLIC_FILE)?;
+        self.vault
+            .fs()
+            .write_atomic(&next, &ct, fsutil::PUBLIC_FILE)?;
         Ok(Rotation {
             group: group.clone(),
             recipient: id.recipient().as_string(),
@@ -747,23 +802,57 @@ impl<'v> Writer<'v> {
             could_read,
             secrets: if could_read { current } else { Vec::new() },
             in_history,
+            skipped: Vec::new(),
         })
     }
 
     pub(crate) fn run(&mut self, txn: Txn) -> Result<()> {
-        txn.write(&self.vault.journal_path())?;
+        self.preflight(&txn)?;
+        txn.write(self.vault, &self.signing)?;
         self.complete(txn)
+    }
+
+    /// Reads, before the journal is written, the files an operation cannot
+    /// do without (group keys, escrows): a link, special file or oversize
+    /// file among them refuses the operation here, naming it, instead of
+    /// leaving a journal that cannot complete.
+    fn preflight(&self, txn: &Txn) -> Result<()> {
+        let (v, fs) = (self.vault, self.vault.fs());
+        for g in txn.rotate.iter().map(|r| &r.group).chain(&txn.rewrap) {
+            fs.read_optional(&v.group_key_path(g), Kind::GroupKey)?;
+        }
+        for a in &txn.reescrow {
+            fs.read_optional(&v.agent_dir(a).join("private.key.escrow"), Kind::KeyFile)?;
+        }
+        for p in &txn.remove_secrets {
+            for f in [v.secret_age_path(p), v.secret_meta_path(p)] {
+                if let Some(t @ crate::vfs::EntryType::Dir) = fs.entry_type(&f)? {
+                    return Err(Error::Refused {
+                        path: f,
+                        reason: t.refusal().into(),
+                    });
+                }
+            }
+        }
+        if txn.manifest.is_some() {
+            for f in [v.manifest_path(), v.sig_path(), v.services_path()] {
+                fs.is_file(&f)?;
+            }
+        }
+        Ok(())
     }
 
     /// Carries out a journaled operation from wherever it stands. Every step
     /// checks what is already done, so running it twice is harmless.
     fn complete(&mut self, txn: Txn) -> Result<()> {
         let v = self.vault;
+        let fs = v.fs();
         let target = txn
             .manifest
             .clone()
             .unwrap_or_else(|| self.manifest.clone());
         let mut touched: Vec<PathBuf> = Vec::new();
+        self.skipped.clear();
 
         // 1. Metadata of new values, once their ciphertext is in place.
         let t = crate::trace::phase("complete: metadata");
@@ -771,7 +860,13 @@ impl<'v> Writer<'v> {
             .metas
             .par_iter()
             .map(|(p, meta)| {
-                let ct = fsutil::read_optional(&v.secret_age_path(p))?;
+                // A value that is not (or no longer) a regular file of ours is
+                // not ready: its metadata is not written.
+                let ct = match fs.read_optional(&v.secret_age_path(p), Kind::Secret) {
+                    Err(Error::Refused { .. }) => None,
+                    _ if fs.is_file(&v.secret_meta_path(p)).is_err() => None,
+                    other => other?,
+                };
                 Ok(ct
                     .filter(|ct| crypto::sha256_hex(ct) == meta.ciphertext_sha256)
                     .map(|_| (v.secret_meta_path(p), model::to_yaml(meta))))
@@ -781,21 +876,23 @@ impl<'v> Writer<'v> {
             touched.push(v.secret_age_path(p));
             touched.push(v.secret_meta_path(p));
         }
-        let mut batch = Batch::with_pool(&v.pool_dir())?;
+        let mut batch = Batch::with_pool(fs, &v.pool_dir())?;
         batch.write_all(ready.into_iter().flatten().collect())?;
-        batch.commit(v.dir())?;
+        batch.commit()?;
         drop(t);
 
         // 2. Rotations.
         let _t = crate::trace::phase("complete: rotations");
         for rot in &txn.rotate {
-            touched.extend(self.complete_rotation(rot)?);
+            let (files, skipped) = self.complete_rotation(rot)?;
+            touched.extend(files);
+            self.skipped.extend(skipped);
         }
 
         // 3. Group key files re-encrypted to a new reader set.
         for g in &txn.rewrap {
             let path = v.group_key_path(g);
-            let ct = fsutil::read(&path)?;
+            let ct = fs.read(&path, Kind::GroupKey)?;
             let gid = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
             // A key file is not signed: only the manifest's recipient vouches for it.
             if gid.recipient().as_string() != target.group(g)?.recipient {
@@ -806,25 +903,25 @@ impl<'v> Writer<'v> {
             }
             let recipients = target.group_key_recipients(g)?;
             let new = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &gid)?;
-            fsutil::write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
+            fs.write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
             touched.push(path);
         }
 
         // 4. Removals.
         for p in &txn.remove_secrets {
             for f in [v.secret_age_path(p), v.secret_meta_path(p)] {
-                fsutil::remove_file(&f)?;
+                fs.remove_file(&f)?;
                 touched.push(f);
             }
-            remove_empty_dirs(&v.secret_age_path(p), &v.group_dir(p.group()));
+            remove_empty_dirs(v, &v.secret_age_path(p), &v.group_dir(p.group()));
         }
         for a in &txn.remove_agents {
             let dir = v.agent_dir(a);
             for f in ["public.key", "private.key.escrow"] {
-                fsutil::remove_file(&dir.join(f))?;
+                fs.remove_file(&dir.join(f))?;
                 touched.push(dir.join(f));
             }
-            let _ = std::fs::remove_dir(&dir);
+            fs.remove_empty_dir(&dir);
         }
         for a in &txn.agent_files {
             let dir = v.agent_dir(a);
@@ -847,8 +944,8 @@ impl<'v> Writer<'v> {
                 ("token.key.age", &with_broker),
             ] {
                 let path = dir.join(name);
-                let plain = crypto::decrypt(&[&self.id], &fsutil::read(&path)?, &path)?;
-                fsutil::write_atomic(
+                let plain = crypto::decrypt(&[&self.id], &fs.read(&path, Kind::KeyFile)?, &path)?;
+                fs.write_atomic(
                     &path,
                     &crypto::encrypt(to, plain.expose_secret())?,
                     fsutil::PUBLIC_FILE,
@@ -858,10 +955,10 @@ impl<'v> Writer<'v> {
         }
         for a in &txn.reescrow {
             let path = v.agent_dir(a).join("private.key.escrow");
-            let ct = fsutil::read(&path)?;
+            let ct = fs.read(&path, Kind::KeyFile)?;
             let id = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
             let new = crypto::encrypt_identity(&owners.iter().collect::<Vec<_>>(), &id)?;
-            fsutil::write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
+            fs.write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
             touched.push(path);
         }
 
@@ -869,9 +966,9 @@ impl<'v> Writer<'v> {
         if let Some(services) = &txn.services {
             let path = v.services_path();
             if services.is_empty() {
-                fsutil::remove_file(&path)?;
+                fs.remove_file(&path)?;
             } else {
-                fsutil::write_atomic(&path, services.as_bytes(), fsutil::PUBLIC_FILE)?;
+                fs.write_atomic(&path, services.as_bytes(), fsutil::PUBLIC_FILE)?;
             }
             touched.push(path);
         }
@@ -899,32 +996,38 @@ impl<'v> Writer<'v> {
                 .transpose()?;
             repo.commit_paths_merging(&touched, &format!("agent-vault: {}", txn.op), merged)?;
         }
-        fsutil::remove_file(&v.journal_path())?;
+        fs.remove_file(&v.journal_path())?;
         Ok(())
     }
 
     fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let v = self.vault;
+        let fs = v.fs();
         let bytes = model::to_yaml(m);
-        let services = fsutil::read_optional(&v.services_path())?.unwrap_or_default();
+        let services = fs
+            .read_optional(&v.services_path(), Kind::Services)?
+            .unwrap_or_default();
         let sig = ManifestSig::sign(&self.owner, &self.signing, v.id(), &bytes, &services);
-        fsutil::write_atomic(&v.manifest_path(), &bytes, fsutil::PUBLIC_FILE)?;
-        fsutil::write_atomic(&v.sig_path(), &model::to_yaml(&sig), fsutil::PUBLIC_FILE)
+        fs.write_atomic(&v.manifest_path(), &bytes, fsutil::PUBLIC_FILE)?;
+        fs.write_atomic(&v.sig_path(), &model::to_yaml(&sig), fsutil::PUBLIC_FILE)
     }
 
     /// Re-encrypts every secret of the group to the rotated key, then puts
-    /// the key in place. Returns the files it changed.
-    fn complete_rotation(&self, rot: &Rotation) -> Result<Vec<PathBuf>> {
+    /// the key in place. Returns the files it changed, and the secrets it
+    /// left alone because no owner signed them or they cannot be read
+    /// safely (a rotation never stops half-way over planted files).
+    fn complete_rotation(&self, rot: &Rotation) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let v = self.vault;
+        let fs = v.fs();
         let g = &rot.group;
         let key_path = v.group_key_path(g);
         let next_path = v.group_next_key_path(g);
-        let next_ct = fsutil::read_optional(&next_path)?;
+        let next_ct = fs.read_optional(&next_path, Kind::GroupKey)?;
         let mut touched = vec![key_path.clone()];
         let new_id = match &next_ct {
             Some(ct) => crypto::decrypt_identity(&[&self.id], ct, &next_path)?,
             // The key is in place already: every secret was re-encrypted.
-            None => return Ok(touched),
+            None => return Ok((touched, Vec::new())),
         };
         // The keys the group's values may be encrypted to now: the current
         // one, and after a merge the other sides' (kept in `.local`).
@@ -932,7 +1035,7 @@ impl<'v> Writer<'v> {
         for path in std::iter::once(key_path.clone())
             .chain(rot.extra_keys.iter().map(|k| v.local_dir().join(k)))
         {
-            if let Some(ct) = fsutil::read_optional(&path)? {
+            if let Some(ct) = fs.read_optional(&path, Kind::GroupKey)? {
                 old.push(crypto::decrypt_identity(&[&self.id], &ct, &path)?);
             }
         }
@@ -950,7 +1053,7 @@ impl<'v> Writer<'v> {
         let paths = v.secret_paths(Some(g))?;
         let (signing, manifest) = (&self.signing, &self.manifest);
         let t = crate::trace::phase("rotation: re-encrypt");
-        let rewritten: Vec<Option<RewrittenSecret>> = paths
+        let rewritten: Vec<Rewrite> = paths
             .par_iter()
             .map(|p| {
                 let keys = RotationKeys {
@@ -966,41 +1069,49 @@ impl<'v> Writer<'v> {
         drop(t);
         let _t = crate::trace::phase("rotation: write batch");
         let mut files = Vec::new();
+        let mut skipped = Vec::new();
         for (p, r) in paths.iter().zip(rewritten) {
+            match r {
+                Rewrite::Done => {}
+                Rewrite::Skipped => {
+                    skipped.push(p.to_string());
+                    continue;
+                }
+                Rewrite::Files([a, m]) => {
+                    files.push(a);
+                    files.push(m);
+                }
+            }
             touched.push(v.secret_age_path(p));
             touched.push(v.secret_meta_path(p));
-            if let Some([a, m]) = r {
-                files.push(a);
-                files.push(m);
-            }
         }
-        let mut batch = Batch::with_pool(&self.vault.pool_dir())?;
+        let mut batch = Batch::with_pool(fs, &self.vault.pool_dir())?;
         batch.write_all(files)?;
-        batch.commit(v.dir())?;
-        std::fs::rename(&next_path, &key_path).map_err(|e| Error::io(&key_path, e))?;
-        fsutil::sync_dir(key_path.parent().unwrap_or(v.dir()))?;
-        Ok(touched)
+        batch.commit()?;
+        fs.rename(&next_path, &key_path)?;
+        Ok((touched, skipped))
     }
 }
 
 fn remove_stray_next_keys(vault: &Vault) -> Result<()> {
     let dir = vault.dir().join("groups");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+    let fs = vault.fs();
+    let Ok(Some(entries)) = fs.read_dir(&dir) else {
         return Ok(());
     };
-    for e in rd.flatten() {
-        if e.file_name().to_string_lossy().ends_with(".key.age.next") {
-            fsutil::remove_file(&e.path())?;
+    for (name, _) in entries {
+        if name.to_string_lossy().ends_with(".key.age.next") {
+            fs.remove_file(&dir.join(name))?;
         }
     }
     Ok(())
 }
 
 /// Removes the now-empty directories between a removed file and `stop`.
-fn remove_empty_dirs(file: &Path, stop: &Path) {
+fn remove_empty_dirs(vault: &Vault, file: &Path, stop: &Path) {
     let mut cur = file.parent();
     while let Some(d) = cur {
-        if d == stop || !d.starts_with(stop) || std::fs::remove_dir(d).is_err() {
+        if d == stop || !d.starts_with(stop) || !vault.fs().remove_empty_dir(d) {
             break;
         }
         cur = d.parent();
@@ -1009,6 +1120,16 @@ fn remove_empty_dirs(file: &Path, stop: &Path) {
 
 /// A secret's two rewritten files: `.age` and `.meta.yaml`, with their contents.
 type RewrittenSecret = [(PathBuf, Vec<u8>); 2];
+
+/// What a rotation does with one secret.
+enum Rewrite {
+    /// Already re-encrypted.
+    Done,
+    /// Left alone: no owner signed it, or it cannot be read safely.
+    Skipped,
+    /// Its new files.
+    Files(RewrittenSecret),
+}
 
 /// The keys of one group rotation.
 #[derive(Clone, Copy)]
@@ -1030,7 +1151,7 @@ fn reencrypt(
     manifest: &Manifest,
     keys: &RotationKeys<'_>,
     p: &SecretPath,
-) -> Result<Option<RewrittenSecret>> {
+) -> Result<Rewrite> {
     let RotationKeys {
         new_id,
         old_ids,
@@ -1039,13 +1160,17 @@ fn reencrypt(
         generation,
     } = *keys;
     let age_path = v.secret_age_path(p);
-    let ct = fsutil::read(&age_path)?;
+    let ct = match v.fs().read(&age_path, Kind::Secret) {
+        Ok(ct) => ct,
+        Err(Error::Refused { .. }) => return Ok(Rewrite::Skipped),
+        Err(e) => return Err(e),
+    };
     let meta = v.secret_meta(p).ok();
     if let Some(m) = &meta
         && m.generation == generation
         && m.ciphertext_sha256 == crypto::sha256_hex(&ct)
     {
-        return Ok(None);
+        return Ok(Rewrite::Done);
     }
     // The usual case: a value signed at the old generation. Otherwise the
     // file must open with the new key, which only this rotation has used.
@@ -1055,16 +1180,19 @@ fn reencrypt(
                 && old_gens.contains(&m.generation)
                 && m.verify(v.id(), p, &ct, manifest, old_gens).is_ok() =>
         {
-            Some(crypto::decrypt(old_ids, &ct, &age_path)?)
+            crypto::decrypt(old_ids, &ct, &age_path).ok()
         }
         _ => None,
     };
+    // Neither signed at the group's current generation nor encrypted to its
+    // new key: not an owner's value. It is left as it is (and reported),
+    // never re-encrypted to the new key, and never stops the rotation.
     let value = match signed_old {
         Some(value) => value,
-        None => crypto::decrypt(&[new_id], &ct, &age_path).map_err(|_| Error::UnsignedSecret {
-            path: p.to_string(),
-            reason: "it is neither signed at the group's current generation nor encrypted to its new key".into(),
-        })?,
+        None => match crypto::decrypt(&[new_id], &ct, &age_path) {
+            Ok(value) => value,
+            Err(_) => return Ok(Rewrite::Skipped),
+        },
     };
     let now = jiff::Timestamp::now();
     let fields = meta.map(|m| m.fields()).unwrap_or(MetaFields {
@@ -1075,7 +1203,7 @@ fn reencrypt(
     });
     let new_ct = crypto::encrypt(&[new_recipient], value.expose_secret())?;
     let new_meta = SecretMeta::sign(fields, signing, v.id(), p, &new_ct, generation);
-    Ok(Some([
+    Ok(Rewrite::Files([
         (age_path, new_ct),
         (v.secret_meta_path(p), model::to_yaml(&new_meta)),
     ]))

@@ -129,8 +129,20 @@ fn secret_replaced_by_non_owner_is_refused() {
     );
     let out = env.run(&["check"], b"");
     assert!(String::from_utf8_lossy(&out.stdout).contains("[unsigned-secret] stripe/key"));
-    // And a rotation refuses to launder it.
-    assert!(env.fail(&["rekey"]).contains("stripe/key"));
+    // And a rotation does not launder it: it is left as it is (not
+    // re-encrypted, not signed), the rotation finishes, and `get` still refuses it.
+    let out = env.ok(&["rekey"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 0 secret(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&age).unwrap(), forged);
+    assert!(
+        env.fail(&["get", "stripe/key"])
+            .contains("not signed by an owner")
+    );
+    assert!(!env.vault.join(".agent-vault/.local/journal.json").exists());
 }
 
 #[test]
@@ -374,17 +386,18 @@ fn a_commit_killed_mid_write_leaves_no_lock_behind() {
     env.set("g/b", b"B");
     let journal = env.vault.join(".agent-vault/.local/journal.json");
     let lock = env.vault.join(".git/index.lock");
-    // A lock that was there before the operation began is someone else's: kept.
+    // A lock that was there before the operation began is someone else's:
+    // the operation cannot commit, and its (signed) journal stays.
     std::fs::write(&lock, b"").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let txn = r#"{"op":"rm g/a","manifest":null,"metas":[],"rotate":[],"rewrap":[],"remove_secrets":["g/a"],"remove_agents":[],"agent_files":[]}"#;
-    std::fs::write(&journal, txn).unwrap();
+    let err = env.fail(&["rm", "g/a"]);
+    assert!(err.contains("lock"), "{err}");
+    assert!(journal.exists());
     let err = env.fail(&["repair"]);
     assert!(err.contains("lock"), "{err}");
     std::fs::remove_file(&lock).unwrap();
     // A process of ours killed inside git's commit leaves index.lock behind,
     // newer than its journal: the next command clears it and completes.
-    std::fs::write(&journal, txn).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(&lock, b"").unwrap();
     let v = env.json(&["repair"]);
