@@ -46,13 +46,29 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 [ -x target/debug/agent-vault ] || cargo build -p agent-vault
-venv=target/sdk-venv
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+
+# From here on, PATH holds only the system's own directories, the Rust
+# toolchain's own bin/ (rustc --print sysroot, not ~/.cargo/bin, where a
+# `cargo install`ed tool could hide), and what this script installs into
+# target/sdk-venv: a maturin, pytest or napi left on this machine by earlier
+# work cannot make a missing install step pass.
+python=$(python3 -c 'import sys; print(sys.executable)')
+toolchain_bin="$(rustc --print sysroot)/bin"
+venv="$PWD/target/sdk-venv"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+export PATH="$venv/bin:$toolchain_bin:/usr/sbin:/usr/bin:/sbin:/bin"
+hash -r
+for tool in maturin pytest napi; do
+  if found=$(command -v "$tool" 2>/dev/null) && [ "${found#"$venv"/}" = "$found" ]; then
+    echo "test-all: $tool found at $found, outside what this script installs" >&2
+    exit 1
+  fi
+done
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin pytest
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./sdk-python
 # `npm install`, not `npm ci`: npm 10/11 reject a lock file missing other
 # platforms' optional packages of @napi-rs/cli (npm/cli#4828). The install
-# script builds the addon (napi build --release).
+# script builds the addon (napi build --release, napi from node_modules).
 (cd sdk-node && npm install --no-audit --no-fund)
 "$venv/bin/python" -m pytest -q sdk-python/tests
 (cd sdk-node && node --test tests/)
