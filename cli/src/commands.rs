@@ -481,13 +481,21 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Repair => {
             let vault = ctx.vault()?;
             // Under the writer's lock: no other command has writes in flight.
-            let w = vault.writer(&ctx.key_source())?;
+            let mut w = vault.writer(&ctx.key_source())?;
             let recovered = w.recovered().map(str::to_owned);
+            let (resigned, _) = w.resign_metadata()?;
             let removed = check::remove_temp_files(&vault);
             drop(w);
             if ctx.json {
-                output::json(&json!({"completed": recovered, "temp_files_removed": removed}))?;
+                output::json(&json!({"completed": recovered, "temp_files_removed": removed,
+                    "metadata_signed": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}))?;
             } else {
+                if !resigned.is_empty() {
+                    line(format!(
+                        "signed the description and expiry of {} secret(s) written before they were signed",
+                        resigned.len()
+                    ))?;
+                }
                 match recovered {
                     Some(op) => line(format!("completed the interrupted operation: {op}"))?,
                     None => line("no interrupted operation")?,
@@ -732,6 +740,15 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
     let group: Option<GroupName> = group.map(parse).transpose()?;
     let vault = ctx.vault()?;
     let infos = vault.list(group.as_ref())?;
+    // Whether an owner signed each secret's description and expiry: metadata
+    // from before they were signed, or edited since, is shown as unverified.
+    let manifest = vault.manifest().ok();
+    let signed = |i: &agent_vault_core::vault::SecretInfo, m: &agent_vault_core::model::SecretMeta| {
+        manifest.as_ref().is_some_and(|mf| {
+            m.verify_signature(vault.id(), &i.path, mf)
+                .is_ok_and(|t| t == agent_vault_core::model::MetaTrust::Signed)
+        })
+    };
     if ctx.json {
         let items: Vec<_> = infos
             .iter()
@@ -740,6 +757,7 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     "path": i.path, "group": i.path.group(), "name": i.path.name(),
                     "created": m.created, "updated": m.updated, "expires": m.expires,
                     "description": m.description, "generation": m.generation,
+                    "metadata_signed": signed(i, m),
                 }),
                 Err(e) => json!({"path": i.path, "group": i.path.group(), "name": i.path.name(), "error": e}),
             })
@@ -755,13 +773,21 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     .expires
                     .map(|e| format!("expires {}", e.strftime("%Y-%m-%d")))
                     .unwrap_or_default();
-                let desc = m.description.as_deref().unwrap_or("");
-                out.push_str(format!("{:<40} {:<18} {desc}\n", i.path.to_string(), exp).trim_end());
+                let desc = output::clean(m.description.as_deref().unwrap_or(""));
+                let unverified = if (m.expires.is_some() || m.description.is_some()) && !signed(i, m) {
+                    "(unverified) "
+                } else {
+                    ""
+                };
+                out.push_str(
+                    format!("{:<40} {:<18} {unverified}{desc}", i.path.to_string(), exp).trim_end(),
+                );
                 out.push('\n');
             }
             Err(e) => out.push_str(&format!(
-                "{:<40} (unreadable metadata: {e})\n",
-                i.path.to_string()
+                "{:<40} (unreadable metadata: {})\n",
+                i.path.to_string(),
+                output::clean(e)
             )),
         }
     }
@@ -898,7 +924,12 @@ fn check_vault(ctx: &Ctx) -> CliResult<ExitCode> {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            line(format!("{sev}: [{}] {}: {}", f.kind, f.subject, f.message))?;
+            line(format!(
+                "{sev}: [{}] {}: {}",
+                f.kind,
+                output::clean(&f.subject),
+                output::clean(&f.message)
+            ))?;
         }
         let errors = report
             .findings
