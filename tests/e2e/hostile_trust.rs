@@ -425,6 +425,13 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
     no_key_bytes(&l);
 
     t.attacker_revert();
+    // The expiry the attacker tried to hide is reported again; the owner
+    // retires the expired secret, and everything passes.
+    t.agent_git_pull();
+    let c = t.agent_run(&["check"]);
+    assert!(all_output(&c).contains("[expired] app/old"), "{}", all_output(&c));
+    ok(t.env.run(&["sync"], b""), "owner sync");
+    t.env.ok(&["rm", "app/old"]);
     t.recovered();
     // After the revert, signed metadata is shown as such.
     let j = t.env.json(&["list"]);
