@@ -487,8 +487,10 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             let removed = check::remove_temp_files(&vault);
             drop(w);
             if ctx.json {
-                output::json(&json!({"completed": recovered, "temp_files_removed": removed,
-                    "metadata_signed": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}))?;
+                output::json(
+                    &json!({"completed": recovered, "temp_files_removed": removed,
+                    "metadata_signed": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
+                )?;
             } else {
                 if !resigned.is_empty() {
                     line(format!(
@@ -743,7 +745,8 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
     // Whether an owner signed each secret's description and expiry: metadata
     // from before they were signed, or edited since, is shown as unverified.
     let manifest = vault.manifest().ok();
-    let signed = |i: &agent_vault_core::vault::SecretInfo, m: &agent_vault_core::model::SecretMeta| {
+    let signed = |i: &agent_vault_core::vault::SecretInfo,
+                  m: &agent_vault_core::model::SecretMeta| {
         manifest.as_ref().is_some_and(|mf| {
             m.verify_signature(vault.id(), &i.path, mf)
                 .is_ok_and(|t| t == agent_vault_core::model::MetaTrust::Signed)
@@ -774,11 +777,12 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     .map(|e| format!("expires {}", e.strftime("%Y-%m-%d")))
                     .unwrap_or_default();
                 let desc = output::clean(m.description.as_deref().unwrap_or(""));
-                let unverified = if (m.expires.is_some() || m.description.is_some()) && !signed(i, m) {
-                    "(unverified) "
-                } else {
-                    ""
-                };
+                let unverified =
+                    if (m.expires.is_some() || m.description.is_some()) && !signed(i, m) {
+                        "(unverified) "
+                    } else {
+                        ""
+                    };
                 out.push_str(
                     format!("{:<40} {:<18} {unverified}{desc}", i.path.to_string(), exp).trim_end(),
                 );

@@ -660,7 +660,11 @@ impl SecretMeta {
                 ),
                 MetaTrust::Signed,
             ),
-            _ => return Err(fail("its signature is of a kind this agent-vault does not know")),
+            _ => {
+                return Err(fail(
+                    "its signature is of a kind this agent-vault does not know",
+                ));
+            }
         };
         if !crypto::verify(&self.signing_key, domain, &msg, &self.signature) {
             return Err(fail(

@@ -208,7 +208,9 @@ impl Vault {
         let mpath = self.manifest_path();
         let spath = self.sig_path();
         if sig.is_some_and(|b| b.len() > MAX_SIG_BYTES) {
-            return Err(Error::UnsignedManifest("manifest.sig is malformed (too large)".into()));
+            return Err(Error::UnsignedManifest(
+                "manifest.sig is malformed (too large)".into(),
+            ));
         }
         let sig: ManifestSig = match sig {
             Some(b) => model::parse_yaml(&spath, b)
@@ -216,11 +218,9 @@ impl Vault {
             None => return Err(Error::UnsignedManifest("manifest.sig is missing".into())),
         };
         if !sig.verifies(self.id(), mbytes, services) {
-            return Err(Error::UnsignedManifest(format!(
-                "manifest.yaml or services.yaml was changed without an owner's signature \
-                 (manifest.sig does not verify over them for vault {})",
-                self.id()
-            )));
+            return Err(Error::UnsignedManifest(
+                "manifest.yaml or services.yaml was changed without an owner's signature".into(),
+            ));
         }
         let pins = self.keys.trust(self.id())?;
         if let Some(pins) = &pins

@@ -1129,11 +1129,11 @@ fn reencrypt(
         .filter(|m| m.verify_signature(v.id(), p, manifest).is_ok())
         .map(|m| m.fields())
         .unwrap_or(MetaFields {
-        created: now,
-        updated: now,
-        expires: None,
-        description: None,
-    });
+            created: now,
+            updated: now,
+            expires: None,
+            description: None,
+        });
     let new_ct = crypto::encrypt(&[new_recipient], value.expose_secret())?;
     let new_meta = SecretMeta::sign(fields, signing, v.id(), p, &new_ct, generation);
     Ok(Some([

@@ -123,7 +123,12 @@ fn node() -> impl Strategy<Value = Node> {
             prop::collection::vec(inner.clone(), 0..3).prop_map(Node::Seq),
             prop::collection::vec(("[a-z]{1,4}", inner), 1..3).prop_map(|v| {
                 // Unique keys: a duplicate key is an error of its own.
-                Node::Map(v.into_iter().enumerate().map(|(i, (k, n))| (format!("{k}{i}"), n)).collect())
+                Node::Map(
+                    v.into_iter()
+                        .enumerate()
+                        .map(|(i, (k, n))| (format!("{k}{i}"), n))
+                        .collect(),
+                )
             }),
         ]
     })
@@ -161,7 +166,11 @@ fn check_nested(n: &Node, flow: bool) {
         assert!(parsed.is_err());
     } else if n.depth() < MAX_YAML_DEPTH {
         // The pre-scan never refuses a document within the limit.
-        assert!(shape.is_ok(), "depth {} refused: {shape:?}\n{text}", n.depth());
+        assert!(
+            shape.is_ok(),
+            "depth {} refused: {shape:?}\n{text}",
+            n.depth()
+        );
         assert!(parsed.is_ok(), "{parsed:?}\n{text}");
     }
 }
@@ -235,7 +244,8 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                 groups.keys().cloned().collect(),
             );
             for (a, gr, read) in grants {
-                if let (Some(a), Some(gr)) = (an.get(a % an.len().max(1)), gn.get(gr % gn.len().max(1)))
+                if let (Some(a), Some(gr)) =
+                    (an.get(a % an.len().max(1)), gn.get(gr % gn.len().max(1)))
                 {
                     g.entry(a.clone())
                         .or_default()

@@ -33,7 +33,10 @@ fn all_output(o: &Output) -> String {
 /// No private key and no secret value in anything a command printed.
 fn no_key_bytes(o: &Output) {
     let all = all_output(o);
-    assert!(!all.contains("AGE-SECRET-KEY"), "key material in output:\n{all}");
+    assert!(
+        !all.contains("AGE-SECRET-KEY"),
+        "key material in output:\n{all}"
+    );
     assert!(
         !all.contains(std::str::from_utf8(VALUE).unwrap()),
         "the value in output:\n{all}"
@@ -57,7 +60,10 @@ impl Team {
         let env = Env::new();
         let bare = env.tmp.path().join("srv/vault.git");
         std::fs::create_dir_all(&bare).unwrap();
-        ok(env.git_in(&bare, &["init", "--bare", "-q"]), "git init --bare");
+        ok(
+            env.git_in(&bare, &["init", "--bare", "-q"]),
+            "git init --bare",
+        );
         let url = format!("file://{}", bare.display());
         env.git(&["remote", "add", "origin", &url]);
         let bot_key = env.add_agent("bot");
@@ -68,7 +74,10 @@ impl Team {
         let attacker = env.tmp.path().join("attacker");
         for dir in [&agent, &attacker] {
             ok(
-                env.git_in(env.tmp.path(), &["clone", "-q", &url, dir.to_str().unwrap()]),
+                env.git_in(
+                    env.tmp.path(),
+                    &["clone", "-q", &url, dir.to_str().unwrap()],
+                ),
                 "git clone",
             );
         }
@@ -103,7 +112,10 @@ impl Team {
                 .git_in(&self.attacker, &["commit", "-q", "--no-verify", "-m", msg]),
             "git commit",
         );
-        ok(self.env.git_in(&self.attacker, &["push", "-q"]), "attacker push");
+        ok(
+            self.env.git_in(&self.attacker, &["push", "-q"]),
+            "attacker push",
+        );
     }
 
     /// The attacker reverts its last commit on the remote (the clean-up).
@@ -113,7 +125,10 @@ impl Team {
                 .git_in(&self.attacker, &["revert", "--no-edit", "HEAD"]),
             "git revert",
         );
-        ok(self.env.git_in(&self.attacker, &["push", "-q"]), "push revert");
+        ok(
+            self.env.git_in(&self.attacker, &["push", "-q"]),
+            "push revert",
+        );
     }
 
     fn agent_git_pull(&self) {
@@ -131,7 +146,11 @@ impl Team {
         assert_eq!(ok(self.agent_get(), "agent get after revert").stdout, VALUE);
         assert_eq!(self.env.get("app/token"), VALUE);
         let c = self.env.run(&["check"], b"");
-        assert!(c.status.success(), "check after revert:\n{}", all_output(&c));
+        assert!(
+            c.status.success(),
+            "check after revert:\n{}",
+            all_output(&c)
+        );
         no_key_bytes(&c);
     }
 
@@ -192,7 +211,11 @@ fn issue10_deeply_nested_manifest_is_refused_before_parsing() {
         &["get", "app/token", "--key", t.bot_key.to_str().unwrap()],
     );
     assert!(!g.status.success());
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(stderr(&g).contains("manifest.yaml"), "{}", stderr(&g));
     let c = t.agent_run(&["check"]);
     assert!(!c.status.success());
@@ -221,7 +244,10 @@ fn attacker_vault(t: &Team) -> PathBuf {
         let mut child = c.spawn().unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(stdin).unwrap();
-        ok(child.wait_with_output().unwrap(), &format!("attacker {args:?}"))
+        ok(
+            child.wait_with_output().unwrap(),
+            &format!("attacker {args:?}"),
+        )
     };
     run(&["init", ".", "--owner", "mallory"], b"");
     run(&["set", "app/token"], PLANTED);
@@ -234,7 +260,11 @@ fn attacker_vault(t: &Team) -> PathBuf {
         .to_owned();
     let keygen = env.tmp.path().join("evil-extra.key");
     let v: serde_json::Value = serde_json::from_slice(
-        &run(&["keygen", "--out", keygen.to_str().unwrap(), "--json"], b"").stdout,
+        &run(
+            &["keygen", "--out", keygen.to_str().unwrap(), "--json"],
+            b"",
+        )
+        .stdout,
     )
     .unwrap();
     run(
@@ -279,7 +309,11 @@ fn issue10_swapped_vault_id_is_refused_by_the_pinned_agent() {
 
     // The owner's sync refuses, naming what changed.
     let s = t.env.run(&["sync"], b"");
-    assert!(!s.status.success(), "owner sync took it:\n{}", all_output(&s));
+    assert!(
+        !s.status.success(),
+        "owner sync took it:\n{}",
+        all_output(&s)
+    );
     assert!(
         stderr(&s).contains("vault id") && stderr(&s).contains(&evil_id),
         "{}",
@@ -312,8 +346,10 @@ fn issue10_swapped_vault_id_is_refused_by_the_pinned_agent() {
     // A fresh clone on the agent's machine: the remote's URL is pinned too.
     let again = t.env.tmp.path().join("agent2");
     ok(
-        t.env
-            .git_in(t.env.tmp.path(), &["clone", "-q", &t.url, again.to_str().unwrap()]),
+        t.env.git_in(
+            t.env.tmp.path(),
+            &["clone", "-q", &t.url, again.to_str().unwrap()],
+        ),
         "clone",
     );
     let g = t.env.run_in(
@@ -338,7 +374,11 @@ fn issue10_swapped_vault_id_is_refused_by_the_pinned_agent() {
         .output()
         .unwrap();
     assert!(!g.status.success(), "expected owner did not hold");
-    assert!(stderr(&g).contains("AGENT_VAULT_EXPECT_OWNER"), "{}", stderr(&g));
+    assert!(
+        stderr(&g).contains("AGENT_VAULT_EXPECT_OWNER"),
+        "{}",
+        stderr(&g)
+    );
     no_key_bytes(&g);
 
     t.attacker_revert();
@@ -397,7 +437,10 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
     let c = t.agent_run(&["check"]);
     assert!(!c.status.success());
     let out = all_output(&c);
-    assert!(out.contains("app/old") && out.contains("app/token"), "{out}");
+    assert!(
+        out.contains("app/old") && out.contains("app/token"),
+        "{out}"
+    );
     assert!(out.contains("bad signature"), "{out}");
 
     // list: no escape sequence and no fake line reaches the terminal.
@@ -420,7 +463,12 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
         .iter()
         .find(|e| e["path"] == "app/token")
         .unwrap();
-    assert!(tok["description"].as_str().unwrap().contains("\x1b[2J\nFAKE"));
+    assert!(
+        tok["description"]
+            .as_str()
+            .unwrap()
+            .contains("\x1b[2J\nFAKE")
+    );
     assert_eq!(tok["metadata_signed"], false);
     no_key_bytes(&l);
 
@@ -429,13 +477,22 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
     // retires the expired secret, and everything passes.
     t.agent_git_pull();
     let c = t.agent_run(&["check"]);
-    assert!(all_output(&c).contains("[expired] app/old"), "{}", all_output(&c));
+    assert!(
+        all_output(&c).contains("[expired] app/old"),
+        "{}",
+        all_output(&c)
+    );
     ok(t.env.run(&["sync"], b""), "owner sync");
     t.env.ok(&["rm", "app/old"]);
     t.recovered();
     // After the revert, signed metadata is shown as such.
     let j = t.env.json(&["list"]);
-    assert!(j.as_array().unwrap().iter().all(|e| e["metadata_signed"] == true));
+    assert!(
+        j.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["metadata_signed"] == true)
+    );
 }
 
 #[test]
@@ -475,8 +532,77 @@ fn issue10_old_metadata_is_read_flagged_and_signed_by_repair() {
         all_output(&r)
     );
     let c = env.run(&["--offline", "check"], b"");
-    assert!(!all_output(&c).contains("unsigned-metadata"), "{}", all_output(&c));
+    assert!(
+        !all_output(&c).contains("unsigned-metadata"),
+        "{}",
+        all_output(&c)
+    );
     let l = String::from_utf8_lossy(&env.ok(&["--offline", "list"]).stdout).into_owned();
     assert!(!l.contains("(unverified)"), "{l}");
     assert_eq!(env.get("ops/deploy-key"), b"ops-only-value");
+}
+
+#[test]
+fn issue10_descriptions_never_reach_a_terminal_raw() {
+    let env = Env::new();
+    let bot = env.add_agent("bot");
+    env.ok(&[
+        "set",
+        "app/token",
+        "v",
+        "--description",
+        "innocent\x1b[2J\nFAKE LINE\r\u{202e}",
+    ]);
+    env.ok(&["grant", "bot", "app", "--mode", "read"]);
+
+    let out = String::from_utf8(env.ok(&["list"]).stdout).unwrap();
+    assert!(
+        !out.contains('\x1b') && !out.contains('\r') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(out.contains("innocent\\u{1b}[2J\\nFAKE LINE"), "{out:?}");
+    assert!(!out.contains("(unverified)"), "{out:?}");
+    let v = env.json(&["list"]);
+    assert_eq!(v[0]["description"], "innocent\x1b[2J\nFAKE LINE\r\u{202e}");
+    assert_eq!(v[0]["metadata_signed"], true);
+
+    // The MCP server's agent_vault_list, over stdio as a client drives it.
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = env
+        .cmd(&["--key", bot.to_str().unwrap(), "mcp"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for m in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"agent_vault_list","arguments":{}}}"#,
+    ] {
+        writeln!(stdin, "{m}").unwrap();
+    }
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let reply = loop {
+        let l = lines.next().expect("mcp reply").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        if v["id"] == 2 {
+            break v;
+        }
+    };
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(!text.contains("AGE-SECRET-KEY"));
+    let listed: serde_json::Value = serde_json::from_str(text).unwrap();
+    let desc = listed["secrets"][0]["description"].as_str().unwrap();
+    assert!(
+        !desc.contains('\x1b') && !desc.contains('\n') && !desc.contains('\r'),
+        "{desc:?}"
+    );
+    assert!(desc.contains("FAKE LINE"), "{desc:?}");
+    assert_eq!(listed["secrets"][0]["metadata_signed"], true);
 }
