@@ -489,7 +489,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             if ctx.json {
                 output::json(
                     &json!({"completed": recovered, "temp_files_removed": removed,
-                    "metadata_signed": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
+                    "metadata_resigned": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
                 )?;
             } else {
                 if !resigned.is_empty() {
@@ -742,16 +742,6 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
     let group: Option<GroupName> = group.map(parse).transpose()?;
     let vault = ctx.vault()?;
     let infos = vault.list(group.as_ref())?;
-    // Whether an owner signed each secret's description and expiry: metadata
-    // from before they were signed, or edited since, is shown as unverified.
-    let manifest = vault.manifest().ok();
-    let signed = |i: &agent_vault_core::vault::SecretInfo,
-                  m: &agent_vault_core::model::SecretMeta| {
-        manifest.as_ref().is_some_and(|mf| {
-            m.verify_signature(vault.id(), &i.path, mf)
-                .is_ok_and(|t| t == agent_vault_core::model::MetaTrust::Signed)
-        })
-    };
     if ctx.json {
         let items: Vec<_> = infos
             .iter()
@@ -760,7 +750,7 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     "path": i.path, "group": i.path.group(), "name": i.path.name(),
                     "created": m.created, "updated": m.updated, "expires": m.expires,
                     "description": m.description, "generation": m.generation,
-                    "metadata_signed": signed(i, m),
+                    "metadata_signed": i.metadata_signed,
                 }),
                 Err(e) => json!({"path": i.path, "group": i.path.group(), "name": i.path.name(), "error": e}),
             })
@@ -778,7 +768,7 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     .unwrap_or_default();
                 let desc = output::clean(m.description.as_deref().unwrap_or(""));
                 let unverified =
-                    if (m.expires.is_some() || m.description.is_some()) && !signed(i, m) {
+                    if (m.expires.is_some() || m.description.is_some()) && !i.metadata_signed {
                         "(unverified) "
                     } else {
                         ""

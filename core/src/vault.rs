@@ -60,6 +60,11 @@ pub struct SecretInfo {
     pub path: SecretPath,
     /// Its metadata, or why it could not be read.
     pub meta: std::result::Result<SecretMeta, String>,
+    /// Whether an owner of the verified manifest signed every field of the
+    /// metadata, description and expiry included. False for metadata
+    /// written before they were signed, edited since, or when the manifest
+    /// itself is not trusted.
+    pub metadata_signed: bool,
 }
 
 impl Vault {
@@ -445,11 +450,22 @@ impl Vault {
     pub fn list(&self, group: Option<&GroupName>) -> Result<Vec<SecretInfo>> {
         use rayon::prelude::*;
         let paths = self.secret_paths(group)?;
+        let manifest = self.manifest().ok();
         Ok(paths
             .into_par_iter()
             .map(|path| {
                 let meta = self.secret_meta(&path).map_err(|e| e.to_string());
-                SecretInfo { path, meta }
+                let metadata_signed = match (&meta, &manifest) {
+                    (Ok(m), Some(mf)) => m
+                        .verify_signature(self.id(), &path, mf)
+                        .is_ok_and(|t| t == model::MetaTrust::Signed),
+                    _ => false,
+                };
+                SecretInfo {
+                    path,
+                    meta,
+                    metadata_signed,
+                }
             })
             .collect())
     }

@@ -260,7 +260,6 @@ impl Server {
             }
         }
         let mut out = Vec::new();
-        let manifest = reader.manifest();
         for info in self.inner.vault.list(group.as_ref())? {
             let Some(mode) = Self::mode(&reader, info.path.group()) else {
                 continue;
@@ -280,10 +279,7 @@ impl Server {
                             .as_deref()
                             .map(|d| agent_vault_core::model::printable(d).into_owned())
                     );
-                    entry["metadata_signed"] = json!(
-                        m.verify_signature(self.inner.vault.id(), &info.path, manifest)
-                            .is_ok_and(|t| t == agent_vault_core::model::MetaTrust::Signed)
-                    );
+                    entry["metadata_signed"] = json!(info.metadata_signed);
                     entry["expires"] = json!(m.expires.map(|t| t.to_string()));
                     entry["expired"] =
                         json!(m.expires.is_some_and(|t| t <= jiff::Timestamp::now()));
