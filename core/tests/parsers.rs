@@ -79,7 +79,7 @@ impl Node {
             Node::Seq(v) if !v.is_empty() => {
                 for n in v {
                     out.push_str(&pad);
-                    out.push_str("-");
+                    out.push('-');
                     n.block_child(indent, out);
                 }
             }
