@@ -481,13 +481,23 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Repair => {
             let vault = ctx.vault()?;
             // Under the writer's lock: no other command has writes in flight.
-            let w = vault.writer(&ctx.key_source())?;
+            let mut w = vault.writer(&ctx.key_source())?;
             let recovered = w.recovered().map(str::to_owned);
+            let (resigned, _) = w.resign_metadata()?;
             let removed = check::remove_temp_files(&vault);
             drop(w);
             if ctx.json {
-                output::json(&json!({"completed": recovered, "temp_files_removed": removed}))?;
+                output::json(
+                    &json!({"completed": recovered, "temp_files_removed": removed,
+                    "metadata_resigned": resigned.iter().map(|p| p.to_string()).collect::<Vec<_>>()}),
+                )?;
             } else {
+                if !resigned.is_empty() {
+                    line(format!(
+                        "signed the description and expiry of {} secret(s) written before they were signed",
+                        resigned.len()
+                    ))?;
+                }
                 match recovered {
                     Some(op) => line(format!("completed the interrupted operation: {op}"))?,
                     None => line("no interrupted operation")?,
@@ -740,6 +750,7 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     "path": i.path, "group": i.path.group(), "name": i.path.name(),
                     "created": m.created, "updated": m.updated, "expires": m.expires,
                     "description": m.description, "generation": m.generation,
+                    "metadata_signed": i.metadata_signed,
                 }),
                 Err(e) => json!({"path": i.path, "group": i.path.group(), "name": i.path.name(), "error": e}),
             })
@@ -755,13 +766,22 @@ fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
                     .expires
                     .map(|e| format!("expires {}", e.strftime("%Y-%m-%d")))
                     .unwrap_or_default();
-                let desc = m.description.as_deref().unwrap_or("");
-                out.push_str(format!("{:<40} {:<18} {desc}\n", i.path.to_string(), exp).trim_end());
+                let desc = output::clean(m.description.as_deref().unwrap_or(""));
+                let unverified =
+                    if (m.expires.is_some() || m.description.is_some()) && !i.metadata_signed {
+                        "(unverified) "
+                    } else {
+                        ""
+                    };
+                out.push_str(
+                    format!("{:<40} {:<18} {unverified}{desc}", i.path.to_string(), exp).trim_end(),
+                );
                 out.push('\n');
             }
             Err(e) => out.push_str(&format!(
-                "{:<40} (unreadable metadata: {e})\n",
-                i.path.to_string()
+                "{:<40} (unreadable metadata: {})\n",
+                i.path.to_string(),
+                output::clean(e)
             )),
         }
     }
@@ -906,7 +926,12 @@ fn check_vault(ctx: &Ctx) -> CliResult<ExitCode> {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            line(format!("{sev}: [{}] {}: {}", f.kind, f.subject, f.message))?;
+            line(format!(
+                "{sev}: [{}] {}: {}",
+                f.kind,
+                output::clean(&f.subject),
+                output::clean(&f.message)
+            ))?;
         }
         let errors = report
             .findings

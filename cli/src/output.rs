@@ -32,9 +32,9 @@ pub fn report_error(e: &CliError) -> ExitCode {
         CliError::Msg(m, h) => (m.clone(), h.clone()),
     };
     let mut err = io::stderr().lock();
-    let _ = writeln!(err, "agent-vault: error: {msg}");
+    let _ = writeln!(err, "agent-vault: error: {}", clean(&msg));
     if let Some(h) = hint {
-        let _ = writeln!(err, "agent-vault: hint: {h}");
+        let _ = writeln!(err, "agent-vault: hint: {}", clean(&h));
     }
     ExitCode::FAILURE
 }
@@ -66,5 +66,13 @@ pub fn json(v: &serde_json::Value) -> CliResult<()> {
 
 /// A note on stderr.
 pub fn note(s: impl AsRef<str>) {
-    let _ = writeln!(io::stderr().lock(), "agent-vault: {}", s.as_ref());
+    let _ = writeln!(io::stderr().lock(), "agent-vault: {}", clean(s.as_ref()));
+}
+
+/// Text that came from a vault file (a description, a file name, an error
+/// quoting one) made safe for a terminal: control characters and
+/// bidirectional overrides are shown escaped, so no escape sequence runs and
+/// no fake line appears. JSON output needs none of this (serde escapes).
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    agent_vault_core::model::printable(s)
 }

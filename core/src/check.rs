@@ -388,13 +388,21 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 .get(sp.group())
                 .map(|g| vec![g.generation])
                 .unwrap_or_default();
-            if let Err(e) = meta.verify(vault.id(), sp, &ct, &manifest, &gens) {
-                out.push(
+            match meta.verify(vault.id(), sp, &ct, &manifest, &gens) {
+                Err(e) => out.push(
                     Error,
                     "unsigned-secret",
                     sp,
                     format!("{e}; `get` refuses it"),
-                );
+                ),
+                Ok(crate::model::MetaTrust::Legacy) => out.push(
+                    Warning,
+                    "unsigned-metadata",
+                    sp,
+                    "its description and expiry are not covered by an owner's signature \
+                     (metadata written before 0.3); an owner's `agent-vault repair` signs them",
+                ),
+                Ok(crate::model::MetaTrust::Signed) => {}
             }
             if let Some(exp) = meta.expires {
                 if exp <= now {

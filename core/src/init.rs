@@ -124,6 +124,8 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
     repo.commit_paths(&paths, "agent-vault: init vault")?;
 
     let vault = Vault::from_parts(root, config, keys);
+    // A new vault here replaces whatever this machine pinned for the directory.
+    vault.pin_repository()?;
     Ok(InitReport {
         vault,
         owner_key,

@@ -54,6 +54,18 @@ pub struct TrustPins {
     pub owners: BTreeMap<OwnerName, String>,
 }
 
+/// Which vault a repository holds, as this machine first saw it: keyed by
+/// something a push cannot change (the clone's path on this machine, a
+/// remote's URL), never by the unsigned `config.yaml` alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryPin {
+    /// `path:<canonical directory>` or `remote:<url>`.
+    pub repository: String,
+    /// The vault id pinned for it.
+    pub vault_id: String,
+}
+
 impl KeyStore {
     /// `$AGENT_VAULT_HOME`, or `~/.agent-vault`.
     pub fn from_env() -> Result<Self> {
@@ -148,6 +160,39 @@ impl KeyStore {
             &model::to_yaml(pins),
             PRIVATE_FILE,
         )
+    }
+
+    /// `repositories/<sha256 of the repository key>.yaml`.
+    pub fn repository_pin_path(&self, repository: &str) -> PathBuf {
+        self.root.join("repositories").join(format!(
+            "{}.yaml",
+            crate::crypto::sha256_hex(repository.as_bytes())
+        ))
+    }
+
+    /// The vault id pinned for a repository (`path:…` or `remote:…`), if any.
+    pub fn repository_pin(&self, repository: &str) -> Result<Option<String>> {
+        let p = self.repository_pin_path(repository);
+        match fsutil::read_optional(&p)? {
+            None => Ok(None),
+            Some(b) => {
+                let pin: RepositoryPin = model::parse_yaml(&p, &b)?;
+                Ok((pin.repository == repository).then_some(pin.vault_id))
+            }
+        }
+    }
+
+    /// Pins a repository to a vault id.
+    pub fn set_repository_pin(&self, repository: &str, vault_id: &str) -> Result<()> {
+        let p = self.repository_pin_path(repository);
+        if let Some(d) = p.parent() {
+            fsutil::create_dir_all(d, PRIVATE_DIR)?;
+        }
+        let pin = RepositoryPin {
+            repository: repository.to_owned(),
+            vault_id: vault_id.to_owned(),
+        };
+        fsutil::write_atomic(&p, &model::to_yaml(&pin), PRIVATE_FILE)
     }
 
     /// Files under `keys/<vault-id>` whose permissions let others read them.

@@ -15,10 +15,140 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const MANIFEST_DOMAIN: &str = "agent-vault/v1/manifest";
 const SECRET_DOMAIN: &str = "agent-vault/v1/secret";
+const SECRET_DOMAIN_V2: &str = "agent-vault/v2/secret";
 
-/// Parses YAML, naming the file in the error.
+/// The largest YAML document this build parses (a vault file of any kind).
+pub const MAX_YAML_BYTES: usize = 4 << 20;
+/// The deepest nesting of collections a YAML document may have. Our files
+/// nest five levels at most; the limit only keeps a hostile document from
+/// costing the parser time before anything is verified.
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// Parses YAML, naming the file in the error. The document's size and
+/// nesting are bounded before the parser sees it ([`check_yaml_shape`]).
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    check_yaml_shape(bytes).map_err(|why| Error::corrupt(path, why))?;
     serde_yaml_ng::from_slice(bytes).map_err(|e| Error::corrupt(path, format!("malformed: {e}")))
+}
+
+/// A cheap, linear pre-scan of a YAML document that refuses one larger than
+/// [`MAX_YAML_BYTES`] or nested deeper than [`MAX_YAML_DEPTH`] (block
+/// indentation levels, compact `- ` / `? ` entries and flow brackets
+/// together), before the real parser spends time on it. It over-counts
+/// rather than under-counts: a plain scalar such as `a:[b` may count as
+/// nesting, which no file of ours has.
+pub fn check_yaml_shape(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() > MAX_YAML_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_YAML_BYTES} this build reads",
+            bytes.len()
+        ));
+    }
+    let too_deep = || format!("nested more than {MAX_YAML_DEPTH} levels deep");
+    #[derive(PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
+    let mut quote = Quote::None;
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut block_scalar: Option<usize> = None;
+    for line in bytes.split(|&b| b == b'\n') {
+        let indent = line.iter().take_while(|&&b| b == b' ').count();
+        let rest = &line[indent..];
+        let blank = rest.iter().all(u8::is_ascii_whitespace);
+        if let Some(opened) = block_scalar {
+            if blank || indent > opened {
+                continue;
+            }
+            block_scalar = None;
+        }
+        if quote == Quote::None && (blank || rest.starts_with(b"#")) {
+            continue;
+        }
+        let mut depth = indents.len();
+        let mut i = 0;
+        if quote == Quote::None && flow == 0 {
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            depth = indents.len();
+            // Compact nesting on one line: `- - - x`, `? - x`.
+            while i + 1 < rest.len() && matches!(rest[i], b'-' | b'?') && rest[i + 1] == b' ' {
+                depth += 1;
+                i += 2;
+                while rest.get(i) == Some(&b' ') {
+                    i += 1;
+                }
+            }
+        }
+        if depth + flow > MAX_YAML_DEPTH {
+            return Err(too_deep());
+        }
+        let mut prev: Option<u8> = if i == 0 { None } else { Some(b' ') };
+        let mut last_token_start = i;
+        while i < rest.len() {
+            let b = rest[i];
+            match quote {
+                Quote::Single => {
+                    if b == b'\'' {
+                        if rest.get(i + 1) == Some(&b'\'') {
+                            i += 1; // `''` is a quote inside the string
+                        } else {
+                            quote = Quote::None;
+                        }
+                    }
+                }
+                Quote::Double => {
+                    if b == b'\\' {
+                        i += 1;
+                    } else if b == b'"' {
+                        quote = Quote::None;
+                    }
+                }
+                Quote::None => {
+                    if b == b'#' && matches!(prev, None | Some(b' ' | b'\t')) {
+                        break;
+                    }
+                    let token_start =
+                        matches!(prev, None | Some(b' ' | b'\t' | b'[' | b'{' | b',' | b':'));
+                    if token_start && b != b' ' {
+                        last_token_start = i;
+                    }
+                    match b {
+                        b'\'' if token_start => quote = Quote::Single,
+                        b'"' if token_start => quote = Quote::Double,
+                        b'[' | b'{' if token_start => {
+                            flow += 1;
+                            if depth + flow > MAX_YAML_DEPTH {
+                                return Err(too_deep());
+                            }
+                        }
+                        b']' | b'}' if flow > 0 => flow -= 1,
+                        _ => {}
+                    }
+                }
+            }
+            prev = Some(b);
+            i += 1;
+        }
+        if quote == Quote::None && flow == 0 {
+            // A block scalar (`key: |`, `- >-`): its lines are text, not nesting.
+            let token = &rest[last_token_start.min(rest.len())..i.min(rest.len())];
+            let token = token.trim_ascii_end();
+            if matches!(token.first(), Some(b'|' | b'>'))
+                && token[1..]
+                    .iter()
+                    .all(|c| matches!(c, b'+' | b'-' | b'0'..=b'9'))
+            {
+                block_scalar = Some(indent);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Serializes to YAML.
@@ -376,12 +506,60 @@ pub struct SecretMeta {
     pub generation: u64,
     /// The signing owner's Ed25519 public key, base64.
     pub signing_key: String,
-    /// Signature over (vault id, path, ciphertext hash, generation).
+    /// Signature over (vault id, path, ciphertext hash, generation) and, from
+    /// `signed: 2` on, the timestamps, expiry and description too.
     pub signature: String,
+    /// What [`SecretMeta::signature`] covers: absent (1) in metadata written
+    /// before agent-vault 0.3, whose description and expiry are unverified;
+    /// 2 when every field is signed.
+    #[serde(default = "legacy_signed", skip_serializing_if = "is_legacy_signed")]
+    pub signed: u32,
 }
+
+fn legacy_signed() -> u32 {
+    1
+}
+fn is_legacy_signed(v: &u32) -> bool {
+    *v == 1
+}
+
+/// The metadata signature version this build writes.
+const META_SIGNED: u32 = 2;
 
 fn secret_message(vault_id: &str, path: &SecretPath, hash: &str, generation: u64) -> Vec<u8> {
     format!("{vault_id}\0{path}\0{hash}\0{generation}").into_bytes()
+}
+
+/// The version-2 message: the version-1 message, then every other field,
+/// each delimited or length-prefixed so no two metadata share a message.
+fn secret_message_v2(
+    vault_id: &str,
+    path: &SecretPath,
+    hash: &str,
+    generation: u64,
+    f: &MetaFields,
+) -> Vec<u8> {
+    let mut m = secret_message(vault_id, path, hash, generation);
+    let expires = f
+        .expires
+        .map(|t| t.as_nanosecond().to_string())
+        .unwrap_or_else(|| "-".into());
+    m.extend_from_slice(
+        format!(
+            "\0{}\0{}\0{expires}\0",
+            f.created.as_nanosecond(),
+            f.updated.as_nanosecond()
+        )
+        .as_bytes(),
+    );
+    match &f.description {
+        None => m.push(b'-'),
+        Some(d) => {
+            m.extend_from_slice(format!("{}:", d.len()).as_bytes());
+            m.extend_from_slice(d.as_bytes());
+        }
+    }
+    m
 }
 
 /// The unsigned part of a secret's metadata.
@@ -397,8 +575,18 @@ pub struct MetaFields {
     pub description: Option<String>,
 }
 
+/// How far a secret's metadata is covered by an owner's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaTrust {
+    /// Every field is signed (`signed: 2`).
+    Signed,
+    /// Old metadata: the value's hash is signed, the description and expiry
+    /// are not; an owner's next write of the secret (or `repair`) signs them.
+    Legacy,
+}
+
 impl SecretMeta {
-    /// Signs new metadata for `ciphertext`.
+    /// Signs new metadata for `ciphertext`, covering every field.
     pub fn sign(
         fields: MetaFields,
         key: &OwnerSigningKey,
@@ -409,8 +597,8 @@ impl SecretMeta {
     ) -> Self {
         let hash = crypto::sha256_hex(ciphertext);
         let signature = key.sign(
-            SECRET_DOMAIN,
-            &secret_message(vault_id, path, &hash, generation),
+            SECRET_DOMAIN_V2,
+            &secret_message_v2(vault_id, path, &hash, generation, &fields),
         );
         SecretMeta {
             created: fields.created,
@@ -421,10 +609,11 @@ impl SecretMeta {
             generation,
             signing_key: key.public(),
             signature,
+            signed: META_SIGNED,
         }
     }
 
-    /// The unsigned fields.
+    /// The descriptive fields.
     pub fn fields(&self) -> MetaFields {
         MetaFields {
             created: self.created,
@@ -434,8 +623,61 @@ impl SecretMeta {
         }
     }
 
+    /// Checks the signature over the metadata as it stands (with its stored
+    /// ciphertext hash, so without reading the value), and that an owner of
+    /// `owners` made it. For `list` and `check`; a read uses [`Self::verify`].
+    pub fn verify_signature(
+        &self,
+        vault_id: &str,
+        path: &SecretPath,
+        owners: &Manifest,
+    ) -> Result<MetaTrust> {
+        let fail = |reason: &str| Error::UnsignedSecret {
+            path: path.to_string(),
+            reason: reason.to_owned(),
+        };
+        if !owners
+            .owners
+            .values()
+            .any(|o| o.signing_key == self.signing_key)
+        {
+            return Err(fail("its signing key is not an owner's"));
+        }
+        let (domain, msg, trust) = match self.signed {
+            1 => (
+                SECRET_DOMAIN,
+                secret_message(vault_id, path, &self.ciphertext_sha256, self.generation),
+                MetaTrust::Legacy,
+            ),
+            2 => (
+                SECRET_DOMAIN_V2,
+                secret_message_v2(
+                    vault_id,
+                    path,
+                    &self.ciphertext_sha256,
+                    self.generation,
+                    &self.fields(),
+                ),
+                MetaTrust::Signed,
+            ),
+            _ => {
+                return Err(fail(
+                    "its signature is of a kind this agent-vault does not know",
+                ));
+            }
+        };
+        if !crypto::verify(&self.signing_key, domain, &msg, &self.signature) {
+            return Err(fail(
+                "bad signature (its metadata — value hash, expiry or description — was changed \
+                 without an owner's key)",
+            ));
+        }
+        Ok(trust)
+    }
+
     /// Verifies the metadata against the ciphertext, the owner keys and the
-    /// generations that are acceptable now.
+    /// generations that are acceptable now. Says whether the description
+    /// and expiry are signed too ([`MetaTrust`]).
     pub fn verify(
         &self,
         vault_id: &str,
@@ -443,7 +685,7 @@ impl SecretMeta {
         ciphertext: &[u8],
         owners: &Manifest,
         generations: &[u64],
-    ) -> Result<()> {
+    ) -> Result<MetaTrust> {
         let fail = |reason: &str| Error::UnsignedSecret {
             path: path.to_string(),
             reason: reason.to_owned(),
@@ -461,10 +703,30 @@ impl SecretMeta {
         if !generations.contains(&self.generation) {
             return Err(fail("it is encrypted to an outdated group key"));
         }
-        let msg = secret_message(vault_id, path, &self.ciphertext_sha256, self.generation);
-        if !crypto::verify(&self.signing_key, SECRET_DOMAIN, &msg, &self.signature) {
-            return Err(fail("bad signature"));
-        }
-        Ok(())
+        self.verify_signature(vault_id, path, owners)
     }
+}
+
+/// Text from a vault file (a description, a name) made safe to print: every
+/// control character (terminal escapes, carriage returns, newlines, C1
+/// controls) and every bidirectional override is shown escaped (`\u{1b}`,
+/// `\n`), so a file cannot move the cursor, clear the screen or fake a line
+/// of output.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

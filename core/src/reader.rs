@@ -58,8 +58,10 @@ struct GroupKeys {
 
 impl<'v> Reader<'v> {
     pub(crate) fn new(vault: &'v Vault, source: &KeySource) -> Result<Self> {
-        let id = vault.keys().load(source, vault.id())?;
+        // The manifest first: a vault that is not trusted says so before a
+        // missing key would.
         let manifest = vault.manifest()?;
+        let id = vault.keys().load(source, vault.id())?;
         let role = Vault::role_of(&manifest, &id)?;
         Ok(Reader {
             vault,
@@ -211,7 +213,9 @@ impl<'v> Reader<'v> {
         if !known {
             let meta: crate::model::SecretMeta = crate::model::parse_yaml(&meta_path, &meta_bytes)
                 .map_err(|_| unsigned("its metadata file is missing or malformed"))?;
-            meta.verify(
+            // Metadata whose description and expiry are unsigned (written
+            // before they were signed) still vouches for the value.
+            let _trust = meta.verify(
                 self.vault.id(),
                 path,
                 &ct,

@@ -140,6 +140,21 @@ fn verify_incoming(
     to: &Tree<'_>,
 ) -> Result<()> {
     check_incoming_entries(repo, rel, from, to)?;
+    // The vault id is what trust is pinned to: an incoming change of it is
+    // never signed by this vault's owners.
+    if let Some(cfg) = blob_at(repo, to, &rel.join("config.yaml")) {
+        let incoming = model::Config::parse(&rel.join("config.yaml"), &cfg)
+            .map_err(|e| Error::UnsignedManifest(format!("in the incoming commit: {e}")))?;
+        if incoming.vault_id != vault.id() {
+            return Err(Error::UnsignedManifest(format!(
+                "the incoming commit changes config.yaml's vault id from {} to {}; no owner of \
+                 vault {} signs a change of vault id",
+                vault.id(),
+                incoming.vault_id,
+                vault.id()
+            )));
+        }
+    }
     let mbytes = blob_at(repo, to, &rel.join("manifest.yaml"))
         .ok_or_else(|| Error::UnsignedManifest("the incoming commit has no manifest".into()))?;
     let sig = blob_at(repo, to, &rel.join("manifest.sig"));

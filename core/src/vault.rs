@@ -18,6 +18,22 @@ pub const LOCAL_DIR: &str = ".local";
 
 /// The bytes of `manifest.yaml`, `services.yaml` and `manifest.sig`.
 pub(crate) type ManifestFiles = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+/// The largest `manifest.sig` read: a signer name, a key and a signature.
+const MAX_SIG_BYTES: usize = 4096;
+
+/// The owner signing keys `AGENT_VAULT_EXPECT_OWNER` names (comma- or
+/// space-separated base64 Ed25519 keys), if it is set: the manifest must be
+/// signed by one of them, which anchors a fresh clone's first use.
+fn expected_owners() -> Option<Vec<String>> {
+    let v = std::env::var("AGENT_VAULT_EXPECT_OWNER").ok()?;
+    let keys: Vec<String> = v
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
 
 /// A vault found on disk. Opening one reads `config.yaml` only.
 #[derive(Debug, Clone)]
@@ -46,6 +62,11 @@ pub struct SecretInfo {
     pub path: SecretPath,
     /// Its metadata, or why it could not be read.
     pub meta: std::result::Result<SecretMeta, String>,
+    /// Whether an owner of the verified manifest signed every field of the
+    /// metadata, description and expiry included. False for metadata
+    /// written before they were signed, edited since, or when the manifest
+    /// itself is not trusted.
+    pub metadata_signed: bool,
 }
 
 impl Vault {
@@ -73,12 +94,14 @@ impl Vault {
             None => return Err(Error::VaultNotFound(root)),
         };
         let config = Config::parse(&cfg_path, &bytes)?;
-        Ok(Vault {
+        let vault = Vault {
             root,
             dir,
             config,
             keys,
-        })
+        };
+        vault.check_repository_pin()?;
+        Ok(vault)
     }
 
     pub(crate) fn from_parts(root: PathBuf, config: Config, keys: KeyStore) -> Self {
@@ -193,6 +216,10 @@ impl Vault {
     /// Verifies manifest bytes (from the files, or from a commit) against
     /// the pinned owners; with `pin`, records the pins (first use) or moves
     /// them to a new owner set signed by a pinned owner.
+    ///
+    /// The signature is checked on the exact bytes before the manifest is
+    /// parsed, and the signer's key against the pins before the manifest
+    /// is parsed too: a document nobody trusted signed costs no parsing.
     pub(crate) fn verify_manifest(
         &self,
         mbytes: &[u8],
@@ -201,14 +228,12 @@ impl Vault {
         pin: bool,
     ) -> Result<Manifest> {
         let mpath = self.manifest_path();
-        let manifest: Manifest = model::parse_yaml(&mpath, mbytes)?;
-        manifest.validate(&mpath)?;
-        if manifest.vault_id != self.config.vault_id {
+        let spath = self.sig_path();
+        if sig.is_some_and(|b| b.len() > MAX_SIG_BYTES) {
             return Err(Error::UnsignedManifest(
-                "its vault id differs from config.yaml's".into(),
+                "manifest.sig is malformed (too large)".into(),
             ));
         }
-        let spath = self.sig_path();
         let sig: ManifestSig = match sig {
             Some(b) => model::parse_yaml(&spath, b)
                 .map_err(|_| Error::UnsignedManifest("manifest.sig is malformed".into()))?,
@@ -218,6 +243,41 @@ impl Vault {
             return Err(Error::UnsignedManifest(
                 "manifest.yaml or services.yaml was changed without an owner's signature".into(),
             ));
+        }
+        let pins = self.keys.trust(self.id())?;
+        if let Some(pins) = &pins
+            && !pins.owners.values().any(|k| *k == sig.signing_key)
+        {
+            return Err(Error::UnsignedManifest(format!(
+                "it is signed by {}, whose key this machine has never trusted for vault {} \
+                 (pinned owners: {})",
+                model::printable(sig.signer.as_str()),
+                self.id(),
+                pins.owners
+                    .keys()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if let Some(expected) = expected_owners()
+            && !expected.contains(&sig.signing_key)
+        {
+            return Err(Error::UnsignedManifest(format!(
+                "it is signed by {} with key {}, which is not among the owner keys \
+                 AGENT_VAULT_EXPECT_OWNER names",
+                sig.signer, sig.signing_key
+            )));
+        }
+        // Signed by a key we trust (or, on first use, by someone): parse now.
+        let manifest: Manifest = model::parse_yaml(&mpath, mbytes)?;
+        manifest.validate(&mpath)?;
+        if manifest.vault_id != self.config.vault_id {
+            return Err(Error::UnsignedManifest(format!(
+                "manifest.yaml's vault id {} differs from config.yaml's {}",
+                model::printable(&manifest.vault_id),
+                self.config.vault_id
+            )));
         }
         match manifest.owners.get(&sig.signer) {
             Some(o) if o.signing_key == sig.signing_key => {}
@@ -236,22 +296,62 @@ impl Vault {
                 .map(|(n, o)| (n.clone(), o.signing_key.clone()))
                 .collect(),
         };
-        match self.keys.trust(self.id())? {
-            None if pin => self.keys.set_trust(&current)?,
-            None => {}
-            Some(pins) => {
-                if !pins.owners.values().any(|k| *k == sig.signing_key) {
-                    return Err(Error::UnsignedManifest(format!(
-                        "it is signed by {}, whose key this machine has never trusted for this vault",
-                        sig.signer
-                    )));
-                }
-                if pin && pins != current {
-                    self.keys.set_trust(&current)?;
+        if pin {
+            if pins.as_ref() != Some(&current) {
+                self.keys.set_trust(&current)?;
+            }
+            self.pin_repository()?;
+        }
+        Ok(manifest)
+    }
+
+    /// What identifies this vault's repository on this machine in a way a
+    /// push cannot change: the clone's directory and its remotes' URLs.
+    fn repository_keys(&self) -> Vec<String> {
+        let mut out = vec![format!("path:{}", self.root.display())];
+        if let Ok(repo) = git2::Repository::discover(&self.root)
+            && let Ok(names) = repo.remotes()
+        {
+            for name in names.iter().flatten().flatten() {
+                if let Ok(r) = repo.find_remote(name)
+                    && let Ok(url) = r.url()
+                {
+                    out.push(format!("remote:{}", url.trim_end_matches('/')));
                 }
             }
         }
-        Ok(manifest)
+        out
+    }
+
+    /// Records that this repository holds this vault (first use, `init`).
+    pub(crate) fn pin_repository(&self) -> Result<()> {
+        for r in self.repository_keys() {
+            if self.keys.repository_pin(&r)?.as_deref() != Some(self.id()) {
+                self.keys.set_repository_pin(&r, self.id())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a vault whose `config.yaml` names another vault id than the
+    /// one this machine pinned for the repository: a new id would start
+    /// trust afresh, with whatever owners the new manifest names.
+    fn check_repository_pin(&self) -> Result<()> {
+        for r in self.repository_keys() {
+            if let Some(pinned) = self.keys.repository_pin(&r)?
+                && pinned != self.id()
+            {
+                return Err(Error::UnsignedManifest(format!(
+                    "config.yaml's vault id changed from {pinned} to {}: this machine pinned \
+                     vault {pinned} and its owners for {r}, and no owner of {pinned} signs a \
+                     change of vault id (if this repository really holds another vault now, \
+                     delete {})",
+                    self.id(),
+                    self.keys.repository_pin_path(&r).display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The services list, verified with the manifest's signature (which
@@ -366,11 +466,22 @@ impl Vault {
     pub fn list(&self, group: Option<&GroupName>) -> Result<Vec<SecretInfo>> {
         use rayon::prelude::*;
         let paths = self.secret_paths(group)?;
+        let manifest = self.manifest().ok();
         Ok(paths
             .into_par_iter()
             .map(|path| {
                 let meta = self.secret_meta(&path).map_err(|e| e.to_string());
-                SecretInfo { path, meta }
+                let metadata_signed = match (&meta, &manifest) {
+                    (Ok(m), Some(mf)) => m
+                        .verify_signature(self.id(), &path, mf)
+                        .is_ok_and(|t| t == model::MetaTrust::Signed),
+                    _ => false,
+                };
+                SecretInfo {
+                    path,
+                    meta,
+                    metadata_signed,
+                }
             })
             .collect())
     }

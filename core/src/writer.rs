@@ -244,7 +244,13 @@ impl<'v> Writer<'v> {
             .map(|(path, value, opts)| {
                 let entry = target.group(path.group())?;
                 let recipient: Recipient = entry.recipient.parse()?;
-                let old = vault.secret_meta(path).ok();
+                // Only fields an owner signed (or legacy metadata whose value
+                // an owner signed) carry over: an edited description or
+                // expiry is not laundered into a new signature.
+                let old = vault
+                    .secret_meta(path)
+                    .ok()
+                    .filter(|m| m.verify_signature(vault.id(), path, &target).is_ok());
                 let fields = MetaFields {
                     created: old.as_ref().map(|m| m.created).unwrap_or(now),
                     updated: now,
@@ -687,6 +693,58 @@ impl<'v> Writer<'v> {
         );
         txn.manifest = Some(self.manifest.clone());
         self.run(txn)
+    }
+
+    /// Signs the description and expiry of every secret whose metadata
+    /// predates their signing (`signed: 2`): metadata whose value signature
+    /// verifies is re-signed with its fields as they stand, in one journaled
+    /// operation. Returns the secrets re-signed and those left alone because
+    /// their value's signature does not verify (`check` names why).
+    pub fn resign_metadata(&mut self) -> Result<(Vec<SecretPath>, Vec<SecretPath>)> {
+        let v = self.vault;
+        let mut txn = Txn::new("sign the description and expiry of older metadata");
+        let mut skipped = Vec::new();
+        for p in v.secret_paths(None)? {
+            let Ok(meta) = v.secret_meta(&p) else {
+                skipped.push(p);
+                continue;
+            };
+            if meta.signed != 1 {
+                continue;
+            }
+            let Some(ct) = fsutil::read_optional(&v.secret_age_path(&p))? else {
+                skipped.push(p);
+                continue;
+            };
+            let generations = self
+                .manifest
+                .groups
+                .get(p.group())
+                .map(|g| vec![g.generation])
+                .unwrap_or_default();
+            if meta
+                .verify(v.id(), &p, &ct, &self.manifest, &generations)
+                .is_err()
+            {
+                skipped.push(p);
+                continue;
+            }
+            let new = SecretMeta::sign(
+                meta.fields(),
+                &self.signing,
+                v.id(),
+                &p,
+                &ct,
+                meta.generation,
+            );
+            txn.metas.push((p, new));
+        }
+        if txn.metas.is_empty() {
+            return Ok((Vec::new(), skipped));
+        }
+        let done = txn.metas.iter().map(|(p, _)| p.clone()).collect();
+        self.run(txn)?;
+        Ok((done, skipped))
     }
 
     /// Re-signs the manifest as it is (e.g. after `init`).
@@ -1195,12 +1253,15 @@ fn reencrypt(
         },
     };
     let now = jiff::Timestamp::now();
-    let fields = meta.map(|m| m.fields()).unwrap_or(MetaFields {
-        created: now,
-        updated: now,
-        expires: None,
-        description: None,
-    });
+    let fields = meta
+        .filter(|m| m.verify_signature(v.id(), p, manifest).is_ok())
+        .map(|m| m.fields())
+        .unwrap_or(MetaFields {
+            created: now,
+            updated: now,
+            expires: None,
+            description: None,
+        });
     let new_ct = crypto::encrypt(&[new_recipient], value.expose_secret())?;
     let new_meta = SecretMeta::sign(fields, signing, v.id(), p, &new_ct, generation);
     Ok(Rewrite::Files([

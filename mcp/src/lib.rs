@@ -271,12 +271,20 @@ impl Server {
             });
             match &info.meta {
                 Ok(m) => {
-                    entry["description"] = json!(m.description);
+                    // Text from a file anyone with push access can edit: no
+                    // control characters reach the agent, and it is told
+                    // whether an owner signed it.
+                    entry["description"] = json!(
+                        m.description
+                            .as_deref()
+                            .map(|d| agent_vault_core::model::printable(d).into_owned())
+                    );
+                    entry["metadata_signed"] = json!(info.metadata_signed);
                     entry["expires"] = json!(m.expires.map(|t| t.to_string()));
                     entry["expired"] =
                         json!(m.expires.is_some_and(|t| t <= jiff::Timestamp::now()));
                 }
-                Err(e) => entry["error"] = json!(e),
+                Err(e) => entry["error"] = json!(agent_vault_core::model::printable(e)),
             }
             out.push(entry);
         }

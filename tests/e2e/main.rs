@@ -11,6 +11,7 @@ mod broker;
 mod faults;
 mod hook;
 mod hostile_vault;
+mod hostile_trust;
 mod interop;
 mod owners;
 mod remotes;
