@@ -280,7 +280,7 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 ///
 /// - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
 ///   decoded, every other escape is kept, with upper-case hex digits; bytes
-///   outside ASCII are escaped;
+///   outside ASCII, `?` and `#` are escaped;
 /// - runs of `/` become one `/`;
 /// - `.` and `..` segments are resolved as RFC 3986's remove_dot_segments
 ///   does (never above the root);
@@ -365,7 +365,8 @@ pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
             b if b < 0x20 || b == 0x7f => {
                 return Err("the request path has a control character; refused".into());
             }
-            b if b >= 0x80 => {
+            // Outside ASCII, and `?` or `#` (which would end the path): escaped.
+            b if b >= 0x80 || b == b'?' || b == b'#' => {
                 current.text.push_str(&format!("%{b:02X}"));
                 i += 1;
             }

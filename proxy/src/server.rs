@@ -1131,6 +1131,15 @@ async fn handle_inner(
     }
     // Checked above; the broker writes the one the upstream gets.
     headers.remove(hyper::header::HOST);
+    // A compressed response cannot be scrubbed (an echo of the credential,
+    // gzipped, would pass): the broker asks for none when it injects.
+    if !plan.secrets().is_empty() {
+        headers.insert(
+            hyper::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let head_only = parts.method == Method::HEAD;
     let mut builder = Request::builder().method(parts.method).uri(pq.as_str());
     if let Some(h) = builder.headers_mut() {
         *h = headers;
@@ -1246,6 +1255,23 @@ async fn handle_inner(
     }
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrubber();
+    // Asked for none above; an upstream that compresses anyway is refused
+    // rather than passed on unscrubbed.
+    let encoded = parts
+        .headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bodiless = head_only
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if encoded && !scrub.is_empty() && !bodiless && !switching {
+        return refuse(
+            &b,
+            record,
+            StatusCode::BAD_GATEWAY,
+            &format!("{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"),
+        );
+    }
     // Edited in place: most responses carry no injected value, and their
     // headers pass without a copy. `Trailer` stays: it names the trailers
     // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
