@@ -613,7 +613,10 @@ mod tests {
             ("/allowed/a%2eb", "/allowed/a.b"),
             ("/allowed/%3b%20%e2%82%ac", "/allowed/%3B%20%E2%82%AC"),
             ("/allowed/€", "/allowed/%E2%82%AC"),
-            ("/allowed/{{secret:api/user}}", "/allowed/{{secret:api/user}}"),
+            (
+                "/allowed/{{secret:api/user}}",
+                "/allowed/{{secret:api/user}}",
+            ),
             ("/allowed/x;y=1", "/allowed/x;y=1"),
         ] {
             assert_eq!(normalize_path(raw).as_deref(), Ok(normal), "{raw}");
@@ -758,5 +761,4 @@ mod tests {
             let _ = normalize_path(&format!("/{raw}"));
         }
     }
-
 }

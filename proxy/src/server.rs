@@ -938,7 +938,10 @@ fn pinned_authority(
             ));
         }
         let Ok(h) = h.to_str() else {
-            return Err((StatusCode::BAD_REQUEST, "a malformed Host header".to_owned()));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "a malformed Host header".to_owned(),
+            ));
         };
         if !same_authority(h, host, port) {
             return Err(misdirected(h));
@@ -1269,7 +1272,9 @@ async fn handle_inner(
             &b,
             record,
             StatusCode::BAD_GATEWAY,
-            &format!("{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"),
+            &format!(
+                "{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"
+            ),
         );
     }
     // Edited in place: most responses carry no injected value, and their

@@ -190,8 +190,11 @@ fn hostile(vars: &[(&str, &str)]) -> Hostile {
     let (ca, ca_key) = agent_vault_proxy::ca::generate("hostile-upstream-ca").unwrap();
     let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
     let (cert, key) = minter.leaf("127.0.0.1").unwrap();
-    let (upstream_ca, cert_path, key_path) =
-        (dir.join("up-ca.pem"), dir.join("up.pem"), dir.join("up.key"));
+    let (upstream_ca, cert_path, key_path) = (
+        dir.join("up-ca.pem"),
+        dir.join("up.pem"),
+        dir.join("up.key"),
+    );
     std::fs::write(&upstream_ca, ca).unwrap();
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
@@ -216,11 +219,25 @@ fn hostile(vars: &[(&str, &str)]) -> Hostile {
     env.ok(&["broker", "init"]);
     let web = format!("127.0.0.1:{nginx_port}");
     env.ok(&[
-        "service", "add", "web", "--bearer", "api/token", "--host", &web, "--path", "/allowed",
+        "service",
+        "add",
+        "web",
+        "--bearer",
+        "api/token",
+        "--host",
+        &web,
+        "--path",
+        "/allowed",
     ]);
     let pyhost = format!("127.0.0.1:{py_port}");
     env.ok(&[
-        "service", "add", "py", "--bearer", "api/token", "--host", &pyhost,
+        "service",
+        "add",
+        "py",
+        "--bearer",
+        "api/token",
+        "--host",
+        &pyhost,
     ]);
     let broker_ca = dir.join("broker-ca.pem");
     std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
@@ -257,8 +274,7 @@ fn hostile(vars: &[(&str, &str)]) -> Hostile {
 /// answer to its CONNECT).
 fn status(out: &str) -> &str {
     out.lines()
-        .filter(|l| l.starts_with("HTTP/"))
-        .last()
+        .rfind(|l| l.starts_with("HTTP/"))
         .unwrap_or_default()
         .trim()
 }
@@ -352,7 +368,10 @@ fn domain_fronting_inside_a_tunnel_is_refused() {
         &["--http1.1", "-H", "Host: fronted.example"],
     );
     assert!(status(&h1).starts_with("HTTP/1.1 421"), "{h1}{e1}");
-    assert!(h1.contains("fronted.example") && h1.contains("127.0.0.1"), "{h1}");
+    assert!(
+        h1.contains("fronted.example") && h1.contains("127.0.0.1"),
+        "{h1}"
+    );
     let (h2, e2) = s.curl(
         &s.web("/allowed/x"),
         &["--http2", "-H", "Host: fronted.example"],
@@ -379,9 +398,15 @@ fn domain_fronting_inside_a_tunnel_is_refused() {
     // the tunnel's host, with the credential, and the agent sees it scrubbed.
     let (ok, err) = s.curl(&s.web("/allowed/x"), &["--http1.1"]);
     assert!(status(&ok).starts_with("HTTP/1.1 200"), "{ok}{err}");
-    assert!(ok.contains("host=127.0.0.1 auth=Bearer [REDACTED:api/token]"), "{ok}");
+    assert!(
+        ok.contains("host=127.0.0.1 auth=Bearer [REDACTED:api/token]"),
+        "{ok}"
+    );
     let py = s.raw_request("/allowed/y", &[("Host", "127.0.0.1")]);
-    assert!(py.starts_with("200 allowed uri=/allowed/y host=127.0.0.1"), "{py}");
+    assert!(
+        py.starts_with("200 allowed uri=/allowed/y host=127.0.0.1"),
+        "{py}"
+    );
     let saw = s.nginx_saw();
     assert_eq!(saw.len(), 2, "{saw:?}");
     for [host, _, _, auth] in &saw {
@@ -434,16 +459,24 @@ fn a_path_prefix_cannot_be_escaped() {
         }
     }
     // Python sends the target byte for byte (no client-side clean-up).
-    for path in ["/allowed/../admin", "/allowed/%2e%2e/admin", "/allowed/..%2Fadmin"] {
+    for path in [
+        "/allowed/../admin",
+        "/allowed/%2e%2e/admin",
+        "/allowed/..%2Fadmin",
+    ] {
         let out = s.raw_request(path, &[("Host", "127.0.0.1")]);
-        assert!(out.starts_with("403") || out.starts_with("400"), "{path}: {out}");
+        assert!(
+            out.starts_with("403") || out.starts_with("400"),
+            "{path}: {out}"
+        );
     }
     // None of it reached nginx: it saw only the one allowed request, and
     // never a request for /admin with the credential.
     let saw = s.nginx_saw();
     assert_eq!(saw.len(), 1, "{saw:?}");
     assert!(
-        !saw.iter().any(|[_, _, uri, auth]| uri.starts_with("/admin") && !auth.is_empty()),
+        !saw.iter()
+            .any(|[_, _, uri, auth]| uri.starts_with("/admin") && !auth.is_empty()),
         "{saw:?}"
     );
 }
@@ -461,7 +494,10 @@ fn a_compressed_echo_of_the_credential_is_still_scrubbed() {
             out.contains("auth=Bearer [REDACTED:api/token]") && !out.contains(TOKEN_VALUE),
             "{out}"
         );
-        assert!(!out.to_lowercase().contains("content-encoding: gzip"), "{out}");
+        assert!(
+            !out.to_lowercase().contains("content-encoding: gzip"),
+            "{out}"
+        );
     }
 }
 
@@ -488,9 +524,15 @@ fn idle_and_half_open_connections_are_closed_and_do_not_starve_the_broker() {
     // Nothing at all; half a CONNECT, with no token yet.
     for bytes in [&b""[..], b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nProxy-Auth"] {
         let (took, got) = closed_after(s.port, bytes);
-        assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(10), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
         let text = String::from_utf8_lossy(&got);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
     }
     // A CONNECT answered, then no TLS handshake.
     let connect = format!(
@@ -498,8 +540,14 @@ fn idle_and_half_open_connections_are_closed_and_do_not_starve_the_broker() {
         s.py_port
     );
     let (took, got) = closed_after(s.port, connect.as_bytes());
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{got:?}");
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{got:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
     // A tunnel with its TLS up, then no request (HTTP/1.1 and HTTP/2),
     // closed by the broker: Python sees the end of the stream.
     for alpn in ["http/1.1", "h2"] {
@@ -526,7 +574,10 @@ except Exception as e:
             port = s.port,
             ca = s.broker_ca.to_str().unwrap(),
         );
-        let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let secs: f64 = text
             .split_whitespace()
@@ -556,7 +607,10 @@ except Exception as e:
         idle.push(c);
     }
     let (out, err) = s.curl(&s.py("/after"), &[]);
-    assert!(status(&out).ends_with(" 200") && out.contains("ok"), "{out}{err}");
+    assert!(
+        status(&out).ends_with(" 200") && out.contains("ok"),
+        "{out}{err}"
+    );
     // And the broker closed them all.
     let mut buf = [0u8; 64];
     for c in &mut idle {
