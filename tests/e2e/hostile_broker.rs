@@ -136,7 +136,7 @@ class H(BaseHTTPRequestHandler):
             self.chunk(b"body\n")
             self.wfile.write(b"0\r\nX-Checksum: abc123\r\nX-Echo: " + auth.encode() + b"\r\n\r\n")
             self.wfile.flush()
-        elif self.path == "/events":
+        elif self.path.startswith("/events"):
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             self.chunk(b"data: event 0\n\n")
@@ -148,7 +148,7 @@ class H(BaseHTTPRequestHandler):
             self.chunk(b"data: event 1 " + secret[:4])
             time.sleep(0.2)
             self.chunk(secret[4:] + b"\n\n")
-            time.sleep(0.7)
+            time.sleep(1.8 if "slow" in self.path else 0.7)
             self.chunk(b"data: event 2\n\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -593,9 +593,12 @@ except Exception as e:
     }
     // A streaming response longer than the idle limit is not cut: a
     // request in flight keeps its tunnel.
+    // (Two seconds from the first event to the last.)
     std::fs::write(&s.flag, "").unwrap();
-    let (out, err) = s.curl(&s.py("/events"), &["-N"]);
-    assert_eq!(out.matches("data: event").count(), 3, "{out}{err}");
+    for proto in ["--http1.1", "--http2"] {
+        let (out, err) = s.curl(&s.py("/events?slow"), &["-N", proto]);
+        assert_eq!(out.matches("data: event").count(), 3, "{proto}: {out}{err}");
+    }
     // Many connections that send nothing or half a request do not keep a
     // real request from being served at once.
     let mut idle = Vec::new();
