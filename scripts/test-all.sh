@@ -16,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# hostile-broker tests use nginx as a real upstream (a location /admin, gzip on).
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

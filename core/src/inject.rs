@@ -410,20 +410,52 @@ impl StreamReplace {
         end.min(buf.len())
     }
 
-    /// Feeds a chunk; returns what may be passed on now.
+    /// Feeds a chunk; returns what may be passed on now: everything but
+    /// the shortest tail that could still begin a pattern (so a stream of
+    /// events is passed on as it comes, not an event late).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         if self.pairs.is_empty() {
             return chunk.to_vec();
         }
         let mut buf = Zeroizing::new(std::mem::take(&mut *self.carry));
         buf.extend_from_slice(chunk);
-        // A match starting in the last `longest - 1` bytes might continue in
-        // the next chunk: hold those back.
-        let limit = buf.len().saturating_sub(self.longest - 1);
         let mut out = Vec::with_capacity(buf.len());
-        let consumed = self.replace_upto(&buf, limit, &mut out);
-        self.carry = Zeroizing::new(buf[consumed..].to_vec());
+        let mut pos = 0;
+        loop {
+            // A match is only sure once no pattern could still start
+            // before it and run past the end of what has arrived.
+            let hold = self.partial_from(&buf, pos);
+            match self.next_match(&buf, pos) {
+                Some((at, i)) if at < hold => {
+                    out.extend_from_slice(&buf[pos..at]);
+                    out.extend_from_slice(self.pairs[i].1.expose_secret());
+                    pos = at + self.pairs[i].0.expose_secret().len();
+                }
+                _ => {
+                    out.extend_from_slice(&buf[pos..hold]);
+                    pos = hold;
+                    break;
+                }
+            }
+        }
+        self.carry = Zeroizing::new(buf[pos..].to_vec());
         out
+    }
+
+    /// The first position at or after `from` where the rest of `buf` is a
+    /// proper beginning of some pattern (it may complete in the next
+    /// chunk); `buf.len()` if there is none.
+    fn partial_from(&self, buf: &[u8], from: usize) -> usize {
+        let start = from.max(buf.len().saturating_sub(self.longest.saturating_sub(1)));
+        (start..buf.len())
+            .find(|&at| {
+                let tail = &buf[at..];
+                self.pairs.iter().any(|(p, _)| {
+                    let p = p.expose_secret();
+                    p.len() > tail.len() && p.starts_with(tail)
+                })
+            })
+            .unwrap_or(buf.len())
     }
 
     /// Ends the stream; returns the rest.

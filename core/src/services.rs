@@ -263,12 +263,196 @@ impl Service {
     }
 }
 
-/// `/v1/x` is under `/v1` and `/v1/`, not `/v10`.
+/// `/v1/x` is under `/v1` and `/v1/`, not `/v10`. Only a path that
+/// [`normalize_path`] leaves as it is can be under a prefix: `/v1/../admin`
+/// or `/v1/%2e%2e/admin` is under none.
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let path = path.split('?').next().unwrap_or(path);
-    path == prefix
+    let under = path == prefix
         || (path.starts_with(prefix)
-            && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+            && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')));
+    under && normalize_path(path).is_ok_and(|n| n == path)
+}
+
+/// A request path (no query) made unambiguous, so that a service's path
+/// prefix is matched against what every upstream will understand, and the
+/// broker sends upstream exactly the path it matched:
+///
+/// - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+///   decoded, every other escape is kept, with upper-case hex digits; bytes
+///   outside ASCII, `?` and `#` are escaped;
+/// - runs of `/` become one `/`;
+/// - `.` and `..` segments are resolved as RFC 3986's remove_dot_segments
+///   does (never above the root);
+/// - refused, with the reason: an encoded `/`, `\` or NUL (`%2F`, `%5C`,
+///   `%00`), a raw `\` or control character, a dot segment written with an
+///   escape (`%2e%2e`), any other segment that a lenient server could read
+///   as `.` or `..` (`..;x`, which Tomcat reads as `..`; `..%20`; `...`), a
+///   double-encoded dot, slash, backslash, NUL or percent (`%252e`), a
+///   malformed escape, a path not starting with `/`.
+///
+/// The result starts with `/`, holds no `.` or `..` segment and no empty
+/// one, keeps a trailing `/`, and normalising it again changes nothing.
+pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
+    /// One segment as decoded, and whether an escape made one of its dots.
+    struct Segment {
+        text: String,
+        encoded_dot: bool,
+    }
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err("the request path must start with /".into());
+    }
+    let hex = |b: u8| -> Option<u8> { (b as char).to_digit(16).map(|d| d as u8) };
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut current = Segment {
+        text: String::new(),
+        encoded_dot: false,
+    };
+    // Whether the path ends with `/` (or with a dot segment, which names
+    // the directory it leaves: `/a/b/..` is `/a/`).
+    let mut trailing = false;
+    let mut i = 1;
+    let close = |current: &mut Segment, segments: &mut Vec<Segment>| {
+        segments.push(std::mem::replace(
+            current,
+            Segment {
+                text: String::new(),
+                encoded_dot: false,
+            },
+        ));
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'/' => {
+                close(&mut current, &mut segments);
+                i += 1;
+            }
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err("the request path has a malformed %-escape".into());
+                };
+                let d = (h << 4) | l;
+                match d {
+                    b'/' | b'\\' | 0 => {
+                        return Err(format!(
+                            "the request path has an encoded {} (%{d:02X}), which servers read differently; refused",
+                            match d {
+                                b'/' => "/",
+                                b'\\' => "backslash",
+                                _ => "NUL",
+                            }
+                        ));
+                    }
+                    d if d.is_ascii_alphanumeric() || b"-._~".contains(&d) => {
+                        current.text.push(d as char);
+                        current.encoded_dot |= d == b'.';
+                    }
+                    d => current.text.push_str(&format!("%{d:02X}")),
+                }
+                i += 3;
+            }
+            b'\\' => {
+                return Err(
+                    "the request path has a backslash, which some servers read as /; refused"
+                        .into(),
+                );
+            }
+            b if b < 0x20 || b == 0x7f => {
+                return Err("the request path has a control character; refused".into());
+            }
+            // Outside ASCII, and `?` or `#` (which would end the path): escaped.
+            b if b >= 0x80 || b == b'?' || b == b'#' => {
+                current.text.push_str(&format!("%{b:02X}"));
+                i += 1;
+            }
+            b => {
+                current.text.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    let ends_with_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
+    if !ends_with_slash {
+        close(&mut current, &mut segments);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for seg in segments {
+        trailing = false;
+        // What a lenient server could make of the segment: escapes decoded
+        // (twice), parameters (`;x`) and trailing blanks cut off.
+        let loose = decode_escapes(&decode_escapes(seg.text.as_bytes()));
+        let name = loose.split(|&c| c == b';').next().unwrap_or(&[]);
+        let name = name.trim_ascii_end();
+        if !name.is_empty() && name.iter().all(|&c| c == b'.') {
+            if seg.encoded_dot {
+                return Err(
+                    "the request path has a dot segment written with %-escapes (%2e); refused"
+                        .into(),
+                );
+            }
+            match seg.text.as_str() {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                _ => {
+                    return Err(
+                        "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused"
+                            .into(),
+                    );
+                }
+            }
+            trailing = true;
+            continue;
+        }
+        let upper = seg.text.to_ascii_uppercase();
+        for double in ["%252E", "%252F", "%255C", "%2500", "%2525"] {
+            if upper.contains(double) {
+                return Err(format!(
+                    "the request path has a double-encoded character ({double}); refused"
+                ));
+            }
+        }
+        if !seg.text.is_empty() {
+            out.push(seg.text);
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if normal.is_empty() || ends_with_slash || trailing {
+        normal.push('/');
+    }
+    Ok(normal)
+}
+
+/// `bytes` with every valid `%XX` escape decoded (others left as they are).
+fn decode_escapes(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h << 4) | l);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// One piece of a header template.
@@ -411,5 +595,170 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn paths_are_normalised_or_refused() {
+        for (raw, normal) in [
+            ("/", "/"),
+            ("/allowed/x", "/allowed/x"),
+            ("/allowed/../admin", "/admin"),
+            ("/allowed/./x/../y", "/allowed/y"),
+            ("/allowed//x", "/allowed/x"),
+            ("//allowed///x/", "/allowed/x/"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/../../x", "/x"),
+            ("/allowed/%7e%41%2D", "/allowed/~A-"),
+            ("/allowed/a%2eb", "/allowed/a.b"),
+            ("/allowed/%3b%20%e2%82%ac", "/allowed/%3B%20%E2%82%AC"),
+            ("/allowed/€", "/allowed/%E2%82%AC"),
+            (
+                "/allowed/{{secret:api/user}}",
+                "/allowed/{{secret:api/user}}",
+            ),
+            ("/allowed/x;y=1", "/allowed/x;y=1"),
+        ] {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(normal), "{raw}");
+        }
+        for raw in [
+            "/allowed/%2e%2e/admin",
+            "/allowed/%2E%2E/admin",
+            "/allowed/.%2e/admin",
+            "/allowed/%2e/x",
+            "/allowed/..%2fadmin",
+            "/allowed%2f..%2fadmin",
+            "/allowed/%5c..%5cadmin",
+            "/allowed\\..\\admin",
+            "/allowed/%00",
+            "/allowed/..;/admin",
+            "/allowed/..;x/admin",
+            "/allowed/..%3b/admin",
+            "/allowed/..%20/admin",
+            "/allowed/.../admin",
+            "/allowed/%252e%252e/admin",
+            "/allowed/%25%32%65%25%32%65/admin",
+            "/allowed/%252fadmin",
+            "/allowed/%",
+            "/allowed/%4",
+            "/allowed/%zz",
+            "/allowed/\u{1}",
+            "allowed",
+            "",
+            "*",
+        ] {
+            assert!(normalize_path(raw).is_err(), "{raw:?} was accepted");
+        }
+        let mut svc = template("github", &"g/t".parse().unwrap()).unwrap();
+        svc.paths = vec!["/allowed".into()];
+        assert!(svc.matches("api.github.com", 443, true, "GET", "/allowed/x?a=../b"));
+        for escape in [
+            "/allowed/../admin",
+            "/allowed/%2e%2e/admin",
+            "/allowed//x",
+            "/allowed/./x",
+        ] {
+            assert!(
+                !svc.matches("api.github.com", 443, true, "GET", escape),
+                "{escape}: only a normalised path is under a prefix"
+            );
+        }
+    }
+
+    /// Pieces a hostile path is made of.
+    fn hostile_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just("//".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5C".to_owned()),
+            Just("\\".to_owned()),
+            Just("%00".to_owned()),
+            Just(";".to_owned()),
+            Just("%3b".to_owned()),
+            Just("%25".to_owned()),
+            Just("%".to_owned()),
+            Just("%20".to_owned()),
+            Just("%41".to_owned()),
+            Just("2e".to_owned()),
+            Just("2f".to_owned()),
+            Just("admin".to_owned()),
+            Just("allowed".to_owned()),
+            Just("é".to_owned()),
+            "[a-z0-9%./;~]{1,4}",
+            any::<char>().prop_map(|c| c.to_string()),
+        ];
+        prop::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+    }
+
+    /// How a lenient upstream could read a path: every escape decoded
+    /// twice, `\` as `/`, parameters and trailing blanks cut off each
+    /// segment, a segment of dots read as `.` or `..`, empty segments
+    /// merged, dot segments resolved.
+    fn upstream_view(path: &str) -> Vec<Vec<u8>> {
+        let decoded = decode_escapes(&decode_escapes(path.as_bytes()));
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for seg in decoded.split(|&c| c == b'/' || c == b'\\') {
+            let name = seg.split(|&c| c == b';').next().unwrap_or(&[]);
+            let name = name.trim_ascii_end();
+            if name.is_empty() {
+                continue;
+            }
+            if name.iter().all(|&c| c == b'.') {
+                if name.len() > 1 {
+                    out.pop();
+                }
+                continue;
+            }
+            out.push(seg.to_vec());
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn normalisation_never_panics_and_is_idempotent(raw in hostile_path()) {
+            for raw in [raw.clone(), format!("/{raw}"), format!("/allowed/{raw}")] {
+                if let Ok(n) = normalize_path(&raw) {
+                    proptest::prop_assert!(n.starts_with('/'), "{raw:?} -> {n:?}");
+                    proptest::prop_assert!(
+                        n.split('/').all(|s| s != "." && s != ".."),
+                        "{raw:?} -> {n:?}"
+                    );
+                    proptest::prop_assert!(!n.contains("//"), "{raw:?} -> {n:?}");
+                    proptest::prop_assert_eq!(normalize_path(&n), Ok(n.clone()), "{:?}", raw);
+                }
+            }
+        }
+
+        #[test]
+        fn a_path_under_a_prefix_stays_under_it_upstream(raw in hostile_path()) {
+            let mut svc = template("github", &"g/t".parse().unwrap()).unwrap();
+            svc.paths = vec!["/allowed".into()];
+            for raw in [format!("/allowed/{raw}"), format!("/allowed{raw}"), format!("/{raw}")] {
+                let Ok(n) = normalize_path(&raw) else { continue };
+                if svc.matches("api.github.com", 443, true, "GET", &n) {
+                    let seen = upstream_view(&n);
+                    proptest::prop_assert!(
+                        seen.first().map(|s| s.as_slice()) == Some(&b"allowed"[..]),
+                        "{raw:?} -> {n:?}, which an upstream could read as {:?}",
+                        seen.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(raw in ".*") {
+            let _ = normalize_path(&raw);
+            let _ = normalize_path(&format!("/{raw}"));
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! Bodies that pass through a [`StreamReplace`] chunk by chunk, so streams
 //! (server-sent events) flow without buffering, and that count their bytes
-//! and report when they end.
+//! and report when they end. Trailers pass through the same replacer as
+//! the data (a value in a trailer is scrubbed like one in a header).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use agent_vault_core::inject::StreamReplace;
 use bytes::Bytes;
+use hyper::HeaderMap;
 use hyper::body::{Body, Frame};
+use hyper::header::HeaderValue;
 
 /// Called once when the body ends (or is dropped), with the bytes it carried.
 pub type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
@@ -19,6 +22,8 @@ pub struct Rewritten<B> {
     finished: bool,
     bytes: u64,
     on_end: Option<OnEnd>,
+    /// Trailers that arrived while held-back data was still to be sent.
+    trailers: Option<HeaderMap>,
 }
 
 impl<B> Rewritten<B> {
@@ -30,7 +35,19 @@ impl<B> Rewritten<B> {
             finished: false,
             bytes: 0,
             on_end,
+            trailers: None,
         }
+    }
+
+    /// Each trailer value through the replacer, as a header's would be.
+    fn rewrite_trailers(&self, mut trailers: HeaderMap) -> HeaderMap {
+        for v in trailers.values_mut() {
+            if self.replace.finds(v.as_bytes()) {
+                *v = HeaderValue::from_bytes(&self.replace.replace_all(v.as_bytes()))
+                    .unwrap_or(HeaderValue::from_static("[REDACTED]"));
+            }
+        }
+        trailers
     }
 
     fn end(&mut self) {
@@ -59,6 +76,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.trailers.take() {
+            this.finished = true;
+            this.end();
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         if this.finished {
             return Poll::Ready(None);
         }
@@ -75,8 +97,23 @@ where
                         }
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
-                    // Trailers pass as they are.
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers end the body: what was held back goes
+                    // first, then the trailers, rewritten.
+                    Err(frame) => {
+                        let Ok(trailers) = frame.into_trailers() else {
+                            continue;
+                        };
+                        let trailers = this.rewrite_trailers(trailers);
+                        let rest = this.replace.finish();
+                        this.bytes += rest.len() as u64;
+                        if rest.is_empty() {
+                            this.finished = true;
+                            this.end();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        this.trailers = Some(trailers);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest)))));
+                    }
                 },
                 Poll::Ready(None) => {
                     this.finished = true;
@@ -90,5 +127,50 @@ where
                 }
             }
         }
+    }
+}
+
+/// A body that holds something (a guard) until it has been sent or dropped.
+pub struct Held<B, G> {
+    inner: B,
+    guard: Option<G>,
+}
+
+impl<B, G> Held<B, G> {
+    /// Wraps `inner`, keeping `guard` until the body ends.
+    pub fn new(inner: B, guard: G) -> Self {
+        Held {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> Body for Held<B, G>
+where
+    B: Body + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

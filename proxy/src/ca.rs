@@ -1,6 +1,5 @@
 //! The broker's certificate authority.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -9,6 +8,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+
+use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 
 /// A CA failure.
 #[derive(Debug)]
@@ -67,10 +68,11 @@ fn time_now() -> time::OffsetDateTime {
 }
 
 /// Mints leaf certificates for hosts, signed by the CA: each with its own
-/// key, valid for a day, cached so a host's leaf is minted once.
+/// key, valid for a day, cached (at most [`LEAF_CACHE`] hosts, each for
+/// [`LEAF_MAX_AGE`]) so a host's leaf is minted once.
 pub struct Minter {
     issuer: Issuer<'static, KeyPair>,
-    cache: Mutex<HashMap<String, (String, String)>>,
+    cache: Mutex<Lru<(String, String)>>,
     minted: AtomicU64,
 }
 
@@ -81,7 +83,7 @@ impl Minter {
         let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, key)?;
         Ok(Minter {
             issuer,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
             minted: AtomicU64::new(0),
         })
     }
@@ -95,7 +97,7 @@ impl Minter {
             .map_err(|_| CaError::Cert("cache poisoned".into()))?
             .get(&host)
         {
-            return Ok(hit.clone());
+            return Ok(hit);
         }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;

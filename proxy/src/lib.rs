@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod body;
 pub mod ca;
+pub mod lru;
 pub mod net;
 pub mod run;
 pub mod server;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,14 +24,15 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::{AuditLog, Record};
-use crate::body::Rewritten;
+use crate::body::{Held, Rewritten};
 use crate::ca::Minter;
+use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 
 type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -64,6 +65,55 @@ impl std::error::Error for ProxyError {}
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ProxyError + '_ {
     move |e| ProxyError(format!("{what}: {e}"))
+}
+
+/// How long an agent may take to send a request's head to the proxy (the
+/// `CONNECT`, or a plain-http request), counted from when the broker starts
+/// waiting for it: a connection that sends nothing, or half a request, is
+/// closed after this. No token is needed to hold a connection this long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the TLS handshake inside a tunnel may take, counted from the
+/// broker's answer to the `CONNECT`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a tunnel may stay open with no request in flight (between
+/// keep-alive requests, or before its first one) before the broker closes
+/// it. A request in flight, a streaming response, an open WebSocket keep
+/// it open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Sets all three time limits to this many milliseconds (tests use it so
+/// a limit is reached in a second, not in ten). Not for production use.
+const TIME_LIMIT_ENV: &str = "AGENT_VAULT_BROKER_TIME_LIMIT_MS";
+
+/// The broker's time limits (see the constants above).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header: Duration,
+    handshake: Duration,
+    idle: Duration,
+}
+
+impl Limits {
+    fn from_env() -> Self {
+        match std::env::var(TIME_LIMIT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+        {
+            Some(ms) => Limits {
+                header: Duration::from_millis(ms),
+                handshake: Duration::from_millis(ms),
+                idle: Duration::from_millis(ms),
+            },
+            None => Limits {
+                header: HEADER_TIMEOUT,
+                handshake: HANDSHAKE_TIMEOUT,
+                idle: IDLE_TIMEOUT,
+            },
+        }
+    }
 }
 
 /// The vault as the broker last read it.
@@ -122,9 +172,10 @@ pub struct Broker {
     upstream_tls: Arc<rustls::ClientConfig>,
     upstream_tls_h1: Arc<rustls::ClientConfig>,
     pool: Pool,
-    leaf_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    leaf_configs: Mutex<Lru<Arc<rustls::ServerConfig>>>,
     audit: AuditLog,
     allow_private: bool,
+    limits: Limits,
 }
 
 fn stamp(vault: &Vault) -> Option<(SystemTime, SystemTime)> {
@@ -200,9 +251,10 @@ impl Broker {
             upstream_tls: Arc::new(upstream),
             upstream_tls_h1: Arc::new(upstream_h1),
             pool: Pool::default(),
-            leaf_configs: Mutex::new(HashMap::new()),
+            leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
             audit: AuditLog::open(opts.audit.as_deref()).map_err(err("the audit log"))?,
             allow_private: opts.allow_private_upstreams,
+            limits: Limits::from_env(),
             vault,
         })
     }
@@ -295,7 +347,7 @@ impl Broker {
 
     fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
         if let Some(c) = self.leaf_configs.lock().map_err(|_| "poisoned")?.get(host) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let (cert, key) = self.minter.leaf(host).map_err(|e| e.to_string())?;
         let certs =
@@ -400,9 +452,14 @@ pub async fn serve(
 pub async fn serve_agent(broker: Arc<Broker>, stream: TcpStream) {
     // Requests are small writes: no waiting for delayed ACKs.
     let _ = stream.set_nodelay(true);
+    let header = broker.limits.header;
     let svc = service_fn(move |req| handle_proxy(broker.clone(), req));
+    // The clock for a request's head starts as soon as the broker waits for
+    // it (hyper starts it on the first read, and again between requests).
     let _ = http1::Builder::new()
         .max_buf_size(64 * 1024)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades()
         .await;
@@ -433,22 +490,26 @@ async fn handle_proxy(
         Err(refused) => return Ok(refused),
     };
     tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else {
-            return;
+        let limits = b.limits;
+        // The agent's TLS handshake, within a time limit.
+        let handshake = async {
+            let upgraded = hyper::upgrade::on(req).await.ok()?;
+            let cfg = b.server_config(&host).ok()?;
+            tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(TokioIo::new(upgraded))
+                .await
+                .ok()
         };
-        let Ok(cfg) = b.server_config(&host) else {
-            return;
-        };
-        let Ok(tls) = tokio_rustls::TlsAcceptor::from(cfg)
-            .accept(TokioIo::new(upgraded))
-            .await
-        else {
+        let Ok(Some(tls)) = tokio::time::timeout(limits.handshake, handshake).await else {
             return;
         };
         // Shared by every request on the tunnel.
         let (claims, host): (Arc<Claims>, Arc<str>) = (Arc::new(claims), host.into());
+        let activity = Arc::new(Activity::new());
+        let watched = activity.clone();
         let svc = service_fn(move |req| {
-            handle_inner(
+            let busy = Busy::start(watched.clone());
+            let answer = handle_inner(
                 b.clone(),
                 claims.clone(),
                 host.clone(),
@@ -456,21 +517,90 @@ async fn handle_proxy(
                 addr,
                 true,
                 req,
-            )
+            );
+            async move {
+                let response = answer.await?;
+                // In flight until its body has been sent.
+                Ok::<_, Infallible>(response.map(|body| Held::new(body, busy).boxed()))
+            }
         });
         // HTTP/2 or HTTP/1.1, as the agent's client and the broker agreed (ALPN).
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = activity.idle_for(limits.idle) => conn.as_mut().graceful_shutdown(),
+            }
+            // GOAWAY sent; streams still open get a moment to finish.
+            let _ = tokio::time::timeout(limits.idle, conn).await;
         } else {
+            // HTTP/1.1: the wait for a request's head is the idle limit
+            // (hyper starts it when it waits for the next request).
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.idle)
                 .serve_connection(TokioIo::new(tls), svc)
                 .with_upgrades()
                 .await;
         }
     });
     Ok(Response::new(empty()))
+}
+
+/// What a tunnel is doing: how many requests are in flight (their response
+/// bodies included), and when the last one ended.
+struct Activity {
+    busy: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            busy: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let since = self
+                .last
+                .lock()
+                .map(|l| l.elapsed())
+                .unwrap_or(Duration::ZERO);
+            if self.busy.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+            } else if since >= limit {
+                return;
+            } else {
+                tokio::time::sleep(limit - since).await;
+            }
+        }
+    }
+}
+
+/// One request in flight on a tunnel; ends when dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = Instant::now();
+        }
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Whether the token may reach `host:port` at all (some service it may use
@@ -518,7 +648,11 @@ async fn plain_http(
             "send https:// through CONNECT, or an absolute http:// URL",
         ));
     };
-    let host = authority.host().to_ascii_lowercase();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(80);
     let addr = match admit(&b, &claims, &host, port, false).await {
         Ok(a) => a,
@@ -773,6 +907,66 @@ const HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Refuses a request whose `Host` or `:authority` (or absolute-form
+/// target) names anything but the host and port the tunnel was opened to:
+/// 421 Misdirected Request; 400 for several or malformed Host headers.
+fn pinned_authority(
+    req: &Request<Incoming>,
+    host: &str,
+    port: u16,
+) -> Result<(), (StatusCode, String)> {
+    let misdirected = |named: &str| {
+        let shown: String = named.chars().take(100).collect();
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this connection goes to {host}:{port}; a request for {shown:?} is refused (Host and :authority must name the host the tunnel was opened to)"
+            ),
+        )
+    };
+    if let Some(a) = req.uri().authority()
+        && !same_authority(a.as_str(), host, port)
+    {
+        return Err(misdirected(a.as_str()));
+    }
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    if let Some(h) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "more than one Host header".to_owned(),
+            ));
+        }
+        let Ok(h) = h.to_str() else {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "a malformed Host header".to_owned(),
+            ));
+        };
+        if !same_authority(h, host, port) {
+            return Err(misdirected(h));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `authority` (`host`, `host:port`, `[v6]:port`) names `host`
+/// (lower case, IPv6 without brackets) and, if it has a port, `port`.
+/// Case and a trailing dot do not count; user information does.
+pub fn same_authority(authority: &str, host: &str, port: u16) -> bool {
+    let Ok(a) = authority.parse::<hyper::http::uri::Authority>() else {
+        return false;
+    };
+    if a.as_str().contains('@') {
+        return false;
+    }
+    let named = a.host().trim_start_matches('[').trim_end_matches(']');
+    named
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(host.trim_end_matches('.'))
+        && a.port_u16().is_none_or(|p| p == port)
+}
+
 async fn handle_inner(
     b: Arc<Broker>,
     token: Arc<Claims>,
@@ -821,21 +1015,45 @@ async fn handle_inner(
             &e.to_string(),
         );
     }
-    let pq = req
+    // The request goes to the host the tunnel was opened to, whatever
+    // the agent wrote in Host or :authority (no domain fronting).
+    if let Err((status, msg)) = pinned_authority(&req, &host, port) {
+        return refuse(&b, record, status, &msg);
+    }
+    // The path is matched, and sent, as normalised: `/allowed/../admin` is
+    // `/admin`, and an ambiguous one (`%2e%2e`, `%2f`) is under no prefix.
+    let raw_pq = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    let (raw_path, query) = match raw_pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw_pq.as_str(), None),
+    };
+    let normal = agent_vault_core::services::normalize_path(raw_path);
+    let pq = match (&normal, query) {
+        (Ok(p), Some(q)) => format!("{p}?{q}"),
+        (Ok(p), None) => p.clone(),
+        // Only a service with no path prefix can match it: sent as it is.
+        (Err(_), _) => raw_pq.clone(),
+    };
+    if let Ok(p) = &normal {
+        record.path = p.clone();
+    }
     let Some((name, service)) = snap
         .services
         .find(&host, port, https, &method, &pq, |n| token.may_use(n))
     else {
-        return refuse(
-            &b,
-            record,
-            StatusCode::FORBIDDEN,
-            &format!("no service this token may use covers {method} {path} on {host}"),
-        );
+        return match normal {
+            Err(why) => refuse(&b, record, StatusCode::BAD_REQUEST, &why),
+            Ok(p) => refuse(
+                &b,
+                record,
+                StatusCode::FORBIDDEN,
+                &format!("no service this token may use covers {method} {p} on {host}"),
+            ),
+        };
     };
     record.service = name.to_owned();
     let plan = match b.plan(&snap, name, service, &token.agent) {
@@ -914,7 +1132,17 @@ async fn handle_inner(
     if websocket {
         headers.remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
     }
-    let has_host = headers.contains_key(hyper::header::HOST);
+    // Checked above; the broker writes the one the upstream gets.
+    headers.remove(hyper::header::HOST);
+    // A compressed response cannot be scrubbed (an echo of the credential,
+    // gzipped, would pass): the broker asks for none when it injects.
+    if !plan.secrets().is_empty() {
+        headers.insert(
+            hyper::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let head_only = parts.method == Method::HEAD;
     let mut builder = Request::builder().method(parts.method).uri(pq.as_str());
     if let Some(h) = builder.headers_mut() {
         *h = headers;
@@ -924,16 +1152,16 @@ async fn handle_inner(
             .header(hyper::header::CONNECTION, "Upgrade")
             .header(hyper::header::UPGRADE, "websocket");
     }
-    if !has_host {
-        builder = builder.header(
-            hyper::header::HOST,
-            if port == 443 {
-                host.to_string()
-            } else {
-                format!("{host}:{port}")
-            },
-        );
-    }
+    let default_port = if https { 443 } else { 80 };
+    builder = builder.header(
+        hyper::header::HOST,
+        match (port == default_port, host.contains(':')) {
+            (true, false) => host.to_string(),
+            (true, true) => format!("[{host}]"),
+            (false, false) => format!("{host}:{port}"),
+            (false, true) => format!("[{host}]:{port}"),
+        },
+    );
     let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let upstream_req = if !rewrites_body {
         // Nothing to substitute: the body streams through as it is.
@@ -1030,9 +1258,30 @@ async fn handle_inner(
     }
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrubber();
+    // Asked for none above; an upstream that compresses anyway is refused
+    // rather than passed on unscrubbed.
+    let encoded = parts
+        .headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bodiless = head_only
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if encoded && !scrub.is_empty() && !bodiless && !switching {
+        return refuse(
+            &b,
+            record,
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"
+            ),
+        );
+    }
     // Edited in place: most responses carry no injected value, and their
-    // headers pass without a copy.
-    for name in HOP {
+    // headers pass without a copy. `Trailer` stays: it names the trailers
+    // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
+    // gets trailers it announces.
+    for name in HOP.iter().filter(|n| **n != "trailer") {
         let keep_for_upgrade = switching && (*name == "upgrade" || *name == "connection");
         if !keep_for_upgrade {
             parts.headers.remove(*name);
@@ -1061,4 +1310,53 @@ async fn handle_inner(
     });
     let body = Rewritten::new(body, scrub, on_end);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_tunnels_host_is_the_same_authority() {
+        for a in [
+            "api.example.com",
+            "API.Example.com",
+            "api.example.com.",
+            "api.example.com:443",
+        ] {
+            assert!(same_authority(a, "api.example.com", 443), "{a}");
+        }
+        assert!(same_authority("[::1]:8443", "::1", 8443));
+        assert!(same_authority("127.0.0.1:8443", "127.0.0.1", 8443));
+        for a in [
+            "evil.example.com",
+            "api.example.com:444",
+            "api.example.com.evil.com",
+            "user@api.example.com",
+            "api.example.com@evil.com",
+            "api.example.com/x",
+            "api.example.com evil",
+            "",
+            ":443",
+        ] {
+            assert!(!same_authority(a, "api.example.com", 443), "{a}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_authority_accepted_names_the_tunnels_host(
+            a in "[a-zA-Z0-9.:@\\[\\]%/ -]{0,40}",
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            // Never panics; accepted only if what it names is the host.
+            if same_authority(&a, "api.example.com", port) {
+                let parsed: hyper::http::uri::Authority = a.parse().unwrap();
+                proptest::prop_assert!(parsed.host().trim_end_matches('.').eq_ignore_ascii_case("api.example.com"));
+                proptest::prop_assert!(parsed.port_u16().is_none_or(|p| p == port));
+                proptest::prop_assert!(!a.contains('@'));
+            }
+            let _ = same_authority(&a, &a, port);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -61,7 +61,7 @@ fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
 
 /// Calls `done` every 50 ms until it says yes or `limit` has passed;
 /// returns how long that took.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() && start.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(50));
@@ -71,10 +71,16 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
 
 /// Starts `agent-vault proxy` on port 0; returns it and its port.
 fn start_broker(env: &Env, extra: &[&str]) -> (Proc, u16) {
+    start_broker_with(env, extra, &[])
+}
+
+/// Like [`start_broker`], with these environment variables.
+pub(crate) fn start_broker_with(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> (Proc, u16) {
     let mut args = vec!["proxy", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let mut child = env
         .cmd(&args)
+        .envs(vars.iter().copied())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

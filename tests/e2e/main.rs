@@ -10,6 +10,7 @@ mod basics;
 mod broker;
 mod faults;
 mod hook;
+mod hostile_broker;
 mod hostile_vault;
 mod hostile_trust;
 mod interop;
