@@ -149,7 +149,9 @@ fn hook_blocks_pem_keys_whatever_their_line_lengths_and_inside_json() {
         ("crlf.pem", P521_PEM.replace('\n', "\r\n")),
         (
             "unwrapped.pem",
-            format!("-----BEGIN EC PRIVATE KEY-----\n{one_line_body}\n-----END EC PRIVATE KEY-----\n"),
+            format!(
+                "-----BEGIN EC PRIVATE KEY-----\n{one_line_body}\n-----END EC PRIVATE KEY-----\n"
+            ),
         ),
         ("sa.json", service_account),
         (
@@ -184,5 +186,9 @@ fn hook_blocks_a_symlink_turned_into_a_file_holding_a_key() {
     std::fs::remove_file(env.vault.join("cred")).unwrap();
     let out = commit(&env, "cred", P521_PEM);
     assert!(!out.status.success(), "the typechange was committed");
-    assert!(stderr(&out).contains("refusing to commit cred"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refusing to commit cred"),
+        "{}",
+        stderr(&out)
+    );
 }
