@@ -102,6 +102,19 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
     for t in &tracked {
         f.push(Error, "tracked-local", t, crate::vfs::TRACKED_LOCAL);
     }
+    match crate::vfs::tracked_gitlinks(vault.dir()) {
+        Ok(gitlinks) => {
+            for path in gitlinks {
+                f.push(
+                    Error,
+                    "unsafe-file",
+                    path,
+                    "git tracks a submodule (gitlink) here, which no owner writes; remove it with `git rm`",
+                );
+            }
+        }
+        Err(e) => f.push(Error, "unsafe-file", rel(vault.dir()), e.to_string()),
+    }
     if tracked.is_empty() {
         match Txn::peek(vault) {
             Ok(None) => {}

@@ -640,6 +640,38 @@ pub fn tracked_local(vault_dir: &Path) -> Result<Vec<String>> {
     Ok(found.into_iter().collect())
 }
 
+/// Entries below `.agent-vault/` that git tracks as a gitlink (a
+/// submodule). A plain `git pull` brings one in unchecked, as an empty
+/// directory that no reader enters; `check` reports it (links it finds on
+/// its own walk of the files).
+pub fn tracked_gitlinks(vault_dir: &Path) -> Result<Vec<String>> {
+    const GITLINK: u32 = 0o160000;
+    let repo = match git2::Repository::discover(vault_dir) {
+        Ok(r) => r,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(workdir) = repo.workdir() else {
+        return Ok(Vec::new());
+    };
+    let workdir = workdir.canonicalize().map_err(|e| Error::io(workdir, e))?;
+    let Some(prefix) = vault_dir
+        .strip_prefix(&workdir)
+        .ok()
+        .and_then(Path::to_str)
+        .map(|s| format!("{s}/"))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for e in repo.index()?.iter() {
+        if e.path.starts_with(prefix.as_bytes()) && e.mode & 0o170000 == GITLINK {
+            found.push(String::from_utf8_lossy(&e.path).into_owned());
+        }
+    }
+    Ok(found)
+}
+
 /// Refuses, naming the first one, if git tracks anything under `.local/`.
 pub fn ensure_local_untracked(vault_dir: &Path) -> Result<()> {
     match tracked_local(vault_dir)?.into_iter().next() {

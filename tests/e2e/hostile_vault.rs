@@ -591,3 +591,48 @@ fn age_encrypt(recipient: &str, value: &[u8]) -> Vec<u8> {
     }
     b"age-encryption.org/v1\n-> X25519 AAAA\nBBBB\n--- CCCC\n\x00\x01".to_vec()
 }
+
+#[test]
+fn pushed_submodule_is_refused_by_sync_and_reported_by_check() {
+    let s = Scene::new();
+    s.attack(|v| {
+        // A gitlink (mode 160000), what a submodule adds: `git add` records
+        // an embedded repository as one.
+        let sub = v.join("secrets/g/sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        for args in [
+            &["init", "-q"][..],
+            &["commit", "-q", "--allow-empty", "-m", "inner"],
+        ] {
+            let out = s.env.git_in(&sub, args);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    });
+    s.sync_refuses(".agent-vault/secrets/g/sub");
+    assert_eq!(s.env.get("g/one"), b"value-one");
+    let before = s.git_pull();
+    s.check_reports("unsafe-file", ".agent-vault/secrets/g/sub");
+    s.reset_to(&before);
+    s.check_passes();
+}
+
+#[test]
+fn vault_directory_replaced_by_a_link_is_refused() {
+    let s = Scene::new();
+    s.attack(|v| {
+        // The attacker's own copy elsewhere in the repository, and
+        // `.agent-vault` a link to it.
+        let evil = v.parent().unwrap().join("evil");
+        std::fs::rename(v, &evil).unwrap();
+        symlink(Path::new("evil"), v);
+    });
+    s.sync_refuses(".agent-vault");
+    let before = s.git_pull();
+    s.refuses(&["get", "g/one"], ".agent-vault");
+    s.refuses(&["set", "g/two"], ".agent-vault");
+    let out = s.run(&["get", "g/one", "--key", s.bot_key.to_str().unwrap()]);
+    assert!(!out.status.success(), "the agent read through the link");
+    s.reset_to(&before);
+    s.check_passes();
+    assert_eq!(s.env.get("g/one"), b"value-one");
+}
