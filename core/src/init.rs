@@ -13,7 +13,7 @@ use crate::names::OwnerName;
 use crate::vault::{VAULT_DIR, Vault};
 
 /// The pre-commit hook script installed by `init`.
-pub const PRE_COMMIT_HOOK: &str = include_str!("../../hooks/pre-commit");
+pub const PRE_COMMIT_HOOK: &str = include_str!("../hooks/pre-commit");
 /// The file name the hook script is installed under, beside `pre-commit`.
 pub const HOOK_SCRIPT_NAME: &str = "agent-vault-pre-commit";
 
