@@ -9,7 +9,7 @@ use agent_vault_core::AgentName;
 use serde_json::json;
 
 use super::{Ctx, done, parse, parse_expiry};
-use crate::cli::{McpArgs, ProxyArgs, ServiceCommand};
+use crate::cli::{McpArgs, ProxyArgs, ServiceCommand, TokenCommand};
 use crate::output::{self, CliError, CliResult, line, note};
 
 /// `broker init`.
@@ -128,8 +128,26 @@ pub(super) fn audit(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `token issue|revoke`.
+pub(super) fn token(ctx: &Ctx, cmd: TokenCommand) -> CliResult<ExitCode> {
+    match cmd {
+        TokenCommand::Issue {
+            agent,
+            ttl,
+            services,
+            session,
+        } => token_issue(ctx, &agent, &ttl, &services, session),
+        TokenCommand::Revoke {
+            id,
+            agent,
+            session,
+            all,
+        } => token_revoke(ctx, id, agent, session, all),
+    }
+}
+
 /// `token issue`.
-pub(super) fn token_issue(
+fn token_issue(
     ctx: &Ctx,
     agent: &str,
     ttl: &str,
@@ -156,7 +174,7 @@ pub(super) fn token_issue(
 }
 
 /// `token revoke`.
-pub(super) fn token_revoke(
+fn token_revoke(
     ctx: &Ctx,
     id: Option<String>,
     agent: Option<String>,

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use agent_vault_core::{KeySource, KeyStore, Vault};
 use serde_json::json;
 
-use crate::cli::{BrokerCommand, CaCommand, Cli, Command, TokenCommand};
+use crate::cli::{BrokerCommand, CaCommand, Cli, Command};
 use crate::output::{self, CliError, CliResult, line};
 
 /// Context shared by the commands.
@@ -98,18 +98,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Audit { file, agent, since } => {
             broker::audit(&ctx, &file, agent.as_deref(), since.as_deref())
         }
-        Command::Token(TokenCommand::Issue {
-            agent,
-            ttl,
-            services,
-            session,
-        }) => broker::token_issue(&ctx, &agent, &ttl, &services, session),
-        Command::Token(TokenCommand::Revoke {
-            id,
-            agent,
-            session,
-            all,
-        }) => broker::token_revoke(&ctx, id, agent, session, all),
+        Command::Token(cmd) => broker::token(&ctx, cmd),
         Command::Ca(CaCommand::Cert) => broker::ca_cert(&ctx),
         Command::Service(cmd) => broker::service(&ctx, cmd),
         Command::Completions { shell } => docs::completions(shell),
