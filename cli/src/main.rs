@@ -4,7 +4,7 @@
 
 mod broker;
 mod cli;
-mod commands;
+mod cmd;
 mod demo;
 mod output;
 mod service;
@@ -15,7 +15,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match commands::run(cli) {
+    match cmd::run(cli) {
         Ok(code) => code,
         Err(e) => output::report_error(&e),
     }

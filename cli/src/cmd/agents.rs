@@ -1,0 +1,205 @@
+//! Agents and their grants: `add-agent`, `remove-agent`, `list-agents`,
+//! `recover-agent`, `restore-agent`, `grant`, `revoke`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use agent_vault_core::writer::Exposure;
+use agent_vault_core::{AgentName, GroupName, Mode};
+use serde_json::json;
+
+use super::{Ctx, parse};
+use crate::cli::ModeArg;
+use crate::output::{self, CliResult, line};
+
+/// `add-agent`.
+pub(super) fn add(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
+    let a: AgentName = parse(name)?;
+    let vault = ctx.vault()?;
+    let mut w = vault.writer(&ctx.key_source())?;
+    let key = w.add_agent(&a)?;
+    let recipient = w.manifest().agents[&a].recipient.clone();
+    if ctx.json {
+        output::json(&json!({"agent": name, "recipient": recipient, "key_file": key}))?;
+    } else {
+        line(format!("added agent {name} ({recipient})"))?;
+        line(format!(
+            "its key: {} — hand it to the agent (AGENT_VAULT_KEY or --key)",
+            key.display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `remove-agent`.
+pub(super) fn remove(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
+    let vault = ctx.vault()?;
+    let mut w = vault.writer(&ctx.key_source())?;
+    let exposures = w.remove_agent(&parse(name)?)?;
+    print_exposures(ctx, &exposures, &format!("removed agent {name}"))
+}
+
+/// `list-agents`.
+pub(super) fn list(ctx: &Ctx) -> CliResult<ExitCode> {
+    let vault = ctx.vault()?;
+    let m = vault.manifest()?;
+    if ctx.json {
+        let agents: Vec<_> = m
+            .agents
+            .iter()
+            .map(|(a, e)| {
+                let grants: serde_json::Map<String, serde_json::Value> = m
+                    .grants
+                    .get(a)
+                    .map(|g| {
+                        g.iter()
+                            .map(|(g, mode)| (g.to_string(), json!(mode)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({"name": a, "recipient": e.recipient, "grants": grants})
+            })
+            .collect();
+        output::json(&json!(agents))?;
+    } else if m.agents.is_empty() {
+        line("no agents; add one with `agent-vault add-agent NAME`")?;
+    } else {
+        for a in m.agents.keys() {
+            let grants: Vec<String> = m
+                .grants
+                .get(a)
+                .map(|g| g.iter().map(|(g, mode)| format!("{g}:{mode}")).collect())
+                .unwrap_or_default();
+            let grants = if grants.is_empty() {
+                "(no grants)".to_owned()
+            } else {
+                grants.join(" ")
+            };
+            line(format!("{a:<20} {grants}"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `recover-agent`.
+pub(super) fn recover(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
+    let vault = ctx.vault()?;
+    let mut w = vault.writer(&ctx.key_source())?;
+    let key = w.recover_agent(&parse(name)?)?;
+    if ctx.json {
+        output::json(&json!({"agent": name, "key_file": key}))?;
+    } else {
+        line(format!("agent {name} has a new key: {}", key.display()))?;
+        line("the groups it can read were rotated; its old key opens nothing written from now on")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore-agent`.
+pub(super) fn restore(ctx: &Ctx, name: &str, to: &Path) -> CliResult<ExitCode> {
+    let vault = ctx.vault()?;
+    let w = vault.writer(&ctx.key_source())?;
+    w.restore_agent(&parse(name)?, to)?;
+    if !ctx.json {
+        line(format!(
+            "wrote agent {name}'s key to {} (mode 0600)",
+            to.display()
+        ))?;
+    } else {
+        output::json(&json!({"agent": name, "key_file": to}))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `grant`.
+pub(super) fn grant(ctx: &Ctx, agent: &str, group: &str, mode: ModeArg) -> CliResult<ExitCode> {
+    let (a, g): (AgentName, GroupName) = (parse(agent)?, parse(group)?);
+    let mode = match mode {
+        ModeArg::Read => Mode::Read,
+        ModeArg::Use => Mode::Use,
+    };
+    let vault = ctx.vault()?;
+    let outcome = vault.writer(&ctx.key_source())?.grant(&a, &g, mode)?;
+    if ctx.json {
+        output::json(&json!({
+            "agent": agent, "group": group, "mode": mode, "previous": outcome.previous,
+            "exposure": outcome.exposure.as_ref().map(exposure_json),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match outcome.previous {
+        Some(p) if p == mode => line(format!("{agent} already has {mode} on {group}"))?,
+        _ => line(format!("granted {agent} {mode} on group {group}"))?,
+    }
+    if let Some(e) = &outcome.exposure {
+        print_exposure_text(e)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revoke`.
+pub(super) fn revoke(ctx: &Ctx, agent: &str, group: &str) -> CliResult<ExitCode> {
+    let (a, g): (AgentName, GroupName) = (parse(agent)?, parse(group)?);
+    let vault = ctx.vault()?;
+    let e = vault.writer(&ctx.key_source())?.revoke(&a, &g)?;
+    print_exposures(ctx, &[e], &format!("revoked {agent} on {group}"))
+}
+
+fn exposure_json(e: &Exposure) -> serde_json::Value {
+    json!({
+        "agent": e.agent, "group": e.group, "could_read": e.could_read,
+        "secrets": e.secrets, "in_history": e.in_history, "skipped": e.skipped,
+    })
+}
+
+fn print_exposure_text(e: &Exposure) -> CliResult<()> {
+    if !e.could_read {
+        return line(format!(
+            "{} only had use of group {}: it never held its values; nothing to rotate upstream",
+            e.agent, e.group
+        ));
+    }
+    line(format!(
+        "group {}'s key was rotated: values set from now on are out of {}'s reach.",
+        e.group, e.agent
+    ))?;
+    line(format!(
+        "{} could read these values, and may have kept them — rotate them upstream (revocation cannot un-leak a value):",
+        e.agent
+    ))?;
+    for s in &e.secrets {
+        line(format!("  {s}"))?;
+    }
+    if !e.in_history.is_empty() {
+        line("and these, removed since but still readable in git history:")?;
+        for s in &e.in_history {
+            line(format!("  {s}"))?;
+        }
+    }
+    if e.secrets.is_empty() && e.in_history.is_empty() {
+        line("  (none: the group holds no secrets)")?;
+    }
+    if !e.skipped.is_empty() {
+        line(
+            "left as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):",
+        )?;
+        for s in &e.skipped {
+            line(format!("  {s}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_exposures(ctx: &Ctx, exposures: &[Exposure], headline: &str) -> CliResult<ExitCode> {
+    if ctx.json {
+        output::json(
+            &json!({"message": headline, "exposure": exposures.iter().map(exposure_json).collect::<Vec<_>>()}),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    line(headline)?;
+    for e in exposures {
+        print_exposure_text(e)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
