@@ -196,7 +196,7 @@ async fn handle_proxy(
     let port = authority.port_u16().unwrap_or(443);
     let addr = match admit(&b, &claims, &host, port, true).await {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
     };
     tokio::spawn(tunnel(b, req, host, port, addr, claims));
     Ok(Response::new(empty()))
@@ -324,35 +324,68 @@ impl Drop for Busy {
     }
 }
 
+/// Why a token may not reach a destination at all.
+#[derive(Debug)]
+pub(crate) enum Unadmitted {
+    /// No service the token may use covers `host:port` over https.
+    NotCovered {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// No service the token may use allows plain http to `host:port`.
+    NoPlainHttp {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// The host does not resolve, or resolves to a refused address.
+    Resolve(crate::net::ResolveError),
+}
+
+impl std::fmt::Display for Unadmitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unadmitted::NotCovered { host, port } => write!(
+                f,
+                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
+            ),
+            Unadmitted::NoPlainHttp { host, port } => write!(
+                f,
+                "no service this token may use allows plain http to {host}:{port}; use https://"
+            ),
+            Unadmitted::Resolve(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Whether the token may reach `host:port` at all (some service it may use
 /// covers the host, for https or plain http), and the address to pin: a
-/// public one unless private upstreams are allowed. Else the refusal.
+/// public one unless private upstreams are allowed.
 async fn admit(
     b: &Broker,
     claims: &Claims,
     host: &str,
     port: u16,
     https: bool,
-) -> Result<SocketAddr, Response<ProxyBody>> {
+) -> Result<SocketAddr, Unadmitted> {
     let covered = b
         .snapshot()
         .services
         .covers(host, port, https, |n| claims.may_use(n));
     if !covered {
-        let msg = if https {
-            format!(
-                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
-            )
+        let host = host.to_owned();
+        return Err(if https {
+            Unadmitted::NotCovered { host, port }
         } else {
-            format!(
-                "no service this token may use allows plain http to {host}:{port}; use https://"
-            )
-        };
-        return Err(text(StatusCode::FORBIDDEN, &msg));
+            Unadmitted::NoPlainHttp { host, port }
+        });
     }
     crate::net::resolve(host, port, b.allow_private)
         .await
-        .map_err(|msg| text(StatusCode::FORBIDDEN, &msg))
+        .map_err(Unadmitted::Resolve)
 }
 
 /// An absolute-form `http://` request: brokered only for a service that
@@ -377,7 +410,7 @@ async fn plain_http(
     let port = authority.port_u16().unwrap_or(80);
     let addr = match admit(&b, &claims, &host, port, false).await {
         Ok(a) => a,
-        Err(refused) => return Ok(refused),
+        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
     };
     forward(b, Arc::new(claims), host.into(), port, addr, false, req).await
 }
