@@ -2,7 +2,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -65,5 +66,40 @@ impl AuditLog {
         if let Ok(mut f) = f.lock() {
             let _ = f.write_all(&line);
         }
+    }
+}
+
+/// The record of a request in progress, written when it is dropped: when
+/// the request is refused, when its response body ends (or is dropped),
+/// when its WebSocket closes, or when the request is abandoned. So no path
+/// through the broker forgets to audit.
+pub(crate) struct Audited {
+    log: Arc<AuditLog>,
+    started: Instant,
+    /// Filled in as the request goes; `duration_ms` is set when written.
+    pub(crate) record: Record,
+}
+
+impl Audited {
+    /// Starts the record of a request that started at `started`.
+    pub(crate) fn new(log: Arc<AuditLog>, started: Instant, record: Record) -> Self {
+        Audited {
+            log,
+            started,
+            record,
+        }
+    }
+
+    /// Sets the bytes each way, as counted when the request ended.
+    pub(crate) fn bytes(&mut self, bytes_in: u64, bytes_out: u64) {
+        self.record.bytes_in = bytes_in;
+        self.record.bytes_out = bytes_out;
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        self.record.duration_ms = self.started.elapsed().as_millis() as u64;
+        self.log.write(&self.record);
     }
 }

@@ -7,12 +7,20 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod audit;
+mod authority;
 pub mod body;
+mod broker;
 pub mod ca;
+mod error;
+mod forward;
 pub mod lru;
 pub mod net;
+mod reply;
 pub mod run;
 pub mod server;
+mod tunnel;
+mod upstream;
+mod websocket;
 
 pub use run::run;
 pub use server::{Broker, Options, ProxyError, serve};

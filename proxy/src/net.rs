@@ -28,20 +28,68 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
+/// Why a destination was refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The name did not resolve.
+    Lookup {
+        /// The host.
+        host: String,
+        /// What the resolver said.
+        source: std::io::Error,
+    },
+    /// The name resolved to no address.
+    NoAddress {
+        /// The host.
+        host: String,
+    },
+    /// Some address is private, loopback or link-local, and those are not
+    /// allowed.
+    Private {
+        /// The host.
+        host: String,
+    },
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Lookup { host, source } => write!(f, "cannot resolve {host}: {source}"),
+            ResolveError::NoAddress { host } => write!(f, "{host} has no address"),
+            ResolveError::Private { host } => write!(
+                f,
+                "{host} resolves to a private, loopback or link-local address; the broker refuses those (--allow-private-upstreams allows them)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
 /// Resolves `host:port` to one address to use for the whole tunnel.
-pub async fn resolve(host: &str, port: u16, allow_private: bool) -> Result<SocketAddr, String> {
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<SocketAddr, ResolveError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|source| ResolveError::Lookup {
+            host: host.to_owned(),
+            source,
+        })?
         .collect();
     let first = addrs
         .first()
         .copied()
-        .ok_or_else(|| format!("{host} has no address"))?;
+        .ok_or_else(|| ResolveError::NoAddress {
+            host: host.to_owned(),
+        })?;
     if !allow_private && addrs.iter().any(|a| is_private(a.ip())) {
-        return Err(format!(
-            "{host} resolves to a private, loopback or link-local address; the broker refuses those (--allow-private-upstreams allows them)"
-        ));
+        return Err(ResolveError::Private {
+            host: host.to_owned(),
+        });
     }
     Ok(first)
 }

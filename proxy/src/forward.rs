@@ -1,0 +1,531 @@
+//! Forwarding one request inside a tunnel: the token checked again, the
+//! service matched, the request edited (the agent's credentials out, the
+//! service's in, placeholders substituted), sent upstream through
+//! [`crate::upstream`], and the response scrubbed of every injected value on
+//! its way back. Each request's audit record is an [`Audited`] guard.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_vault_core::inject::{Outgoing, Plan, StreamReplace};
+use agent_vault_core::token::{Claims, TokenError};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+
+use crate::audit::{Audited, Record};
+use crate::authority::{AuthorityError, pinned_authority};
+use crate::body::{OnEnd, Rewritten};
+use crate::broker::Broker;
+use crate::reply::{ProxyBody, full, text};
+use crate::upstream::SendError;
+use crate::websocket::splice;
+
+/// How long the upstream may take to answer a request's head.
+const UPSTREAM_ANSWER: Duration = Duration::from_secs(120);
+
+/// Why a request inside a tunnel was refused; each is one answer to the
+/// agent and one audit record with its status.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The token no longer verifies (expired or revoked since `CONNECT`).
+    Token(TokenError),
+    /// `Host` or `:authority` names another host than the tunnel's.
+    Authority(AuthorityError),
+    /// An ambiguous path (`%2e%2e`, `%2f`) that no service without a path
+    /// prefix covers.
+    Path(String),
+    /// No service this token may use covers the request.
+    NoService {
+        /// The request's method.
+        method: String,
+        /// Its path, normalised.
+        path: String,
+        /// The tunnel's host.
+        host: String,
+    },
+    /// No injection plan (a secret not granted, or missing).
+    Plan(agent_vault_core::Error),
+    /// The request carries what the injection refuses (an unlisted
+    /// placeholder, a credential where none may go).
+    Injection(agent_vault_core::Error),
+    /// A body with placeholders over [`MAX_REWRITTEN_BODY`].
+    TooLarge,
+    /// The body with placeholders could not be read.
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// The edited request is not a valid request.
+    Build(hyper::http::Error),
+    /// The upstream could not be reached, or failed.
+    Upstream(SendError),
+    /// The upstream did not answer in time.
+    Timeout {
+        /// The tunnel's host.
+        host: String,
+    },
+    /// The upstream sent a compressed body although none was asked for.
+    Compressed {
+        /// The tunnel's host.
+        host: String,
+    },
+}
+
+impl Refusal {
+    /// The status the agent gets.
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Token(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Refusal::Authority(e) => e.status(),
+            Refusal::Path(_) | Refusal::Body(_) | Refusal::Build(_) => StatusCode::BAD_REQUEST,
+            Refusal::NoService { .. } | Refusal::Plan(_) | Refusal::Injection(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Token(e) => write!(f, "{e}"),
+            Refusal::Authority(e) => write!(f, "{e}"),
+            Refusal::Path(why) => f.write_str(why),
+            Refusal::NoService { method, path, host } => write!(
+                f,
+                "no service this token may use covers {method} {path} on {host}"
+            ),
+            Refusal::Plan(e) | Refusal::Injection(e) => write!(f, "{e}"),
+            Refusal::TooLarge => f.write_str("a body with placeholders may be at most 16 MiB"),
+            Refusal::Body(e) => write!(f, "cannot read the request body: {e}"),
+            Refusal::Build(e) => write!(f, "cannot forward the request: {e}"),
+            Refusal::Upstream(e) => write!(f, "{e}"),
+            Refusal::Timeout { host } => write!(f, "{host} did not answer"),
+            Refusal::Compressed { host } => write!(
+                f,
+                "{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"
+            ),
+        }
+    }
+}
+
+/// The refusal's answer; its audit record is written with its status.
+fn refuse(mut audit: Audited, refusal: Refusal) -> Response<ProxyBody> {
+    let status = refusal.status();
+    audit.record.status = status.as_u16();
+    drop(audit);
+    text(status, &refusal.to_string())
+}
+
+/// The tunnel a request came through: who, where to, and how.
+pub(crate) struct Tunnel {
+    /// The token's claims, checked at `CONNECT`.
+    pub(crate) token: Arc<Claims>,
+    /// The host the tunnel was opened to (lower case, IPv6 without brackets).
+    pub(crate) host: Arc<str>,
+    /// Its port.
+    pub(crate) port: u16,
+    /// The upstream address pinned when the tunnel was admitted.
+    pub(crate) addr: SocketAddr,
+    /// https (a `CONNECT` tunnel), or plain http.
+    pub(crate) https: bool,
+}
+
+/// The upstream's answer, and what the response stage needs to know of
+/// the request.
+struct Answered {
+    plan: Arc<Plan>,
+    upstream: Response<Incoming>,
+    /// The agent's side of a WebSocket upgrade.
+    agent_upgrade: Option<OnUpgrade>,
+    websocket: bool,
+    head_only: bool,
+    /// Request body bytes from the agent, set as the body is sent.
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// Forwards one request from a tunnel and answers it: the upstream's
+/// response, scrubbed, or the broker's refusal.
+pub(crate) async fn forward(
+    b: Arc<Broker>,
+    token: Arc<Claims>,
+    host: Arc<str>,
+    port: u16,
+    addr: SocketAddr,
+    https: bool,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let time = jiff::Timestamp::now();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let record = Record {
+        time,
+        agent: token.agent.clone(),
+        token_id: token.id.clone(),
+        service: String::new(),
+        method: method.clone(),
+        host: host.to_string(),
+        path,
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0,
+        secrets: Vec::new(),
+    };
+    let mut audit = Audited::new(b.audit.clone(), started, record);
+    let tunnel = Tunnel {
+        token,
+        host,
+        port,
+        addr,
+        https,
+    };
+    match exchange(&b, &tunnel, &method, req, &mut audit.record).await {
+        Ok(answered) => Ok(respond(audit, answered, &tunnel.host)),
+        Err(refusal) => Ok(refuse(audit, refusal)),
+    }
+}
+
+/// The request stage: checks, the plan, the edited request sent upstream.
+async fn exchange(
+    b: &Broker,
+    t: &Tunnel,
+    method: &str,
+    req: Request<Incoming>,
+    record: &mut Record,
+) -> Result<Answered, Refusal> {
+    let host = &*t.host;
+    // The token is checked again on every request: a revocation reaches
+    // tunnels that are already open.
+    let snap = b.snapshot();
+    b.token_key
+        .verify_claims(
+            &t.token,
+            jiff::Timestamp::now().as_second(),
+            &snap.manifest.revoked,
+        )
+        .map_err(Refusal::Token)?;
+    // The request goes to the host the tunnel was opened to, whatever
+    // the agent wrote in Host or :authority (no domain fronting).
+    pinned_authority(&req, host, t.port).map_err(Refusal::Authority)?;
+    let (pq, normal) = normalised(&req);
+    if let Ok(p) = &normal {
+        record.path = p.clone();
+    }
+    let Some((name, service)) = snap
+        .services
+        .find(host, t.port, t.https, method, &pq, |n| t.token.may_use(n))
+    else {
+        return Err(match normal {
+            Err(why) => Refusal::Path(why),
+            Ok(path) => Refusal::NoService {
+                method: method.to_owned(),
+                path,
+                host: host.to_owned(),
+            },
+        });
+    };
+    record.service = name.to_owned();
+    let plan = b
+        .plan(&snap, name, service, &t.token.agent)
+        .map_err(Refusal::Plan)?;
+    record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
+    // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any
+    // request, then the two connections are joined.
+    let mut req = req;
+    let websocket = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let head_only = req.method() == Method::HEAD;
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let upstream_req = upstream_request(&plan, t, req, pq, websocket, &bytes_in).await?;
+    // The upstream, at the address pinned at CONNECT, verified for the host.
+    let response = b
+        .upstreams
+        .send(host, t.port, t.addr, t.https, websocket, upstream_req);
+    let upstream = match tokio::time::timeout(UPSTREAM_ANSWER, response).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(Refusal::Upstream(e)),
+        Err(_) => {
+            return Err(Refusal::Timeout {
+                host: host.to_owned(),
+            });
+        }
+    };
+    Ok(Answered {
+        plan,
+        upstream,
+        agent_upgrade,
+        websocket,
+        head_only,
+        bytes_in,
+    })
+}
+
+/// The path and query as matched and sent, and the path normalised (or why
+/// it cannot be): `/allowed/../admin` is `/admin`, and an ambiguous one
+/// (`%2e%2e`, `%2f`) is under no prefix.
+fn normalised(req: &Request<Incoming>) -> (String, Result<String, String>) {
+    let raw_pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let (raw_path, query) = match raw_pq.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw_pq.as_str(), None),
+    };
+    let normal = agent_vault_core::services::normalize_path(raw_path);
+    let pq = match (&normal, query) {
+        (Ok(p), Some(q)) => format!("{p}?{q}"),
+        (Ok(p), None) => p.clone(),
+        // Only a service with no path prefix can match it: sent as it is.
+        (Err(_), _) => raw_pq.clone(),
+    };
+    (pq, normal)
+}
+
+/// The request as it goes upstream: headers edited, `Host` written by the
+/// broker, the body streamed or, with placeholders, rewritten whole.
+async fn upstream_request(
+    plan: &Plan,
+    t: &Tunnel,
+    req: Request<Incoming>,
+    pq: String,
+    websocket: bool,
+    bytes_in: &Arc<AtomicU64>,
+) -> Result<Request<ProxyBody>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    let substituter = plan.substituter();
+    let rewrites_body = !substituter.is_empty();
+    let (pq, mut headers) = edit_headers(plan, &mut parts.headers, pq)?;
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if rewrites_body {
+        headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    // No compressed frames: the scrubber must see the bytes.
+    if websocket {
+        headers.remove(hyper::header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+    // Checked above; the broker writes the one the upstream gets.
+    headers.remove(hyper::header::HOST);
+    // A compressed response cannot be scrubbed (an echo of the credential,
+    // gzipped, would pass): the broker asks for none when it injects.
+    if !plan.secrets().is_empty() {
+        headers.insert(
+            hyper::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+    let mut builder = Request::builder().method(parts.method).uri(pq.as_str());
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    if websocket {
+        builder = builder
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "websocket");
+    }
+    let (host, port) = (&*t.host, t.port);
+    let default_port = if t.https { 443 } else { 80 };
+    builder = builder.header(
+        hyper::header::HOST,
+        match (port == default_port, host.contains(':')) {
+            (true, false) => host.to_string(),
+            (true, true) => format!("[{host}]"),
+            (false, false) => format!("{host}:{port}"),
+            (false, true) => format!("[{host}]:{port}"),
+        },
+    );
+    let upstream_req = if !rewrites_body {
+        // Nothing to substitute: the body streams through as it is.
+        let counter = bytes_in.clone();
+        let body = Rewritten::new(
+            body,
+            substituter,
+            Some(Box::new(move |n| counter.store(n, Ordering::Relaxed))),
+        );
+        builder.body(body.boxed())
+    } else {
+        // Substitution changes the body's length, and many servers take no
+        // chunked request bodies: a body of declared length is read whole
+        // (up to a limit), rewritten, and sent with its new length.
+        if declared.is_some_and(|n| n > MAX_REWRITTEN_BODY) {
+            return Err(Refusal::TooLarge);
+        }
+        let whole = http_body_util::Limited::new(body, MAX_REWRITTEN_BODY as usize)
+            .collect()
+            .await
+            .map_err(Refusal::Body)?
+            .to_bytes();
+        bytes_in.store(whole.len() as u64, Ordering::Relaxed);
+        let rewritten = Bytes::from(substituter.replace_all(&whole));
+        builder = builder.header(hyper::header::CONTENT_LENGTH, rewritten.len());
+        builder.body(full(rewritten))
+    };
+    upstream_req.map_err(Refusal::Build)
+}
+
+/// The request's target and headers with hop-by-hop headers and the
+/// agent's credentials taken out and the service's put in.
+fn edit_headers(
+    plan: &Plan,
+    headers: &mut HeaderMap,
+    pq: String,
+) -> Result<(String, HeaderMap), Refusal> {
+    if plan.edits_headers_only() {
+        // The common case: credentials out, the real one in, on the
+        // request's own header map.
+        let mut headers = std::mem::take(headers);
+        for name in HOP
+            .iter()
+            .copied()
+            .chain(plan.strips().iter().map(|s| s.as_str()))
+        {
+            headers.remove(name);
+        }
+        Plan::refuse_unlisted(
+            std::iter::once(pq.as_bytes()).chain(headers.values().map(|v| v.as_bytes())),
+        )
+        .map_err(Refusal::Injection)?;
+        for (n, v) in plan.sets() {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+        return Ok((pq, headers));
+    }
+    let mut out = Outgoing {
+        path_and_query: pq,
+        headers: headers
+            .iter()
+            .filter(|(n, _)| !HOP.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+    };
+    plan.apply(&mut out).map_err(Refusal::Injection)?;
+    let mut headers = HeaderMap::with_capacity(out.headers.len());
+    for (n, v) in &out.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    Ok((out.path_and_query, headers))
+}
+
+/// The response stage: a WebSocket joined, or the response's head scrubbed
+/// and its body scrubbed as it streams; the audit record written when the
+/// body ends (or the WebSocket closes).
+fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody> {
+    let Answered {
+        plan,
+        mut upstream,
+        agent_upgrade,
+        websocket,
+        head_only,
+        bytes_in,
+    } = answered;
+    let switching = websocket && upstream.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // An upgraded connection is audited when it closes.
+    let audit = if switching && let Some(agent_upgrade) = agent_upgrade {
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+        splice(
+            audit,
+            agent_upgrade,
+            upstream_upgrade,
+            plan.scrubber_same_length(),
+        );
+        None
+    } else {
+        Some(audit)
+    };
+    let (mut parts, body) = upstream.into_parts();
+    let scrub = plan.scrubber();
+    // Asked for none above; an upstream that compresses anyway is refused
+    // rather than passed on unscrubbed.
+    let encoded = parts
+        .headers
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bodiless = head_only
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if encoded && !scrub.is_empty() && !bodiless && !switching {
+        let refusal = Refusal::Compressed {
+            host: host.to_owned(),
+        };
+        return match audit {
+            Some(audit) => refuse(audit, refusal),
+            None => text(refusal.status(), &refusal.to_string()),
+        };
+    }
+    scrub_head(&mut parts.headers, &scrub, switching);
+    let on_end = audit.map(|mut audit| -> OnEnd {
+        audit.record.status = parts.status.as_u16();
+        Box::new(move |n| {
+            audit.bytes(bytes_in.load(Ordering::Relaxed), n);
+        })
+    });
+    let body = Rewritten::new(body, scrub, on_end);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The response's headers: hop-by-hop ones out (but those of an upgrade),
+/// every injected value scrubbed.
+fn scrub_head(headers: &mut HeaderMap, scrub: &StreamReplace, switching: bool) {
+    // Edited in place: most responses carry no injected value, and their
+    // headers pass without a copy. `Trailer` stays: it names the trailers
+    // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
+    // gets trailers it announces.
+    for name in HOP.iter().filter(|n| **n != "trailer") {
+        let keep_for_upgrade = switching && (*name == "upgrade" || *name == "connection");
+        if !keep_for_upgrade {
+            headers.remove(*name);
+        }
+    }
+    // A scrubbed body changes length.
+    if !scrub.is_empty() {
+        headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    for v in headers.values_mut() {
+        if scrub.finds(v.as_bytes()) {
+            *v = HeaderValue::from_bytes(&scrub.replace_all(v.as_bytes()))
+                .unwrap_or(HeaderValue::from_static("[REDACTED]"));
+        }
+    }
+}
+
+/// The largest request body rewritten for placeholders.
+const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;
+
+/// Hop-by-hop headers: never forwarded.
+const HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];

@@ -1,0 +1,416 @@
+//! Accepting and authenticating: the agent's connection to the proxy, the
+//! `CONNECT` with its token, the check that the token may reach the host at
+//! all, the tunnel's TLS, and the time limits on each. Requests inside a
+//! tunnel go on to [`crate::forward`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_vault_core::token::{Claims, TokenError};
+use base64::Engine;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::body::Held;
+use crate::broker::Broker;
+use crate::error::ProxyError;
+use crate::forward::forward;
+use crate::reply::{ProxyBody, empty, text};
+
+/// How long an agent may take to send a request's head to the proxy (the
+/// `CONNECT`, or a plain-http request), counted from when the broker starts
+/// waiting for it: a connection that sends nothing, or half a request, is
+/// closed after this. No token is needed to hold a connection this long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the TLS handshake inside a tunnel may take, counted from the
+/// broker's answer to the `CONNECT`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a tunnel may stay open with no request in flight (between
+/// keep-alive requests, or before its first one) before the broker closes
+/// it. A request in flight, a streaming response, an open WebSocket keep
+/// it open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Sets all three time limits to this many milliseconds (tests use it so
+/// a limit is reached in a second, not in ten). Not for production use.
+const TIME_LIMIT_ENV: &str = "AGENT_VAULT_BROKER_TIME_LIMIT_MS";
+
+/// The broker's time limits (see the constants above).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    header: Duration,
+    handshake: Duration,
+    idle: Duration,
+}
+
+impl Limits {
+    pub(crate) fn from_env() -> Self {
+        match std::env::var(TIME_LIMIT_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+        {
+            Some(ms) => Limits {
+                header: Duration::from_millis(ms),
+                handshake: Duration::from_millis(ms),
+                idle: Duration::from_millis(ms),
+            },
+            None => Limits {
+                header: HEADER_TIMEOUT,
+                handshake: HANDSHAKE_TIMEOUT,
+                idle: IDLE_TIMEOUT,
+            },
+        }
+    }
+}
+
+/// Why an agent's `Proxy-Authorization` was refused.
+#[derive(Debug)]
+pub(crate) enum AuthError {
+    /// No `Proxy-Authorization` header (or not text).
+    NoToken,
+    /// Basic credentials that do not decode to `agent:token`.
+    Malformed,
+    /// Neither Basic nor Bearer.
+    Scheme,
+    /// The token does not verify (expired, revoked, forged…).
+    Token(TokenError),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::NoToken => f.write_str(
+                "no token: set HTTPS_PROXY=http://AGENT:TOKEN@HOST:PORT (agent-vault run does)",
+            ),
+            AuthError::Malformed => f.write_str("malformed Proxy-Authorization"),
+            AuthError::Scheme => f.write_str("Proxy-Authorization must be Basic or Bearer"),
+            AuthError::Token(e) => write!(f, "{e}: ask for a new token (agent-vault token issue)"),
+        }
+    }
+}
+
+impl Broker {
+    /// The token in `Proxy-Authorization` (Basic with the token as the
+    /// password, or Bearer), verified now.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<Claims, AuthError> {
+        let h = req
+            .headers()
+            .get(hyper::header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::NoToken)?;
+        let token = if let Some(b) = h.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| AuthError::Malformed)?;
+            let text = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+            text.split_once(':')
+                .map(|(_, t)| t.to_owned())
+                .ok_or(AuthError::Malformed)?
+        } else if let Some(t) = h.strip_prefix("Bearer ") {
+            t.trim().to_owned()
+        } else {
+            return Err(AuthError::Scheme);
+        };
+        self.check_token(&token)
+    }
+
+    fn check_token(&self, token: &str) -> Result<Claims, AuthError> {
+        let snap = self.snapshot();
+        let now = jiff::Timestamp::now().as_second();
+        self.token_key
+            .verify(token, now, &snap.manifest.revoked)
+            .map_err(AuthError::Token)
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(serve_agent(broker.clone(), stream));
+            }
+        }
+    }
+}
+
+/// Serves one agent's connection to the proxy until it closes.
+pub async fn serve_agent(broker: Arc<Broker>, stream: TcpStream) {
+    // Requests are small writes: no waiting for delayed ACKs.
+    let _ = stream.set_nodelay(true);
+    let header = broker.limits.header;
+    let svc = service_fn(move |req| handle_proxy(broker.clone(), req));
+    // The clock for a request's head starts as soon as the broker waits for
+    // it (hyper starts it on the first read, and again between requests).
+    let _ = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+}
+
+async fn handle_proxy(
+    b: Arc<Broker>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let claims = match b.authenticate(&req) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(text(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                &e.to_string(),
+            ));
+        }
+    };
+    if req.method() != Method::CONNECT {
+        return plain_http(b, claims, req).await;
+    }
+    let Some(authority) = req.uri().authority().cloned() else {
+        return Ok(text(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(443);
+    let addr = match admit(&b, &claims, &host, port, true).await {
+        Ok(a) => a,
+        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
+    };
+    tokio::spawn(tunnel(b, req, host, port, addr, claims));
+    Ok(Response::new(empty()))
+}
+
+/// The tunnel after the broker's `200` to a `CONNECT`: the agent's TLS
+/// handshake with a leaf for `host`, then HTTP/2 or HTTP/1.1 as agreed,
+/// each request forwarded, until the agent closes it or it is idle too long.
+async fn tunnel(
+    b: Arc<Broker>,
+    req: Request<Incoming>,
+    host: String,
+    port: u16,
+    addr: SocketAddr,
+    claims: Claims,
+) {
+    let limits = b.limits;
+    // The agent's TLS handshake, within a time limit.
+    let handshake = async {
+        let upgraded = hyper::upgrade::on(req).await.ok()?;
+        let cfg = b.server_config(&host).ok()?;
+        tokio_rustls::TlsAcceptor::from(cfg)
+            .accept(TokioIo::new(upgraded))
+            .await
+            .ok()
+    };
+    let Ok(Some(tls)) = tokio::time::timeout(limits.handshake, handshake).await else {
+        return;
+    };
+    // Shared by every request on the tunnel.
+    let (claims, host): (Arc<Claims>, Arc<str>) = (Arc::new(claims), host.into());
+    let activity = Arc::new(Activity::new());
+    let watched = activity.clone();
+    let svc = service_fn(move |req| {
+        let busy = Busy::start(watched.clone());
+        let answer = forward(
+            b.clone(),
+            claims.clone(),
+            host.clone(),
+            port,
+            addr,
+            true,
+            req,
+        );
+        async move {
+            let response = answer.await?;
+            // In flight until its body has been sent.
+            Ok::<_, Infallible>(response.map(|body| Held::new(body, busy).boxed()))
+        }
+    });
+    // HTTP/2 or HTTP/1.1, as the agent's client and the broker agreed (ALPN).
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = activity.idle_for(limits.idle) => conn.as_mut().graceful_shutdown(),
+        }
+        // GOAWAY sent; streams still open get a moment to finish.
+        let _ = tokio::time::timeout(limits.idle, conn).await;
+    } else {
+        // HTTP/1.1: the wait for a request's head is the idle limit
+        // (hyper starts it when it waits for the next request).
+        let _ = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.idle)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
+            .await;
+    }
+}
+
+/// What a tunnel is doing: how many requests are in flight (their response
+/// bodies included), and when the last one ended.
+struct Activity {
+    busy: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            busy: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Resolves once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let since = self
+                .last
+                .lock()
+                .map(|l| l.elapsed())
+                .unwrap_or(Duration::ZERO);
+            if self.busy.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+            } else if since >= limit {
+                return;
+            } else {
+                tokio::time::sleep(limit - since).await;
+            }
+        }
+    }
+}
+
+/// One request in flight on a tunnel; ends when dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = Instant::now();
+        }
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a token may not reach a destination at all.
+#[derive(Debug)]
+pub(crate) enum Unadmitted {
+    /// No service the token may use covers `host:port` over https.
+    NotCovered {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// No service the token may use allows plain http to `host:port`.
+    NoPlainHttp {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+    /// The host does not resolve, or resolves to a refused address.
+    Resolve(crate::net::ResolveError),
+}
+
+impl std::fmt::Display for Unadmitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unadmitted::NotCovered { host, port } => write!(
+                f,
+                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
+            ),
+            Unadmitted::NoPlainHttp { host, port } => write!(
+                f,
+                "no service this token may use allows plain http to {host}:{port}; use https://"
+            ),
+            Unadmitted::Resolve(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Whether the token may reach `host:port` at all (some service it may use
+/// covers the host, for https or plain http), and the address to pin: a
+/// public one unless private upstreams are allowed.
+async fn admit(
+    b: &Broker,
+    claims: &Claims,
+    host: &str,
+    port: u16,
+    https: bool,
+) -> Result<SocketAddr, Unadmitted> {
+    let covered = b
+        .snapshot()
+        .services
+        .covers(host, port, https, |n| claims.may_use(n));
+    if !covered {
+        let host = host.to_owned();
+        return Err(if https {
+            Unadmitted::NotCovered { host, port }
+        } else {
+            Unadmitted::NoPlainHttp { host, port }
+        });
+    }
+    crate::net::resolve(host, port, b.allow_private)
+        .await
+        .map_err(Unadmitted::Resolve)
+}
+
+/// An absolute-form `http://` request: brokered only for a service that
+/// allows plain http.
+async fn plain_http(
+    b: Arc<Broker>,
+    claims: Claims,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (Some("http"), Some(authority)) = (req.uri().scheme_str(), req.uri().authority().cloned())
+    else {
+        return Ok(text(
+            StatusCode::BAD_REQUEST,
+            "send https:// through CONNECT, or an absolute http:// URL",
+        ));
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = match admit(&b, &claims, &host, port, false).await {
+        Ok(a) => a,
+        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
+    };
+    forward(b, Arc::new(claims), host.into(), port, addr, false, req).await
+}
