@@ -91,12 +91,14 @@ impl Minter {
     /// The leaf for `host`: (certificate PEM, key PEM).
     pub fn leaf(&self, host: &str) -> Result<(String, String), CaError> {
         let host = host.to_ascii_lowercase();
-        if let Some(hit) = self
+        // Held while minting: the first CONNECTs to a host often arrive
+        // together on both runtimes, and each would mint its own leaf. A
+        // mint takes well under a millisecond and happens once per host.
+        let mut cache = self
             .cache
             .lock()
-            .map_err(|_| CaError::Cert("cache poisoned".into()))?
-            .get(&host)
-        {
+            .map_err(|_| CaError::Cert("cache poisoned".into()))?;
+        if let Some(hit) = cache.get(&host) {
             return Ok(hit);
         }
         let key = KeyPair::generate()?;
@@ -119,10 +121,7 @@ impl Minter {
         let cert = params.signed_by(&key, &self.issuer)?;
         let pair = (cert.pem(), key.serialize_pem());
         self.minted.fetch_add(1, Ordering::Relaxed);
-        self.cache
-            .lock()
-            .map_err(|_| CaError::Cert("cache poisoned".into()))?
-            .insert(host, pair.clone());
+        cache.insert(host, pair.clone());
         Ok(pair)
     }
 
