@@ -636,11 +636,7 @@ impl SecretMeta {
             path: path.to_string(),
             reason: reason.to_owned(),
         };
-        if !owners
-            .owners
-            .values()
-            .any(|o| o.signing_key == self.signing_key)
-        {
+        if !self.signed_by_owner_of(owners) {
             return Err(fail("its signing key is not an owner's"));
         }
         let (domain, msg, trust) = match self.signed {
@@ -675,6 +671,14 @@ impl SecretMeta {
         Ok(trust)
     }
 
+    /// Whether the key that signed this metadata is an owner's in `owners`.
+    fn signed_by_owner_of(&self, owners: &Manifest) -> bool {
+        owners
+            .owners
+            .values()
+            .any(|o| o.signing_key == self.signing_key)
+    }
+
     /// Verifies the metadata against the ciphertext, the owner keys and the
     /// generations that are acceptable now. Says whether the description
     /// and expiry are signed too ([`MetaTrust`]).
@@ -690,11 +694,7 @@ impl SecretMeta {
             path: path.to_string(),
             reason: reason.to_owned(),
         };
-        if !owners
-            .owners
-            .values()
-            .any(|o| o.signing_key == self.signing_key)
-        {
+        if !self.signed_by_owner_of(owners) {
             return Err(fail("its signing key is not an owner's"));
         }
         if crypto::sha256_hex(ciphertext) != self.ciphertext_sha256 {

@@ -266,7 +266,8 @@ impl Vault {
             return Err(Error::UnsignedManifest(format!(
                 "it is signed by {} with key {}, which is not among the owner keys \
                  AGENT_VAULT_EXPECT_OWNER names",
-                sig.signer, sig.signing_key
+                model::printable(sig.signer.as_str()),
+                model::printable(&sig.signing_key)
             )));
         }
         // Signed by a key we trust (or, on first use, by someone): parse now.
@@ -284,7 +285,7 @@ impl Vault {
             _ => {
                 return Err(Error::UnsignedManifest(format!(
                     "it is signed by {}, whose key is not an owner's key in the manifest",
-                    sig.signer
+                    model::printable(sig.signer.as_str())
                 )));
             }
         }

@@ -591,21 +591,31 @@ fn temp_name(file: &OsStr) -> Result<OsString> {
 
 // ---- machine-private state --------------------------------------------------
 
+/// The git repository holding `vault_dir` and the vault directory's path
+/// inside its working tree; `None` when the vault is in no repository (or
+/// outside its working tree).
+fn vault_repo(vault_dir: &Path) -> Result<Option<(git2::Repository, PathBuf)>> {
+    let repo = match git2::Repository::discover(vault_dir) {
+        Ok(r) => r,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(workdir) = repo.workdir() else {
+        return Ok(None);
+    };
+    let workdir = workdir.canonicalize().map_err(|e| Error::io(workdir, e))?;
+    let Ok(rel) = vault_dir.strip_prefix(&workdir).map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    Ok(Some((repo, rel)))
+}
+
 /// The entries git tracks (in the index or in HEAD's tree) under
 /// `<vault_dir>/.local/`, as paths relative to the working tree. `.local/`
 /// is this machine's private state: while one is tracked, nothing under it
 /// is trusted.
 pub fn tracked_local(vault_dir: &Path) -> Result<Vec<String>> {
-    let repo = match git2::Repository::discover(vault_dir) {
-        Ok(r) => r,
-        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let Some(workdir) = repo.workdir() else {
-        return Ok(Vec::new());
-    };
-    let workdir = workdir.canonicalize().map_err(|e| Error::io(workdir, e))?;
-    let Ok(rel) = vault_dir.strip_prefix(&workdir) else {
+    let Some((repo, rel)) = vault_repo(vault_dir)? else {
         return Ok(Vec::new());
     };
     let local = rel.join(crate::vault::LOCAL_DIR);
@@ -646,21 +656,10 @@ pub fn tracked_local(vault_dir: &Path) -> Result<Vec<String>> {
 /// its own walk of the files).
 pub fn tracked_gitlinks(vault_dir: &Path) -> Result<Vec<String>> {
     const GITLINK: u32 = 0o160000;
-    let repo = match git2::Repository::discover(vault_dir) {
-        Ok(r) => r,
-        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let Some(workdir) = repo.workdir() else {
+    let Some((repo, rel)) = vault_repo(vault_dir)? else {
         return Ok(Vec::new());
     };
-    let workdir = workdir.canonicalize().map_err(|e| Error::io(workdir, e))?;
-    let Some(prefix) = vault_dir
-        .strip_prefix(&workdir)
-        .ok()
-        .and_then(Path::to_str)
-        .map(|s| format!("{s}/"))
-    else {
+    let Some(prefix) = rel.to_str().map(|s| format!("{s}/")) else {
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
