@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use agent_vault_core::services::{self, Auth, Service};
+use agent_vault_core::broker::services::{self, Auth, Service};
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use serde_json::json;
 

@@ -114,7 +114,7 @@ pub enum Error {
         /// Its URL.
         url: String,
         /// What kind of failure.
-        failure: crate::remote::Failure,
+        failure: crate::git::remote::Failure,
         /// What happened.
         message: String,
         /// What to do.

@@ -331,7 +331,7 @@ impl Revocations {
     }
 
     /// Whether a token is revoked.
-    pub fn covers(&self, c: &crate::token::Claims) -> bool {
+    pub fn covers(&self, c: &crate::broker::token::Claims) -> bool {
         self.tokens.contains(&c.id)
             || self.agents.get(&c.agent).is_some_and(|t| c.iat <= *t)
             || c.session

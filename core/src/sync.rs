@@ -1,5 +1,5 @@
 //! Pull, push and merge. Fetching and pushing go through the system `git`
-//! ([`crate::remote`]); bringing the fetched commit in is ours: a safe
+//! ([`crate::git::remote`]); bringing the fetched commit in is ours: a safe
 //! fast-forward when possible (never a forced checkout: a file the user
 //! changed is never overwritten), otherwise a merge that understands the
 //! vault — the manifest merged entry by entry and re-signed by the owner who
@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::git::VaultRepo;
+use crate::git::remote::{self, Failure, Upstream};
 use crate::journal::Txn;
 use crate::model::{self, Manifest, Mode, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
-use crate::remote::{self, Failure, Upstream};
 use crate::vault::Vault;
 use crate::vfs::Kind;
 use crate::writer::{SetOptions, Writer};

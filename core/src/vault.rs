@@ -357,10 +357,10 @@ impl Vault {
 
     /// The services list, verified with the manifest's signature (which
     /// covers it).
-    pub fn services(&self) -> Result<crate::services::Services> {
+    pub fn services(&self) -> Result<crate::broker::services::Services> {
         let (mbytes, services, sig) = self.manifest_files()?;
         self.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
-        crate::services::Services::parse(&self.services_path(), &services)
+        crate::broker::services::Services::parse(&self.services_path(), &services)
     }
 
     /// The broker's CA certificate (PEM), checked against the hash the

@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use agent_vault_core::inject::StreamReplace;
+use agent_vault_core::broker::inject::StreamReplace;
 use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame};

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_vault_core::inject::Plan;
+use agent_vault_core::broker::inject::Plan;
+use agent_vault_core::broker::services::Services;
+use agent_vault_core::broker::token::TokenKey;
 use agent_vault_core::model::{Manifest, Mode};
-use agent_vault_core::services::Services;
-use agent_vault_core::token::TokenKey;
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -207,7 +207,7 @@ impl Broker {
         &self,
         snap: &Snapshot,
         name: &str,
-        service: &agent_vault_core::services::Service,
+        service: &agent_vault_core::broker::services::Service,
         agent: &str,
     ) -> Result<Arc<Plan>, agent_vault_core::Error> {
         if let Ok(plans) = snap.plans.lock()

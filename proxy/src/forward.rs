@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_vault_core::inject::{Outgoing, Plan, StreamReplace};
-use agent_vault_core::token::{Claims, TokenError};
+use agent_vault_core::broker::inject::{Outgoing, Plan, StreamReplace};
+use agent_vault_core::broker::token::{Claims, TokenError};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -286,7 +286,7 @@ fn normalised(req: &Request<Incoming>) -> (String, Result<String, String>) {
         Some((p, q)) => (p, Some(q)),
         None => (raw_pq.as_str(), None),
     };
-    let normal = agent_vault_core::services::normalize_path(raw_path);
+    let normal = agent_vault_core::broker::services::normalize_path(raw_path);
     let pq = match (&normal, query) {
         (Ok(p), Some(q)) => format!("{p}?{q}"),
         (Ok(p), None) => p.clone(),

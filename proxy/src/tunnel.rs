@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_vault_core::token::{Claims, TokenError};
+use agent_vault_core::broker::token::{Claims, TokenError};
 use base64::Engine;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;

@@ -2,7 +2,7 @@
 //! like any request, the agent's connection and the upstream's are joined,
 //! every injected value scrubbed from what the upstream sends.
 
-use agent_vault_core::inject::StreamReplace;
+use agent_vault_core::broker::inject::StreamReplace;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -33,7 +33,7 @@ pub(crate) fn splice(
 async fn join<A, U>(
     agent: A,
     upstream: U,
-    mut scrub: agent_vault_core::inject::StreamReplace,
+    mut scrub: agent_vault_core::broker::inject::StreamReplace,
 ) -> (u64, u64)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -178,8 +178,8 @@ fn broker_init_makes_a_key_and_ca_and_opens_used_groups() {
 
 #[test]
 fn tokens_are_issued_scoped_verified_and_revoked() {
+    use agent_vault_core::broker::token::TokenError;
     use agent_vault_core::crypto::Identity;
-    use agent_vault_core::token::TokenError;
     use agent_vault_core::{KeyStore, Vault};
     let env = Env::new();
     env.set("gh/token", b"ghp");

@@ -1,13 +1,13 @@
-//! What the broker needs from the vault, and what owners do for it: open
-//! the token key and the CA key, and issue tokens.
+//! The broker's identity, and what owners do for it: open the token key
+//! and the CA key, and issue tokens.
 
 use age::secrecy::ExposeSecret;
 
+use crate::broker::token::{Claims, TokenKey};
 use crate::crypto::{self, Identity};
 use crate::error::{Error, Result};
 use crate::model::{Manifest, Mode};
 use crate::names::AgentName;
-use crate::token::{Claims, TokenKey};
 use crate::vault::Vault;
 use crate::vfs::Kind;
 
@@ -86,7 +86,7 @@ pub fn issue_token(
     }
     let now = jiff::Timestamp::now().as_second();
     let claims = Claims {
-        id: crate::token::new_id()?,
+        id: crate::broker::token::new_id()?,
         agent: agent.to_string(),
         services: services.to_vec(),
         session,

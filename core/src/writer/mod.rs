@@ -609,7 +609,7 @@ impl<'v> Writer<'v> {
         let owner_refs: Vec<&Recipient> = owners.iter().collect();
         let mut with_broker = owner_refs.clone();
         with_broker.push(&recipient);
-        let token_key = crate::token::TokenKey::generate()?;
+        let token_key = crate::broker::token::TokenKey::generate()?;
         let files: [(&str, Vec<u8>); 5] = [
             (
                 "token.key.age",
@@ -664,15 +664,19 @@ impl<'v> Writer<'v> {
     }
 
     /// The verified services list.
-    pub fn services(&self) -> Result<crate::services::Services> {
+    pub fn services(&self) -> Result<crate::broker::services::Services> {
         let path = self.vault.services_path();
         let bytes = self.vault.fs().read_optional(&path, Kind::Services)?;
-        crate::services::Services::parse(&path, &bytes.unwrap_or_default())
+        crate::broker::services::Services::parse(&path, &bytes.unwrap_or_default())
     }
 
     /// Replaces the services list (signed with the manifest). Every secret a
     /// service names must exist in a group of the vault.
-    pub fn set_services(&mut self, services: &crate::services::Services, op: &str) -> Result<()> {
+    pub fn set_services(
+        &mut self,
+        services: &crate::broker::services::Services,
+        op: &str,
+    ) -> Result<()> {
         services.validate()?;
         for (name, svc) in &services.services {
             for p in svc.all_secrets() {

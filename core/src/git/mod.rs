@@ -5,6 +5,9 @@
 //! commit; the index entries of our paths are then updated so `git status`
 //! shows them clean.
 
+pub(crate) mod pack;
+pub mod remote;
+
 use std::path::{Path, PathBuf};
 
 use git2::{FileMode, IndexEntry, IndexTime, Oid, Repository, Signature, build::TreeUpdateBuilder};
@@ -157,7 +160,7 @@ impl VaultRepo {
             .filter_map(|(_, f)| f.as_ref().map(|(b, _)| b.as_slice()))
             .collect();
         let mut oids = if present.len() > PACK_THRESHOLD {
-            crate::gitpack::write_blobs(&odb, &present)?
+            crate::git::pack::write_blobs(&odb, &present)?
         } else {
             present
                 .into_iter()

@@ -7,10 +7,10 @@ use age::secrecy::{ExposeSecret, SecretBox};
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use crate::broker::services::{Auth, Service, TemplatePart, template_parts};
 use crate::crypto::SecretValue;
 use crate::error::{Error, Result};
 use crate::names::SecretPath;
-use crate::services::{Auth, Service, TemplatePart, template_parts};
 
 /// Headers through which an agent could send a credential of its own;
 /// always removed before the real one is injected.
@@ -477,7 +477,7 @@ impl StreamReplace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::template;
+    use crate::broker::services::template;
     use std::collections::BTreeMap;
 
     fn resolver(

@@ -1,0 +1,11 @@
+//! Everything broker-specific that core owns: the broker's identity (its
+//! token and CA keys, opened from the vault), agent tokens, the services
+//! list with its path rules, and the injection engine. The broker process
+//! itself lives in the `agent-vault-proxy` crate.
+
+pub mod identity;
+pub mod inject;
+pub mod services;
+pub mod token;
+
+pub use identity::*;
