@@ -241,7 +241,7 @@ pub enum Command {
         #[arg(default_value = "man")]
         dir: PathBuf,
     },
-    /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a grant, a read.
+    /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a `use` grant, and a request through the broker whose value the agent never sees.
     Demo,
 }
 

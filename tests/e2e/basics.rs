@@ -214,6 +214,23 @@ fn demo_runs_end_to_end() {
     let env = Env::empty();
     let out = env.ok(&["demo"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo complete"));
+    // The main job: the agent may only use the key; the upstream gets it,
+    // the agent's copy of the upstream's echo is scrubbed, nothing prints it.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("as demo-bot: refused"), "{text}");
+    assert!(
+        text.contains("the upstream received: Authorization: Bearer <18 bytes>, the real value"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""Bearer [REDACTED:payments/api-key]""#),
+        "{text}"
+    );
+    let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+    assert!(
+        !String::from_utf8_lossy(&all).contains("sk_demo_"),
+        "{text}"
+    );
 }
 
 #[test]
