@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use agent_vault_core::secrecy::ExposeSecret;
-use agent_vault_core::writer::SetOptions;
+use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_core::{KeySource, KeyStore, Mode, init};
 
 use crate::output::{CliError, CliResult, line};
@@ -26,7 +26,7 @@ fn steps(base: &std::path::Path) -> CliResult<ExitCode> {
         vault.root().display()
     ))?;
     let owner = KeySource::File(r.owner_key.clone());
-    let mut w = vault.writer(&owner)?;
+    let mut w = Writer::open(&vault, &owner)?;
     let agent = "demo-bot".parse()?;
     let agent_key = w.add_agent(&agent)?;
     line("2. add-agent demo-bot: key pair made, private key escrowed to the owner")?;

@@ -62,7 +62,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         auto_pull: true,
         pull_interval_seconds: 60,
         pull_timeout_seconds: 5,
-        token_max_ttl_seconds: crate::broker::DEFAULT_MAX_TTL,
+        token_max_ttl_seconds: crate::model::DEFAULT_MAX_TTL,
     };
     let signing = id.signing_key();
     let mut manifest = Manifest {

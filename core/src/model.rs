@@ -184,8 +184,11 @@ pub struct Config {
     pub token_max_ttl_seconds: i64,
 }
 
+/// The longest a token may live unless `config.yaml` says otherwise.
+pub const DEFAULT_MAX_TTL: i64 = 24 * 3600;
+
 fn default_max_ttl() -> i64 {
-    crate::broker::DEFAULT_MAX_TTL
+    DEFAULT_MAX_TTL
 }
 
 fn default_warn_days() -> u32 {
@@ -330,14 +333,13 @@ impl Revocations {
         *self == Revocations::default()
     }
 
-    /// Whether a token is revoked.
-    pub fn covers(&self, c: &crate::broker::token::Claims) -> bool {
-        self.tokens.contains(&c.id)
-            || self.agents.get(&c.agent).is_some_and(|t| c.iat <= *t)
-            || c.session
-                .as_ref()
-                .is_some_and(|s| self.sessions.contains(s))
-            || self.all_before.is_some_and(|t| c.iat <= t)
+    /// Whether a token is revoked, given its id, its agent, its session (if
+    /// any) and when it was issued (Unix seconds).
+    pub fn covers(&self, id: &str, agent: &str, session: Option<&str>, iat: i64) -> bool {
+        self.tokens.iter().any(|t| t == id)
+            || self.agents.get(agent).is_some_and(|t| iat <= *t)
+            || session.is_some_and(|s| self.sessions.iter().any(|x| x == s))
+            || self.all_before.is_some_and(|t| iat <= t)
     }
 }
 

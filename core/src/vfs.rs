@@ -34,6 +34,11 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 
 use crate::error::{Error, Result};
 
+/// The directory inside the vault root that holds everything.
+pub const VAULT_DIR: &str = ".agent-vault";
+/// Local, untracked state: the lock and the journal of a half-finished operation.
+pub const LOCAL_DIR: &str = ".local";
+
 /// The largest secret value `set` accepts.
 pub const MAX_VALUE: usize = 1 << 20;
 
@@ -106,7 +111,7 @@ impl Kind {
     /// `.agent-vault` if it is there, else [`Kind::Other`].
     pub fn of_path(path: &Path) -> Kind {
         let mut comps = path.iter();
-        match comps.position(|c| c == crate::vault::VAULT_DIR) {
+        match comps.position(|c| c == VAULT_DIR) {
             Some(_) => Kind::of(Path::new(comps.as_path())),
             None => Kind::Other,
         }
@@ -618,7 +623,7 @@ pub fn tracked_local(vault_dir: &Path) -> Result<Vec<String>> {
     let Some((repo, rel)) = vault_repo(vault_dir)? else {
         return Ok(Vec::new());
     };
-    let local = rel.join(crate::vault::LOCAL_DIR);
+    let local = rel.join(LOCAL_DIR);
     let Some(prefix) = local.to_str().map(|s| format!("{s}/")) else {
         return Ok(Vec::new());
     };

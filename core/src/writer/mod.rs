@@ -89,7 +89,9 @@ fn lock(vault: &Vault) -> Result<File> {
 }
 
 impl<'v> Writer<'v> {
-    pub(crate) fn new(vault: &'v Vault, source: &KeySource) -> Result<Self> {
+    /// Opens the vault for changes: takes the lock, completes a half-finished
+    /// operation, and checks that the key is an owner's.
+    pub fn open(vault: &'v Vault, source: &KeySource) -> Result<Self> {
         let lock = lock(vault)?;
         let id = vault.keys().load(source, vault.id())?;
         let repo = VaultRepo::discover(vault.root())?;
