@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use agent_vault_core::broker::services::{self, Auth, Service};
-use agent_vault_core::{KeySource, SecretPath, Vault};
 use agent_vault_core::writer::Writer;
+use agent_vault_core::{KeySource, SecretPath, Vault};
 use serde_json::json;
 
 use crate::cli::{ServiceAddArgs, ServiceCommand};

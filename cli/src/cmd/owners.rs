@@ -47,8 +47,7 @@ pub(super) fn add(
     let n: OwnerName = parse(name)?;
     let r: agent_vault_core::crypto::Recipient = parse(recipient)?;
     let vault = ctx.vault()?;
-    Writer::open(&vault, &ctx.key_source())?
-        .add_owner(&n, &r, signing_key)?;
+    Writer::open(&vault, &ctx.key_source())?.add_owner(&n, &r, signing_key)?;
     done(
         ctx,
         &format!("added owner {name}: every group key and escrowed agent key now opens for it"),

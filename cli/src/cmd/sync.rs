@@ -15,8 +15,7 @@ use crate::output::{self, CliResult, line};
 /// `sync`.
 pub(super) fn sync(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let outcome = Writer::open(&vault, &ctx.key_source())?
-        .sync(core_sync::DEFAULT_TIMEOUT)?;
+    let outcome = Writer::open(&vault, &ctx.key_source())?.sync(core_sync::DEFAULT_TIMEOUT)?;
     report_pull(ctx, &outcome.pull, Some(outcome.pushed))
 }
 
@@ -37,8 +36,7 @@ pub(super) fn pull(ctx: &Ctx) -> CliResult<ExitCode> {
 /// `push`.
 pub(super) fn push(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let pushed = Writer::open(&vault, &ctx.key_source())?
-        .push(core_sync::DEFAULT_TIMEOUT)?;
+    let pushed = Writer::open(&vault, &ctx.key_source())?.push(core_sync::DEFAULT_TIMEOUT)?;
     done(
         ctx,
         if pushed {
