@@ -19,9 +19,13 @@ use crate::vault::{Role, Vault};
 mod agents;
 mod broker;
 mod complete;
+mod merge;
 mod owners;
 mod rotation;
 mod secrets;
+mod sync;
+
+pub use sync::SyncOutcome;
 
 /// Options of `set`.
 #[derive(Debug, Clone, Default)]
@@ -109,14 +113,15 @@ impl<'v> Writer<'v> {
             Some(m) => m,
             None => match vault.manifest() {
                 Ok(m) => m,
-                Err(Error::UnsignedManifest(why)) => match crate::sync::git_merged_manifest(vault)?
-                {
-                    Some(m) => {
-                        git_merged = Some(m.clone());
-                        m
+                Err(Error::UnsignedManifest(why)) => {
+                    match crate::git::merge::git_merged_manifest(vault)? {
+                        Some(m) => {
+                            git_merged = Some(m.clone());
+                            m
+                        }
+                        None => return Err(Error::UnsignedManifest(why)),
                     }
-                    None => return Err(Error::UnsignedManifest(why)),
-                },
+                }
                 Err(e) => return Err(e),
             },
         };
