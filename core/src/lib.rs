@@ -35,6 +35,7 @@ pub mod trace;
 pub mod vault;
 pub mod vfs;
 pub mod writer;
+pub mod yaml;
 
 pub use age;
 pub use age::secrecy;
