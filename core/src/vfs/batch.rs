@@ -103,11 +103,6 @@ impl<'a> Batch<'a> {
         Ok(fd)
     }
 
-    /// Stages `contents` for `path` (creating the parent directory).
-    pub fn write(&mut self, path: &Path, contents: &[u8]) -> Result<()> {
-        self.write_all(vec![(path.to_owned(), contents.to_vec())])
-    }
-
     /// Stages many files, written in parallel.
     pub fn write_all(&mut self, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
         use rayon::prelude::*;

@@ -1,5 +1,5 @@
 //! Changing the vault. A [`Writer`] holds the vault's lock and an owner key.
-//! Each operation describes itself as a [`Txn`], writes it to the journal,
+//! Each operation describes itself as a `Txn`, writes it to the journal,
 //! and completes it with `Writer::complete` — the same code that finishes
 //! a half-finished operation after a crash.
 
