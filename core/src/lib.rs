@@ -43,4 +43,4 @@ pub use error::{Error, Result};
 pub use keystore::{KeySource, KeyStore};
 pub use model::Mode;
 pub use names::{AgentName, GroupName, OwnerName, SecretPath};
-pub use vault::{Role, Vault};
+pub use vault::{Role, SecretInfo, Vault};
