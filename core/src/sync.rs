@@ -10,7 +10,7 @@
 //! an owner signed it.
 //!
 //! The parts live in their layers: verifying and fast-forwarding in
-//! [`crate::git::pull`], the manifest merge in [`crate::git::merge`], an
+//! `git/pull.rs`, the manifest merge in `git/merge.rs`, an
 //! owner's pull, merge, push and `resolve` on the [`crate::writer::Writer`].
 //! This module gathers them and adds the readers' automatic pull.
 

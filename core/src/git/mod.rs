@@ -5,9 +5,9 @@
 //! commit; the index entries of our paths are then updated so `git status`
 //! shows them clean.
 
-pub mod merge;
+pub(crate) mod merge;
 pub(crate) mod pack;
-pub mod pull;
+pub(crate) mod pull;
 pub mod remote;
 
 use std::path::{Path, PathBuf};
