@@ -116,7 +116,7 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
                 ));
             }
             let svc = build(&args)?;
-            let mut w = Writer::open(&vault, key)?;
+            let mut w = Writer::open(vault, key)?;
             let mut all = w.services()?;
             let text = describe(&svc);
             all.services.insert(args.name.clone(), svc);
@@ -128,7 +128,7 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
             }
         }
         ServiceCommand::Rm { name } => {
-            let mut w = Writer::open(&vault, key)?;
+            let mut w = Writer::open(vault, key)?;
             let mut all = w.services()?;
             if all.services.remove(&name).is_none() {
                 return Err(CliError::Msg(format!("no service {name}"), None));
