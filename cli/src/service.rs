@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use agent_vault_core::broker::services::{self, Auth, Service};
+use agent_vault_core::writer::Writer;
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use serde_json::json;
 
@@ -94,7 +95,7 @@ fn describe(svc: &Service) -> String {
 pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> CliResult<ExitCode> {
     match cmd {
         ServiceCommand::List => {
-            let all = vault.services()?;
+            let all = services::Services::load(vault)?;
             if json {
                 output::json(&serde_json::to_value(&all.services).unwrap_or_default())?;
             } else if all.services.is_empty() {
@@ -115,7 +116,7 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
                 ));
             }
             let svc = build(&args)?;
-            let mut w = vault.writer(key)?;
+            let mut w = Writer::open(vault, key)?;
             let mut all = w.services()?;
             let text = describe(&svc);
             all.services.insert(args.name.clone(), svc);
@@ -127,7 +128,7 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
             }
         }
         ServiceCommand::Rm { name } => {
-            let mut w = vault.writer(key)?;
+            let mut w = Writer::open(vault, key)?;
             let mut all = w.services()?;
             if all.services.remove(&name).is_none() {
                 return Err(CliError::Msg(format!("no service {name}"), None));

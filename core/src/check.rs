@@ -430,7 +430,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
     f.0.extend(per_secret.into_iter().flatten());
 
     if tracked.is_empty()
-        && let Ok(unresolved) = crate::sync::unresolved(vault)
+        && let Ok(unresolved) = crate::git::merge::unresolved(vault)
     {
         for s in unresolved {
             f.push(

@@ -114,7 +114,7 @@ pub enum Error {
         /// Its URL.
         url: String,
         /// What kind of failure.
-        failure: crate::git::remote::Failure,
+        failure: RemoteFailure,
         /// What happened.
         message: String,
         /// What to do.
@@ -122,6 +122,19 @@ pub enum Error {
     },
     /// A merge needs an owner key (an agent's clone only fast-forwards).
     Diverged(String),
+}
+
+/// How a remote operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// The remote refused our credentials.
+    Auth,
+    /// The remote could not be reached (or is not a repository).
+    Unreachable,
+    /// A push was rejected because the remote has commits we do not.
+    Rejected,
+    /// Anything else.
+    Other,
 }
 
 impl Error {

@@ -1,5 +1,5 @@
 //! Durable file writes outside the vault's tree (the key store, git hooks);
-//! vault files go through [`crate::vfs`]. Every file is written to a temporary name in its own
+//! vault files go through `vfs`. Every file is written to a temporary name in its own
 //! directory, synced and renamed into place, so a reader sees the old or the
 //! new content and never a torn file. Bulk writes sync once per batch
 //! (`syncfs`) instead of once per file.

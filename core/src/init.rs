@@ -62,7 +62,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         auto_pull: true,
         pull_interval_seconds: 60,
         pull_timeout_seconds: 5,
-        token_max_ttl_seconds: crate::broker::DEFAULT_MAX_TTL,
+        token_max_ttl_seconds: crate::model::DEFAULT_MAX_TTL,
     };
     let signing = id.signing_key();
     let mut manifest = Manifest {
@@ -89,7 +89,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         (vdir.join(".gitignore"), VAULT_GITIGNORE.as_bytes().to_vec()),
         (
             vdir.join(".gitattributes"),
-            crate::sync::GITATTRIBUTES.as_bytes().to_vec(),
+            crate::git::merge::GITATTRIBUTES.as_bytes().to_vec(),
         ),
         (vdir.join("manifest.yaml"), mbytes),
         (vdir.join("manifest.sig"), model::to_yaml(&sig)),
@@ -117,7 +117,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         tree.write_atomic(&gitignore, &ignore, fsutil::PUBLIC_FILE)?;
     }
     let hook = install_hook(&repo)?;
-    crate::sync::register_merge_driver(&repo)?;
+    crate::git::merge::register_merge_driver(&repo)?;
 
     let mut paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     paths.push(gitignore);

@@ -11,10 +11,7 @@ use crate::model::{self, Config, Manifest, ManifestSig, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
 use crate::vfs::{Kind, VaultFs};
 
-/// The directory inside the vault root that holds everything.
-pub const VAULT_DIR: &str = ".agent-vault";
-/// Local, untracked state: the lock and the journal of a half-finished operation.
-pub const LOCAL_DIR: &str = ".local";
+pub use crate::vfs::{LOCAL_DIR, VAULT_DIR};
 
 /// The bytes of `manifest.yaml`, `services.yaml` and `manifest.sig`.
 pub(crate) type ManifestFiles = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
@@ -355,14 +352,6 @@ impl Vault {
         Ok(())
     }
 
-    /// The services list, verified with the manifest's signature (which
-    /// covers it).
-    pub fn services(&self) -> Result<crate::broker::services::Services> {
-        let (mbytes, services, sig) = self.manifest_files()?;
-        self.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
-        crate::broker::services::Services::parse(&self.services_path(), &services)
-    }
-
     /// The broker's CA certificate (PEM), checked against the hash the
     /// signed manifest holds.
     pub fn ca_cert(&self) -> Result<Vec<u8>> {
@@ -490,11 +479,5 @@ impl Vault {
     /// Opens the vault for reading with the given key.
     pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader<'_>> {
         crate::reader::Reader::new(self, source)
-    }
-
-    /// Opens the vault for changes: takes the lock, completes a half-finished
-    /// operation, and checks that the key is an owner's.
-    pub fn writer(&self, source: &crate::keystore::KeySource) -> Result<crate::writer::Writer<'_>> {
-        crate::writer::Writer::new(self, source)
     }
 }

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_vault_core::broker::services::Services;
 use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::{Error as CoreError, GroupName, KeySource, Mode, Role, SecretPath, Vault};
 use rmcp::model::{
@@ -340,7 +341,7 @@ impl Server {
     async fn request(&self, args: Value) -> Result<Output, Fail> {
         let a: tools::RequestArgs = parse_args(tools::REQUEST, args)?;
         let mut target = request::parse_url(&a.url).map_err(Fail)?;
-        let services = self.inner.vault.services()?;
+        let services = Services::load(&self.inner.vault)?;
         if !services.knows_host(&target.host, target.port, true) {
             let hosts: Vec<&str> = services
                 .services
@@ -413,7 +414,7 @@ impl Server {
             .keys()
             .filter_map(|g| Self::mode(&reader, g).map(|mode| (g.to_string(), mode.to_string())))
             .collect();
-        let services = self.inner.vault.services()?;
+        let services = Services::load(&self.inner.vault)?;
         let usable: Vec<Value> = services
             .services
             .iter()

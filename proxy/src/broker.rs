@@ -125,8 +125,7 @@ impl Broker {
             ))
         })?;
         let manifest = vault.manifest().map_err(err("the vault's manifest"))?;
-        let services = vault
-            .services()
+        let services = Services::load(&vault)
             .map_err(|e| ProxyError(format!("refusing the services list: {e}")))?;
         let token_key =
             agent_vault_core::broker::token_key(&vault, &id).map_err(err("the token key"))?;
@@ -187,7 +186,7 @@ impl Broker {
             return current;
         }
         // Only a manifest and services list that verify replace the old ones.
-        match (self.vault.manifest(), self.vault.services()) {
+        match (self.vault.manifest(), Services::load(&self.vault)) {
             (Ok(manifest), Ok(services)) => {
                 let Ok(reader) = current.reader.with_manifest(manifest.clone()) else {
                     return current;

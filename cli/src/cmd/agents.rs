@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use agent_vault_core::writer::Exposure;
+use agent_vault_core::writer::{Exposure, Writer};
 use agent_vault_core::{AgentName, GroupName, Mode};
 use serde_json::json;
 
@@ -16,7 +16,7 @@ use crate::output::{self, CliResult, line};
 pub(super) fn add(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     let a: AgentName = parse(name)?;
     let vault = ctx.vault()?;
-    let mut w = vault.writer(&ctx.key_source())?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
     let key = w.add_agent(&a)?;
     let recipient = w.manifest().agents[&a].recipient.clone();
     if ctx.json {
@@ -34,7 +34,7 @@ pub(super) fn add(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
 /// `remove-agent`.
 pub(super) fn remove(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let mut w = vault.writer(&ctx.key_source())?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
     let exposures = w.remove_agent(&parse(name)?)?;
     print_exposures(ctx, &exposures, &format!("removed agent {name}"))
 }
@@ -84,7 +84,7 @@ pub(super) fn list(ctx: &Ctx) -> CliResult<ExitCode> {
 /// `recover-agent`.
 pub(super) fn recover(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let mut w = vault.writer(&ctx.key_source())?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
     let key = w.recover_agent(&parse(name)?)?;
     if ctx.json {
         output::json(&json!({"agent": name, "key_file": key}))?;
@@ -98,7 +98,7 @@ pub(super) fn recover(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
 /// `restore-agent`.
 pub(super) fn restore(ctx: &Ctx, name: &str, to: &Path) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let w = vault.writer(&ctx.key_source())?;
+    let w = Writer::open(&vault, &ctx.key_source())?;
     w.restore_agent(&parse(name)?, to)?;
     if !ctx.json {
         line(format!(
@@ -119,7 +119,7 @@ pub(super) fn grant(ctx: &Ctx, agent: &str, group: &str, mode: ModeArg) -> CliRe
         ModeArg::Use => Mode::Use,
     };
     let vault = ctx.vault()?;
-    let outcome = vault.writer(&ctx.key_source())?.grant(&a, &g, mode)?;
+    let outcome = Writer::open(&vault, &ctx.key_source())?.grant(&a, &g, mode)?;
     if ctx.json {
         output::json(&json!({
             "agent": agent, "group": group, "mode": mode, "previous": outcome.previous,
@@ -141,7 +141,7 @@ pub(super) fn grant(ctx: &Ctx, agent: &str, group: &str, mode: ModeArg) -> CliRe
 pub(super) fn revoke(ctx: &Ctx, agent: &str, group: &str) -> CliResult<ExitCode> {
     let (a, g): (AgentName, GroupName) = (parse(agent)?, parse(group)?);
     let vault = ctx.vault()?;
-    let e = vault.writer(&ctx.key_source())?.revoke(&a, &g)?;
+    let e = Writer::open(&vault, &ctx.key_source())?.revoke(&a, &g)?;
     print_exposures(ctx, &[e], &format!("revoked {agent} on {group}"))
 }
 

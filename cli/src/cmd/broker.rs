@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agent_vault_core::AgentName;
+use agent_vault_core::writer::Writer;
 use serde_json::json;
 
 use super::{Ctx, done, parse, parse_expiry};
@@ -17,7 +18,7 @@ pub(super) fn init(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
     let (cert, key) = agent_vault_proxy::ca::generate(vault.id())
         .map_err(|e| CliError::Msg(format!("cannot make the CA: {e}"), None))?;
-    let path = vault.writer(&ctx.key_source())?.init_broker(&cert, &key)?;
+    let path = Writer::open(&vault, &ctx.key_source())?.init_broker(&cert, &key)?;
     if ctx.json {
         output::json(&json!({"broker_key": path, "ca_cert": vault.broker_dir().join("ca.crt")}))?;
     } else {
@@ -182,7 +183,7 @@ fn token_revoke(
     all: bool,
 ) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let mut w = vault.writer(&ctx.key_source())?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
     let now = jiff::Timestamp::now().as_second();
     let what = match (&id, &agent, &session) {
         (Some(i), _, _) => format!("token {i}"),

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use agent_vault_core::check::{self, Severity};
+use agent_vault_core::writer::Writer;
 use serde_json::json;
 
 use super::Ctx;
@@ -52,7 +53,7 @@ pub(super) fn check(ctx: &Ctx) -> CliResult<ExitCode> {
 pub(super) fn repair(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
     // Under the writer's lock: no other command has writes in flight.
-    let mut w = vault.writer(&ctx.key_source())?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
     let recovered = w.recovered().map(str::to_owned);
     let (resigned, _) = w.resign_metadata()?;
     let removed = check::remove_temp_files(&vault);
@@ -83,7 +84,7 @@ pub(super) fn repair(ctx: &Ctx) -> CliResult<ExitCode> {
 /// `rekey`.
 pub(super) fn rekey(ctx: &Ctx, dry_run: bool) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let report = vault.writer(&ctx.key_source())?.rekey(dry_run)?;
+    let report = Writer::open(&vault, &ctx.key_source())?.rekey(dry_run)?;
     if ctx.json {
         output::json(&json!({"dry_run": dry_run, "groups": report}))?;
     } else {

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agent_vault_core::OwnerName;
+use agent_vault_core::writer::Writer;
 use serde_json::json;
 
 use super::{Ctx, done, parse};
@@ -46,9 +47,7 @@ pub(super) fn add(
     let n: OwnerName = parse(name)?;
     let r: agent_vault_core::crypto::Recipient = parse(recipient)?;
     let vault = ctx.vault()?;
-    vault
-        .writer(&ctx.key_source())?
-        .add_owner(&n, &r, signing_key)?;
+    Writer::open(&vault, &ctx.key_source())?.add_owner(&n, &r, signing_key)?;
     done(
         ctx,
         &format!("added owner {name}: every group key and escrowed agent key now opens for it"),
@@ -59,7 +58,7 @@ pub(super) fn add(
 pub(super) fn remove(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     let n: OwnerName = parse(name)?;
     let vault = ctx.vault()?;
-    let keys = vault.writer(&ctx.key_source())?.remove_owner(&n)?;
+    let keys = Writer::open(&vault, &ctx.key_source())?.remove_owner(&n)?;
     if ctx.json {
         let keys: Vec<_> = keys
             .iter()

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use agent_vault_core::SecretPath;
 use agent_vault_core::sync as core_sync;
+use agent_vault_core::writer::Writer;
 use serde_json::json;
 
 use super::{Ctx, done, parse};
@@ -14,9 +15,7 @@ use crate::output::{self, CliResult, line};
 /// `sync`.
 pub(super) fn sync(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let outcome = vault
-        .writer(&ctx.key_source())?
-        .sync(core_sync::DEFAULT_TIMEOUT)?;
+    let outcome = Writer::open(&vault, &ctx.key_source())?.sync(core_sync::DEFAULT_TIMEOUT)?;
     report_pull(ctx, &outcome.pull, Some(outcome.pushed))
 }
 
@@ -24,7 +23,7 @@ pub(super) fn sync(ctx: &Ctx) -> CliResult<ExitCode> {
 pub(super) fn pull(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
     // An owner merges; anyone else (an agent's clone) only fast-forwards.
-    let outcome = match vault.writer(&ctx.key_source()) {
+    let outcome = match Writer::open(&vault, &ctx.key_source()) {
         Ok(mut w) => w.pull(core_sync::DEFAULT_TIMEOUT)?,
         Err(agent_vault_core::Error::NotOwner | agent_vault_core::Error::NoKey { .. }) => {
             core_sync::pull_fast_forward(&vault, core_sync::DEFAULT_TIMEOUT)?
@@ -37,9 +36,7 @@ pub(super) fn pull(ctx: &Ctx) -> CliResult<ExitCode> {
 /// `push`.
 pub(super) fn push(ctx: &Ctx) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    let pushed = vault
-        .writer(&ctx.key_source())?
-        .push(core_sync::DEFAULT_TIMEOUT)?;
+    let pushed = Writer::open(&vault, &ctx.key_source())?.push(core_sync::DEFAULT_TIMEOUT)?;
     done(
         ctx,
         if pushed {
@@ -54,7 +51,7 @@ pub(super) fn push(ctx: &Ctx) -> CliResult<ExitCode> {
 pub(super) fn resolve(ctx: &Ctx, path: &str, theirs: bool) -> CliResult<ExitCode> {
     let p: SecretPath = parse(path)?;
     let vault = ctx.vault()?;
-    vault.writer(&ctx.key_source())?.resolve(&p, theirs)?;
+    Writer::open(&vault, &ctx.key_source())?.resolve(&p, theirs)?;
     let side = if theirs { "their" } else { "our" };
     done(ctx, &format!("{path}: kept {side} value"))
 }

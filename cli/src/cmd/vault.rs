@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use agent_vault_core::init;
 use agent_vault_core::secrecy::ExposeSecret;
-use agent_vault_core::writer::SetOptions;
+use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_core::{GroupName, KeyStore, OwnerName, SecretPath};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -77,7 +77,7 @@ pub(super) fn set(ctx: &Ctx, args: SetArgs) -> CliResult<ExitCode> {
         }
     };
     let vault = ctx.vault()?;
-    vault.writer(&ctx.key_source())?.set(&path, &value, &opts)?;
+    Writer::open(&vault, &ctx.key_source())?.set(&path, &value, &opts)?;
     done(ctx, &format!("set {path} ({} bytes)", value.len()))
 }
 
@@ -170,7 +170,7 @@ pub(super) fn list(ctx: &Ctx, group: Option<&str>) -> CliResult<ExitCode> {
 pub(super) fn rm(ctx: &Ctx, path: &str) -> CliResult<ExitCode> {
     let path: SecretPath = parse(path)?;
     let vault = ctx.vault()?;
-    vault.writer(&ctx.key_source())?.remove_secret(&path)?;
+    Writer::open(&vault, &ctx.key_source())?.remove_secret(&path)?;
     done(ctx, &format!("removed {path}"))
 }
 
@@ -206,8 +206,7 @@ pub(super) fn import(ctx: &Ctx, group: &str, file: &Path) -> CliResult<ExitCode>
         .collect::<agent_vault_core::Result<Vec<_>>>()?;
     let n = items.len();
     let vault = ctx.vault()?;
-    vault
-        .writer(&ctx.key_source())?
+    Writer::open(&vault, &ctx.key_source())?
         .set_many(items, format!("import {n} secrets into {group}"))?;
     done(ctx, &format!("imported {n} secret(s) into group {group}"))
 }

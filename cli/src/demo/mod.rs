@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use agent_vault_core::broker::services::{Auth, Service};
 use agent_vault_core::secrecy::ExposeSecret;
-use agent_vault_core::writer::SetOptions;
+use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_core::{KeySource, KeyStore, Mode, SecretPath, Vault, init};
 
 use crate::output::{CliError, CliResult, line};
@@ -44,7 +44,7 @@ fn steps(base: &Path) -> CliResult<ExitCode> {
         vault.root().display()
     ))?;
     let owner = KeySource::File(r.owner_key.clone());
-    let mut w = vault.writer(&owner)?;
+    let mut w = Writer::open(&vault, &owner)?;
     let agent = "demo-bot".parse()?;
     let agent_key = w.add_agent(&agent)?;
     line("2. add-agent demo-bot: key pair made, private key escrowed to the owner")?;
@@ -104,10 +104,10 @@ async fn brokered(
     let echo = upstream::start().await.map_err(fail)?;
     let (ca_cert, ca_key) =
         agent_vault_proxy::ca::generate(vault.id()).map_err(|e| fail(format!("the CA: {e}")))?;
-    let mut w = vault.writer(owner)?;
+    let mut w = Writer::open(vault, owner)?;
     let broker_key = w.init_broker(&ca_cert, &ca_key)?;
     let host = format!("127.0.0.1:{}", echo.port);
-    let mut services = w.services()?;
+    let mut services = agent_vault_core::broker::services::Services::load(vault)?;
     services.services.insert(
         "payments".into(),
         Service::new(vec![host.clone()], Auth::Bearer(path.clone())),

@@ -11,8 +11,7 @@ use crate::names::AgentName;
 use crate::vault::Vault;
 use crate::vfs::Kind;
 
-/// The longest a token may live unless `config.yaml` says otherwise.
-pub const DEFAULT_MAX_TTL: i64 = 24 * 3600;
+pub use crate::model::DEFAULT_MAX_TTL;
 
 /// Opens the token key with the broker's or an owner's identity.
 pub fn token_key(vault: &Vault, id: &Identity) -> Result<TokenKey> {
@@ -66,7 +65,7 @@ pub fn issue_token(
             "a token lives between 1 second and {max} seconds (token_max_ttl_seconds in config.yaml)"
         )));
     }
-    let all = vault.services()?;
+    let all = crate::broker::services::Services::load(vault)?;
     for s in services {
         let svc = all
             .services

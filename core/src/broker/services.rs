@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model;
 use crate::names::SecretPath;
+use crate::vault::Vault;
 
 /// How a service's credential is presented upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,14 @@ pub fn valid_service_name(name: &str) -> bool {
 }
 
 impl Services {
+    /// The vault's services list, verified with the manifest's signature
+    /// (which covers it).
+    pub fn load(vault: &Vault) -> Result<Self> {
+        let (mbytes, services, sig) = vault.manifest_files()?;
+        vault.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
+        Services::parse(&vault.services_path(), &services)
+    }
+
     /// Parses `services.yaml`.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         if bytes.is_empty() {

@@ -115,7 +115,12 @@ impl TokenKey {
         if now >= claims.exp {
             return Err(TokenError::Expired);
         }
-        if revoked.covers(&claims) {
+        if revoked.covers(
+            &claims.id,
+            &claims.agent,
+            claims.session.as_deref(),
+            claims.iat,
+        ) {
             return Err(TokenError::Revoked);
         }
         Ok(claims)
@@ -134,7 +139,12 @@ impl TokenKey {
         if now >= claims.exp {
             return Err(TokenError::Expired);
         }
-        if revoked.covers(claims) {
+        if revoked.covers(
+            &claims.id,
+            &claims.agent,
+            claims.session.as_deref(),
+            claims.iat,
+        ) {
             return Err(TokenError::Revoked);
         }
         Ok(())

@@ -5,7 +5,9 @@
 //! commit; the index entries of our paths are then updated so `git status`
 //! shows them clean.
 
+pub(crate) mod merge;
 pub(crate) mod pack;
+pub(crate) mod pull;
 pub mod remote;
 
 use std::path::{Path, PathBuf};

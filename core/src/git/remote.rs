@@ -104,18 +104,7 @@ pub fn has_remote_cheap(git_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// How a remote operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// The remote refused our credentials.
-    Auth,
-    /// The remote could not be reached (or is not a repository).
-    Unreachable,
-    /// A push was rejected because the remote has commits we do not.
-    Rejected,
-    /// Anything else.
-    Other,
-}
+pub use crate::error::RemoteFailure as Failure;
 
 fn classify(stderr: &str) -> Failure {
     let s = stderr.to_lowercase();

@@ -1,0 +1,87 @@
+//! `config.yaml`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::yaml::parse_yaml;
+
+use super::FORMAT_VERSION;
+
+/// `config.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// On-disk format version.
+    pub format: u32,
+    /// The vault's random id; names its key directory under `$AGENT_VAULT_HOME`.
+    pub vault_id: String,
+    /// Secrets expiring within this many days are reported by `check`.
+    #[serde(default = "default_warn_days")]
+    pub expiry_warning_days: u32,
+    /// Whether reads pull from the remote first (at most once per interval).
+    #[serde(default = "default_true")]
+    pub auto_pull: bool,
+    /// The interval of automatic pulls.
+    #[serde(default = "default_pull_interval")]
+    pub pull_interval_seconds: u64,
+    /// How long an automatic pull may take before the read goes on without it.
+    #[serde(default = "default_pull_timeout")]
+    pub pull_timeout_seconds: u64,
+    /// The longest a broker token may live.
+    #[serde(default = "default_max_ttl")]
+    pub token_max_ttl_seconds: i64,
+}
+
+/// The longest a token may live unless `config.yaml` says otherwise.
+pub const DEFAULT_MAX_TTL: i64 = 24 * 3600;
+
+fn default_max_ttl() -> i64 {
+    DEFAULT_MAX_TTL
+}
+
+fn default_warn_days() -> u32 {
+    30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_pull_interval() -> u64 {
+    60
+}
+
+fn default_pull_timeout() -> u64 {
+    5
+}
+
+/// Whether a vault id is safe to use as a directory name.
+pub fn valid_vault_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl Config {
+    /// Parses and validates `config.yaml`.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let c: Config = parse_yaml(path, bytes)?;
+        if c.format != FORMAT_VERSION {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "format version {} is not supported by this agent-vault (it reads {FORMAT_VERSION})",
+                    c.format
+                ),
+            ));
+        }
+        if !valid_vault_id(&c.vault_id) {
+            return Err(Error::corrupt(path, "invalid vault_id"));
+        }
+        Ok(c)
+    }
+}
