@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use agent_vault_sdk_common::agent_vault_core::crypto::SecretValue;
 use agent_vault_sdk_common::agent_vault_core::secrecy::{ExposeSecret, SecretString};
-use agent_vault_sdk_common::{self as common, Failure, Options, Session};
+use agent_vault_sdk_common::{self as common, Failure, MetadataView, Options, Session};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -200,29 +200,17 @@ impl NativeVault {
             .map_err(to_napi)?;
         Ok(infos
             .into_iter()
-            .map(|i| match i.meta {
-                Ok(m) => SecretMetadata {
-                    path: i.path,
-                    group: i.group,
-                    name: i.name,
-                    created: Some(m.created.to_string()),
-                    updated: Some(m.updated.to_string()),
-                    expires: m.expires.map(|t| t.to_string()),
-                    description: m.description,
-                    generation: i64::try_from(m.generation).ok(),
-                    error: None,
-                },
-                Err(e) => SecretMetadata {
-                    path: i.path,
-                    group: i.group,
-                    name: i.name,
-                    created: None,
-                    updated: None,
-                    expires: None,
-                    description: None,
-                    generation: None,
-                    error: Some(e),
-                },
+            .map(MetadataView::from)
+            .map(|m| SecretMetadata {
+                path: m.path,
+                group: m.group,
+                name: m.name,
+                created: m.created.map(|t| t.to_string()),
+                updated: m.updated.map(|t| t.to_string()),
+                expires: m.expires.map(|t| t.to_string()),
+                description: m.description,
+                generation: m.generation.and_then(|g| i64::try_from(g).ok()),
+                error: m.error,
             })
             .collect())
     }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use agent_vault_sdk_common::agent_vault_core::secrecy::{ExposeSecret, SecretString};
-use agent_vault_sdk_common::{self as common, Failure, Kind, Options, Session};
+use agent_vault_sdk_common::{self as common, Failure, Kind, MetadataView, Options, Session};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeWarning};
 use pyo3::prelude::*;
@@ -224,34 +224,22 @@ impl Vault {
         let infos = py
             .detach(|| self.session.list_secrets(group))
             .map_err(to_py)?;
+        let conv = |t: jiff::Timestamp| -> PyResult<Py<PyAny>> {
+            Ok(t.into_pyobject(py)?.into_any().unbind())
+        };
         let mut out = Vec::with_capacity(infos.len());
         for i in infos {
-            let conv = |t: jiff::Timestamp| -> PyResult<Py<PyAny>> {
-                Ok(t.into_pyobject(py)?.into_any().unbind())
-            };
-            out.push(match i.meta {
-                Ok(m) => SecretMetadata {
-                    path: i.path,
-                    group: i.group,
-                    name: i.name,
-                    created: Some(conv(m.created)?),
-                    updated: Some(conv(m.updated)?),
-                    expires: m.expires.map(conv).transpose()?,
-                    description: m.description,
-                    generation: Some(m.generation),
-                    error: None,
-                },
-                Err(e) => SecretMetadata {
-                    path: i.path,
-                    group: i.group,
-                    name: i.name,
-                    created: None,
-                    updated: None,
-                    expires: None,
-                    description: None,
-                    generation: None,
-                    error: Some(e),
-                },
+            let m = MetadataView::from(i);
+            out.push(SecretMetadata {
+                path: m.path,
+                group: m.group,
+                name: m.name,
+                created: m.created.map(conv).transpose()?,
+                updated: m.updated.map(conv).transpose()?,
+                expires: m.expires.map(conv).transpose()?,
+                description: m.description,
+                generation: m.generation,
+                error: m.error,
             });
         }
         Ok(out)

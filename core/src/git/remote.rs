@@ -231,3 +231,158 @@ pub fn push(workdir: &Path, up: &Upstream, timeout: Duration) -> Result<()> {
     }
     Err(remote_error(up, classify(&err), &err))
 }
+
+/// Whether `repo` names a git remote (a URL, or scp-like `user@host:path`)
+/// rather than a local directory.
+pub fn is_git_url(repo: &str) -> bool {
+    if repo.contains("://") {
+        return true;
+    }
+    // scp-like `user@host:path`
+    match (repo.find('@'), repo.find(':'), repo.find('/')) {
+        (Some(at), Some(colon), slash) => at < colon && slash.is_none_or(|s| colon < s),
+        _ => false,
+    }
+}
+
+/// Why [`clone`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloneError {
+    /// `git` could not be started.
+    Spawn {
+        /// The URL.
+        url: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// `git clone` ran and failed: the URL holds no repository, cannot be
+    /// reached, or refused our credentials.
+    Failed {
+        /// The URL.
+        url: String,
+        /// What kind of failure, from git's message.
+        failure: Failure,
+        /// git's message.
+        detail: String,
+    },
+    /// The directory the clone goes in could not be made.
+    Dir(Error),
+    /// The finished clone could not be moved to its place, and no other
+    /// process put one there.
+    Place {
+        /// The URL.
+        url: String,
+        /// Where the clone was to go.
+        dest: std::path::PathBuf,
+    },
+}
+
+impl CloneError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CloneError::Failed { .. } => {
+                Some("check the URL and that `git clone` of it works in a shell".into())
+            }
+            CloneError::Dir(e) => e.hint(),
+            CloneError::Spawn { .. } | CloneError::Place { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CloneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloneError::Spawn { url, source } => {
+                write!(f, "cannot run git to clone {url}: {source}")
+            }
+            CloneError::Failed { url, detail, .. } => write!(f, "git clone {url} failed: {detail}"),
+            CloneError::Dir(e) => e.fmt(f),
+            CloneError::Place { url, dest } => write!(
+                f,
+                "cannot put the clone of {url} in place at {}",
+                dest.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CloneError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CloneError::Spawn { source, .. } => Some(source),
+            CloneError::Dir(e) => Some(e),
+            CloneError::Failed { .. } | CloneError::Place { .. } => None,
+        }
+    }
+}
+
+impl From<CloneError> for Error {
+    fn from(e: CloneError) -> Self {
+        match e {
+            CloneError::Dir(e) => e,
+            CloneError::Failed {
+                url,
+                failure,
+                detail,
+            } => Error::Remote {
+                remote: "origin".into(),
+                url,
+                failure,
+                message: format!("git clone failed: {detail}"),
+                hint: "check the URL and that `git clone` of it works in a shell".into(),
+            },
+            other => Error::Git(other.to_string()),
+        }
+    }
+}
+
+/// Clones `url` into `dest` (whose parent is created, mode 0700). The clone
+/// is made beside `dest` and renamed into place, so `dest` is either absent
+/// or a whole clone; when another process put a clone there first, theirs is
+/// kept. Like fetch and push, git never prompts (`GIT_TERMINAL_PROMPT=0`, no
+/// stdin) and only the URL and the path are in its arguments.
+pub fn clone(url: &str, dest: &Path) -> Result<(), CloneError> {
+    let parent = dest.parent().ok_or_else(|| CloneError::Place {
+        url: url.to_owned(),
+        dest: dest.to_path_buf(),
+    })?;
+    crate::fsutil::create_dir_all(parent, 0o700).map_err(CloneError::Dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
+    let out = Command::new("git")
+        .args(["clone", "--quiet", "--"])
+        .arg(url)
+        .arg(&tmp)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| CloneError::Spawn {
+            url: url.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(CloneError::Failed {
+            url: url.to_owned(),
+            failure: classify(&detail),
+            detail,
+        });
+    }
+    if std::fs::rename(&tmp, dest).is_err() {
+        // Another process cloned it first: use theirs.
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.join(".git").exists() {
+            return Err(CloneError::Place {
+                url: url.to_owned(),
+                dest: dest.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
