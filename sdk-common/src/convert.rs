@@ -3,10 +3,10 @@
 //! optional fields, a pull's outcome, a value as text. Each SDK only maps
 //! these views to Python or JavaScript objects; no conversion is written twice.
 
+use agent_vault_core::Role;
 use agent_vault_core::crypto::SecretValue;
 use agent_vault_core::model::{Manifest, Mode, SecretMeta};
 use agent_vault_core::sync::PullOutcome;
-use agent_vault_core::{Role, vault};
 use jiff::Timestamp;
 
 use crate::failure::{Failure, Result};
@@ -44,8 +44,8 @@ pub struct SecretInfo {
     pub meta: std::result::Result<SecretMeta, String>,
 }
 
-impl From<vault::SecretInfo> for SecretInfo {
-    fn from(i: vault::SecretInfo) -> Self {
+impl From<agent_vault_core::SecretInfo> for SecretInfo {
+    fn from(i: agent_vault_core::SecretInfo) -> Self {
         SecretInfo {
             path: i.path.to_string(),
             group: i.path.group().to_string(),

@@ -9,7 +9,7 @@ use agent_vault_core::git::remote::{self, CloneError};
 use agent_vault_core::model::{Mode, SecretMeta};
 use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::sync::PullOutcome;
-use agent_vault_core::writer::SetOptions;
+use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_core::{
     AgentName, Error, GroupName, KeySource, KeyStore, OwnerName, Role, SecretPath, Vault,
 };
@@ -54,7 +54,7 @@ impl Made {
         made.set("ops/token", b"ops-secret")?;
         let bot: AgentName = "bot".parse()?;
         let vault = made.vault()?;
-        let mut w = vault.writer(&made.owner())?;
+        let mut w = Writer::open(&vault, &made.owner())?;
         let bot_key = w.add_agent(&bot)?;
         w.grant(&bot, &"app".parse::<GroupName>()?, Mode::Read)?;
         w.grant(&bot, &"ops".parse::<GroupName>()?, Mode::Use)?;
@@ -71,14 +71,14 @@ impl Made {
 
     fn set(&self, path: &str, value: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
         let vault = self.vault()?;
-        let mut w = vault.writer(&self.owner())?;
+        let mut w = Writer::open(&vault, &self.owner())?;
         w.set(&path.parse::<SecretPath>()?, value, &SetOptions::default())?;
         Ok(())
     }
 
     fn revoke(&self, agent: &str, group: &str) -> TestResult {
         let vault = self.vault()?;
-        let mut w = vault.writer(&self.owner())?;
+        let mut w = Writer::open(&vault, &self.owner())?;
         w.revoke(&agent.parse()?, &group.parse()?)?;
         Ok(())
     }
