@@ -260,3 +260,232 @@ mod tests {
         assert!(long.parse::<SecretPath>().is_err());
     }
 }
+
+/// The name rules at their edges, and as properties: anything that parses
+/// prints back as itself and can never become a path outside its place.
+#[cfg(test)]
+mod name_rules {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What every accepted secret path must hold, whatever the input was.
+    fn assert_safe(input: &str, p: &SecretPath) {
+        assert_eq!(p.to_string(), input, "display is not the input");
+        assert!(input.is_ascii(), "{input:?}");
+        assert!(
+            !input.starts_with('/') && !input.ends_with('/'),
+            "{input:?}"
+        );
+        assert!(!input.contains("//"), "{input:?}");
+        assert!(
+            !input
+                .chars()
+                .any(|c| c.is_control() || c == '\\' || c == ' ')
+        );
+        assert!(!p.group().as_str().contains('/'));
+        for seg in p.name().split('/') {
+            assert!(
+                seg != "." && seg != ".." && !seg.starts_with('.'),
+                "{input:?}"
+            );
+            assert!(seg.len() <= MAX_SEGMENT_LEN);
+        }
+        assert!(p.name().len() <= MAX_SECRET_NAME_LEN);
+    }
+
+    #[test]
+    fn lengths_at_their_limits() {
+        let at = "a".repeat(MAX_SIMPLE_LEN);
+        let over = "a".repeat(MAX_SIMPLE_LEN + 1);
+        assert!(at.parse::<AgentName>().is_ok());
+        assert!(at.parse::<GroupName>().is_ok());
+        assert!(at.parse::<OwnerName>().is_ok());
+        assert!(over.parse::<AgentName>().is_err());
+        assert!(over.parse::<GroupName>().is_err());
+        assert!(over.parse::<OwnerName>().is_err());
+
+        let seg = "s".repeat(MAX_SEGMENT_LEN);
+        assert!(format!("g/{seg}").parse::<SecretPath>().is_ok());
+        assert!(format!("g/{seg}s").parse::<SecretPath>().is_err());
+        // Many segments, each within its limit: the whole name is capped too.
+        let five = [seg.as_str(); 5].join("/");
+        assert_eq!(five.len(), 1004);
+        assert!(format!("g/{five}").parse::<SecretPath>().is_ok());
+        let long = format!(
+            "{five}/{}",
+            "a".repeat(MAX_SECRET_NAME_LEN - five.len() - 1)
+        );
+        assert_eq!(long.len(), MAX_SECRET_NAME_LEN);
+        assert!(format!("g/{long}").parse::<SecretPath>().is_ok());
+        assert!(format!("g/{long}a").parse::<SecretPath>().is_err());
+        // The group of a secret path follows the group rule.
+        assert!(format!("{at}/x").parse::<SecretPath>().is_ok());
+        assert!(format!("{over}/x").parse::<SecretPath>().is_err());
+    }
+
+    #[test]
+    fn traversal_separators_and_unicode_are_refused() {
+        for bad in [
+            "..",
+            "../a",
+            "a/..",
+            "./a",
+            "a/./b",
+            "g/../../etc/passwd",
+            "g/a/../b",
+            "/g/a",
+            "g\\a",
+            "g/a\\..\\b",
+            "g/a\0b",
+            "g/a\nb",
+            "g/a\tb",
+            "g/a\u{7f}",
+            "g/é",
+            "g/a\u{202e}b",
+            "g/\u{ff0e}\u{ff0e}",
+            "g/a\u{2215}b",
+            "ｇ/a",
+            "g/ a",
+            "g/a ",
+            " g/a",
+            "g/a/",
+            "g/.",
+            "g/..",
+            "g/.env",
+            "g/_a",
+            "g/-a",
+            "",
+        ] {
+            assert!(bad.parse::<SecretPath>().is_err(), "{bad:?} was accepted");
+        }
+        for bad in [
+            "é",
+            "a\u{0301}",
+            "ａ",
+            "a\u{200b}",
+            "a\0",
+            "a\n",
+            "A",
+            "a.b",
+            "a/b",
+            "a:b",
+        ] {
+            assert!(bad.parse::<AgentName>().is_err(), "{bad:?} was accepted");
+            assert!(bad.parse::<GroupName>().is_err(), "{bad:?} was accepted");
+            assert!(bad.parse::<OwnerName>().is_err(), "{bad:?} was accepted");
+        }
+        // `..` inside a segment is not traversal; it is allowed and stays one segment.
+        let p: SecretPath = "g/a..b/c...d".parse().unwrap();
+        assert_eq!(p.name(), "a..b/c...d");
+    }
+
+    #[test]
+    fn new_matches_parse() {
+        let g: GroupName = "g".parse().unwrap();
+        for name in ["a", "a/b", "A.b_c-d", "a..b"] {
+            let built = SecretPath::new(g.clone(), name).unwrap();
+            assert_eq!(built, format!("g/{name}").parse().unwrap());
+        }
+        for name in ["", "/a", "a/", "..", "a//b", "é"] {
+            assert!(SecretPath::new(g.clone(), name).is_err(), "{name:?}");
+        }
+        assert!(is_valid_secret_segment("API_KEY"));
+        assert!(!is_valid_secret_segment("a/b"));
+        assert!(!is_valid_secret_segment(".env"));
+        assert!(!is_valid_secret_segment(""));
+    }
+
+    #[test]
+    fn errors_name_the_kind_and_the_rule() {
+        let e = "Bad".parse::<AgentName>().unwrap_err().to_string();
+        assert!(e.starts_with("invalid agent name \"Bad\""), "{e}");
+        let e = "g/../x".parse::<SecretPath>().unwrap_err().to_string();
+        assert!(e.starts_with("invalid secret name \"g/../x\""), "{e}");
+        assert!(e.contains("GROUP/NAME"), "{e}");
+        // A control character in the input is shown escaped, never raw.
+        let e = "a\u{1b}[2J".parse::<GroupName>().unwrap_err().to_string();
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+    }
+
+    /// A valid segment of a secret name.
+    fn segment() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9][A-Za-z0-9._-]{0,20}"
+    }
+
+    /// Inputs near the rules: valid pieces glued with separators, dots,
+    /// blanks, controls and non-ASCII letters.
+    fn near_miss() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            segment(),
+            Just("/".to_owned()),
+            Just("//".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("\\".to_owned()),
+            Just(" ".to_owned()),
+            Just("\0".to_owned()),
+            Just("\n".to_owned()),
+            Just("é".to_owned()),
+            Just("\u{202e}".to_owned()),
+            any::<char>().prop_map(|c| c.to_string()),
+        ];
+        prop::collection::vec(piece, 0..10).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// parse ∘ display = id, for every valid name.
+        #[test]
+        fn valid_paths_round_trip(
+            group in "[a-z0-9][a-z0-9_-]{0,20}",
+            segs in prop::collection::vec(segment(), 1..6),
+        ) {
+            let input = format!("{group}/{}", segs.join("/"));
+            let p: SecretPath = input.parse().unwrap();
+            prop_assert_eq!(p.to_string(), input.clone());
+            prop_assert_eq!(p.group().as_str(), group.as_str());
+            prop_assert_eq!(p.name(), segs.join("/"));
+            let again: SecretPath = p.to_string().parse().unwrap();
+            prop_assert_eq!(again, p);
+            let json = serde_json::to_string(&input).unwrap();
+            let de: SecretPath = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(de.to_string(), input);
+        }
+
+        #[test]
+        fn valid_simple_names_round_trip(name in "[a-z0-9][a-z0-9_-]{0,62}") {
+            let a: AgentName = name.parse().unwrap();
+            prop_assert_eq!(a.to_string(), name.clone());
+            let g: GroupName = name.parse().unwrap();
+            prop_assert_eq!(g.as_str(), name.as_str());
+            let o: OwnerName = name.parse().unwrap();
+            prop_assert_eq!(o.to_string(), name);
+        }
+
+        /// Whatever parses is safe to join onto a directory.
+        #[test]
+        fn whatever_parses_is_safe(input in near_miss()) {
+            if let Ok(p) = input.parse::<SecretPath>() {
+                assert_safe(&input, &p);
+            }
+            if let Ok(a) = input.parse::<AgentName>() {
+                prop_assert_eq!(a.to_string(), input.clone());
+                prop_assert!(input.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit() || b == b'_' || b == b'-'));
+                prop_assert!(!input.starts_with('-') && !input.starts_with('_'));
+            }
+        }
+
+        /// Arbitrary text never panics a parser; what parses prints back.
+        #[test]
+        fn arbitrary_text(input in any::<String>()) {
+            if let Ok(p) = input.parse::<SecretPath>() {
+                assert_safe(&input, &p);
+            }
+            if let Ok(g) = input.parse::<GroupName>() {
+                prop_assert_eq!(g.to_string(), input);
+            }
+        }
+    }
+}

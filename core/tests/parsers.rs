@@ -6,6 +6,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+// More sections of core's one test binary: the manifest merge, and values'
+// round trips (age, dotenv).
+mod merge;
+mod values;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -655,3 +655,334 @@ mod tests {
         }
     }
 }
+
+/// Injection into headers, query and body, and the scrubber and
+/// substituter across every way a stream can be cut into chunks.
+#[cfg(test)]
+mod inject_rules {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn path(s: &str) -> SecretPath {
+        s.parse().unwrap()
+    }
+
+    fn resolver(
+        values: &'static [(&'static str, &'static [u8])],
+    ) -> impl Fn(&SecretPath) -> Result<SecretValue> {
+        move |p: &SecretPath| {
+            values
+                .iter()
+                .find(|(k, _)| *k == p.to_string())
+                .map(|(_, v)| SecretBox::new(Box::new(v.to_vec())))
+                .ok_or_else(|| Error::SecretNotFound(p.to_string()))
+        }
+    }
+
+    fn service(auth: Auth) -> Service {
+        Service::new(vec!["api.example.com".into()], auth)
+    }
+
+    fn outgoing(pq: &str, headers: &[(&str, &str)]) -> Outgoing {
+        Outgoing {
+            path_and_query: pq.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).into(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    fn values<'a>(r: &'a Outgoing, name: &str) -> Vec<&'a [u8]> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    /// Feeds `input` cut at `cuts` (ascending) and returns the whole output.
+    fn stream(mut s: StreamReplace, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+            out.extend(s.push(&input[from..c]));
+            from = c;
+        }
+        out.extend(s.finish());
+        out
+    }
+
+    /// Every way to cut `len` bytes into up to three chunks (empty chunks
+    /// included: a stream may deliver one).
+    fn two_cuts(len: usize) -> impl Iterator<Item = [usize; 2]> {
+        (0..=len).flat_map(move |i| (i..=len).map(move |j| [i, j]))
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        memchr::memmem::find(hay, needle).is_some()
+    }
+
+    #[test]
+    fn header_template_replaces_the_agents_header_in_any_case() {
+        let r = resolver(&[("g/k", b"K3Y"), ("g/id", b"acct-9")]);
+        let plan = Plan::new(
+            &service(Auth::Header {
+                name: "X-Api-Key".into(),
+                template: "Key {{g/k}} for {{secret:g/id}}".into(),
+            }),
+            &r,
+        )
+        .unwrap();
+        assert!(plan.edits_headers_only());
+        let mut q = outgoing(
+            "/v1",
+            &[
+                ("x-api-key", "agent-1"),
+                ("X-API-KEY", "agent-2"),
+                ("Proxy-Authorization", "Basic eA=="),
+                ("Authorization", "Bearer agent"),
+                ("Cookie", "s=1"),
+                ("X-Other", "kept"),
+            ],
+        );
+        plan.apply(&mut q).unwrap();
+        assert_eq!(values(&q, "x-api-key"), vec![&b"Key K3Y for acct-9"[..]]);
+        assert!(values(&q, "authorization").is_empty());
+        assert!(values(&q, "proxy-authorization").is_empty());
+        assert!(values(&q, "cookie").is_empty());
+        assert_eq!(values(&q, "x-other"), vec![&b"kept"[..]]);
+        assert_eq!(q.path_and_query, "/v1");
+        assert_eq!(
+            plan.secrets(),
+            &[path("g/k"), path("g/id")],
+            "both secrets, in template order"
+        );
+        let sets: Vec<_> = plan.sets().collect();
+        assert_eq!(sets, vec![("x-api-key", &b"Key K3Y for acct-9"[..])]);
+        assert!(plan.strips().iter().any(|s| s == "x-api-key"));
+        // The scrubber knows each value on its own.
+        assert_eq!(
+            plan.scrubber().replace_all(b"K3Y acct-9"),
+            b"[REDACTED:g/k] [REDACTED:g/id]"
+        );
+    }
+
+    #[test]
+    fn header_template_errors() {
+        let r = resolver(&[("g/k", b"v")]);
+        for (template, why) in [
+            ("{{g/k", "unclosed"),
+            ("{{../x}}", "invalid secret name"),
+            ("{{g/missing}}", "no secret g/missing"),
+        ] {
+            let err = Plan::new(
+                &service(Auth::Header {
+                    name: "x".into(),
+                    template: template.into(),
+                }),
+                &r,
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{template} planned"));
+            assert!(err.to_string().contains(why), "{template}: {err}");
+        }
+        let err = Plan::new(&service(Auth::Bearer(path("g/missing"))), &r)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::SecretNotFound(_)), "{err}");
+    }
+
+    #[test]
+    fn query_parameter_is_set_once_and_encoded() {
+        let r = resolver(&[("q/k", b"a+b/c=d&e f%")]);
+        let plan = Plan::new(
+            &service(Auth::Query {
+                param: "key".into(),
+                secret: path("q/k"),
+            }),
+            &r,
+        )
+        .unwrap();
+        assert!(!plan.edits_headers_only());
+        for (input, want) in [
+            ("/x", "/x?key=a%2Bb%2Fc%3Dd%26e%20f%25"),
+            ("/x?", "/x?key=a%2Bb%2Fc%3Dd%26e%20f%25"),
+            ("/x?a=1", "/x?a=1&key=a%2Bb%2Fc%3Dd%26e%20f%25"),
+            (
+                "/x?key=agent&a=1&key&keyx=2&&b=",
+                "/x?a=1&keyx=2&b=&key=a%2Bb%2Fc%3Dd%26e%20f%25",
+            ),
+        ] {
+            let mut q = outgoing(input, &[]);
+            plan.apply(&mut q).unwrap();
+            assert_eq!(q.path_and_query, want, "{input}");
+            assert_eq!(q.path_and_query.matches("key=").count(), 1, "{input}");
+        }
+        // What comes back percent-encoded is scrubbed too.
+        assert_eq!(
+            plan.scrubber()
+                .replace_all(b"echo a%2Bb%2Fc%3Dd%26e%20f%25!"),
+            b"echo [REDACTED:q/k]!"
+        );
+    }
+
+    #[test]
+    fn placeholders_fill_path_headers_and_body_but_only_listed_ones() {
+        let r = resolver(&[("p/tok", b"T0K"), ("p/pw", b"pw\"1")]);
+        let mut svc = service(Auth::Passthrough);
+        svc.secrets = vec![path("p/tok")];
+        svc.placeholders = BTreeMap::from([("__PW__".to_owned(), path("p/pw"))]);
+        let plan = Plan::new(&svc, &r).unwrap();
+        assert!(!plan.edits_headers_only());
+        let mut q = outgoing(
+            "/a/{{secret:p/tok}}?pw=__PW__",
+            &[("X-T", "{{secret:p/tok}}-__PW__")],
+        );
+        plan.apply(&mut q).unwrap();
+        assert_eq!(q.path_and_query, "/a/T0K?pw=pw\"1");
+        assert_eq!(values(&q, "x-t"), vec![&b"T0K-pw\"1"[..]]);
+        for unlisted in ["{{secret:p/pw}}", "{{secret:other/x}}", "{{secret:p/tok"] {
+            let mut q = outgoing("/", &[("X-T", unlisted)]);
+            let err = plan.apply(&mut q).err().unwrap().to_string();
+            assert!(err.contains("may not use"), "{unlisted}: {err}");
+        }
+        let body = br#"{"token":"{{secret:p/tok}}","pw":"__PW__","n":"{{secret:p/tok}}"}"#;
+        let want = br#"{"token":"T0K","pw":"pw"1","n":"T0K"}"#;
+        assert_eq!(plan.substituter().replace_all(body), want);
+        for cuts in two_cuts(body.len()) {
+            assert_eq!(
+                stream(plan.substituter(), body, &cuts),
+                want,
+                "cut at {cuts:?}"
+            );
+        }
+        // The pass-through service injects no credential, but still strips the agent's.
+        let mut q = outgoing("/", &[("Authorization", "Bearer mine")]);
+        plan.apply(&mut q).unwrap();
+        assert!(values(&q, "authorization").is_empty());
+    }
+
+    #[test]
+    fn scrubber_catches_a_value_cut_anywhere() {
+        let r = resolver(&[("g/k", b"sk-live/Q+9")]);
+        let plan = Plan::new(&service(Auth::Bearer(path("g/k"))), &r).unwrap();
+        let encoded = [
+            b"sk-live/Q+9".to_vec(),
+            base64::engine::general_purpose::STANDARD
+                .encode("sk-live/Q+9")
+                .into_bytes(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode("sk-live/Q+9")
+                .into_bytes(),
+            b"sk-live%2FQ%2B9".to_vec(),
+            b"sk-live\\/Q+9".to_vec(),
+        ];
+        for e in &encoded {
+            let mut body = b"<<".to_vec();
+            body.extend_from_slice(e);
+            body.extend_from_slice(b">>");
+            let whole = plan.scrubber().replace_all(&body);
+            assert_eq!(
+                whole,
+                b"<<[REDACTED:g/k]>>",
+                "{}",
+                String::from_utf8_lossy(e)
+            );
+            for cuts in two_cuts(body.len()) {
+                let out = stream(plan.scrubber(), &body, &cuts);
+                assert_eq!(out, whole, "{} cut at {cuts:?}", String::from_utf8_lossy(e));
+                let same = stream(plan.scrubber_same_length(), &body, &cuts);
+                assert_eq!(same.len(), body.len(), "cut at {cuts:?}");
+                assert!(!contains(&same, b"sk-live"), "cut at {cuts:?}");
+            }
+        }
+        // Byte by byte, with the value twice back to back.
+        let body = b"sk-live/Q+9sk-live/Q+9";
+        let mut s = plan.scrubber();
+        let mut out = Vec::new();
+        for b in body {
+            out.extend(s.push(std::slice::from_ref(b)));
+        }
+        out.extend(s.finish());
+        assert_eq!(out, b"[REDACTED:g/k][REDACTED:g/k]");
+    }
+
+    #[test]
+    fn scrubber_holds_back_only_a_possible_beginning() {
+        let r = resolver(&[("g/k", b"SECRET")]);
+        let plan = Plan::new(&service(Auth::Bearer(path("g/k"))), &r).unwrap();
+        let mut s = plan.scrubber();
+        // Nothing that could begin the value: all of it passes at once.
+        assert_eq!(s.push(b"hello world\n"), b"hello world\n");
+        // A tail that could: held back until the next chunk decides.
+        assert_eq!(s.push(b"data: SEC"), b"data: ");
+        assert_eq!(s.push(b"OND"), b"SECOND");
+        assert_eq!(s.push(b"x SECR"), b"x ");
+        assert_eq!(s.push(b"ET y"), b"[REDACTED:g/k] y");
+        // A stream that ends on a partial value lets it out unchanged.
+        assert_eq!(s.push(b"SE"), b"");
+        assert_eq!(s.finish(), b"SE");
+        // An empty plan passes everything through untouched.
+        let none = Plan::new(&service(Auth::Passthrough), &r).unwrap();
+        assert!(none.scrubber().is_empty());
+        assert_eq!(none.scrubber().push(b"SECRET"), b"SECRET");
+    }
+
+    fn pattern() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(b"0123".to_vec()), 1..6)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// However a stream is cut, the output is the one-shot replacement.
+        #[test]
+        fn chunking_never_changes_the_output(
+            patterns in prop::collection::vec(pattern(), 1..4),
+            input in prop::collection::vec(prop::sample::select(b"01234".to_vec()), 0..64),
+            mut cuts in prop::collection::vec(0usize..65, 0..8),
+        ) {
+            let pairs = || -> Vec<Pair> {
+                patterns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (secret(p), secret(&[b'<', b'a' + i as u8, b'>'])))
+                    .collect()
+            };
+            cuts.iter_mut().for_each(|c| *c = (*c).min(input.len()));
+            cuts.sort_unstable();
+            let whole = StreamReplace::new(pairs()).replace_all(&input);
+            let streamed = stream(StreamReplace::new(pairs()), &input, &cuts);
+            prop_assert_eq!(&streamed, &whole);
+            // Replacements share no byte with the patterns: none is left.
+            for p in &patterns {
+                prop_assert!(!contains(&whole, p));
+            }
+        }
+
+        /// Arbitrary secret bytes, reflected in any of their encodings and
+        /// cut anywhere, never come back.
+        #[test]
+        fn arbitrary_values_are_scrubbed(
+            value in prop::collection::vec(any::<u8>(), 4..24),
+            which in 0usize..5,
+            cut in 0usize..200,
+        ) {
+            let leaked: &'static [u8] = Box::leak(value.clone().into_boxed_slice());
+            let table: &'static [(&'static str, &'static [u8])] =
+                Box::leak(Box::new([("g/k", leaked)]));
+            let plan = Plan::new(&service(Auth::Bearer(path("g/k"))), &resolver(table)).unwrap();
+            let enc = encodings(&value);
+            let e = &enc[which % enc.len()];
+            let mut body = b"{\"echo\":\"".to_vec();
+            body.extend_from_slice(e);
+            body.extend_from_slice(b"\"}");
+            let cut = cut % (body.len() + 1);
+            let out = stream(plan.scrubber(), &body, &[cut]);
+            prop_assert!(!contains(&out, &value), "raw value left");
+            prop_assert!(contains(&out, b"[REDACTED:g/k]"));
+        }
+    }
+}

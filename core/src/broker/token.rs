@@ -235,3 +235,215 @@ mod tests {
         assert!(key.verify(&t, 500, &old).is_ok());
     }
 }
+
+/// The token's contract at its edges: what it carries, when it stops
+/// working, and that no byte of it can be changed unnoticed.
+#[cfg(test)]
+mod token_rules {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            id: "tok-1".into(),
+            agent: "bot".into(),
+            services: vec!["github".into(), "stripe".into()],
+            session: Some("task-7".into()),
+            iat: 1_000,
+            exp: 2_000,
+        }
+    }
+
+    fn none() -> Revocations {
+        Revocations::default()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_claim() {
+        let key = TokenKey::generate().unwrap();
+        for c in [
+            claims(),
+            Claims {
+                services: Vec::new(),
+                session: None,
+                ..claims()
+            },
+        ] {
+            let t = key.issue(&c).unwrap();
+            assert!(t.starts_with("avt1.") && t.split('.').count() == 3, "{t}");
+            assert_eq!(key.verify(&t, 1_500, &none()).unwrap(), c);
+            // Surrounding blanks (a header value, a line read from a file) are fine.
+            assert_eq!(key.verify(&format!(" {t}\n"), 1_500, &none()).unwrap(), c);
+            // The same key, saved and loaded again, verifies it.
+            let again = TokenKey::from_bytes(key.bytes()).unwrap();
+            assert_eq!(again.verify(&t, 1_500, &none()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn expiry_is_exclusive_and_rechecked() {
+        let key = TokenKey::generate().unwrap();
+        let c = claims();
+        let t = key.issue(&c).unwrap();
+        assert!(key.verify(&t, c.exp - 1, &none()).is_ok());
+        assert_eq!(key.verify(&t, c.exp, &none()), Err(TokenError::Expired));
+        assert_eq!(key.verify(&t, i64::MAX, &none()), Err(TokenError::Expired));
+        assert_eq!(key.verify_claims(&c, c.exp - 1, &none()), Ok(()));
+        assert_eq!(
+            key.verify_claims(&c, c.exp, &none()),
+            Err(TokenError::Expired)
+        );
+        let revoked = Revocations {
+            sessions: vec!["task-7".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            key.verify_claims(&c, c.exp - 1, &revoked),
+            Err(TokenError::Revoked)
+        );
+        // An expired token is reported as expired even when also revoked.
+        assert_eq!(key.verify(&t, c.exp, &revoked), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn another_vaults_key_is_refused() {
+        let key = TokenKey::generate().unwrap();
+        let t = key.issue(&claims()).unwrap();
+        for _ in 0..8 {
+            let other = TokenKey::generate().unwrap();
+            assert_ne!(other.bytes(), key.bytes());
+            assert_eq!(
+                other.verify(&t, 1_500, &none()),
+                Err(TokenError::BadSignature)
+            );
+        }
+        let mut flipped = key.bytes().to_vec();
+        flipped[31] ^= 1;
+        let near = TokenKey::from_bytes(&flipped).unwrap();
+        assert_eq!(
+            near.verify(&t, 1_500, &none()),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_changed_byte_anywhere_is_refused() {
+        let key = TokenKey::generate().unwrap();
+        let t = key.issue(&claims()).unwrap();
+        let body_end = t.rfind('.').unwrap();
+        for i in 0..t.len() {
+            for sub in [b'A', b'a', b'0', b'-', b'_', b'.', b'=', b' ', b'\0'] {
+                let mut bytes = t.as_bytes().to_vec();
+                if bytes[i] == sub {
+                    continue;
+                }
+                bytes[i] = sub;
+                let forged = String::from_utf8(bytes).unwrap();
+                let got = key.verify(&forged, 1_500, &none());
+                assert!(got.is_err(), "byte {i} set to {sub:?} still verifies");
+                if (5..body_end).contains(&i) && !matches!(sub, b'.' | b'=' | b' ' | b'\0') {
+                    // A changed claim (still base64) fails the MAC, not the parse.
+                    assert_eq!(got, Err(TokenError::BadSignature), "byte {i}");
+                }
+            }
+        }
+        // Cut short or extended anywhere.
+        for i in 0..t.len() {
+            assert!(key.verify(&t[..i], 1_500, &none()).is_err(), "prefix {i}");
+        }
+        assert!(key.verify("avt1..", 1_500, &none()).is_err());
+        for extra in ["A", ".", ".A", "AA"] {
+            assert!(key.verify(&format!("{t}{extra}"), 1_500, &none()).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        let key = TokenKey::generate().unwrap();
+        let t = key.issue(&claims()).unwrap();
+        let (_, rest) = t.split_once('.').unwrap();
+        for bad in [
+            String::new(),
+            "avt1".into(),
+            format!("avt2.{rest}"),
+            format!("AVT1.{rest}"),
+            format!("{t}.extra"),
+            t.replacen('.', "", 1),
+        ] {
+            assert_eq!(
+                key.verify(&bad, 1_500, &none()),
+                Err(TokenError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn signed_but_unknown_claims_are_refused() {
+        // A body the key did sign, but with a field the claims do not have
+        // (a future or forged capability): refused, never ignored.
+        let key = TokenKey::generate().unwrap();
+        let json = br#"{"id":"x","agent":"bot","iat":1,"exp":9999,"admin":true}"#;
+        let body = B64.encode(json);
+        let tag = B64.encode(key.mac(&body).unwrap().finalize().into_bytes());
+        let t = format!("{PREFIX}.{body}.{tag}");
+        assert_eq!(key.verify(&t, 5, &none()), Err(TokenError::Malformed));
+        // Signed bytes that are not JSON at all.
+        let body = B64.encode(b"not json");
+        let tag = B64.encode(key.mac(&body).unwrap().finalize().into_bytes());
+        let t = format!("{PREFIX}.{body}.{tag}");
+        assert_eq!(key.verify(&t, 5, &none()), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn services_cap_what_a_token_reaches() {
+        let c = claims();
+        assert!(c.may_use("github") && c.may_use("stripe"));
+        assert!(!c.may_use("openai"));
+        assert!(!c.may_use("GitHub"));
+        assert!(!c.may_use(""));
+        let all = Claims {
+            services: Vec::new(),
+            ..claims()
+        };
+        assert!(all.may_use("openai") && all.may_use("github"));
+        // The cap travels inside the signed body: it cannot be widened.
+        let key = TokenKey::generate().unwrap();
+        let t = key.issue(&c).unwrap();
+        let got = key.verify(&t, 1_500, &none()).unwrap();
+        assert_eq!(got.services, c.services);
+        assert!(!got.may_use("openai"));
+        let widened_body = B64.encode(serde_json::to_vec(&all).unwrap());
+        let tag = t.rsplit('.').next().unwrap();
+        let widened = format!("{PREFIX}.{widened_body}.{tag}");
+        assert_eq!(
+            key.verify(&widened, 1_500, &none()),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn keys_and_ids() {
+        assert!(TokenKey::from_bytes(&[0u8; 31]).is_err());
+        assert!(TokenKey::from_bytes(&[0u8; 33]).is_err());
+        assert!(TokenKey::from_bytes(&[]).is_err());
+        assert_eq!(TokenKey::generate().unwrap().bytes().len(), 32);
+        let ids: std::collections::BTreeSet<String> = (0..64).map(|_| new_id().unwrap()).collect();
+        assert_eq!(ids.len(), 64, "ids repeat");
+        for id in &ids {
+            assert_eq!(id.len(), 12);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+        }
+        // Error texts say why, and never echo the token.
+        for e in [
+            TokenError::Malformed,
+            TokenError::BadSignature,
+            TokenError::Expired,
+            TokenError::Revoked,
+        ] {
+            assert!(!e.to_string().contains("avt1"));
+        }
+    }
+}
