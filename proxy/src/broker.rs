@@ -21,7 +21,7 @@ use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::{ProxyError, err};
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
-use crate::tunnel::Limits;
+use crate::limits::Limits;
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.
