@@ -14,3 +14,4 @@ pub use crate::broker::{Broker, Options};
 pub use crate::error::ProxyError;
 pub use crate::limits::{HANDSHAKE_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT};
 pub use crate::tunnel::{serve, serve_agent};
+pub use crate::upstream::SetupError;
