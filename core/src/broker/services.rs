@@ -294,66 +294,50 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 /// The result starts with `/`, holds no `.` or `..` segment and no empty
 /// one, keeps a trailing `/`, and normalising it again changes nothing.
 pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
-    /// One segment as decoded, and whether an escape made one of its dots.
-    struct Segment {
-        text: String,
-        encoded_dot: bool,
-    }
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err("the request path must start with /".into());
     }
-    let hex = |b: u8| -> Option<u8> { (b as char).to_digit(16).map(|d| d as u8) };
+    let ends_with_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
+    let segments = path_segments(bytes, ends_with_slash)?;
+    // Whether the path ends with a dot segment, which names the directory
+    // it leaves: `/a/b/..` is `/a/`.
+    let (out, trailing) = remove_dot_segments(segments)?;
+    let mut normal = String::with_capacity(path.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if normal.is_empty() || ends_with_slash || trailing {
+        normal.push('/');
+    }
+    Ok(normal)
+}
+
+/// One segment of a request path as decoded, and whether an escape made
+/// one of its dots.
+#[derive(Default)]
+struct Segment {
+    text: String,
+    encoded_dot: bool,
+}
+
+/// The segments of a path that starts with `/`, escapes decoded as
+/// [`normalize_path`] says, or why the path is refused. With
+/// `ends_with_slash`, the empty segment after the last `/` is left out.
+fn path_segments(bytes: &[u8], ends_with_slash: bool) -> std::result::Result<Vec<Segment>, String> {
     let mut segments: Vec<Segment> = Vec::new();
-    let mut current = Segment {
-        text: String::new(),
-        encoded_dot: false,
-    };
-    // Whether the path ends with `/` (or with a dot segment, which names
-    // the directory it leaves: `/a/b/..` is `/a/`).
-    let mut trailing = false;
+    let mut current = Segment::default();
     let mut i = 1;
-    let close = |current: &mut Segment, segments: &mut Vec<Segment>| {
-        segments.push(std::mem::replace(
-            current,
-            Segment {
-                text: String::new(),
-                encoded_dot: false,
-            },
-        ));
-    };
     while i < bytes.len() {
         let b = bytes[i];
         match b {
             b'/' => {
-                close(&mut current, &mut segments);
+                segments.push(std::mem::take(&mut current));
                 i += 1;
             }
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
-                    return Err("the request path has a malformed %-escape".into());
-                };
-                let d = (h << 4) | l;
-                match d {
-                    b'/' | b'\\' | 0 => {
-                        return Err(format!(
-                            "the request path has an encoded {} (%{d:02X}), which servers read differently; refused",
-                            match d {
-                                b'/' => "/",
-                                b'\\' => "backslash",
-                                _ => "NUL",
-                            }
-                        ));
-                    }
-                    d if d.is_ascii_alphanumeric() || b"-._~".contains(&d) => {
-                        current.text.push(d as char);
-                        current.encoded_dot |= d == b'.';
-                    }
-                    d => current.text.push_str(&format!("%{d:02X}")),
-                }
+                escape(bytes.get(i + 1..i + 3), &mut current)?;
                 i += 3;
             }
             b'\\' => {
@@ -376,11 +360,48 @@ pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
             }
         }
     }
-    let ends_with_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
     if !ends_with_slash {
-        close(&mut current, &mut segments);
+        segments.push(current);
     }
+    Ok(segments)
+}
+
+/// The escape `%XX` (`digits` the two after `%`, if there are two) added to
+/// `current`: an unreserved character decoded, any other kept with
+/// upper-case hex digits; an encoded `/`, `\` or NUL refused.
+fn escape(digits: Option<&[u8]>, current: &mut Segment) -> std::result::Result<(), String> {
+    let hex = |b: u8| -> Option<u8> { (b as char).to_digit(16).map(|d| d as u8) };
+    let Some((Some(h), Some(l))) = digits.map(|d| (hex(d[0]), hex(d[1]))) else {
+        return Err("the request path has a malformed %-escape".into());
+    };
+    let d = (h << 4) | l;
+    match d {
+        b'/' | b'\\' | 0 => {
+            return Err(format!(
+                "the request path has an encoded {} (%{d:02X}), which servers read differently; refused",
+                match d {
+                    b'/' => "/",
+                    b'\\' => "backslash",
+                    _ => "NUL",
+                }
+            ));
+        }
+        d if d.is_ascii_alphanumeric() || b"-._~".contains(&d) => {
+            current.text.push(d as char);
+            current.encoded_dot |= d == b'.';
+        }
+        d => current.text.push_str(&format!("%{d:02X}")),
+    }
+    Ok(())
+}
+
+/// The segments with `.` and `..` resolved (never above the root) and
+/// empty ones dropped, and whether the last one was a dot segment; or why
+/// a segment is refused (a dot segment written with escapes, one a lenient
+/// server could read as `.` or `..`, a double-encoded character).
+fn remove_dot_segments(segments: Vec<Segment>) -> std::result::Result<(Vec<String>, bool), String> {
     let mut out: Vec<String> = Vec::new();
+    let mut trailing = false;
     for seg in segments {
         trailing = false;
         // What a lenient server could make of the segment: escapes decoded
@@ -422,15 +443,7 @@ pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
             out.push(seg.text);
         }
     }
-    let mut normal = String::with_capacity(path.len());
-    for seg in &out {
-        normal.push('/');
-        normal.push_str(seg);
-    }
-    if normal.is_empty() || ends_with_slash || trailing {
-        normal.push('/');
-    }
-    Ok(normal)
+    Ok((out, trailing))
 }
 
 /// `bytes` with every valid `%XX` escape decoded (others left as they are).
