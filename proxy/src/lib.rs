@@ -23,5 +23,7 @@ mod tunnel;
 mod upstream;
 mod websocket;
 
+/// The certificate library [`ca::CaError`] carries errors of.
+pub use rcgen;
 pub use run::run;
 pub use server::{Broker, Options, ProxyError, serve};
