@@ -537,6 +537,25 @@ mod tests {
     }
 
     #[test]
+    fn url_errors_say_what_is_wrong() {
+        assert_eq!(parse_url("http://example.com/"), Err(UrlError::NotHttps));
+        assert_eq!(parse_url("https://u@example.com/"), Err(UrlError::UserInfo));
+        assert_eq!(parse_url("https://[::1/"), Err(UrlError::UnclosedIpv6));
+        assert_eq!(parse_url("https://[::1]x/"), Err(UrlError::MalformedHost));
+        assert_eq!(parse_url("https:///x"), Err(UrlError::NoHost));
+        let port = parse_url("https://example.com:0/").unwrap_err();
+        assert_eq!(port, UrlError::Port("0".into()));
+        assert_eq!(
+            port.to_string(),
+            "the url's port \"0\" is not a number from 1 to 65535"
+        );
+        assert_eq!(
+            UrlError::NotHttps.to_string(),
+            "the url must start with https:// (the broker only forwards HTTPS)"
+        );
+    }
+
+    #[test]
     fn query_keeps_placeholders() {
         let mut pq = "/x?a=1".to_owned();
         let q = BTreeMap::from([

@@ -104,10 +104,7 @@ impl Minter {
         // Held while minting: the first CONNECTs to a host often arrive
         // together on both runtimes, and each would mint its own leaf. A
         // mint takes well under a millisecond and happens once per host.
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| CaError::Poisoned)?;
+        let mut cache = self.cache.lock().map_err(|_| CaError::Poisoned)?;
         if let Some(hit) = cache.get(&host) {
             return Ok(hit);
         }
