@@ -274,6 +274,74 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     under && normalize_path(path).is_ok_and(|n| n == path)
 }
 
+/// Why [`normalize_path`] refuses a request path: each is a path that
+/// servers read differently, so no service's path prefix can be trusted to
+/// cover it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathRefusal {
+    /// The path does not start with `/`.
+    NoLeadingSlash,
+    /// A `%` not followed by two hex digits.
+    MalformedEscape,
+    /// An encoded `/` (`%2F`).
+    EncodedSlash,
+    /// An encoded backslash (`%5C`).
+    EncodedBackslash,
+    /// An encoded NUL (`%00`).
+    EncodedNul,
+    /// A raw backslash.
+    Backslash,
+    /// A control character.
+    Control,
+    /// A dot segment written with escapes (`%2e%2e`).
+    EncodedDot,
+    /// A segment a lenient server could read as `.` or `..` (`..;x`,
+    /// `..%20`, `...`).
+    DotLike,
+    /// A double-encoded dot, slash, backslash, NUL or percent (the escape
+    /// as found, upper case: `%252E`).
+    DoubleEncoded(&'static str),
+}
+
+impl std::fmt::Display for PathRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let encoded = |f: &mut std::fmt::Formatter<'_>, what: &str, d: u8| {
+            write!(
+                f,
+                "the request path has an encoded {what} (%{d:02X}), which servers read differently; refused"
+            )
+        };
+        match self {
+            PathRefusal::NoLeadingSlash => f.write_str("the request path must start with /"),
+            PathRefusal::MalformedEscape => {
+                f.write_str("the request path has a malformed %-escape")
+            }
+            PathRefusal::EncodedSlash => encoded(f, "/", b'/'),
+            PathRefusal::EncodedBackslash => encoded(f, "backslash", b'\\'),
+            PathRefusal::EncodedNul => encoded(f, "NUL", 0),
+            PathRefusal::Backslash => f.write_str(
+                "the request path has a backslash, which some servers read as /; refused",
+            ),
+            PathRefusal::Control => {
+                f.write_str("the request path has a control character; refused")
+            }
+            PathRefusal::EncodedDot => f.write_str(
+                "the request path has a dot segment written with %-escapes (%2e); refused",
+            ),
+            PathRefusal::DotLike => f.write_str(
+                "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused",
+            ),
+            PathRefusal::DoubleEncoded(double) => write!(
+                f,
+                "the request path has a double-encoded character ({double}); refused"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PathRefusal {}
+
 /// A request path (no query) made unambiguous, so that a service's path
 /// prefix is matched against what every upstream will understand, and the
 /// broker sends upstream exactly the path it matched:
@@ -293,10 +361,10 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
 ///
 /// The result starts with `/`, holds no `.` or `..` segment and no empty
 /// one, keeps a trailing `/`, and normalising it again changes nothing.
-pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
+pub fn normalize_path(path: &str) -> std::result::Result<String, PathRefusal> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
-        return Err("the request path must start with /".into());
+        return Err(PathRefusal::NoLeadingSlash);
     }
     let ends_with_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
     let segments = path_segments(bytes, ends_with_slash)?;
@@ -325,7 +393,10 @@ struct Segment {
 /// The segments of a path that starts with `/`, escapes decoded as
 /// [`normalize_path`] says, or why the path is refused. With
 /// `ends_with_slash`, the empty segment after the last `/` is left out.
-fn path_segments(bytes: &[u8], ends_with_slash: bool) -> std::result::Result<Vec<Segment>, String> {
+fn path_segments(
+    bytes: &[u8],
+    ends_with_slash: bool,
+) -> std::result::Result<Vec<Segment>, PathRefusal> {
     let mut segments: Vec<Segment> = Vec::new();
     let mut current = Segment::default();
     let mut i = 1;
@@ -341,13 +412,10 @@ fn path_segments(bytes: &[u8], ends_with_slash: bool) -> std::result::Result<Vec
                 i += 3;
             }
             b'\\' => {
-                return Err(
-                    "the request path has a backslash, which some servers read as /; refused"
-                        .into(),
-                );
+                return Err(PathRefusal::Backslash);
             }
             b if b < 0x20 || b == 0x7f => {
-                return Err("the request path has a control character; refused".into());
+                return Err(PathRefusal::Control);
             }
             // Outside ASCII, and `?` or `#` (which would end the path): escaped.
             b if b >= 0x80 || b == b'?' || b == b'#' => {
@@ -369,23 +437,16 @@ fn path_segments(bytes: &[u8], ends_with_slash: bool) -> std::result::Result<Vec
 /// The escape `%XX` (`digits` the two after `%`, if there are two) added to
 /// `current`: an unreserved character decoded, any other kept with
 /// upper-case hex digits; an encoded `/`, `\` or NUL refused.
-fn escape(digits: Option<&[u8]>, current: &mut Segment) -> std::result::Result<(), String> {
+fn escape(digits: Option<&[u8]>, current: &mut Segment) -> std::result::Result<(), PathRefusal> {
     let hex = |b: u8| -> Option<u8> { (b as char).to_digit(16).map(|d| d as u8) };
     let Some((Some(h), Some(l))) = digits.map(|d| (hex(d[0]), hex(d[1]))) else {
-        return Err("the request path has a malformed %-escape".into());
+        return Err(PathRefusal::MalformedEscape);
     };
     let d = (h << 4) | l;
     match d {
-        b'/' | b'\\' | 0 => {
-            return Err(format!(
-                "the request path has an encoded {} (%{d:02X}), which servers read differently; refused",
-                match d {
-                    b'/' => "/",
-                    b'\\' => "backslash",
-                    _ => "NUL",
-                }
-            ));
-        }
+        b'/' => return Err(PathRefusal::EncodedSlash),
+        b'\\' => return Err(PathRefusal::EncodedBackslash),
+        0 => return Err(PathRefusal::EncodedNul),
         d if d.is_ascii_alphanumeric() || b"-._~".contains(&d) => {
             current.text.push(d as char);
             current.encoded_dot |= d == b'.';
@@ -399,7 +460,9 @@ fn escape(digits: Option<&[u8]>, current: &mut Segment) -> std::result::Result<(
 /// empty ones dropped, and whether the last one was a dot segment; or why
 /// a segment is refused (a dot segment written with escapes, one a lenient
 /// server could read as `.` or `..`, a double-encoded character).
-fn remove_dot_segments(segments: Vec<Segment>) -> std::result::Result<(Vec<String>, bool), String> {
+fn remove_dot_segments(
+    segments: Vec<Segment>,
+) -> std::result::Result<(Vec<String>, bool), PathRefusal> {
     let mut out: Vec<String> = Vec::new();
     let mut trailing = false;
     for seg in segments {
@@ -411,10 +474,7 @@ fn remove_dot_segments(segments: Vec<Segment>) -> std::result::Result<(Vec<Strin
         let name = name.trim_ascii_end();
         if !name.is_empty() && name.iter().all(|&c| c == b'.') {
             if seg.encoded_dot {
-                return Err(
-                    "the request path has a dot segment written with %-escapes (%2e); refused"
-                        .into(),
-                );
+                return Err(PathRefusal::EncodedDot);
             }
             match seg.text.as_str() {
                 "." => {}
@@ -422,10 +482,7 @@ fn remove_dot_segments(segments: Vec<Segment>) -> std::result::Result<(Vec<Strin
                     out.pop();
                 }
                 _ => {
-                    return Err(
-                        "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused"
-                            .into(),
-                    );
+                    return Err(PathRefusal::DotLike);
                 }
             }
             trailing = true;
@@ -434,9 +491,7 @@ fn remove_dot_segments(segments: Vec<Segment>) -> std::result::Result<(Vec<Strin
         let upper = seg.text.to_ascii_uppercase();
         for double in ["%252E", "%252F", "%255C", "%2500", "%2525"] {
             if upper.contains(double) {
-                return Err(format!(
-                    "the request path has a double-encoded character ({double}); refused"
-                ));
+                return Err(PathRefusal::DoubleEncoded(double));
             }
         }
         if !seg.text.is_empty() {
@@ -608,6 +663,63 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        use PathRefusal::*;
+        for (raw, refusal, text) in [
+            ("a", NoLeadingSlash, "the request path must start with /"),
+            (
+                "/%2f",
+                EncodedSlash,
+                "the request path has an encoded / (%2F), which servers read differently; refused",
+            ),
+            (
+                "/%5c",
+                EncodedBackslash,
+                "the request path has an encoded backslash (%5C), which servers read differently; refused",
+            ),
+            (
+                "/%00",
+                EncodedNul,
+                "the request path has an encoded NUL (%00), which servers read differently; refused",
+            ),
+            (
+                "/%zz",
+                MalformedEscape,
+                "the request path has a malformed %-escape",
+            ),
+            (
+                "/a\\b",
+                Backslash,
+                "the request path has a backslash, which some servers read as /; refused",
+            ),
+            (
+                "/a\u{1}",
+                Control,
+                "the request path has a control character; refused",
+            ),
+            (
+                "/%2e%2e/x",
+                EncodedDot,
+                "the request path has a dot segment written with %-escapes (%2e); refused",
+            ),
+            (
+                "/..;x/",
+                DotLike,
+                "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused",
+            ),
+            (
+                "/a%252eb",
+                DoubleEncoded("%252E"),
+                "the request path has a double-encoded character (%252E); refused",
+            ),
+        ] {
+            let got = normalize_path(raw).unwrap_err();
+            assert_eq!(got, refusal, "{raw:?}");
+            assert_eq!(got.to_string(), text, "{raw:?}");
+        }
     }
 
     #[test]
