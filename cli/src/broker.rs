@@ -109,9 +109,8 @@ pub fn proxy(
         note(format!("broker listening on {bound}"))
     })
     .map_err(|e| {
-        let hint =
-            e.0.starts_with("cannot listen")
-                .then(|| "is another broker running there? pick another --listen".to_owned());
+        let hint = matches!(e, agent_vault_proxy::ProxyError::Listen { .. })
+            .then(|| "is another broker running there? pick another --listen".to_owned());
         CliError::Msg(e.to_string(), hint)
     })?;
     // A host's leaf is minted once and cached: this counts them.

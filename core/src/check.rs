@@ -82,19 +82,37 @@ impl Findings {
 /// Checks the vault. With the owner's identity, also checks that every
 /// group key opens and matches the manifest.
 pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
-    use Severity::{Error, Warning};
     let mut f = Findings(Vec::new());
-    let rel = |p: &Path| {
-        p.strip_prefix(vault.root())
-            .unwrap_or(p)
-            .display()
-            .to_string()
+    let tracked = local_state(vault, owner, &mut f);
+    let Some(manifest) = read_manifest(vault, &mut f) else {
+        return finish(vault, f.0, 0);
     };
+    agents(vault, &manifest, &mut f);
+    groups(vault, &manifest, owner, &mut f);
+    let mut secrets = files(vault, &manifest, &mut f);
+    secrets.sort();
+    f.0.extend(each_secret(vault, &manifest, &secrets));
+    if tracked.is_empty() {
+        conflicts(vault, &mut f);
+    }
+    permissions(vault, &mut f);
+    finish(vault, f.0, secrets.len())
+}
 
-    let fs = vault.fs();
+/// `p` relative to the vault's root, for a finding's subject.
+fn rel(vault: &Vault, p: &Path) -> String {
+    p.strip_prefix(vault.root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
 
-    // Machine-private state that git tracks: nothing under `.local/` is
-    // trusted then, so no journal is read (nor offered to `repair`).
+/// Machine-private state that git tracks (then nothing under `.local/` is
+/// trusted, so no journal is read, nor offered to `repair`), submodules,
+/// and an interrupted operation's journal. Returns what git tracks under
+/// `.local/`.
+fn local_state(vault: &Vault, owner: Option<&Identity>, f: &mut Findings) -> Vec<String> {
+    use Severity::Error;
     let tracked = match crate::vfs::tracked_local(vault.dir()) {
         Ok(t) => t,
         Err(e) => vec![e.to_string()],
@@ -113,61 +131,79 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 );
             }
         }
-        Err(e) => f.push(Error, "unsafe-file", rel(vault.dir()), e.to_string()),
+        Err(e) => f.push(Error, "unsafe-file", rel(vault, vault.dir()), e.to_string()),
     }
     if tracked.is_empty() {
-        match Txn::peek(vault) {
-            Ok(None) => {}
-            Ok(Some(op)) => {
-                let verdict = owner.map(|id| Txn::read(vault, &id.signing_key().public()));
-                match verdict {
-                    Some(Err(e)) => f.push(Error, "foreign-journal", rel(&vault.journal_path()), e.to_string()),
-                    Some(Ok(_)) => f.push(
-                        Error,
-                        "half-finished",
-                        &op,
-                        format!(
-                            "the operation `{op}` was interrupted; `agent-vault repair` (or any command that changes the vault) completes it"
-                        ),
-                    ),
-                    None => f.push(
-                        Error,
-                        "half-finished",
-                        &op,
-                        format!(
-                            "the operation `{op}` was interrupted; the owner whose command it was completes it with `agent-vault repair`"
-                        ),
-                    ),
-                }
-            }
-            Err(e) => f.push(
-                Error,
-                "unsafe-file",
-                rel(&vault.journal_path()),
-                e.to_string(),
-            ),
-        }
+        journal(vault, owner, f);
     }
+    tracked
+}
 
-    // The manifest: verified if possible, else parsed as is for the rest.
-    let manifest: Option<Manifest> = match vault.manifest() {
+/// An interrupted operation, and whether its journal is this owner's.
+fn journal(vault: &Vault, owner: Option<&Identity>, f: &mut Findings) {
+    use Severity::Error;
+    match Txn::peek(vault) {
+        Ok(None) => {}
+        Ok(Some(op)) => {
+            let verdict = owner.map(|id| Txn::read(vault, &id.signing_key().public()));
+            match verdict {
+                Some(Err(e)) => f.push(
+                    Error,
+                    "foreign-journal",
+                    rel(vault, &vault.journal_path()),
+                    e.to_string(),
+                ),
+                Some(Ok(_)) => f.push(
+                    Error,
+                    "half-finished",
+                    &op,
+                    format!(
+                        "the operation `{op}` was interrupted; `agent-vault repair` (or any command that changes the vault) completes it"
+                    ),
+                ),
+                None => f.push(
+                    Error,
+                    "half-finished",
+                    &op,
+                    format!(
+                        "the operation `{op}` was interrupted; the owner whose command it was completes it with `agent-vault repair`"
+                    ),
+                ),
+            }
+        }
+        Err(e) => f.push(
+            Error,
+            "unsafe-file",
+            rel(vault, &vault.journal_path()),
+            e.to_string(),
+        ),
+    }
+}
+
+/// The manifest: verified if possible, else parsed as is for the rest.
+fn read_manifest(vault: &Vault, f: &mut Findings) -> Option<Manifest> {
+    match vault.manifest() {
         Ok(m) => Some(m),
         Err(e) => {
             let kind = match e {
                 VaultError::Refused { .. } => "unsafe-file",
                 _ => "manifest-signature",
             };
-            f.push(Error, kind, "manifest.yaml", e.to_string());
-            fs.read(&vault.manifest_path(), Kind::Manifest)
+            f.push(Severity::Error, kind, "manifest.yaml", e.to_string());
+            vault
+                .fs()
+                .read(&vault.manifest_path(), Kind::Manifest)
                 .ok()
                 .and_then(|b| model::parse_yaml(&vault.manifest_path(), &b).ok())
         }
-    };
-    let Some(manifest) = manifest else {
-        return finish(vault, f.0, 0);
-    };
+    }
+}
 
-    // Agents and groups named by the manifest have their files.
+/// Agents named by the manifest have their public key (the one the
+/// manifest names) and an escrowed private key.
+fn agents(vault: &Vault, manifest: &Manifest, f: &mut Findings) {
+    use Severity::{Error, Warning};
+    let fs = vault.fs();
     for (a, entry) in &manifest.agents {
         let dir = vault.agent_dir(a);
         match fs.read_optional(&dir.join("public.key"), Kind::PublicKey) {
@@ -175,19 +211,19 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             Ok(Some(_)) => f.push(
                 Error,
                 "mismatch",
-                rel(&dir.join("public.key")),
+                rel(vault, &dir.join("public.key")),
                 "differs from the agent's recipient in the manifest",
             ),
             Err(e @ VaultError::Refused { .. }) => f.push(
                 Error,
                 "unsafe-file",
-                rel(&dir.join("public.key")),
+                rel(vault, &dir.join("public.key")),
                 e.to_string(),
             ),
             _ => f.push(
                 Error,
                 "missing",
-                rel(&dir.join("public.key")),
+                rel(vault, &dir.join("public.key")),
                 format!("agent {a} has no public key file"),
             ),
         }
@@ -195,21 +231,27 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             f.push(
                 Warning,
                 "missing",
-                rel(&dir.join("private.key.escrow")),
+                rel(vault, &dir.join("private.key.escrow")),
                 format!("agent {a}'s key is not escrowed; `restore-agent` cannot recover it"),
             );
         }
     }
+}
+
+/// Groups named by the manifest have their key file; with the owner's
+/// identity, each key opens and matches the manifest's recipient.
+fn groups(vault: &Vault, manifest: &Manifest, owner: Option<&Identity>, f: &mut Findings) {
+    use Severity::Error;
     for (g, entry) in &manifest.groups {
         let p = vault.group_key_path(g);
-        match (fs.read_optional(&p, Kind::GroupKey), owner) {
+        match (vault.fs().read_optional(&p, Kind::GroupKey), owner) {
             (Err(e @ VaultError::Refused { .. }), _) => {
-                f.push(Error, "unsafe-file", rel(&p), e.to_string())
+                f.push(Error, "unsafe-file", rel(vault, &p), e.to_string())
             }
             (Ok(None), _) | (Err(_), _) => f.push(
                 Error,
                 "missing",
-                rel(&p),
+                rel(vault, &p),
                 format!("group {g} has no key file"),
             ),
             (Ok(Some(ct)), Some(id)) => match crypto::decrypt_identity(&[id], &ct, &p) {
@@ -217,19 +259,23 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 Ok(_) => f.push(
                     Error,
                     "group-key",
-                    rel(&p),
+                    rel(vault, &p),
                     format!("group {g}'s key does not match its recipient in the manifest"),
                 ),
-                Err(e) => f.push(Error, "group-key", rel(&p), e.to_string()),
+                Err(e) => f.push(Error, "group-key", rel(vault, &p), e.to_string()),
             },
             _ => {}
         }
     }
+}
 
-    // Every file under .agent-vault is accounted for, at any depth.
-    let mut secrets: Vec<SecretPath> = Vec::new();
-    let mut metas: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut ages: BTreeSet<PathBuf> = BTreeSet::new();
+/// Every file under `.agent-vault` is accounted for, at any depth: links,
+/// special files, oversize files and orphans are reported. Returns the
+/// secrets found.
+fn files(vault: &Vault, manifest: &Manifest, f: &mut Findings) -> Vec<SecretPath> {
+    use Severity::{Error, Warning};
+    let fs = vault.fs();
+    let mut found = Found::default();
     let mut stack = vec![vault.dir().to_owned()];
     while let Some(dir) = stack.pop() {
         // Links are never followed: a linked directory is reported, not walked.
@@ -237,7 +283,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             Ok(Some(entries)) => entries,
             Ok(None) => continue,
             Err(e) => {
-                f.push(Error, "unsafe-file", rel(&dir), e.to_string());
+                f.push(Error, "unsafe-file", rel(vault, &dir), e.to_string());
                 continue;
             }
         };
@@ -247,7 +293,7 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
             let r = p.strip_prefix(vault.dir()).unwrap_or(&p).to_path_buf();
             let parts: Vec<&str> = r.iter().filter_map(|c| c.to_str()).collect();
             if matches!(t, EntryType::Symlink | EntryType::Special) {
-                f.push(Error, "unsafe-file", rel(&p), t.refusal());
+                f.push(Error, "unsafe-file", rel(vault, &p), t.refusal());
                 continue;
             }
             if parts.first() == Some(&LOCAL_DIR) {
@@ -257,199 +303,257 @@ pub fn check(vault: &Vault, owner: Option<&Identity>) -> CheckReport {
                 }
                 continue;
             }
-            if !is_dir {
-                let cap = Kind::of(&r).cap();
-                if let Ok(md) = std::fs::symlink_metadata(&p)
-                    && md.is_file()
-                    && md.len() > cap
-                {
-                    f.push(
-                        Error,
-                        "oversize",
-                        rel(&p),
-                        format!("{} bytes: more than the {cap} a file of its kind may hold; readers refuse it", md.len()),
-                    );
-                    continue;
-                }
+            if !is_dir && oversize(vault, &p, &r, f) {
+                continue;
             }
             if is_dir {
-                let known = match parts.as_slice() {
-                    ["agents"] | ["groups"] | ["secrets"] | ["broker"] => true,
-                    ["agents", a] => a
-                        .parse::<AgentName>()
-                        .map(|a| manifest.agents.contains_key(&a))
-                        .unwrap_or(false),
-                    ["secrets", g, ..] => g
-                        .parse::<GroupName>()
-                        .map(|g| manifest.groups.contains_key(&g))
-                        .unwrap_or(false),
-                    _ => false,
-                };
-                if known {
+                if known_dir(manifest, &parts) {
                     stack.push(p);
                 } else {
                     f.push(
                         Warning,
                         "orphan",
-                        rel(&p),
+                        rel(vault, &p),
                         "a directory the manifest does not account for",
                     );
                 }
                 continue;
             }
-            let name = parts.last().copied().unwrap_or("");
-            let ok = match parts.as_slice() {
-                ["config.yaml"]
-                | ["manifest.yaml"]
-                | ["manifest.sig"]
-                | ["services.yaml"]
-                | [".gitignore"]
-                | [".gitattributes"] => true,
-                ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
-                [
-                    "broker",
-                    "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age" | "token.key.age",
-                ] => manifest.broker.is_some(),
-                ["groups", file] => file
-                    .strip_suffix(".key.age")
-                    .and_then(|g| g.parse::<GroupName>().ok())
-                    .is_some_and(|g| manifest.groups.contains_key(&g)),
-                ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
-                ["secrets", _, ..] if name.ends_with(".meta.yaml") => {
-                    metas.insert(p.clone());
-                    true
-                }
-                ["secrets", g, rest @ ..] if name.ends_with(".age") => {
-                    let joined = rest.join("/");
-                    match g.parse::<GroupName>().ok().and_then(|g| {
-                        SecretPath::new(g, joined.strip_suffix(".age").unwrap_or(&joined)).ok()
-                    }) {
-                        Some(sp) => {
-                            ages.insert(p.clone());
-                            secrets.push(sp);
-                            true
-                        }
-                        None => false,
-                    }
-                }
-                _ => false,
-            };
-            if !ok {
-                let what = if name.starts_with(fsutil::TEMP_PREFIX) {
-                    "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
-                } else if name.ends_with(".key.age.next") {
-                    "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
-                } else {
-                    "a file the manifest does not account for"
-                };
-                f.push(Warning, "orphan", rel(&p), what);
+            if !found.file(manifest, &parts, &p) {
+                f.push(Warning, "orphan", rel(vault, &p), orphan_reason(&parts));
             }
         }
     }
-    for m in &metas {
+    for m in &found.metas {
         let s = m.to_string_lossy();
         let age = PathBuf::from(format!(
             "{}.age",
             s.strip_suffix(".meta.yaml").unwrap_or(&s)
         ));
-        if !ages.contains(&age) {
-            f.push(Warning, "orphan", rel(m), "metadata without a secret");
+        if !found.ages.contains(&age) {
+            f.push(
+                Warning,
+                "orphan",
+                rel(vault, m),
+                "metadata without a secret",
+            );
         }
     }
+    found.secrets
+}
 
-    // Each secret: signed by an owner, current generation, expiry.
+/// Whether the file at `p` (`r` below the vault directory) is larger than
+/// a file of its kind may be; reported if so.
+fn oversize(vault: &Vault, p: &Path, r: &Path, f: &mut Findings) -> bool {
+    let cap = Kind::of(r).cap();
+    if let Ok(md) = std::fs::symlink_metadata(p)
+        && md.is_file()
+        && md.len() > cap
+    {
+        f.push(
+            Severity::Error,
+            "oversize",
+            rel(vault, p),
+            format!(
+                "{} bytes: more than the {cap} a file of its kind may hold; readers refuse it",
+                md.len()
+            ),
+        );
+        return true;
+    }
+    false
+}
+
+/// Whether a directory (by its parts below the vault directory) is one the
+/// manifest accounts for.
+fn known_dir(manifest: &Manifest, parts: &[&str]) -> bool {
+    match parts {
+        ["agents"] | ["groups"] | ["secrets"] | ["broker"] => true,
+        ["agents", a] => a
+            .parse::<AgentName>()
+            .map(|a| manifest.agents.contains_key(&a))
+            .unwrap_or(false),
+        ["secrets", g, ..] => g
+            .parse::<GroupName>()
+            .map(|g| manifest.groups.contains_key(&g))
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Why a file the manifest does not account for is there, as far as its
+/// name tells.
+fn orphan_reason(parts: &[&str]) -> &'static str {
+    let name = parts.last().copied().unwrap_or("");
+    if name.starts_with(fsutil::TEMP_PREFIX) {
+        "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
+    } else if name.ends_with(".key.age.next") {
+        "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
+    } else {
+        "a file the manifest does not account for"
+    }
+}
+
+/// The secrets and metadata files met on the walk.
+#[derive(Default)]
+struct Found {
+    secrets: Vec<SecretPath>,
+    metas: BTreeSet<PathBuf>,
+    ages: BTreeSet<PathBuf>,
+}
+
+impl Found {
+    /// Whether the file at `p` (by its parts below the vault directory) is
+    /// one the manifest accounts for; secrets and metadata are noted.
+    fn file(&mut self, manifest: &Manifest, parts: &[&str], p: &Path) -> bool {
+        let name = parts.last().copied().unwrap_or("");
+        match parts {
+            ["config.yaml"]
+            | ["manifest.yaml"]
+            | ["manifest.sig"]
+            | ["services.yaml"]
+            | [".gitignore"]
+            | [".gitattributes"] => true,
+            ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
+            [
+                "broker",
+                "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age" | "token.key.age",
+            ] => manifest.broker.is_some(),
+            ["groups", file] => file
+                .strip_suffix(".key.age")
+                .and_then(|g| g.parse::<GroupName>().ok())
+                .is_some_and(|g| manifest.groups.contains_key(&g)),
+            ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
+            ["secrets", _, ..] if name.ends_with(".meta.yaml") => {
+                self.metas.insert(p.to_owned());
+                true
+            }
+            ["secrets", g, rest @ ..] if name.ends_with(".age") => {
+                let joined = rest.join("/");
+                match g.parse::<GroupName>().ok().and_then(|g| {
+                    SecretPath::new(g, joined.strip_suffix(".age").unwrap_or(&joined)).ok()
+                }) {
+                    Some(sp) => {
+                        self.ages.insert(p.to_owned());
+                        self.secrets.push(sp);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Each secret (in parallel): signed by an owner, current generation,
+/// expiry.
+fn each_secret(vault: &Vault, manifest: &Manifest, secrets: &[SecretPath]) -> Vec<Finding> {
     let now = jiff::Timestamp::now();
     let warn_after = now
         .checked_add(jiff::SignedDuration::from_hours(
             24 * i64::from(vault.config().expiry_warning_days),
         ))
         .unwrap_or(now);
-    secrets.sort();
     let per_secret: Vec<Vec<Finding>> = secrets
         .par_iter()
-        .map(|sp| {
-            let mut out = Findings(Vec::new());
-            let ct = match fs.read(&vault.secret_age_path(sp), Kind::Secret) {
-                Ok(b) => b,
-                Err(e @ VaultError::Refused { .. }) => {
-                    out.push(Error, "unsafe-file", sp, e.to_string());
-                    return out.0;
-                }
-                Err(e) => {
-                    out.push(Error, "missing", sp, e.to_string());
-                    return out.0;
-                }
-            };
-            let meta = match vault.secret_meta(sp) {
-                Ok(m) => m,
-                Err(e @ VaultError::Refused { .. }) => {
-                    out.push(Error, "unsafe-file", sp, e.to_string());
-                    return out.0;
-                }
-                Err(_) => {
-                    out.push(
-                        Error,
-                        "unsigned-secret",
-                        sp,
-                        "its metadata file is missing or malformed; `get` refuses it",
-                    );
-                    return out.0;
-                }
-            };
-            let gens = manifest
-                .groups
-                .get(sp.group())
-                .map(|g| vec![g.generation])
-                .unwrap_or_default();
-            match meta.verify(vault.id(), sp, &ct, &manifest, &gens) {
-                Err(e) => out.push(
-                    Error,
-                    "unsigned-secret",
-                    sp,
-                    format!("{e}; `get` refuses it"),
-                ),
-                Ok(crate::model::MetaTrust::Legacy) => out.push(
-                    Warning,
-                    "unsigned-metadata",
-                    sp,
-                    "its description and expiry are not covered by an owner's signature \
-                     (metadata written before 0.3); an owner's `agent-vault repair` signs them",
-                ),
-                Ok(crate::model::MetaTrust::Signed) => {}
-            }
-            if let Some(exp) = meta.expires {
-                if exp <= now {
-                    out.push(Error, "expired", sp, format!("expired {exp}"));
-                } else if exp <= warn_after {
-                    out.push(Warning, "expiring", sp, format!("expires {exp}"));
-                }
-            }
-            out.0
-        })
+        .map(|sp| secret(vault, manifest, sp, now, warn_after))
         .collect();
-    f.0.extend(per_secret.into_iter().flatten());
+    per_secret.into_iter().flatten().collect()
+}
 
-    if tracked.is_empty()
-        && let Ok(unresolved) = crate::git::merge::unresolved(vault)
-    {
+/// One secret: its file, its metadata's signature, its expiry.
+fn secret(
+    vault: &Vault,
+    manifest: &Manifest,
+    sp: &SecretPath,
+    now: jiff::Timestamp,
+    warn_after: jiff::Timestamp,
+) -> Vec<Finding> {
+    use Severity::{Error, Warning};
+    let mut out = Findings(Vec::new());
+    let ct = match vault.fs().read(&vault.secret_age_path(sp), Kind::Secret) {
+        Ok(b) => b,
+        Err(e @ VaultError::Refused { .. }) => {
+            out.push(Error, "unsafe-file", sp, e.to_string());
+            return out.0;
+        }
+        Err(e) => {
+            out.push(Error, "missing", sp, e.to_string());
+            return out.0;
+        }
+    };
+    let meta = match vault.secret_meta(sp) {
+        Ok(m) => m,
+        Err(e @ VaultError::Refused { .. }) => {
+            out.push(Error, "unsafe-file", sp, e.to_string());
+            return out.0;
+        }
+        Err(_) => {
+            out.push(
+                Error,
+                "unsigned-secret",
+                sp,
+                "its metadata file is missing or malformed; `get` refuses it",
+            );
+            return out.0;
+        }
+    };
+    let gens = manifest
+        .groups
+        .get(sp.group())
+        .map(|g| vec![g.generation])
+        .unwrap_or_default();
+    match meta.verify(vault.id(), sp, &ct, manifest, &gens) {
+        Err(e) => out.push(
+            Error,
+            "unsigned-secret",
+            sp,
+            format!("{e}; `get` refuses it"),
+        ),
+        Ok(crate::model::MetaTrust::Legacy) => out.push(
+            Warning,
+            "unsigned-metadata",
+            sp,
+            "its description and expiry are not covered by an owner's signature \
+             (metadata written before 0.3); an owner's `agent-vault repair` signs them",
+        ),
+        Ok(crate::model::MetaTrust::Signed) => {}
+    }
+    if let Some(exp) = meta.expires {
+        if exp <= now {
+            out.push(Error, "expired", sp, format!("expired {exp}"));
+        } else if exp <= warn_after {
+            out.push(Warning, "expiring", sp, format!("expires {exp}"));
+        }
+    }
+    out.0
+}
+
+/// Secrets changed on both sides of a merge.
+fn conflicts(vault: &Vault, f: &mut Findings) {
+    if let Ok(unresolved) = crate::git::merge::unresolved(vault) {
         for s in unresolved {
             f.push(
-                Warning,
+                Severity::Warning,
                 "conflict",
                 &s,
                 format!("changed on both sides of a merge; ours is kept: `agent-vault resolve {s} --ours` or `--theirs`"),
             );
         }
     }
+}
+
+/// Key files others can read.
+fn permissions(vault: &Vault, f: &mut Findings) {
     for (p, mode) in vault.keys().loose_permissions(vault.id()) {
         f.push(
-            Error,
+            Severity::Error,
             "loose-permissions",
             p.display(),
             format!("mode {mode:o}: others can read it; run `chmod go-rwx` on it"),
         );
     }
-    finish(vault, f.0, secrets.len())
 }
 
 fn finish(vault: &Vault, mut findings: Vec<Finding>, secrets: usize) -> CheckReport {

@@ -23,6 +23,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod audit;
+mod fail;
 pub mod request;
 pub mod tools;
 
@@ -40,6 +41,8 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
+
+use crate::fail::Fail;
 
 pub use tools::tools;
 
@@ -119,28 +122,6 @@ struct Inner {
     broker: tokio::sync::OnceCell<request::Broker>,
 }
 
-/// A tool's failure: the message a model sees, and what the audit line names.
-struct Fail(String);
-
-impl From<CoreError> for Fail {
-    fn from(e: CoreError) -> Self {
-        Fail(describe(&e))
-    }
-}
-
-impl From<String> for Fail {
-    fn from(s: String) -> Self {
-        Fail(s)
-    }
-}
-
-fn describe(e: &CoreError) -> String {
-    match e.hint() {
-        Some(h) => format!("{e} ({h})"),
-        None => e.to_string(),
-    }
-}
-
 impl Server {
     /// Opens the vault with the key (checking that it is an owner's or an
     /// agent's) and the audit log.
@@ -189,16 +170,7 @@ impl Server {
                 (subject, self.request(args).await)
             }
             tools::WHOAMI => (None, self.whoami(args)),
-            other => (
-                None,
-                Err(Fail(format!(
-                    "there is no tool {other:?}; the tools are {}, {}, {} and {}",
-                    tools::LIST,
-                    tools::GET,
-                    tools::REQUEST,
-                    tools::WHOAMI
-                ))),
-            ),
+            other => (None, Err(Fail::NoTool(other.to_owned()))),
         };
         let key = if name == tools::REQUEST {
             "host"
@@ -218,7 +190,8 @@ impl Server {
                 CallToolResult::success(vec![ContentBlock::text(text)])
             }
             Ok(Output::Text(t)) => CallToolResult::success(vec![ContentBlock::text(t)]),
-            Err(Fail(msg)) => {
+            Err(fail) => {
+                let msg = fail.to_string();
                 eprintln!("agent-vault mcp: {name}: {msg}");
                 CallToolResult::error(vec![ContentBlock::text(msg)])
             }
@@ -241,23 +214,19 @@ impl Server {
     fn list(&self, args: Value) -> Result<Output, Fail> {
         let a: tools::ListArgs = parse_args(tools::LIST, args)?;
         let group: Option<GroupName> = match &a.group {
-            Some(g) => Some(g.parse().map_err(|e: CoreError| Fail(describe(&e)))?),
+            Some(g) => Some(g.parse().map_err(Fail::Core)?),
             None => None,
         };
         let reader = self.reader()?;
         if let Some(g) = &group {
             if !reader.manifest().groups.contains_key(g) {
-                return Err(Fail(format!(
-                    "there is no group {g}; call {} without a group to see every secret",
-                    tools::LIST
-                )));
+                return Err(Fail::NoGroup(g.clone()));
             }
             if Self::mode(&reader, g).is_none() {
-                return Err(Fail(format!(
-                    "this agent has no grant on group {g}; an owner can give one with \
-                     `agent-vault grant {} {g} --mode read|use`",
-                    self.inner.agent
-                )));
+                return Err(Fail::NoGrantOnGroup {
+                    agent: self.inner.agent.clone(),
+                    group: g.clone(),
+                });
             }
         }
         let mut out = Vec::new();
@@ -298,66 +267,40 @@ impl Server {
 
     fn get(&self, args: Value) -> Result<Output, Fail> {
         let a: tools::GetArgs = parse_args(tools::GET, args)?;
-        let path: SecretPath = a.secret.parse().map_err(|e: CoreError| {
-            Fail(format!(
-                "{}; a secret is named GROUP/NAME, as {} shows",
-                describe(&e),
-                tools::LIST
-            ))
-        })?;
+        let path: SecretPath = a.secret.parse().map_err(Fail::SecretName)?;
         if self.inner.opts.no_reveal {
-            return Err(Fail(format!(
-                "this server runs with --no-reveal: no secret value is returned. To use {path}, \
-                 call {} with a {{{{secret:{path}}}}} placeholder or to a service that injects it",
-                tools::REQUEST
-            )));
+            return Err(Fail::NoReveal(path));
         }
         let reader = self.reader()?;
         match reader.get(&path) {
             Ok(v) => Ok(Output::Text(
                 String::from_utf8_lossy(v.expose_secret()).into_owned(),
             )),
-            Err(CoreError::UseOnly { group, .. }) => Err(Fail(format!(
-                "{path} is use-only for this agent (group {group}): its value is never shown. \
-                 Call {} instead: the broker injects the service's credential, and a \
-                 {{{{secret:{path}}}}} placeholder in a header, the query or the body is filled in",
-                tools::REQUEST
-            ))),
-            Err(CoreError::NotGranted { group, .. }) => Err(Fail(format!(
-                "this agent has no grant on group {group}, so {path} is out of reach; {} shows \
-                 what it can use. An owner can grant access with `agent-vault grant {} {group} \
-                 --mode read|use`",
-                tools::LIST,
-                self.inner.agent
-            ))),
-            Err(CoreError::SecretNotFound(_)) => Err(Fail(format!(
-                "there is no secret {path}; {} shows the secrets there are",
-                tools::LIST
-            ))),
+            Err(CoreError::UseOnly { group, .. }) => Err(Fail::UseOnly { path, group }),
+            Err(CoreError::NotGranted { group, .. }) => Err(Fail::NotGranted {
+                agent: self.inner.agent.clone(),
+                path,
+                group,
+            }),
+            Err(CoreError::SecretNotFound(_)) => Err(Fail::SecretNotFound(path)),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn request(&self, args: Value) -> Result<Output, Fail> {
         let a: tools::RequestArgs = parse_args(tools::REQUEST, args)?;
-        let mut target = request::parse_url(&a.url).map_err(Fail)?;
+        let mut target = request::parse_url(&a.url)?;
         let services = Services::load(&self.inner.vault)?;
         if !services.knows_host(&target.host, target.port, true) {
-            let hosts: Vec<&str> = services
+            let hosts: Vec<String> = services
                 .services
                 .values()
-                .flat_map(|s| s.hosts.iter().map(String::as_str))
+                .flat_map(|s| s.hosts.iter().cloned())
                 .collect();
-            return Err(Fail(format!(
-                "{} is not a host any vault service names, so the broker will not reach it. \
-                 Reachable hosts: {}. An owner adds one with `agent-vault service add`",
-                target.authority(),
-                if hosts.is_empty() {
-                    "none".to_owned()
-                } else {
-                    hosts.join(", ")
-                }
-            )));
+            return Err(Fail::HostNotAllowed {
+                authority: target.authority(),
+                hosts,
+            });
         }
         let broker = self.broker().await?;
         if let Some(q) = &a.query {
@@ -371,8 +314,7 @@ impl Server {
             a.body,
             self.inner.opts.max_body,
         )
-        .await
-        .map_err(Fail)?;
+        .await?;
         Ok(Output::Json(
             serde_json::to_value(&resp).unwrap_or(Value::Null),
         ))
@@ -383,24 +325,12 @@ impl Server {
         inner
             .broker
             .get_or_try_init(|| async {
-                let addr = inner.opts.broker.clone().ok_or_else(|| {
-                    Fail(format!(
-                        "{} needs the broker: the MCP server was started without --broker \
-                         HOST:PORT; ask the user to add it (and AGENT_VAULT_TOKEN) to the \
-                         server's configuration",
-                        tools::REQUEST
-                    ))
-                })?;
-                let token = inner.opts.token.clone().ok_or_else(|| {
-                    Fail(format!(
-                        "{} needs a broker token: AGENT_VAULT_TOKEN is not set for the MCP \
-                         server; an owner issues one with `agent-vault token issue {}`",
-                        tools::REQUEST,
-                        inner.agent
-                    ))
+                let addr = inner.opts.broker.clone().ok_or(Fail::NoBroker)?;
+                let token = inner.opts.token.clone().ok_or_else(|| Fail::NoToken {
+                    agent: inner.agent.clone(),
                 })?;
                 let ca = inner.vault.ca_cert()?;
-                request::Broker::new(addr, &inner.agent, &token, &ca).map_err(Fail)
+                Ok(request::Broker::new(addr, &inner.agent, &token, &ca)?)
             })
             .await
     }
@@ -455,12 +385,8 @@ enum Output {
     Text(String),
 }
 
-fn parse_args<T: serde::de::DeserializeOwned>(tool: &str, args: Value) -> Result<T, Fail> {
-    serde_json::from_value(args).map_err(|e| {
-        Fail(format!(
-            "invalid arguments for {tool}: {e}; see the tool's input schema"
-        ))
-    })
+fn parse_args<T: serde::de::DeserializeOwned>(tool: &'static str, args: Value) -> Result<T, Fail> {
+    serde_json::from_value(args).map_err(|source| Fail::Args { tool, source })
 }
 
 impl ServerHandler for Server {

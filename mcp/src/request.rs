@@ -20,6 +20,167 @@ use tokio::net::TcpStream;
 /// How long one request may take, tunnel included.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a URL is not one `agent_vault_request` sends; each message is one a
+/// model can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Not `https://`.
+    NotHttps,
+    /// `user@host`.
+    UserInfo,
+    /// `[` without `]`.
+    UnclosedIpv6,
+    /// Something after an IPv6 host other than a port.
+    MalformedHost,
+    /// No host at all.
+    NoHost,
+    /// A port that is not a number from 1 to 65535.
+    Port(String),
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlError::NotHttps => {
+                f.write_str("the url must start with https:// (the broker only forwards HTTPS)")
+            }
+            UrlError::UserInfo => {
+                f.write_str("the url must not contain user information (user@host)")
+            }
+            UrlError::UnclosedIpv6 => f.write_str("the url's IPv6 host has no closing ]"),
+            UrlError::MalformedHost => f.write_str("the url's host is malformed"),
+            UrlError::NoHost => f.write_str("the url has no host"),
+            UrlError::Port(p) => write!(f, "the url's port {p:?} is not a number from 1 to 65535"),
+        }
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+/// Why a request through the broker failed, or got no answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The vault's CA certificate is not PEM.
+    CaMalformed(rustls_pki_types::pem::Error),
+    /// rustls refused the vault's CA certificate.
+    CaUnusable(rustls::Error),
+    /// The TLS configuration could not be built.
+    Tls(rustls::Error),
+    /// The request took longer than this.
+    Timeout(Duration),
+    /// Not an HTTP method.
+    Method(String),
+    /// No TCP connection to the broker.
+    Unreachable {
+        /// The broker's address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The broker closed the connection while the `CONNECT` was sent.
+    Closed(std::io::Error),
+    /// The broker's answer to `CONNECT` was over 16 KiB.
+    ConnectTooLong,
+    /// The broker's answer to `CONNECT` could not be read.
+    ConnectRead(std::io::Error),
+    /// The broker closed the connection before it answered `CONNECT`.
+    ConnectClosed,
+    /// The broker's answer to `CONNECT` is not HTTP.
+    NotHttp(String),
+    /// The broker refused the tunnel.
+    Refused {
+        /// `host:port` asked for.
+        authority: String,
+        /// The broker's status.
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+        /// The start of its explanation (at most 500 characters).
+        detail: String,
+    },
+    /// The URL's host is not a valid TLS server name.
+    HostName(String),
+    /// The TLS handshake with the broker failed.
+    Handshake(std::io::Error),
+    /// HTTP with the broker could not start.
+    Http(hyper::Error),
+    /// The request could not be built.
+    Malformed(hyper::http::Error),
+    /// The request failed on its way through the broker.
+    Send(hyper::Error),
+    /// The response's body could not be read.
+    Body(hyper::Error),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::CaMalformed(e) => {
+                write!(f, "the vault's CA certificate is malformed: {e}")
+            }
+            RequestError::CaUnusable(e) => write!(f, "the vault's CA certificate is unusable: {e}"),
+            RequestError::Tls(e) => write!(f, "TLS: {e}"),
+            RequestError::Timeout(d) => {
+                write!(f, "the request took longer than {}s", d.as_secs())
+            }
+            RequestError::Method(m) => write!(f, "{m:?} is not an HTTP method"),
+            RequestError::Unreachable { addr, source } => write!(
+                f,
+                "cannot reach the broker at {addr}: {source}; is `agent-vault proxy` running there?"
+            ),
+            RequestError::Closed(e) => write!(f, "the broker closed the connection: {e}"),
+            RequestError::ConnectTooLong => {
+                f.write_str("the broker's answer to CONNECT is too long")
+            }
+            RequestError::ConnectRead(e) => write!(f, "reading the broker's answer failed: {e}"),
+            RequestError::ConnectClosed => {
+                f.write_str("the broker closed the connection before answering CONNECT")
+            }
+            RequestError::NotHttp(line) => write!(f, "the broker's answer is not HTTP: {line:?}"),
+            RequestError::Refused {
+                authority,
+                status,
+                reason,
+                detail,
+            } => write!(
+                f,
+                "the broker refused the tunnel to {authority}: {status} {reason}{}{detail}",
+                if detail.is_empty() { "" } else { ": " },
+            ),
+            RequestError::HostName(h) => write!(f, "{h:?} is not a valid host name"),
+            RequestError::Handshake(e) => write!(f, "TLS with the broker failed: {e}"),
+            RequestError::Http(e) => write!(f, "HTTP with the broker failed: {e}"),
+            RequestError::Malformed(e) => write!(f, "the request is malformed: {e}"),
+            RequestError::Send(e) => write!(f, "the request through the broker failed: {e}"),
+            RequestError::Body(e) => write!(f, "reading the response failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::CaMalformed(e) => Some(e),
+            RequestError::CaUnusable(e) | RequestError::Tls(e) => Some(e),
+            RequestError::Unreachable { source: e, .. }
+            | RequestError::Closed(e)
+            | RequestError::ConnectRead(e)
+            | RequestError::Handshake(e) => Some(e),
+            RequestError::Http(e) | RequestError::Send(e) | RequestError::Body(e) => Some(e),
+            RequestError::Malformed(e) => Some(e),
+            RequestError::Timeout(_)
+            | RequestError::Method(_)
+            | RequestError::ConnectTooLong
+            | RequestError::ConnectClosed
+            | RequestError::NotHttp(_)
+            | RequestError::Refused { .. }
+            | RequestError::HostName(_) => None,
+        }
+    }
+}
+
 /// A parsed `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -43,27 +204,23 @@ impl Target {
 }
 
 /// Parses an `https://` URL; a message a model can act on if it is not one.
-pub fn parse_url(url: &str) -> Result<Target, String> {
+pub fn parse_url(url: &str) -> Result<Target, UrlError> {
     let rest = url
         .get(..8)
         .filter(|s| s.eq_ignore_ascii_case("https://"))
         .map(|_| &url[8..])
-        .ok_or_else(|| {
-            "the url must start with https:// (the broker only forwards HTTPS)".to_owned()
-        })?;
+        .ok_or(UrlError::NotHttps)?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
-        return Err("the url must not contain user information (user@host)".into());
+        return Err(UrlError::UserInfo);
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| "the url's IPv6 host has no closing ]".to_owned())?;
+        let (h, after) = v6.split_once(']').ok_or(UrlError::UnclosedIpv6)?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err("the url's host is malformed".into()),
+            None => return Err(UrlError::MalformedHost),
         };
         (h.to_owned(), port)
     } else {
@@ -73,7 +230,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         }
     };
     if host.is_empty() {
-        return Err("the url has no host".into());
+        return Err(UrlError::NoHost);
     }
     let port = match port {
         None => 443,
@@ -81,7 +238,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("the url's port {p:?} is not a number from 1 to 65535"))?,
+            .ok_or_else(|| UrlError::Port(p.to_owned()))?,
     };
     let tail = tail.split('#').next().unwrap_or("");
     let path_and_query = if tail.starts_with('/') {
@@ -156,18 +313,21 @@ pub struct Broker {
 
 impl Broker {
     /// A broker client for `agent` with `token`, trusting `ca_pem`.
-    pub fn new(addr: String, agent: &str, token: &str, ca_pem: &[u8]) -> Result<Self, String> {
+    pub fn new(
+        addr: String,
+        agent: &str,
+        token: &str,
+        ca_pem: &[u8],
+    ) -> Result<Self, RequestError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca_pem) {
-            let c = c.map_err(|e| format!("the vault's CA certificate is malformed: {e}"))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("the vault's CA certificate is unusable: {e}"))?;
+            let c = c.map_err(RequestError::CaMalformed)?;
+            roots.add(c).map_err(RequestError::CaUnusable)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .map_err(RequestError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -203,13 +363,13 @@ pub async fn send(
     headers: &BTreeMap<String, String>,
     body: Option<String>,
     max_body: usize,
-) -> Result<Response, String> {
+) -> Result<Response, RequestError> {
     tokio::time::timeout(
         TIMEOUT,
         send_inner(broker, target, method, headers, body, max_body),
     )
     .await
-    .map_err(|_| format!("the request took longer than {}s", TIMEOUT.as_secs()))?
+    .map_err(|_| RequestError::Timeout(TIMEOUT))?
 }
 
 async fn send_inner(
@@ -219,15 +379,16 @@ async fn send_inner(
     headers: &BTreeMap<String, String>,
     body: Option<String>,
     max_body: usize,
-) -> Result<Response, String> {
+) -> Result<Response, RequestError> {
     let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
-    let mut tcp = TcpStream::connect(&broker.addr).await.map_err(|e| {
-        format!(
-            "cannot reach the broker at {}: {e}; is `agent-vault proxy` running there?",
-            broker.addr
-        )
-    })?;
+        .map_err(|_| RequestError::Method(method.to_owned()))?;
+    let mut tcp =
+        TcpStream::connect(&broker.addr)
+            .await
+            .map_err(|source| RequestError::Unreachable {
+                addr: broker.addr.clone(),
+                source,
+            })?;
     let _ = tcp.set_nodelay(true);
     let authority = target.authority();
     let connect = format!(
@@ -236,26 +397,27 @@ async fn send_inner(
     );
     tcp.write_all(connect.as_bytes())
         .await
-        .map_err(|e| format!("the broker closed the connection: {e}"))?;
+        .map_err(RequestError::Closed)?;
     let (status, reason, rest) = read_connect_response(&mut tcp).await?;
     if !(200..300).contains(&status) {
         let detail = String::from_utf8_lossy(&rest);
         let detail = detail.trim();
-        return Err(format!(
-            "the broker refused the tunnel to {authority}: {status} {reason}{}{}",
-            if detail.is_empty() { "" } else { ": " },
-            detail.chars().take(500).collect::<String>()
-        ));
+        return Err(RequestError::Refused {
+            authority,
+            status,
+            reason,
+            detail: detail.chars().take(500).collect(),
+        });
     }
     let name = ServerName::try_from(target.host.clone())
-        .map_err(|_| format!("{:?} is not a valid host name", target.host))?;
+        .map_err(|_| RequestError::HostName(target.host.clone()))?;
     let tls = tokio_rustls::TlsConnector::from(broker.tls.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS with the broker failed: {e}"))?;
+        .map_err(RequestError::Handshake)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
-        .map_err(|e| format!("HTTP with the broker failed: {e}"))?;
+        .map_err(RequestError::Http)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -272,11 +434,8 @@ async fn send_inner(
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| format!("the request is malformed: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("the request through the broker failed: {e}"))?;
+        .map_err(RequestError::Malformed)?;
+    let resp = sender.send_request(req).await.map_err(RequestError::Send)?;
     let status = resp.status().as_u16();
     let mut out_headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in resp.headers() {
@@ -293,7 +452,7 @@ async fn send_inner(
     let mut buf: Vec<u8> = Vec::new();
     let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the response failed: {e}"))?;
+        let frame = frame.map_err(RequestError::Body)?;
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > max_body {
@@ -315,19 +474,21 @@ async fn send_inner(
 
 /// Reads the broker's answer to `CONNECT`: status, reason, and the body of
 /// a refusal (what fits in 4 KiB).
-async fn read_connect_response(tcp: &mut TcpStream) -> Result<(u16, String, Vec<u8>), String> {
+async fn read_connect_response(
+    tcp: &mut TcpStream,
+) -> Result<(u16, String, Vec<u8>), RequestError> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 * 1024 {
-            return Err("the broker's answer to CONNECT is too long".into());
+            return Err(RequestError::ConnectTooLong);
         }
         let n = tcp
             .read(&mut byte)
             .await
-            .map_err(|e| format!("reading the broker's answer failed: {e}"))?;
+            .map_err(RequestError::ConnectRead)?;
         if n == 0 {
-            return Err("the broker closed the connection before answering CONNECT".into());
+            return Err(RequestError::ConnectClosed);
         }
         head.push(byte[0]);
     }
@@ -339,7 +500,7 @@ async fn read_connect_response(tcp: &mut TcpStream) -> Result<(u16, String, Vec<
     let status: u16 = parts
         .next()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("the broker's answer is not HTTP: {status_line:?}"))?;
+        .ok_or_else(|| RequestError::NotHttp(status_line.to_owned()))?;
     let reason = parts.next().unwrap_or("").to_owned();
     let mut rest = Vec::new();
     if !(200..300).contains(&status) {
@@ -373,6 +534,25 @@ mod tests {
         assert!(parse_url("https://u:p@example.com/").is_err());
         assert!(parse_url("https://example.com:99999/").is_err());
         assert!(parse_url("https:///x").is_err());
+    }
+
+    #[test]
+    fn url_errors_say_what_is_wrong() {
+        assert_eq!(parse_url("http://example.com/"), Err(UrlError::NotHttps));
+        assert_eq!(parse_url("https://u@example.com/"), Err(UrlError::UserInfo));
+        assert_eq!(parse_url("https://[::1/"), Err(UrlError::UnclosedIpv6));
+        assert_eq!(parse_url("https://[::1]x/"), Err(UrlError::MalformedHost));
+        assert_eq!(parse_url("https:///x"), Err(UrlError::NoHost));
+        let port = parse_url("https://example.com:0/").unwrap_err();
+        assert_eq!(port, UrlError::Port("0".into()));
+        assert_eq!(
+            port.to_string(),
+            "the url's port \"0\" is not a number from 1 to 65535"
+        );
+        assert_eq!(
+            UrlError::NotHttps.to_string(),
+            "the url must start with https:// (the broker only forwards HTTPS)"
+        );
     }
 
     #[test]

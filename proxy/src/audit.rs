@@ -1,14 +1,16 @@
 //! The audit log: one JSON line per brokered request. Names, never values.
+//! The broker writes [`Record`]s with [`AuditLog`]; `agent-vault audit`
+//! reads the same type back with [`records`].
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// One brokered request.
-#[derive(Debug, Clone, Serialize)]
+/// One brokered request: one line of the audit log, as written and as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// When it started (written as RFC 3339).
     pub time: jiff::Timestamp,
@@ -34,6 +36,14 @@ pub struct Record {
     pub duration_ms: u64,
     /// Secrets injected, by name.
     pub secrets: Vec<String>,
+}
+
+/// The records in an audit log's text, oldest first. A line that is not a
+/// record (torn by a crash, or written by something else) is skipped.
+pub fn records(text: &str) -> impl Iterator<Item = Record> + '_ {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str(l).ok())
 }
 
 /// An append-only audit file.
@@ -101,5 +111,47 @@ impl Drop for Audited {
     fn drop(&mut self) {
         self.record.duration_ms = self.started.elapsed().as_millis() as u64;
         self.log.write(&self.record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(agent: &str) -> Record {
+        Record {
+            time: "2026-01-02T03:04:05.678Z".parse().unwrap(),
+            agent: agent.into(),
+            token_id: "t1".into(),
+            service: "api".into(),
+            method: "GET".into(),
+            host: "api.example.com".into(),
+            path: "/v1".into(),
+            status: 200,
+            bytes_in: 1,
+            bytes_out: 2,
+            duration_ms: 3,
+            secrets: vec!["api/token".into()],
+        }
+    }
+
+    #[test]
+    fn what_the_writer_writes_the_reader_reads() {
+        let path = std::env::temp_dir().join(format!(
+            "agent-vault-audit-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let log = AuditLog::open(Some(&path)).unwrap();
+        log.write(&record("bot"));
+        log.write(&record("other"));
+        drop(log);
+        // A torn line and a foreign one are skipped, not fatal.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        text.push_str("{\"tool\":\"agent_vault_get\"}\n{\"time\":\"2026-\n\n");
+        let read: Vec<Record> = records(&text).collect();
+        assert_eq!(read, vec![record("bot"), record("other")]);
     }
 }

@@ -19,9 +19,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
-use crate::error::{ProxyError, err};
+use crate::error::ProxyError;
+use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
-use crate::tunnel::Limits;
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.
@@ -119,23 +119,21 @@ impl Broker {
                 .clone()
                 .unwrap_or_else(|| vault.keys().vault_dir(vault.id()).join("broker.key")),
         );
-        let id = vault.keys().load(&key_source, vault.id()).map_err(|e| {
-            ProxyError(format!(
-                "no broker key ({e}); run `agent-vault broker init` or pass --key"
-            ))
-        })?;
-        let manifest = vault.manifest().map_err(err("the vault's manifest"))?;
-        let services = Services::load(&vault)
-            .map_err(|e| ProxyError(format!("refusing the services list: {e}")))?;
+        let id = vault
+            .keys()
+            .load(&key_source, vault.id())
+            .map_err(ProxyError::NoBrokerKey)?;
+        let manifest = vault.manifest().map_err(ProxyError::Manifest)?;
+        let services = Services::load(&vault).map_err(ProxyError::Services)?;
         let token_key =
-            agent_vault_core::broker::token_key(&vault, &id).map_err(err("the token key"))?;
-        let ca_key = agent_vault_core::broker::ca_key(&vault, &id).map_err(err("the CA key"))?;
-        let ca_cert = String::from_utf8(vault.ca_cert().map_err(err("the CA certificate"))?)
-            .map_err(err("the CA certificate"))?;
-        let minter = Minter::new(&ca_cert, &ca_key).map_err(err("the CA"))?;
+            agent_vault_core::broker::token_key(&vault, &id).map_err(ProxyError::TokenKey)?;
+        let ca_key = agent_vault_core::broker::ca_key(&vault, &id).map_err(ProxyError::CaKey)?;
+        let ca_cert = String::from_utf8(vault.ca_cert().map_err(ProxyError::CaCert)?)
+            .map_err(ProxyError::CaCertText)?;
+        let minter = Minter::new(&ca_cert, &ca_key).map_err(ProxyError::Ca)?;
 
         let upstreams =
-            Upstreams::new(opts.upstream_ca.as_deref()).map_err(|e| ProxyError(e.to_string()))?;
+            Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
         let s = stamp(&vault);
         // The reader borrows the vault for as long as the broker runs: one
         // small allocation, leaked on purpose, for the life of the process.
@@ -143,7 +141,7 @@ impl Broker {
         let reader = forever
             .reader(&key_source)
             .and_then(|r| r.with_manifest(manifest.clone()))
-            .map_err(err("the broker cannot open the vault"))?;
+            .map_err(ProxyError::Open)?;
         Ok(Broker {
             token_key,
             minter,
@@ -151,7 +149,12 @@ impl Broker {
             started: Instant::now(),
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(AuditLog::open(opts.audit.as_deref()).map_err(err("the audit log"))?),
+            audit: Arc::new(AuditLog::open(opts.audit.as_deref()).map_err(|source| {
+                ProxyError::AuditLog {
+                    path: opts.audit.clone().unwrap_or_default(),
+                    source,
+                }
+            })?),
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
             vault,

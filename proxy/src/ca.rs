@@ -16,22 +16,32 @@ use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 #[non_exhaustive]
 pub enum CaError {
     /// Generating or parsing a key or certificate failed.
-    Cert(String),
+    Cert(rcgen::Error),
+    /// The leaf cache's lock was poisoned (a thread panicked holding it).
+    Poisoned,
 }
 
 impl std::fmt::Display for CaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CaError::Cert(m) => write!(f, "certificate: {m}"),
+            CaError::Cert(e) => write!(f, "certificate: {e}"),
+            CaError::Poisoned => f.write_str("certificate: cache poisoned"),
         }
     }
 }
 
-impl std::error::Error for CaError {}
+impl std::error::Error for CaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CaError::Cert(e) => Some(e),
+            CaError::Poisoned => None,
+        }
+    }
+}
 
 impl From<rcgen::Error> for CaError {
     fn from(e: rcgen::Error) -> Self {
-        CaError::Cert(e.to_string())
+        CaError::Cert(e)
     }
 }
 
@@ -94,10 +104,7 @@ impl Minter {
         // Held while minting: the first CONNECTs to a host often arrive
         // together on both runtimes, and each would mint its own leaf. A
         // mint takes well under a millisecond and happens once per host.
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| CaError::Cert("cache poisoned".into()))?;
+        let mut cache = self.cache.lock().map_err(|_| CaError::Poisoned)?;
         if let Some(hit) = cache.get(&host) {
             return Ok(hit);
         }

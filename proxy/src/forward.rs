@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_vault_core::broker::inject::{Outgoing, Plan, StreamReplace};
+use agent_vault_core::broker::services::PathRefusal;
 use agent_vault_core::broker::token::{Claims, TokenError};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -40,7 +41,7 @@ pub(crate) enum Refusal {
     Authority(AuthorityError),
     /// An ambiguous path (`%2e%2e`, `%2f`) that no service without a path
     /// prefix covers.
-    Path(String),
+    Path(PathRefusal),
     /// No service this token may use covers the request.
     NoService {
         /// The request's method.
@@ -97,7 +98,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Token(e) => write!(f, "{e}"),
             Refusal::Authority(e) => write!(f, "{e}"),
-            Refusal::Path(why) => f.write_str(why),
+            Refusal::Path(why) => write!(f, "{why}"),
             Refusal::NoService { method, path, host } => write!(
                 f,
                 "no service this token may use covers {method} {path} on {host}"
@@ -276,7 +277,7 @@ async fn exchange(
 /// The path and query as matched and sent, and the path normalised (or why
 /// it cannot be): `/allowed/../admin` is `/admin`, and an ambiguous one
 /// (`%2e%2e`, `%2f`) is under no prefix.
-fn normalised(req: &Request<Incoming>) -> (String, Result<String, String>) {
+fn normalised(req: &Request<Incoming>) -> (String, Result<String, PathRefusal>) {
     let raw_pq = req
         .uri()
         .path_and_query()

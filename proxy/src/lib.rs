@@ -13,6 +13,7 @@ mod broker;
 pub mod ca;
 mod error;
 mod forward;
+mod limits;
 pub mod lru;
 pub mod net;
 mod reply;
@@ -22,5 +23,7 @@ mod tunnel;
 mod upstream;
 mod websocket;
 
+/// The certificate library [`ca::CaError`] carries errors of.
+pub use rcgen;
 pub use run::run;
 pub use server::{Broker, Options, ProxyError, serve};

@@ -37,7 +37,7 @@ pub fn run(
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| ProxyError(format!("cannot start: {e}")))?;
+                    .map_err(ProxyError::Runtime)?;
                 // Ends when the acceptor drops its end of the queue; the
                 // connections still open are dropped with the runtime.
                 rt.block_on(async move {
@@ -49,7 +49,7 @@ pub fn run(
                 });
                 Ok(())
             })
-            .map_err(|e| ProxyError(format!("cannot start a thread: {e}")))?;
+            .map_err(ProxyError::Thread)?;
         queues.push(queue);
         workers.push(worker);
     }
@@ -57,17 +57,21 @@ pub fn run(
     let acceptor = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ProxyError(format!("cannot start: {e}")))?;
+        .map_err(ProxyError::Runtime)?;
     let served = acceptor.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| ProxyError(format!("cannot listen on {listen}: {e}")))?;
+            .map_err(|source| ProxyError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| ProxyError::Listen {
+            addr: listen,
+            source,
+        })?;
         on_listening(bound);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| ProxyError(format!("cannot wait for SIGTERM: {e}")))?;
+            .map_err(ProxyError::Signal)?;
         let mut next = 0;
         loop {
             tokio::select! {
@@ -88,7 +92,7 @@ pub fn run(
         match w.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => result = result.and(Err(e)),
-            Err(_) => result = result.and(Err(ProxyError("a broker thread panicked".into()))),
+            Err(_) => result = result.and(Err(ProxyError::Panicked)),
         }
     }
     result

@@ -5,10 +5,13 @@
 //!
 //! By stage: accepting and authenticating in `tunnel`, forwarding one
 //! request in `forward` (its audit record a guard from [`crate::audit`]),
-//! upstream connections (pool and TLS) in `upstream`, the broker's state in
+//! upstream connections (pool and TLS) in `upstream`, the time limits in
+//! `limits`, the broker's state (below tunnel and forward) in
 //! `broker`. This module is their public face.
 
 pub use crate::authority::same_authority;
 pub use crate::broker::{Broker, Options};
 pub use crate::error::ProxyError;
-pub use crate::tunnel::{HANDSHAKE_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, serve, serve_agent};
+pub use crate::limits::{HANDSHAKE_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT};
+pub use crate::tunnel::{serve, serve_agent};
+pub use crate::upstream::SetupError;

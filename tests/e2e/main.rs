@@ -6,6 +6,7 @@
 mod harness;
 
 mod access;
+mod audit_log;
 mod basics;
 mod broker;
 mod faults;

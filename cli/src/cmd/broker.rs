@@ -86,44 +86,26 @@ pub(super) fn audit(
     let since = since.map(parse_expiry).transpose()?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Msg(format!("cannot read {}: {e}", file.display()), None))?;
-    let mut records = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if agent.is_some_and(|a| r["agent"] != a) {
-            continue;
-        }
-        if let Some(t) = since {
-            let at = r["time"]
-                .as_str()
-                .and_then(|s| s.parse::<jiff::Timestamp>().ok());
-            if at.is_none_or(|at| at < t) {
-                continue;
-            }
-        }
-        records.push(r);
-    }
+    let records: Vec<agent_vault_proxy::audit::Record> = agent_vault_proxy::audit::records(&text)
+        .filter(|r| agent.is_none_or(|a| r.agent == a))
+        .filter(|r| since.is_none_or(|t| r.time >= t))
+        .collect();
     if ctx.json {
         output::json(&json!(records))?;
         return Ok(ExitCode::SUCCESS);
     }
     for r in &records {
-        let secrets: Vec<&str> = r["secrets"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-            .unwrap_or_default();
         line(format!(
             "{} {} {} {} {}{} -> {} ({} ms) [{}]",
-            r["time"].as_str().unwrap_or("?"),
-            r["agent"].as_str().unwrap_or("?"),
-            r["service"].as_str().unwrap_or("-"),
-            r["method"].as_str().unwrap_or("?"),
-            r["host"].as_str().unwrap_or("?"),
-            r["path"].as_str().unwrap_or(""),
-            r["status"],
-            r["duration_ms"],
-            secrets.join(", ")
+            r.time,
+            r.agent,
+            r.service,
+            r.method,
+            r.host,
+            r.path,
+            r.status,
+            r.duration_ms,
+            r.secrets.join(", ")
         ))?;
     }
     Ok(ExitCode::SUCCESS)

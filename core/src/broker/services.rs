@@ -13,6 +13,12 @@ use crate::model;
 use crate::names::SecretPath;
 use crate::vault::Vault;
 
+mod path;
+
+#[cfg(test)]
+use path::decode_escapes;
+pub use path::{PathRefusal, normalize_path};
+
 /// How a service's credential is presented upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -283,187 +289,6 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     under && normalize_path(path).is_ok_and(|n| n == path)
 }
 
-/// A request path (no query) made unambiguous, so that a service's path
-/// prefix is matched against what every upstream will understand, and the
-/// broker sends upstream exactly the path it matched:
-///
-/// - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
-///   decoded, every other escape is kept, with upper-case hex digits; bytes
-///   outside ASCII, `?` and `#` are escaped;
-/// - runs of `/` become one `/`;
-/// - `.` and `..` segments are resolved as RFC 3986's remove_dot_segments
-///   does (never above the root);
-/// - refused, with the reason: an encoded `/`, `\` or NUL (`%2F`, `%5C`,
-///   `%00`), a raw `\` or control character, a dot segment written with an
-///   escape (`%2e%2e`), any other segment that a lenient server could read
-///   as `.` or `..` (`..;x`, which Tomcat reads as `..`; `..%20`; `...`), a
-///   double-encoded dot, slash, backslash, NUL or percent (`%252e`), a
-///   malformed escape, a path not starting with `/`.
-///
-/// The result starts with `/`, holds no `.` or `..` segment and no empty
-/// one, keeps a trailing `/`, and normalising it again changes nothing.
-pub fn normalize_path(path: &str) -> std::result::Result<String, String> {
-    /// One segment as decoded, and whether an escape made one of its dots.
-    struct Segment {
-        text: String,
-        encoded_dot: bool,
-    }
-    let bytes = path.as_bytes();
-    if bytes.first() != Some(&b'/') {
-        return Err("the request path must start with /".into());
-    }
-    let hex = |b: u8| -> Option<u8> { (b as char).to_digit(16).map(|d| d as u8) };
-    let mut segments: Vec<Segment> = Vec::new();
-    let mut current = Segment {
-        text: String::new(),
-        encoded_dot: false,
-    };
-    // Whether the path ends with `/` (or with a dot segment, which names
-    // the directory it leaves: `/a/b/..` is `/a/`).
-    let mut trailing = false;
-    let mut i = 1;
-    let close = |current: &mut Segment, segments: &mut Vec<Segment>| {
-        segments.push(std::mem::replace(
-            current,
-            Segment {
-                text: String::new(),
-                encoded_dot: false,
-            },
-        ));
-    };
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'/' => {
-                close(&mut current, &mut segments);
-                i += 1;
-            }
-            b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
-                    return Err("the request path has a malformed %-escape".into());
-                };
-                let d = (h << 4) | l;
-                match d {
-                    b'/' | b'\\' | 0 => {
-                        return Err(format!(
-                            "the request path has an encoded {} (%{d:02X}), which servers read differently; refused",
-                            match d {
-                                b'/' => "/",
-                                b'\\' => "backslash",
-                                _ => "NUL",
-                            }
-                        ));
-                    }
-                    d if d.is_ascii_alphanumeric() || b"-._~".contains(&d) => {
-                        current.text.push(d as char);
-                        current.encoded_dot |= d == b'.';
-                    }
-                    d => current.text.push_str(&format!("%{d:02X}")),
-                }
-                i += 3;
-            }
-            b'\\' => {
-                return Err(
-                    "the request path has a backslash, which some servers read as /; refused"
-                        .into(),
-                );
-            }
-            b if b < 0x20 || b == 0x7f => {
-                return Err("the request path has a control character; refused".into());
-            }
-            // Outside ASCII, and `?` or `#` (which would end the path): escaped.
-            b if b >= 0x80 || b == b'?' || b == b'#' => {
-                current.text.push_str(&format!("%{b:02X}"));
-                i += 1;
-            }
-            b => {
-                current.text.push(b as char);
-                i += 1;
-            }
-        }
-    }
-    let ends_with_slash = bytes.len() > 1 && bytes[bytes.len() - 1] == b'/';
-    if !ends_with_slash {
-        close(&mut current, &mut segments);
-    }
-    let mut out: Vec<String> = Vec::new();
-    for seg in segments {
-        trailing = false;
-        // What a lenient server could make of the segment: escapes decoded
-        // (twice), parameters (`;x`) and trailing blanks cut off.
-        let loose = decode_escapes(&decode_escapes(seg.text.as_bytes()));
-        let name = loose.split(|&c| c == b';').next().unwrap_or(&[]);
-        let name = name.trim_ascii_end();
-        if !name.is_empty() && name.iter().all(|&c| c == b'.') {
-            if seg.encoded_dot {
-                return Err(
-                    "the request path has a dot segment written with %-escapes (%2e); refused"
-                        .into(),
-                );
-            }
-            match seg.text.as_str() {
-                "." => {}
-                ".." => {
-                    out.pop();
-                }
-                _ => {
-                    return Err(
-                        "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused"
-                            .into(),
-                    );
-                }
-            }
-            trailing = true;
-            continue;
-        }
-        let upper = seg.text.to_ascii_uppercase();
-        for double in ["%252E", "%252F", "%255C", "%2500", "%2525"] {
-            if upper.contains(double) {
-                return Err(format!(
-                    "the request path has a double-encoded character ({double}); refused"
-                ));
-            }
-        }
-        if !seg.text.is_empty() {
-            out.push(seg.text);
-        }
-    }
-    let mut normal = String::with_capacity(path.len());
-    for seg in &out {
-        normal.push('/');
-        normal.push_str(seg);
-    }
-    if normal.is_empty() || ends_with_slash || trailing {
-        normal.push('/');
-    }
-    Ok(normal)
-}
-
-/// `bytes` with every valid `%XX` escape decoded (others left as they are).
-fn decode_escapes(bytes: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h << 4) | l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// One piece of a header template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplatePart<'a> {
@@ -604,6 +429,63 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        use PathRefusal::*;
+        for (raw, refusal, text) in [
+            ("a", NoLeadingSlash, "the request path must start with /"),
+            (
+                "/%2f",
+                EncodedSlash,
+                "the request path has an encoded / (%2F), which servers read differently; refused",
+            ),
+            (
+                "/%5c",
+                EncodedBackslash,
+                "the request path has an encoded backslash (%5C), which servers read differently; refused",
+            ),
+            (
+                "/%00",
+                EncodedNul,
+                "the request path has an encoded NUL (%00), which servers read differently; refused",
+            ),
+            (
+                "/%zz",
+                MalformedEscape,
+                "the request path has a malformed %-escape",
+            ),
+            (
+                "/a\\b",
+                Backslash,
+                "the request path has a backslash, which some servers read as /; refused",
+            ),
+            (
+                "/a\u{1}",
+                Control,
+                "the request path has a control character; refused",
+            ),
+            (
+                "/%2e%2e/x",
+                EncodedDot,
+                "the request path has a dot segment written with %-escapes (%2e); refused",
+            ),
+            (
+                "/..;x/",
+                DotLike,
+                "the request path has a segment some servers read as . or .. (dots with parameters, blanks or escapes); refused",
+            ),
+            (
+                "/a%252eb",
+                DoubleEncoded("%252E"),
+                "the request path has a double-encoded character (%252E); refused",
+            ),
+        ] {
+            let got = normalize_path(raw).unwrap_err();
+            assert_eq!(got, refusal, "{raw:?}");
+            assert_eq!(got.to_string(), text, "{raw:?}");
+        }
     }
 
     #[test]
