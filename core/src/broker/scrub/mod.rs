@@ -1,0 +1,330 @@
+//! The scrubbing engine: finds every injected value in what an upstream
+//! sends back, as it is or transformed (percent-encoded, JSON- or
+//! HTML-escaped, hex, base64 of any text containing it; see
+//! [`Family`]), and replaces the whole encoded span with
+//! `[REDACTED:group/name]` (or, where lengths must not change, as many
+//! `*`). It streams: each chunk is passed on at once but for a tail held
+//! back while it could still begin a match, bounded by the longest value's
+//! longest encoding.
+//!
+//! How: each family's scanner maps the raw stream onto a normalised one
+//! (escapes decoded, case folded, line breaks dropped), keeping where each
+//! normalised byte came from; the values, normalised the same way, are
+//! looked for there, and a match is redacted over the raw bytes it came
+//! from. So "any subset of the characters escaped" costs one scan, not one
+//! pattern per variant, and the work is linear in the input.
+//!
+//! A compressed body is first decoded by [`Decompress`].
+
+mod decoded;
+mod decompress;
+mod escapes;
+mod family;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use decoded::Decoded;
+pub use decompress::{Decompress, DecompressError};
+pub use family::Family;
+
+/// What a match is replaced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redaction {
+    /// `[REDACTED:<label>]`, once per run of adjacent or overlapping matches.
+    Marker,
+    /// As many `*` as the bytes replaced: for framing that counts bytes.
+    SameLength,
+}
+
+/// One family's patterns.
+struct FamilyPatterns {
+    family: Family,
+    /// Each pattern (zeroized on drop) and the index of its label.
+    patterns: Vec<(Zeroizing<Vec<u8>>, usize)>,
+}
+
+/// What a scrubber looks for, shared by every stream scrubbed with it.
+struct Set {
+    families: Vec<FamilyPatterns>,
+    /// The marker of each value: `[REDACTED:<label>]`.
+    markers: Vec<Vec<u8>>,
+    redaction: Redaction,
+}
+
+/// A found match: raw offsets (absolute in the stream) and its label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Span {
+    start: u64,
+    end: u64,
+    label: usize,
+}
+
+/// One family's progress through the stream.
+#[derive(Default)]
+struct Progress {
+    /// Raw offset up to which the family has scanned (a unit boundary).
+    pos: u64,
+    /// What it scanned that could still be part of a match.
+    decoded: Decoded,
+}
+
+/// Scrubs a stream of chunks (see the module's docs). Make one per set of
+/// values with [`Scrubber::new`], and one per stream with
+/// [`Scrubber::fresh`]: the patterns are shared.
+pub struct Scrubber {
+    set: Arc<Set>,
+    /// Raw bytes from offset `base` on: not yet passed on, or not yet
+    /// scanned by every family.
+    raw: Zeroizing<Vec<u8>>,
+    base: u64,
+    /// Raw offset up to which output has been produced.
+    emitted: u64,
+    /// Where the last marker written ends, if output ends with one.
+    marker_until: Option<u64>,
+    progress: Vec<Progress>,
+    /// Matches not yet written out.
+    spans: Vec<Span>,
+    /// Whether anything was found.
+    found: bool,
+}
+
+impl Scrubber {
+    /// A scrubber for `values`, each with the label its marker shows
+    /// (`group/name`). Empty values are ignored.
+    pub fn new<'a>(
+        values: impl IntoIterator<Item = (&'a [u8], &'a str)>,
+        redaction: Redaction,
+    ) -> Self {
+        let mut markers = Vec::new();
+        let mut families: Vec<FamilyPatterns> = Family::ALL
+            .iter()
+            .map(|&family| FamilyPatterns {
+                family,
+                patterns: Vec::new(),
+            })
+            .collect();
+        for (value, label) in values {
+            if value.is_empty() {
+                continue;
+            }
+            let index = markers.len();
+            markers.push(format!("[REDACTED:{label}]").into_bytes());
+            for f in &mut families {
+                for p in f.family.patterns(value) {
+                    if !f.patterns.iter().any(|(q, _)| **q == *p) {
+                        f.patterns.push((p, index));
+                    }
+                }
+            }
+        }
+        families.retain(|f| !f.patterns.is_empty());
+        let set = Set {
+            families,
+            markers,
+            redaction,
+        };
+        Self::with_set(Arc::new(set))
+    }
+
+    fn with_set(set: Arc<Set>) -> Self {
+        let progress = set.families.iter().map(|_| Progress::default()).collect();
+        Scrubber {
+            set,
+            raw: Zeroizing::new(Vec::new()),
+            base: 0,
+            emitted: 0,
+            marker_until: None,
+            progress,
+            spans: Vec::new(),
+            found: false,
+        }
+    }
+
+    /// The same values with nothing carried over: for a new stream.
+    pub fn fresh(&self) -> Self {
+        Self::with_set(self.set.clone())
+    }
+
+    /// Whether it looks for nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.set.families.is_empty()
+    }
+
+    /// Feeds a chunk; returns what may be passed on now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.is_empty() {
+            return chunk.to_vec();
+        }
+        self.raw.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(chunk.len());
+        self.advance(false, &mut out);
+        out
+    }
+
+    /// Ends the stream; returns the rest. The scrubber is then fresh.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.is_empty() {
+            self.advance(true, &mut out);
+        }
+        *self = self.fresh();
+        out
+    }
+
+    /// Scrubs a whole buffer at once.
+    pub fn replace_all(&self, input: &[u8]) -> Vec<u8> {
+        self.scan_whole(input).0
+    }
+
+    /// Whether `input` holds any of the values, in any family.
+    pub fn finds(&self, input: &[u8]) -> bool {
+        self.scan_whole(input).1
+    }
+
+    fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, bool) {
+        if self.is_empty() {
+            return (input.to_vec(), false);
+        }
+        let mut s = self.fresh();
+        s.raw.extend_from_slice(input);
+        let mut out = Vec::with_capacity(input.len());
+        s.advance(true, &mut out);
+        (out, s.found)
+    }
+
+    /// Scans what has arrived with every family, writes out what no match
+    /// can still reach, and forgets what no family needs any more.
+    fn advance(&mut self, at_end: bool, out: &mut Vec<u8>) {
+        let end = self.base + self.raw.len() as u64;
+        let mut hold = end;
+        for (f, p) in self.set.families.iter().zip(self.progress.iter_mut()) {
+            let from = (p.pos - self.base) as usize;
+            let n = f
+                .family
+                .scan(&self.raw[from..], p.pos, at_end, &mut p.decoded);
+            p.pos += n as u64;
+            let keep = search(f, p, at_end, &mut self.spans);
+            let family_hold = if keep < p.decoded.bytes.len() {
+                p.decoded.raw_start(keep)
+            } else {
+                p.pos
+            };
+            p.decoded.drop_before(keep);
+            hold = hold.min(family_hold);
+        }
+        if at_end {
+            hold = end;
+        }
+        self.found |= !self.spans.is_empty();
+        self.emit(hold, out);
+        let needed = self
+            .progress
+            .iter()
+            .map(|p| p.pos)
+            .fold(self.emitted, u64::min);
+        let drop = (needed - self.base) as usize;
+        self.raw.drain(..drop);
+        self.base = needed;
+    }
+
+    /// Writes out the raw bytes before `hold`, each match replaced (a match
+    /// that starts before `hold` is replaced whole, even past it).
+    fn emit(&mut self, hold: u64, out: &mut Vec<u8>) {
+        self.spans.sort_unstable();
+        self.spans.dedup();
+        let mut rest = Vec::new();
+        for sp in std::mem::take(&mut self.spans) {
+            if sp.start >= hold {
+                rest.push(sp);
+                continue;
+            }
+            if sp.end <= self.emitted {
+                continue;
+            }
+            let stars = self.set.redaction == Redaction::SameLength;
+            if sp.start <= self.emitted && self.marker_until == Some(self.emitted) {
+                // Overlaps (or touches) the marker just written: extend it.
+                if stars {
+                    out.resize(out.len() + (sp.end - self.emitted) as usize, b'*');
+                }
+            } else {
+                let start = sp.start.max(self.emitted);
+                out.extend_from_slice(self.raw_range(self.emitted, start));
+                if stars {
+                    out.resize(out.len() + (sp.end - start) as usize, b'*');
+                } else {
+                    out.extend_from_slice(&self.set.markers[sp.label]);
+                }
+            }
+            self.emitted = sp.end;
+            self.marker_until = Some(sp.end);
+        }
+        self.spans = rest;
+        if hold > self.emitted {
+            out.extend_from_slice(self.raw_range(self.emitted, hold));
+            self.emitted = hold;
+        }
+    }
+
+    fn raw_range(&self, from: u64, to: u64) -> &[u8] {
+        &self.raw[(from - self.base) as usize..(to - self.base) as usize]
+    }
+}
+
+/// Finds `f`'s patterns in what `p` has scanned, adding each match's raw
+/// span to `spans`; returns the index of the first scanned byte that a
+/// match completed by later input could still include.
+fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>) -> usize {
+    let bytes = &p.decoded.bytes[..];
+    let context = f.family.context();
+    for (pattern, label) in &f.patterns {
+        for m in memchr::memmem::find_iter(bytes, &pattern[..]) {
+            let (mut s, mut e) = (m, m + pattern.len());
+            if context {
+                if s > 0 && family::is_base64(bytes[s - 1]) {
+                    s -= 1;
+                }
+                if e < bytes.len() && family::is_base64(bytes[e]) {
+                    e += 1;
+                }
+            }
+            spans.push(Span {
+                start: p.decoded.raw_start(s),
+                end: p.decoded.raw_end(e - 1),
+                label: *label,
+            });
+        }
+    }
+    if at_end {
+        return bytes.len();
+    }
+    // The earliest tail that is a proper beginning of a pattern (or, with
+    // context, a whole one: the character after it is yet to come).
+    let mut keep = bytes.len();
+    for (pattern, _) in &f.patterns {
+        let longest_tail = pattern.len() - usize::from(!context);
+        let lo = bytes.len().saturating_sub(longest_tail).min(keep);
+        for i in memchr::memchr_iter(pattern[0], &bytes[lo..keep]) {
+            let tail = &bytes[lo + i..];
+            if pattern.starts_with(tail) {
+                keep = lo + i;
+                break;
+            }
+        }
+    }
+    // With context, the character before a match to come is part of it;
+    // but a last character with a line break after it is let go, so a
+    // stream of lines is passed on as it comes.
+    if context
+        && keep > 0
+        && family::is_base64(bytes[keep - 1])
+        && (keep < bytes.len() || p.decoded.raw_end(keep - 1) == p.pos)
+    {
+        keep -= 1;
+    }
+    keep
+}

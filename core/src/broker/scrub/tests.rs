@@ -1,0 +1,678 @@
+//! The engine's tests: each family through the whole engine, then the
+//! properties — every transformation × every offset of the value in a
+//! larger text × every 2- and 3-way chunk split leaves nothing that decodes
+//! back to the value, and text without the value passes byte for byte.
+//!
+//! The encoders and the "recover" decoders here are written apart from the
+//! engine's scanners, so a scanner that misreads an encoding fails them.
+
+use base64::Engine;
+
+use super::*;
+
+const LABEL: &str = "g/k";
+const MARKER: &str = "[REDACTED:g/k]";
+
+fn scrubber(value: &[u8]) -> Scrubber {
+    Scrubber::new([(value, LABEL)], Redaction::Marker)
+}
+
+/// Scrubs `input` cut at `cuts` (sorted offsets).
+fn scrub_split(s: &Scrubber, input: &[u8], cuts: &[usize]) -> Vec<u8> {
+    let mut s = s.fresh();
+    let mut out = Vec::new();
+    let mut from = 0;
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+        let c = c.clamp(from, input.len());
+        out.extend(s.push(&input[from..c]));
+        from = c;
+    }
+    out.extend(s.finish());
+    out
+}
+
+/// A tiny deterministic generator (for the encoders' choices).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// One way of writing a text, with the choices the encoding allows.
+#[derive(Clone, Copy, Debug)]
+enum Transform {
+    Literal,
+    /// Which bytes are escaped (seeded), hex case, spaces as `+`.
+    Percent {
+        seed: u64,
+        upper: bool,
+        plus: bool,
+    },
+    /// Which characters are `\u`-escaped (seeded), hex case.
+    Json {
+        seed: u64,
+        upper: bool,
+    },
+    /// Which characters are references, and of which kind (seeded).
+    Html {
+        seed: u64,
+    },
+    /// Upper, lower or (seeded) mixed case.
+    Hex {
+        seed: u64,
+        case: u8,
+    },
+    /// Alphabet, padding, line length and break.
+    Base64 {
+        url: bool,
+        pad: bool,
+        wrap: usize,
+        brk: &'static str,
+    },
+}
+
+const BREAKS: [&str; 3] = ["\n", "\r\n", "\\n"];
+
+fn transform(seed: u64, kind: u8) -> Transform {
+    let mut r = Rng(seed);
+    match kind % 6 {
+        0 => Transform::Literal,
+        1 => Transform::Percent {
+            seed,
+            upper: r.coin(),
+            plus: r.coin(),
+        },
+        2 => Transform::Json {
+            seed,
+            upper: r.coin(),
+        },
+        3 => Transform::Html { seed },
+        4 => Transform::Hex {
+            seed,
+            case: (r.next() % 3) as u8,
+        },
+        _ => Transform::Base64 {
+            url: r.coin(),
+            pad: r.coin(),
+            wrap: [0, 60, 76, 4, 7][(r.next() % 5) as usize],
+            brk: BREAKS[(r.next() % 3) as usize],
+        },
+    }
+}
+
+fn hex_digit(d: u8, upper: bool) -> char {
+    let c = char::from_digit(u32::from(d), 16).unwrap_or('0');
+    if upper { c.to_ascii_uppercase() } else { c }
+}
+
+fn encode(t: Transform, text: &[u8]) -> Vec<u8> {
+    match t {
+        Transform::Literal => text.to_vec(),
+        Transform::Percent { seed, upper, plus } => {
+            let mut r = Rng(seed);
+            let mut out = String::new();
+            for &b in text {
+                let must = !(b.is_ascii_alphanumeric() || b"-._~/:@!$'()*,;".contains(&b));
+                if b == b' ' && plus && r.coin() {
+                    out.push('+');
+                } else if must || r.coin() {
+                    out.push('%');
+                    out.push(hex_digit(b >> 4, upper));
+                    out.push(hex_digit(b & 15, upper));
+                } else {
+                    out.push(b as char);
+                }
+            }
+            out.into_bytes()
+        }
+        Transform::Json { seed, upper } => {
+            let mut r = Rng(seed);
+            let mut out = String::new();
+            let u = |out: &mut String, unit: u16| {
+                out.push_str("\\u");
+                for k in (0..4).rev() {
+                    out.push(hex_digit(((unit >> (4 * k)) & 15) as u8, upper));
+                }
+            };
+            for c in String::from_utf8_lossy(text).chars() {
+                match c {
+                    '"' | '\\' if r.coin() => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    '/' if r.coin() => out.push_str("\\/"),
+                    '\n' if r.coin() => out.push_str("\\n"),
+                    c if c < ' ' || c == '"' || c == '\\' || r.coin() => {
+                        let mut units = [0u16; 2];
+                        for &unit in c.encode_utf16(&mut units).iter() {
+                            u(&mut out, unit);
+                        }
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.into_bytes()
+        }
+        Transform::Html { seed } => {
+            let mut r = Rng(seed);
+            let mut out = String::new();
+            let chars: Vec<char> = String::from_utf8_lossy(text).chars().collect();
+            for (k, &c) in chars.iter().enumerate() {
+                let named = super::escapes::NAMED
+                    .iter()
+                    .filter(|(_, v)| v.chars().next() == Some(c))
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>();
+                // A `;` may be left out where the next character cannot
+                // extend the number.
+                let next_digit = chars
+                    .get(k + 1)
+                    .is_some_and(|n| n.is_ascii_hexdigit() || *n == ';');
+                let semi = if next_digit || r.coin() { ";" } else { "" };
+                match r.next() % 4 {
+                    _ if c == '&' && named.is_empty() => out.push_str("&amp;"),
+                    0 if !named.is_empty() => {
+                        let n = named[(r.next() as usize) % named.len()];
+                        out.push('&');
+                        out.push_str(n);
+                        out.push(';');
+                    }
+                    1 => out.push_str(&format!("&#{}{semi}", u32::from(c))),
+                    2 => {
+                        let x = if r.coin() { "x" } else { "X" };
+                        let zeros = "0".repeat((r.next() % 3) as usize);
+                        let h = if r.coin() {
+                            format!("{:X}", u32::from(c))
+                        } else {
+                            format!("{:x}", u32::from(c))
+                        };
+                        out.push_str(&format!("&#{x}{zeros}{h}{semi}"));
+                    }
+                    _ if c == '&' => out.push_str("&amp;"),
+                    _ => out.push(c),
+                }
+            }
+            out.into_bytes()
+        }
+        Transform::Hex { seed, case } => {
+            let mut r = Rng(seed);
+            let mut out = String::new();
+            for &b in text {
+                for d in [b >> 4, b & 15] {
+                    let upper = match case {
+                        0 => false,
+                        1 => true,
+                        _ => r.coin(),
+                    };
+                    out.push(hex_digit(d, upper));
+                }
+            }
+            out.into_bytes()
+        }
+        Transform::Base64 {
+            url,
+            pad,
+            wrap,
+            brk,
+        } => {
+            use base64::engine::general_purpose::{
+                STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+            };
+            let e = match (url, pad) {
+                (false, true) => STANDARD.encode(text),
+                (false, false) => STANDARD_NO_PAD.encode(text),
+                (true, true) => URL_SAFE.encode(text),
+                (true, false) => URL_SAFE_NO_PAD.encode(text),
+            };
+            if wrap == 0 {
+                return e.into_bytes();
+            }
+            let lines: Vec<&[u8]> = e.as_bytes().chunks(wrap).collect();
+            lines.join(brk.as_bytes())
+        }
+    }
+}
+
+// --- Recovery: decode the output every way the family allows, leniently.
+
+fn percent_decode(s: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if s[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                s.get(i + 1).copied().and_then(hex),
+                s.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(if plus_is_space && s[i] == b'+' {
+            b' '
+        } else {
+            s[i]
+        });
+        i += 1;
+    }
+    out
+}
+
+fn json_decode(s: &[u8]) -> Vec<u8> {
+    // Through serde_json, one string at a time: the output is no JSON
+    // document, so decode `"…"`-wrapped pieces between raw bytes.
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 1 < s.len() {
+            // The longest escape run from here that serde_json accepts.
+            let mut best = None;
+            for len in [12usize, 6, 2] {
+                if let Some(piece) = s.get(i..i + len) {
+                    let quoted = [b"\"", piece, b"\""].concat();
+                    if let Ok(v) = serde_json::from_slice::<String>(&quoted) {
+                        best = Some((v.into_bytes(), len));
+                        break;
+                    }
+                }
+            }
+            if let Some((bytes, len)) = best {
+                out.extend(bytes);
+                i += len;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+fn html_decode(s: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(s);
+    let mut out = String::new();
+    let mut rest = &text[..];
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let body = &rest[1..];
+        let (num, radix, skip) =
+            if let Some(h) = body.strip_prefix("#x").or_else(|| body.strip_prefix("#X")) {
+                (h, 16, 3)
+            } else if let Some(d) = body.strip_prefix('#') {
+                (d, 10, 2)
+            } else {
+                ("", 0, 0)
+            };
+        if radix != 0 {
+            let digits = num.chars().take_while(|c| c.is_digit(radix)).count();
+            if let Some(c) = u32::from_str_radix(&num[..digits], radix)
+                .ok()
+                .and_then(char::from_u32)
+            {
+                out.push(c);
+                let semi = usize::from(num[digits..].starts_with(';'));
+                rest = &rest[skip + digits + semi..];
+                continue;
+            }
+        }
+        let named = super::escapes::NAMED
+            .iter()
+            .find(|(n, _)| body.starts_with(&format!("{n};")));
+        if let Some((n, v)) = named {
+            out.push_str(v);
+            rest = &rest[n.len() + 2..];
+            continue;
+        }
+        out.push('&');
+        rest = body;
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+fn hex_decodes(s: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for run in s.split(|b| !b.is_ascii_hexdigit()) {
+        for phase in 0..2 {
+            if run.len() > phase
+                && let Ok(v) = hex::decode(&run[phase..run.len() - (run.len() - phase) % 2])
+            {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn base64_decodes(s: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(s)
+        .replace("\\n", "")
+        .replace(['\r', '\n'], "")
+        .replace('-', "+")
+        .replace('_', "/");
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let lenient = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_encode_padding(false)
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let mut out = Vec::new();
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    for run in text.split(|c| !is_b64(c)) {
+        for offset in 0..4 {
+            if run.len() <= offset {
+                continue;
+            }
+            let r = &run[offset..];
+            let whole = r.len() - r.len() % 4;
+            let mut body = r[..whole].to_owned();
+            // A last group of 2 or 3 characters still decodes 1 or 2 bytes.
+            if r.len() % 4 >= 2 {
+                body.push_str(&r[whole..]);
+            }
+            if let Ok(v) = lenient.decode(&body) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+/// Every reading of `output` by transformation `t`'s family.
+fn recoveries(t: Transform, output: &[u8]) -> Vec<Vec<u8>> {
+    let mut all = vec![output.to_vec()];
+    match t {
+        Transform::Literal => {}
+        Transform::Percent { .. } => {
+            all.push(percent_decode(output, false));
+            all.push(percent_decode(output, true));
+        }
+        Transform::Json { .. } => all.push(json_decode(output)),
+        Transform::Html { .. } => all.push(html_decode(output)),
+        Transform::Hex { .. } => all.extend(hex_decodes(output)),
+        Transform::Base64 { .. } => all.extend(base64_decodes(output)),
+    }
+    all
+}
+
+/// The value is in the input (as `t` writes it) and in no reading of the
+/// output; the text around the encoded part is intact.
+fn check(value: &[u8], t: Transform, prefix: &[u8], suffix: &[u8], cuts: &[usize]) {
+    let inner = [prefix, value, suffix].concat();
+    let encoded = encode(t, &inner);
+    let input = [b"<< ".as_slice(), &encoded, b" >>"].concat();
+    assert!(
+        recoveries(t, &input).iter().any(|r| contains(r, value)),
+        "the test's own encoding lost the value: {t:?}"
+    );
+    let out = scrub_split(&scrubber(value), &input, cuts);
+    for r in recoveries(t, &out) {
+        assert!(
+            !contains(&r, value),
+            "{t:?} cuts {cuts:?}\n  in:  {:?}\n  out: {:?}",
+            String::from_utf8_lossy(&input),
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert!(
+        out.starts_with(b"<< ") && out.ends_with(b" >>") && contains(&out, MARKER.as_bytes()),
+        "{t:?}: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+// --- Unit tests, one or more per family.
+
+fn scrub(value: &str, input: &str) -> String {
+    String::from_utf8_lossy(&scrubber(value.as_bytes()).replace_all(input.as_bytes())).into_owned()
+}
+
+#[test]
+fn literal_and_encoded_forms_are_replaced_whole() {
+    let v = "s3cr3t/va lue+";
+    assert_eq!(scrub(v, "a s3cr3t/va lue+ b"), format!("a {MARKER} b"));
+    assert_eq!(
+        scrub(v, "?k=s3cr3t%2Fva+lue%2B&x"),
+        format!("?k={MARKER}&x")
+    );
+    assert_eq!(
+        scrub(v, "?k=%73%33cr3t/va%20lue%2b&x"),
+        format!("?k={MARKER}&x")
+    );
+    assert_eq!(
+        scrub(v, r#"{"k":"s3cr3t\/va\u0020lue\u002B"}"#),
+        format!(r#"{{"k":"{MARKER}"}}"#)
+    );
+    assert_eq!(
+        scrub(v, "<p>s3cr3t&sol;va&#32;lue&#x2b;</p>"),
+        format!("<p>{MARKER}</p>")
+    );
+    let hex_upper = hex::encode_upper(v);
+    assert_eq!(
+        scrub(v, &format!("id={hex_upper}.")),
+        format!("id={MARKER}.")
+    );
+    assert_eq!(
+        scrub(v, &format!("id=0{}.", hex::encode(v))),
+        format!("id=0{MARKER}.")
+    );
+}
+
+#[test]
+fn base64_of_text_containing_the_value_at_every_offset() {
+    let v = b"ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+    for prefix in 0..6 {
+        let text = [&b"{\"token\":\""[..prefix.min(10)], v, b"\"}"].concat();
+        let e = base64::engine::general_purpose::STANDARD.encode(&text);
+        let out = scrubber(v).replace_all(e.as_bytes());
+        assert!(contains(&out, MARKER.as_bytes()), "{prefix}: {e}");
+        assert!(base64_decodes(&out).iter().all(|d| !contains(d, v)));
+    }
+}
+
+#[test]
+fn github_contents_api_base64_with_json_line_breaks() {
+    // GitHub's contents API: base64 in a JSON string, `\n` every 60.
+    let v = b"AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG";
+    let file = [
+        &b"# config\n\naws_key = \""[..],
+        v,
+        b"\"\nregion = \"eu\"\n",
+    ]
+    .concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&file);
+    let lines: Vec<&[u8]> = b64.as_bytes().chunks(60).collect();
+    let body = [
+        &b"{\"encoding\":\"base64\",\"content\":\""[..],
+        &lines.join(&b"\\n"[..]),
+        b"\\n\"}",
+    ]
+    .concat();
+    for step in [1, 5, 64, body.len()] {
+        let cuts: Vec<usize> = (step..body.len()).step_by(step).collect();
+        let out = scrub_split(&scrubber(v), &body, &cuts);
+        assert!(contains(&out, MARKER.as_bytes()));
+        assert!(
+            base64_decodes(&out).iter().all(|d| !contains(d, v)),
+            "step {step}"
+        );
+        assert!(out.starts_with(b"{\"encoding\":\"base64\",\"content\":\"IyBjb25maWcK"));
+    }
+}
+
+#[test]
+fn same_length_keeps_every_length_and_finds_reports() {
+    let v = b"tok-123456";
+    let s = Scrubber::new([(v.as_slice(), LABEL)], Redaction::SameLength);
+    let input = b"a tok-123456 b tok%2D123456 c";
+    let out = s.replace_all(input);
+    assert_eq!(out.len(), input.len());
+    assert_eq!(&out[..], b"a ********** b ************ c");
+    assert!(s.finds(b"x dG9rLTEyMzQ1Ng== y"));
+    assert!(!s.finds(b"nothing here"));
+    assert!(Scrubber::new([(&b""[..], LABEL)], Redaction::Marker).is_empty());
+}
+
+#[test]
+fn two_values_overlapping_matches_become_one_marker() {
+    let s = Scrubber::new(
+        [(&b"abcdef"[..], "a/one"), (&b"defghi"[..], "a/two")],
+        Redaction::Marker,
+    );
+    assert_eq!(s.replace_all(b"x abcdefghi y"), b"x [REDACTED:a/one] y");
+    assert_eq!(
+        s.replace_all(b"x abcdef defghi y"),
+        b"x [REDACTED:a/one] [REDACTED:a/two] y"
+    );
+}
+
+#[test]
+fn every_family_every_offset_every_two_and_three_way_split() {
+    // Exhaustive over cut points for one value and a spread of encoders.
+    let value = b"Sk_l1ve/x+y z&%\"e";
+    for kind in 0..6u8 {
+        for seed in 0..3u64 {
+            let t = transform(seed * 31 + u64::from(kind), kind);
+            for off in 0..4usize {
+                let prefix = &b"pre\"fix"[..off];
+                let suffix = &b"suf"[..off.min(3)];
+                let n = encode(t, &[prefix, value, suffix].concat()).len() + 6;
+                for a in 0..=n {
+                    check(value, t, prefix, suffix, &[a]);
+                }
+                // 3-way: every pair of cuts, on a stride to keep it quick.
+                for a in (0..=n).step_by(3) {
+                    for b in (a..=n).step_by(2) {
+                        check(value, t, prefix, suffix, &[a, b]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Characters values and texts are made of: ASCII of every class the
+/// encodings treat apart, and non-ASCII (2, 3 and 4 bytes in UTF-8).
+const CHARS: &[char] = &[
+    'a', 'Z', '0', '9', 'f', 'F', ' ', '+', '/', '=', '%', '&', '#', ';', '\\', '"', '\'', '<',
+    '>', '_', '.', '~', '-', '\n', 'é', '€', '😀',
+];
+
+fn text(len: std::ops::Range<usize>) -> impl proptest::strategy::Strategy<Value = String> {
+    proptest::collection::vec(proptest::sample::select(CHARS), len)
+        .prop_map(|cs| cs.into_iter().collect())
+}
+
+use proptest::strategy::Strategy;
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn never_recoverable(
+        value in text(6..20),
+        prefix in text(0..7),
+        suffix in text(0..5),
+        kind in 0u8..6,
+        seed in proptest::prelude::any::<u64>(),
+        cuts in proptest::collection::vec(0usize..400, 0..3),
+    ) {
+        let t = transform(seed, kind);
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        check(value.as_bytes(), t, prefix.as_bytes(), suffix.as_bytes(), &cuts);
+    }
+
+    #[test]
+    fn text_without_the_value_passes_byte_for_byte(
+        value in proptest::collection::vec(proptest::prelude::any::<u8>(), 12..40),
+        input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        cuts in proptest::collection::vec(0usize..600, 0..3),
+    ) {
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let out = scrub_split(&scrubber(&value), &input, &cuts);
+        proptest::prop_assert_eq!(out, input);
+    }
+
+    #[test]
+    fn text_without_the_value_passes_whatever_its_escapes(
+        input in text(0..300),
+        kind in 0u8..6,
+        seed in proptest::prelude::any::<u64>(),
+        cuts in proptest::collection::vec(0usize..1500, 0..3),
+    ) {
+        // Encoded text full of escapes, with a value it cannot hold (a
+        // character that is in none of `CHARS`).
+        let encoded = encode(transform(seed, kind), input.as_bytes());
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let out = scrub_split(&scrubber("kQ!ZxkQ!Zx@".as_bytes()), &encoded, &cuts);
+        proptest::prop_assert_eq!(out, encoded);
+    }
+}
+
+/// Throughput on a 1 MiB body (figures printed; run with
+/// `cargo test -p agent-vault-core --release scrub::tests::throughput -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn throughput() {
+    let mut body = Vec::new();
+    let mut i = 0u64;
+    while body.len() < 1 << 20 {
+        body.extend_from_slice(
+            format!(
+                "{{\"id\":{i},\"name\":\"item {i}\",\"url\":\"https://example.com/a%2Fb?x={i}&y=&amp;\",\"blob\":\"SGVsbG8gd29ybGQh{i:08x}\\n\"}},\n"
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    body.truncate(1 << 20);
+    let values: Vec<(Vec<u8>, String)> = (0..3)
+        .map(|k| {
+            (
+                format!("sk_live_{k}abcdefghijklmnopqrstuvwx").into_bytes(),
+                format!("g/s{k}"),
+            )
+        })
+        .collect();
+    let s = Scrubber::new(
+        values.iter().map(|(v, l)| (v.as_slice(), l.as_str())),
+        Redaction::Marker,
+    );
+    for chunk in [1 << 10, 16 << 10, 1 << 20] {
+        let runs = 10;
+        let start = std::time::Instant::now();
+        for _ in 0..runs {
+            let cuts: Vec<usize> = (chunk..body.len()).step_by(chunk).collect();
+            let out = scrub_split(&s, &body, &cuts);
+            assert_eq!(out.len(), body.len());
+        }
+        let secs = start.elapsed().as_secs_f64() / f64::from(runs);
+        println!(
+            "scrub engine, 3 values, 1 MiB in {} KiB chunks: {:.2} ms, {:.0} MiB/s",
+            chunk >> 10,
+            secs * 1e3,
+            1.0 / secs
+        );
+    }
+}
