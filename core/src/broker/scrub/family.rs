@@ -53,23 +53,27 @@ impl Family {
     ];
 
     /// What `value` becomes in this family's scanned stream.
-    pub(super) fn patterns(self, value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    pub(super) fn patterns(self, value: &[u8]) -> Vec<Pattern> {
+        let whole = |bytes: Vec<u8>| Pattern {
+            bytes: Zeroizing::new(bytes),
+            left: false,
+            right: false,
+        };
         let mut out = match self {
-            Family::Literal | Family::Json | Family::Html => vec![Zeroizing::new(value.to_vec())],
-            Family::Percent => vec![Zeroizing::new(
+            Family::Literal | Family::Json | Family::Html => vec![whole(value.to_vec())],
+            Family::Percent => vec![whole(
                 value.iter().map(|&b| escapes::percent_canon(b)).collect(),
             )],
-            Family::Hex => vec![Zeroizing::new(hex::encode(value).into_bytes())],
+            Family::Hex => vec![whole(hex::encode(value).into_bytes())],
             Family::Base64 => base64_runs(value),
         };
-        out.retain(|p| !p.is_empty());
+        out.retain(|p| !p.bytes.is_empty());
         out
     }
 
-    /// Whether a match takes one more character of the scanned stream on
-    /// each side when it has one: base64's characters that hold bits of
-    /// the value and of its neighbours both.
-    pub(super) fn context(self) -> bool {
+    /// Whether some of its patterns take a character before them (see
+    /// [`Pattern::left`]).
+    pub(super) fn left_context(self) -> bool {
         self == Family::Base64
     }
 
@@ -96,6 +100,18 @@ impl Family {
     }
 }
 
+/// What a value becomes in a family's scanned stream.
+pub(super) struct Pattern {
+    /// The pattern (zeroized on drop).
+    pub(super) bytes: Zeroizing<Vec<u8>>,
+    /// Whether a match takes one more character before it, when it has
+    /// one: a base64 character that holds bits of the value and of what
+    /// comes before it both.
+    pub(super) left: bool,
+    /// The same after it.
+    pub(super) right: bool,
+}
+
 /// Whether `b` is a character of the (normalised, standard) base64 alphabet.
 pub(super) fn is_base64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
@@ -107,7 +123,7 @@ pub(super) fn is_base64(b: u8) -> bool {
 /// With the value at byte offset `a`, its bits are `8a..8a+8n`; character
 /// `i` holds bits `6i..6i+6`, so it is the value's alone when
 /// `8a <= 6i` and `6i + 6 <= 8a + 8n`.
-fn base64_runs(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+fn base64_runs(value: &[u8]) -> Vec<Pattern> {
     let n = value.len();
     (0..3usize)
         .filter_map(|a| {
@@ -120,7 +136,11 @@ fn base64_runs(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
             );
             let first = (8 * a).div_ceil(6);
             let end = (8 * a + 8 * n) / 6;
-            (first < end).then(|| Zeroizing::new(encoded[first..end].to_vec()))
+            (first < end).then(|| Pattern {
+                bytes: Zeroizing::new(encoded[first..end].to_vec()),
+                left: (8 * a) % 6 != 0,
+                right: (8 * a + 8 * n) % 6 != 0,
+            })
         })
         .collect()
 }
@@ -208,7 +228,7 @@ mod tests {
                 let enc = b64(&text);
                 assert!(
                     runs.iter()
-                        .any(|r| enc.contains(std::str::from_utf8(r).unwrap_or("-"))),
+                        .any(|r| enc.contains(std::str::from_utf8(&r.bytes).unwrap_or("-"))),
                     "{prefix:?} {suffix:?}: {enc}"
                 );
             }
@@ -231,6 +251,6 @@ mod tests {
     #[test]
     fn hex_lowers_case_and_patterns_are_lower_hex() {
         assert_eq!(scan(Family::Hex, b"4A6b-Z"), b"4a6b-z");
-        assert_eq!(&*Family::Hex.patterns(b"Jk")[0], b"4a6b");
+        assert_eq!(&*Family::Hex.patterns(b"Jk")[0].bytes, b"4a6b");
     }
 }

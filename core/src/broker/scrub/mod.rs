@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use decoded::Decoded;
 pub use decompress::{Decompress, DecompressError};
 pub use family::Family;
+use family::Pattern;
 
 /// What a match is replaced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +44,8 @@ pub enum Redaction {
 /// One family's patterns.
 struct FamilyPatterns {
     family: Family,
-    /// Each pattern (zeroized on drop) and the index of its label.
-    patterns: Vec<(Zeroizing<Vec<u8>>, usize)>,
+    /// Each pattern and the index of its label.
+    patterns: Vec<(Pattern, usize)>,
 }
 
 /// What a scrubber looks for, shared by every stream scrubbed with it.
@@ -115,7 +116,7 @@ impl Scrubber {
             markers.push(format!("[REDACTED:{label}]").into_bytes());
             for f in &mut families {
                 for p in f.family.patterns(value) {
-                    if !f.patterns.iter().any(|(q, _)| **q == *p) {
+                    if !f.patterns.iter().any(|(q, _)| q.bytes == p.bytes) {
                         f.patterns.push((p, index));
                     }
                 }
@@ -280,17 +281,14 @@ impl Scrubber {
 /// match completed by later input could still include.
 fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>) -> usize {
     let bytes = &p.decoded.bytes[..];
-    let context = f.family.context();
     for (pattern, label) in &f.patterns {
-        for m in memchr::memmem::find_iter(bytes, &pattern[..]) {
-            let (mut s, mut e) = (m, m + pattern.len());
-            if context {
-                if s > 0 && family::is_base64(bytes[s - 1]) {
-                    s -= 1;
-                }
-                if e < bytes.len() && family::is_base64(bytes[e]) {
-                    e += 1;
-                }
+        for m in memchr::memmem::find_iter(bytes, &pattern.bytes[..]) {
+            let (mut s, mut e) = (m, m + pattern.bytes.len());
+            if pattern.left && s > 0 && family::is_base64(bytes[s - 1]) {
+                s -= 1;
+            }
+            if pattern.right && e < bytes.len() && family::is_base64(bytes[e]) {
+                e += 1;
             }
             spans.push(Span {
                 start: p.decoded.raw_start(s),
@@ -302,24 +300,25 @@ fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>)
     if at_end {
         return bytes.len();
     }
-    // The earliest tail that is a proper beginning of a pattern (or, with
-    // context, a whole one: the character after it is yet to come).
+    // The earliest tail that is a proper beginning of a pattern (or a
+    // whole one that takes the character after it, yet to come).
     let mut keep = bytes.len();
     for (pattern, _) in &f.patterns {
-        let longest_tail = pattern.len() - usize::from(!context);
+        let p = &pattern.bytes[..];
+        let longest_tail = p.len() - usize::from(!pattern.right);
         let lo = bytes.len().saturating_sub(longest_tail).min(keep);
-        for i in memchr::memchr_iter(pattern[0], &bytes[lo..keep]) {
+        for i in memchr::memchr_iter(p[0], &bytes[lo..keep]) {
             let tail = &bytes[lo + i..];
-            if pattern.starts_with(tail) {
+            if p.starts_with(tail) {
                 keep = lo + i;
                 break;
             }
         }
     }
-    // With context, the character before a match to come is part of it;
-    // but a last character with a line break after it is let go, so a
-    // stream of lines is passed on as it comes.
-    if context
+    // The character before a match to come may be part of it; but a last
+    // character with a line break after it is let go, so a stream of
+    // lines is passed on as it comes.
+    if f.family.left_context()
         && keep > 0
         && family::is_base64(bytes[keep - 1])
         && (keep < bytes.len() || p.decoded.raw_end(keep - 1) == p.pos)

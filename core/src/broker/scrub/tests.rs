@@ -676,3 +676,31 @@ fn throughput() {
         );
     }
 }
+
+#[test]
+fn base64_redacts_every_character_holding_a_bit_of_the_value() {
+    // With the value at byte offset `a`, its bits are `8a..8a+8n`: the
+    // characters `8a/6 ..= (8a+8n-1)/6` hold some of them, and all go.
+    let v = b"xoxb-2A4f-value";
+    for a in 0..7 {
+        let text = [&b"0123456"[..a], v, b"tail"].concat();
+        for url in [false, true] {
+            let e = if url {
+                base64::engine::general_purpose::URL_SAFE.encode(&text)
+            } else {
+                base64::engine::general_purpose::STANDARD.encode(&text)
+            };
+            let lo = 8 * a / 6;
+            let hi = (8 * (a + v.len()) - 1) / 6 + 1;
+            let expect = format!("{}{MARKER}{}", &e[..lo], &e[hi..]);
+            for cut in 0..=e.len() {
+                let out = scrub_split(&scrubber(v), e.as_bytes(), &[cut]);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    expect,
+                    "offset {a} cut {cut}"
+                );
+            }
+        }
+    }
+}
