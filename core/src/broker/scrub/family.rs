@@ -145,10 +145,18 @@ fn base64_runs(value: &[u8]) -> Vec<Pattern> {
         .collect()
 }
 
-/// Bytes the base64 scanner treats specially.
-fn base64_special(b: u8) -> bool {
-    matches!(b, b'-' | b'_' | b'\r' | b'\n' | b'\\' | b'%')
-}
+/// Bytes the base64 scanner treats specially (a table: it is asked of
+/// every byte).
+static BASE64_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let specials = *b"-_\r\n\\%";
+    while k < specials.len() {
+        t[specials[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// The base64 family's scanner: `-`/`_` read as `+`/`/`; CR, LF and the
 /// JSON escapes `\n`, `\r` dropped; `\/` read as `/`; `%2B`, `%2F`, `%3D`
@@ -158,7 +166,7 @@ fn base64_scan(raw: &[u8], pos: u64, at_end: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
     while i < raw.len() {
         let start = i;
-        while i < raw.len() && !base64_special(raw[i]) {
+        while i < raw.len() && !BASE64_SPECIAL[usize::from(raw[i])] {
             i += 1;
         }
         out.push_linear(pos + start as u64, &raw[start..i]);

@@ -32,6 +32,9 @@ pub use decompress::{Decompress, DecompressError};
 pub use family::Family;
 use family::Pattern;
 
+/// The most scanned at once (see [`Scrubber::push`]).
+const SLICE: usize = 64 * 1024;
+
 /// What a match is replaced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Redaction {
@@ -46,6 +49,9 @@ struct FamilyPatterns {
     family: Family,
     /// Each pattern and the index of its label.
     patterns: Vec<(Pattern, usize)>,
+    /// For each pattern, the offsets of two of its rarest bytes: where
+    /// the search looks first (a prefilter that keeps no copy of it).
+    rare: Vec<(usize, usize)>,
 }
 
 /// What a scrubber looks for, shared by every stream scrubbed with it.
@@ -106,6 +112,7 @@ impl Scrubber {
             .map(|&family| FamilyPatterns {
                 family,
                 patterns: Vec::new(),
+                rare: Vec::new(),
             })
             .collect();
         for (value, label) in values {
@@ -123,6 +130,13 @@ impl Scrubber {
             }
         }
         families.retain(|f| !f.patterns.is_empty());
+        for f in &mut families {
+            f.rare = f
+                .patterns
+                .iter()
+                .map(|(p, _)| rare_pair(&p.bytes))
+                .collect();
+        }
         let set = Set {
             families,
             markers,
@@ -160,19 +174,27 @@ impl Scrubber {
         if self.is_empty() {
             return chunk.to_vec();
         }
-        self.raw.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(chunk.len());
-        self.advance(false, &mut out);
+        // A large chunk in slices, so the working buffers stay small.
+        for slice in chunk.chunks(SLICE) {
+            self.raw.extend_from_slice(slice);
+            self.advance(false, &mut out);
+        }
         out
     }
 
     /// Ends the stream; returns the rest. The scrubber is then fresh.
     pub fn finish(&mut self) -> Vec<u8> {
+        let out = self.finish_inner();
+        *self = self.fresh();
+        out
+    }
+
+    fn finish_inner(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         if !self.is_empty() {
             self.advance(true, &mut out);
         }
-        *self = self.fresh();
         out
     }
 
@@ -191,9 +213,8 @@ impl Scrubber {
             return (input.to_vec(), false);
         }
         let mut s = self.fresh();
-        s.raw.extend_from_slice(input);
-        let mut out = Vec::with_capacity(input.len());
-        s.advance(true, &mut out);
+        let mut out = s.push(input);
+        out.extend(s.finish_inner());
         (out, s.found)
     }
 
@@ -281,8 +302,8 @@ impl Scrubber {
 /// match completed by later input could still include.
 fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>) -> usize {
     let bytes = &p.decoded.bytes[..];
-    for (pattern, label) in &f.patterns {
-        for m in memchr::memmem::find_iter(bytes, &pattern.bytes[..]) {
+    for ((pattern, label), &rare) in f.patterns.iter().zip(&f.rare) {
+        for m in find_all(bytes, &pattern.bytes, rare) {
             let (mut s, mut e) = (m, m + pattern.bytes.len());
             if pattern.left && s > 0 && family::is_base64(bytes[s - 1]) {
                 s -= 1;
@@ -326,4 +347,30 @@ fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>)
         keep -= 1;
     }
     keep
+}
+
+/// Offsets of two of the rarest bytes of `p` (by memchr's ranking of
+/// bytes in common text).
+fn rare_pair(p: &[u8]) -> (usize, usize) {
+    memchr::arch::all::packedpair::Pair::new(p)
+        .map(|pair| (usize::from(pair.index1()), usize::from(pair.index2())))
+        .unwrap_or((0, 0))
+}
+
+/// Every place `p` occurs in `hay`, overlapping ones too: candidates
+/// where `p`'s rare byte is (found with memchr), checked whole. A finder
+/// built once per pattern would be faster still on small chunks, but keeps
+/// a copy of the pattern that is not zeroized.
+fn find_all<'h>(
+    hay: &'h [u8],
+    p: &'h [u8],
+    (r1, r2): (usize, usize),
+) -> impl Iterator<Item = usize> + 'h {
+    let last = hay.len().checked_sub(p.len());
+    let region = match last {
+        Some(last) => &hay[r1..=last + r1],
+        None => &[][..],
+    };
+    memchr::memchr_iter(p[r1], region)
+        .filter(move |&s| hay[s + r2] == p[r2] && &hay[s..s + p.len()] == p)
 }
