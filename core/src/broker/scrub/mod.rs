@@ -27,6 +27,10 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use age::secrecy::ExposeSecret;
+use base64::Engine;
+
+use crate::broker::inject::Plan;
 use decoded::Decoded;
 pub use decompress::{Decompress, DecompressError};
 pub use family::Family;
@@ -143,6 +147,37 @@ impl Scrubber {
             redaction,
         };
         Self::with_set(Arc::new(set))
+    }
+
+    /// The scrubber for every value `plan` injects, each marker naming
+    /// its secret (`[REDACTED:group/name]`).
+    ///
+    /// The plan lists each value beside the encodings of it that today's
+    /// scrubber looks for (base64, percent, JSON); the families find
+    /// those already, so an entry that is one of them is left out (a
+    /// faster scan; one kept by mistake would only be looked for twice).
+    pub fn for_plan(plan: &Plan, redaction: Redaction) -> Self {
+        let entries: Vec<(&[u8], String)> = plan
+            .scrub
+            .iter()
+            .map(|(v, p)| (v.expose_secret().as_slice(), p.to_string()))
+            .collect();
+        // Only an encoding of a value of the same secret is left out: the
+        // value of another secret is scrubbed in every family of its own.
+        let derived: Vec<(Zeroizing<Vec<u8>>, &str)> = entries
+            .iter()
+            .flat_map(|(v, l)| {
+                derived_encodings(v)
+                    .into_iter()
+                    .map(move |d| (d, l.as_str()))
+            })
+            .collect();
+        let kept = entries.iter().filter(|(v, l)| {
+            !derived
+                .iter()
+                .any(|(d, dl)| d.as_slice() == *v && *dl == l.as_str())
+        });
+        Self::new(kept.map(|(v, l)| (*v, l.as_str())), redaction)
     }
 
     fn with_set(set: Arc<Set>) -> Self {
@@ -295,6 +330,40 @@ impl Scrubber {
     fn raw_range(&self, from: u64, to: u64) -> &[u8] {
         &self.raw[(from - self.base) as usize..(to - self.base) as usize]
     }
+}
+
+/// Encodings of `value` the families find whole: base64 (standard, padded;
+/// URL-safe, unpadded), percent-encoded, JSON-escaped (as
+/// `inject::encodings` writes them).
+fn derived_encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let mut out = vec![
+        Zeroizing::new(STANDARD.encode(value).into_bytes()),
+        Zeroizing::new(URL_SAFE_NO_PAD.encode(value).into_bytes()),
+    ];
+    let mut pct = Zeroizing::new(Vec::new());
+    let mut json = Zeroizing::new(Vec::new());
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            pct.push(b);
+        } else {
+            pct.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+        match b {
+            b'"' => json.extend_from_slice(b"\\\""),
+            b'\\' => json.extend_from_slice(b"\\\\"),
+            b'/' => json.extend_from_slice(b"\\/"),
+            b'\n' => json.extend_from_slice(b"\\n"),
+            b'\r' => json.extend_from_slice(b"\\r"),
+            b'\t' => json.extend_from_slice(b"\\t"),
+            c if c < 0x20 => json.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+            c => json.push(c),
+        }
+    }
+    out.extend([pct, json]);
+    // Equal to the value itself: not an encoding to leave out.
+    out.retain(|e| e.as_slice() != value);
+    out
 }
 
 /// Finds `f`'s patterns in what `p` has scanned, adding each match's raw

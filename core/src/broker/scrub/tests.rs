@@ -739,3 +739,36 @@ fn base64_redacts_every_character_holding_a_bit_of_the_value() {
         }
     }
 }
+
+#[test]
+fn for_plan_scrubs_what_the_plan_injects_in_every_family() {
+    use crate::broker::inject::Plan;
+    let svc = crate::broker::services::template("openai", &"g/k".parse().expect("path"))
+        .expect("template");
+    let value = b"sk-proj/abc+def ghi".to_vec();
+    let resolve =
+        |_: &crate::names::SecretPath| -> crate::error::Result<crate::crypto::SecretValue> {
+            Ok(age::secrecy::SecretBox::new(Box::new(value.clone())))
+        };
+    let plan = Plan::new(&svc, &resolve).expect("plan");
+    let s = Scrubber::for_plan(&plan, Redaction::Marker);
+    // The plan's derived encodings are left out: one value's patterns.
+    let literal = s.set.families.iter().find(|f| f.family == Family::Literal);
+    assert_eq!(literal.map(|f| f.patterns.len()), Some(1));
+    for t in 0..6u8 {
+        let tr = transform(7, t);
+        let body = [
+            b"x ".as_slice(),
+            &encode(tr, &[b"ab".as_slice(), &value].concat()),
+            b" y",
+        ]
+        .concat();
+        let out = s.replace_all(&body);
+        assert!(
+            recoveries(tr, &out).iter().all(|r| !contains(r, &value)),
+            "{tr:?}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(contains(&out, MARKER.as_bytes()), "{tr:?}");
+    }
+}
