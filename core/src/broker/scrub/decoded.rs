@@ -27,6 +27,9 @@ pub(super) struct Decoded {
     /// The decoded bytes (zeroized on drop: they may hold a value).
     pub(super) bytes: Zeroizing<Vec<u8>>,
     segs: Vec<Seg>,
+    /// Whether the last raw text scanned was a line break (for the base64
+    /// scanner, which reads a blank line as the end of a run).
+    pub(super) after_line_break: bool,
 }
 
 impl Decoded {

@@ -169,21 +169,47 @@ fn base64_scan(raw: &[u8], pos: u64, at_end: bool, out: &mut Decoded) -> usize {
         while i < raw.len() && !BASE64_SPECIAL[usize::from(raw[i])] {
             i += 1;
         }
-        out.push_linear(pos + start as u64, &raw[start..i]);
+        if i > start {
+            out.push_linear(pos + start as u64, &raw[start..i]);
+            out.after_line_break = false;
+        }
         let Some(&b) = raw.get(i) else { break };
         let at = pos + i as u64;
+        // A line break inside a run is dropped; a blank line ends the run
+        // (no base64 text has one, and a stream of events ends each with
+        // one: it must not be held back).
+        let line_break = |out: &mut Decoded, at: u64| {
+            if out.after_line_break {
+                out.push_byte(at, b'\n');
+            }
+            out.after_line_break = true;
+        };
         match b {
             b'-' => out.push_byte(at, b'+'),
             b'_' => out.push_byte(at, b'/'),
-            b'\r' | b'\n' => {}
+            b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'\n' => {
+                line_break(out, at);
+                i += 1;
+                continue;
+            }
             b'\\' => match raw.get(i + 1) {
                 None if !at_end => return i,
-                Some(b'n' | b'r') => {
+                Some(b'r') => {
+                    i += 2;
+                    continue;
+                }
+                Some(b'n') => {
+                    line_break(out, at);
                     i += 2;
                     continue;
                 }
                 Some(b'/') => {
                     out.push_unit(at, at + 2, b"/");
+                    out.after_line_break = false;
                     i += 2;
                     continue;
                 }
@@ -203,12 +229,14 @@ fn base64_scan(raw: &[u8], pos: u64, at_end: bool, out: &mut Decoded) -> usize {
                 };
                 if let Some(d) = decoded {
                     out.push_unit(at, at + 3, &[d]);
+                    out.after_line_break = false;
                     i += 3;
                     continue;
                 }
                 out.push_byte(at, b);
             }
         }
+        out.after_line_break = false;
         i += 1;
     }
     raw.len()
@@ -249,6 +277,15 @@ mod tests {
             scan(Family::Base64, b"ab-_\r\ncd\\nef\\/gh%2b%2Fi%3dj k"),
             b"ab+/cdef/gh+/i=j k"
         );
+        // A blank line, however written, ends a run; across chunks too.
+        assert_eq!(
+            scan(Family::Base64, b"ab\n\ncd\r\n\r\nef\\n\\ngh"),
+            b"ab\ncd\nef\ngh"
+        );
+        let mut d = Decoded::default();
+        Family::Base64.scan(b"ab\r\n", 0, false, &mut d);
+        Family::Base64.scan(b"\r\ncd", 4, false, &mut d);
+        assert_eq!(&d.bytes[..], b"ab\ncd");
         // Incomplete at the end of a chunk: waits.
         let mut d = Decoded::default();
         assert_eq!(Family::Base64.scan(b"ab%2", 0, false, &mut d), 2);
