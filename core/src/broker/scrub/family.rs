@@ -138,8 +138,8 @@ fn base64_runs(value: &[u8]) -> Vec<Pattern> {
             let end = (8 * a + 8 * n) / 6;
             (first < end).then(|| Pattern {
                 bytes: Zeroizing::new(encoded[first..end].to_vec()),
-                left: (8 * a) % 6 != 0,
-                right: (8 * a + 8 * n) % 6 != 0,
+                left: !(8 * a).is_multiple_of(6),
+                right: !(8 * a + 8 * n).is_multiple_of(6),
             })
         })
         .collect()

@@ -188,7 +188,7 @@ fn html_encode(text: &[u8], seed: u64) -> Vec<u8> {
     for (k, &c) in chars.iter().enumerate() {
         let named = crate::broker::scrub::escapes::NAMED
             .iter()
-            .filter(|(_, v)| v.chars().next() == Some(c))
+            .filter(|(_, v)| v.starts_with(c))
             .map(|(n, _)| *n)
             .collect::<Vec<_>>();
         // A `;` may be left out where the next character cannot
