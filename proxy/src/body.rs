@@ -1,12 +1,15 @@
-//! Bodies that pass through a [`StreamReplace`] chunk by chunk, so streams
-//! (server-sent events) flow without buffering, and that count their bytes
-//! and report when they end. Trailers pass through the same replacer as
-//! the data (a value in a trailer is scrubbed like one in a header).
+//! Bodies that pass through a replacer chunk by chunk (a [`StreamReplace`]
+//! filling in placeholders, or a [`Scrub`] decoding and scrubbing a
+//! response), so streams (server-sent events) flow without buffering, and
+//! that count their bytes and report when they end. Trailers pass through
+//! the same replacer as the data (a value in a trailer is scrubbed like
+//! one in a header).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use agent_vault_core::broker::inject::StreamReplace;
+use agent_vault_core::broker::scrub::{Decompress, DecompressError, Scrubber};
 use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame};
@@ -15,10 +18,69 @@ use hyper::header::HeaderValue;
 /// Called once when the body ends (or is dropped), with the bytes it carried.
 pub type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
 
+/// What rewrites a body's chunks and its trailers' values.
+pub trait Replace {
+    /// Feeds a chunk; returns what may be passed on now.
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError>;
+    /// Ends the body; returns the rest.
+    fn finish(&mut self) -> Result<Vec<u8>, DecompressError>;
+    /// Whether a header (trailer) value needs rewriting.
+    fn finds(&self, value: &[u8]) -> bool;
+    /// A header (trailer) value rewritten.
+    fn replace_all(&self, value: &[u8]) -> Vec<u8>;
+}
+
+impl Replace for StreamReplace {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError> {
+        Ok(StreamReplace::push(self, chunk))
+    }
+    fn finish(&mut self) -> Result<Vec<u8>, DecompressError> {
+        Ok(StreamReplace::finish(self))
+    }
+    fn finds(&self, value: &[u8]) -> bool {
+        StreamReplace::finds(self, value)
+    }
+    fn replace_all(&self, value: &[u8]) -> Vec<u8> {
+        StreamReplace::replace_all(self, value)
+    }
+}
+
+/// A response body's way to the agent: decoded from its
+/// `Content-Encoding` (if it has one), then scrubbed.
+pub struct Scrub {
+    /// The body's decoder, if it is encoded.
+    pub decode: Option<Decompress>,
+    /// The scrubbing engine.
+    pub scrub: Scrubber,
+}
+
+impl Replace for Scrub {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError> {
+        match &mut self.decode {
+            Some(d) => Ok(self.scrub.push(&d.push(chunk)?)),
+            None => Ok(self.scrub.push(chunk)),
+        }
+    }
+    fn finish(&mut self) -> Result<Vec<u8>, DecompressError> {
+        let mut out = match &mut self.decode {
+            Some(d) => self.scrub.push(&d.finish()?),
+            None => Vec::new(),
+        };
+        out.extend(self.scrub.finish());
+        Ok(out)
+    }
+    fn finds(&self, value: &[u8]) -> bool {
+        self.scrub.finds(value)
+    }
+    fn replace_all(&self, value: &[u8]) -> Vec<u8> {
+        self.scrub.replace_all(value)
+    }
+}
+
 /// A body rewritten on the fly.
-pub struct Rewritten<B> {
+pub struct Rewritten<B, R = StreamReplace> {
     inner: B,
-    replace: StreamReplace,
+    replace: R,
     finished: bool,
     bytes: u64,
     on_end: Option<OnEnd>,
@@ -26,9 +88,9 @@ pub struct Rewritten<B> {
     trailers: Option<HeaderMap>,
 }
 
-impl<B> Rewritten<B> {
+impl<B, R: Replace> Rewritten<B, R> {
     /// Wraps `inner`.
-    pub fn new(inner: B, replace: StreamReplace, on_end: Option<OnEnd>) -> Self {
+    pub fn new(inner: B, replace: R, on_end: Option<OnEnd>) -> Self {
         Rewritten {
             inner,
             replace,
@@ -49,7 +111,9 @@ impl<B> Rewritten<B> {
         }
         trailers
     }
+}
 
+impl<B, R> Rewritten<B, R> {
     fn end(&mut self) {
         if let Some(f) = self.on_end.take() {
             f(self.bytes);
@@ -57,14 +121,15 @@ impl<B> Rewritten<B> {
     }
 }
 
-impl<B> Drop for Rewritten<B> {
+impl<B, R> Drop for Rewritten<B, R> {
     fn drop(&mut self) {
         self.end();
     }
 }
 
-impl<B> Body for Rewritten<B>
+impl<B, R> Body for Rewritten<B, R>
 where
+    R: Replace + Unpin,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -90,7 +155,14 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = this.replace.push(&data);
+                        let out = match this.replace.push(&data) {
+                            Ok(out) => out,
+                            Err(e) => {
+                                this.finished = true;
+                                this.end();
+                                return Poll::Ready(Some(Err(e.into())));
+                            }
+                        };
                         this.bytes += out.len() as u64;
                         if out.is_empty() {
                             continue;
@@ -104,7 +176,14 @@ where
                             continue;
                         };
                         let trailers = this.rewrite_trailers(trailers);
-                        let rest = this.replace.finish();
+                        let rest = match this.replace.finish() {
+                            Ok(rest) => rest,
+                            Err(e) => {
+                                this.finished = true;
+                                this.end();
+                                return Poll::Ready(Some(Err(e.into())));
+                            }
+                        };
                         this.bytes += rest.len() as u64;
                         if rest.is_empty() {
                             this.finished = true;
@@ -117,7 +196,13 @@ where
                 },
                 Poll::Ready(None) => {
                     this.finished = true;
-                    let rest = this.replace.finish();
+                    let rest = match this.replace.finish() {
+                        Ok(rest) => rest,
+                        Err(e) => {
+                            this.end();
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    };
                     this.bytes += rest.len() as u64;
                     this.end();
                     if rest.is_empty() {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_vault_core::broker::inject::{Outgoing, Plan, StreamReplace};
+use agent_vault_core::broker::inject::{Outgoing, Plan};
+use agent_vault_core::broker::scrub::{Decompress, Redaction, Scrubber};
 use agent_vault_core::broker::services::PathRefusal;
 use agent_vault_core::broker::token::{Claims, TokenError};
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
 use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
-use crate::body::{OnEnd, Rewritten};
+use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::Broker;
 use crate::reply::{ProxyBody, full, text};
 use crate::upstream::SendError;
@@ -69,7 +70,7 @@ pub(crate) enum Refusal {
         /// The tunnel's host.
         host: String,
     },
-    /// The upstream sent a compressed body although none was asked for.
+    /// The upstream sent a body in an encoding the broker cannot decode.
     Compressed {
         /// The tunnel's host.
         host: String,
@@ -111,7 +112,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Timeout { host } => write!(f, "{host} did not answer"),
             Refusal::Compressed { host } => write!(
                 f,
-                "{host} sent a compressed body although the broker asked for none; a compressed body cannot be scrubbed, so it is not passed on"
+                "{host} sent a body in an encoding the broker cannot decode; a body it cannot read cannot be scrubbed, so it is not passed on"
             ),
         }
     }
@@ -453,31 +454,40 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
             audit,
             agent_upgrade,
             upstream_upgrade,
-            plan.scrubber_same_length(),
+            Scrubber::for_plan(&plan, Redaction::SameLength),
         );
         None
     } else {
         Some(audit)
     };
     let (mut parts, body) = upstream.into_parts();
-    let scrub = plan.scrubber();
-    // Asked for none above; an upstream that compresses anyway is refused
-    // rather than passed on unscrubbed.
-    let encoded = parts
-        .headers
-        .get(hyper::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let scrub = Scrubber::for_plan(&plan, Redaction::Marker);
+    // Asked for none above; a body the upstream encodes anyway is decoded
+    // and scrubbed, and one in an encoding the broker does not know is
+    // refused rather than passed on unscrubbed.
     let bodiless = head_only
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
-    if encoded && !scrub.is_empty() && !bodiless && !switching {
-        let refusal = Refusal::Compressed {
-            host: host.to_owned(),
-        };
-        return match audit {
-            Some(audit) => refuse(audit, refusal),
-            None => text(refusal.status(), &refusal.to_string()),
-        };
+    let mut decode = None;
+    if !scrub.is_empty()
+        && !bodiless
+        && !switching
+        && let Some(encoding) = parts.headers.get(hyper::header::CONTENT_ENCODING)
+    {
+        match Decompress::for_content_encoding(encoding.as_bytes(), MAX_DECODED_BODY) {
+            Ok(d) => decode = d,
+            Err(_) => {
+                let refusal = Refusal::Compressed {
+                    host: host.to_owned(),
+                };
+                return match audit {
+                    Some(audit) => refuse(audit, refusal),
+                    None => text(refusal.status(), &refusal.to_string()),
+                };
+            }
+        }
+        // Sent on decoded.
+        parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
     scrub_head(&mut parts.headers, &scrub, switching);
     let on_end = audit.map(|mut audit| -> OnEnd {
@@ -486,13 +496,13 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
             audit.bytes(bytes_in.load(Ordering::Relaxed), n);
         })
     });
-    let body = Rewritten::new(body, scrub, on_end);
+    let body = Rewritten::new(body, Scrub { decode, scrub }, on_end);
     Response::from_parts(parts, body.boxed())
 }
 
 /// The response's headers: hop-by-hop ones out (but those of an upgrade),
 /// every injected value scrubbed.
-fn scrub_head(headers: &mut HeaderMap, scrub: &StreamReplace, switching: bool) {
+fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
     // Edited in place: most responses carry no injected value, and their
     // headers pass without a copy. `Trailer` stays: it names the trailers
     // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
@@ -514,6 +524,9 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &StreamReplace, switching: bool) {
         }
     }
 }
+
+/// The most a compressed response body may decode to.
+const MAX_DECODED_BODY: u64 = 4 << 30;
 
 /// The largest request body rewritten for placeholders.
 const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;

@@ -2,7 +2,7 @@
 //! like any request, the agent's connection and the upstream's are joined,
 //! every injected value scrubbed from what the upstream sends.
 
-use agent_vault_core::broker::inject::StreamReplace;
+use agent_vault_core::broker::scrub::Scrubber;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -11,12 +11,7 @@ use crate::audit::Audited;
 /// Joins the two sides of an upgraded (WebSocket) connection once both
 /// have switched; the record (status 101, bytes each way) is written when
 /// they close.
-pub(crate) fn splice(
-    mut audit: Audited,
-    agent: OnUpgrade,
-    upstream: OnUpgrade,
-    scrub: StreamReplace,
-) {
+pub(crate) fn splice(mut audit: Audited, agent: OnUpgrade, upstream: OnUpgrade, scrub: Scrubber) {
     audit.record.status = 101;
     tokio::spawn(async move {
         if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
@@ -30,11 +25,7 @@ pub(crate) fn splice(
 /// Joins an upgraded agent connection to the upstream's: bytes to the
 /// upstream pass as they are; bytes to the agent pass through a scrubber that
 /// keeps lengths (frame headers count them). Returns (to agent, to upstream).
-async fn join<A, U>(
-    agent: A,
-    upstream: U,
-    mut scrub: agent_vault_core::broker::inject::StreamReplace,
-) -> (u64, u64)
+async fn join<A, U>(agent: A, upstream: U, mut scrub: Scrubber) -> (u64, u64)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

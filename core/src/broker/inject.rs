@@ -35,7 +35,7 @@ pub struct Plan {
     /// Placeholders and their values, for headers, path, query and body.
     substitutions: Vec<(Vec<u8>, SecretBox<Vec<u8>>, SecretPath)>,
     /// Every injected value, in every encoding it could come back in.
-    scrub: Vec<(SecretBox<Vec<u8>>, SecretPath)>,
+    pub(crate) scrub: Vec<(SecretBox<Vec<u8>>, SecretPath)>,
     /// The secrets this plan may inject (names only: for the audit log).
     secrets: Vec<SecretPath>,
     /// Built from `substitutions` and `scrub` once the plan is complete.

@@ -5,6 +5,7 @@
 
 pub mod identity;
 pub mod inject;
+pub mod scrub;
 pub mod services;
 pub mod token;
 
