@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod access;
 pub mod broker;
 pub mod check;
 pub mod crypto;
@@ -27,6 +28,7 @@ pub mod history;
 pub mod init;
 pub mod journal;
 pub mod keystore;
+pub mod live;
 pub mod model;
 pub mod names;
 pub mod reader;

@@ -487,9 +487,10 @@ impl Vault {
             .collect())
     }
 
-    /// Opens the vault for reading with the given key.
-    pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader<'_>> {
-        crate::reader::Reader::new(self, source)
+    /// Opens the vault for reading with the given key, on the manifest as
+    /// it is now (a [`crate::live::LiveReader`] follows later changes).
+    pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader> {
+        crate::reader::Reader::open(std::sync::Arc::new(self.clone()), source)
     }
 
     /// Opens the vault for changes: takes the lock, completes a half-finished
