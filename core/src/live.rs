@@ -71,7 +71,7 @@ impl LiveReader {
     /// look ([`Duration::ZERO`]: at every call).
     pub fn open(vault: Vault, key: &KeySource, recheck: Duration) -> Result<Self> {
         let vault = Arc::new(vault);
-        let first = wait_for_writer(&vault, || Reader::open(vault.clone(), key))?;
+        let first = wait_for_writer(&vault, |_| Reader::open(vault.clone(), key))?;
         Ok(Self::from_first(vault, first, recheck))
     }
 
@@ -79,7 +79,7 @@ impl LiveReader {
     pub fn with_identity(vault: Vault, id: Identity, recheck: Duration) -> Result<Self> {
         let vault = Arc::new(vault);
         let id = Arc::new(id);
-        let first = wait_for_writer(&vault, || Reader::with_identity(vault.clone(), id.clone()))?;
+        let first = wait_for_writer(&vault, |_| Reader::with_identity(vault.clone(), id.clone()))?;
         Ok(Self::from_first(vault, first, recheck))
     }
 
@@ -109,10 +109,23 @@ impl LiveReader {
     }
 
     /// The reader on the files as they are, looked at if `recheck` has
-    /// passed. An error when they changed and the new manifest does not
-    /// verify ([`LiveReader::last`] still has the last one that did).
+    /// passed, waiting out a writer's operation. An error when they changed
+    /// and the new manifest does not verify ([`LiveReader::last`] still has
+    /// the last one that did).
     pub fn current(&self) -> Result<Arc<Reader>> {
-        self.look(false)
+        wait_for_writer(&self.vault, |again| self.look(again))
+    }
+
+    /// A reader other than `seen`, if the files are due to be looked at and
+    /// the live reader's current one is not `seen` (the files changed, or
+    /// another caller saw them change). Between two looks this touches no
+    /// lock and no file: the broker asks it on every request.
+    pub fn changed_since(&self, seen: &Reader) -> Result<Option<Arc<Reader>>> {
+        if !self.due() {
+            return Ok(None);
+        }
+        let current = self.look(true)?;
+        Ok((!std::ptr::eq(&*current, seen)).then_some(current))
     }
 
     /// Runs `f` on the current reader. A failure on files that changed
@@ -216,11 +229,11 @@ fn wait_again(vault: &Vault, tries: u32, e: &Error) -> bool {
 }
 
 /// `attempt`, tried again while it fails as a writer mid-operation can make
-/// it fail and that writer's journal is present.
-fn wait_for_writer<T>(vault: &Vault, attempt: impl Fn() -> Result<T>) -> Result<T> {
+/// it fail and that writer's journal is present (`attempt(true)` on a retry).
+fn wait_for_writer<T>(vault: &Vault, mut attempt: impl FnMut(bool) -> Result<T>) -> Result<T> {
     let mut tries = 0;
     loop {
-        match attempt() {
+        match attempt(tries > 0) {
             Err(e) if wait_again(vault, tries, &e) => {
                 tries += 1;
                 std::thread::sleep(WAIT_PAUSE);

@@ -1,20 +1,20 @@
 //! The language-neutral half of the agent-vault SDKs (Python and Node): a
-//! vault opened once with a key, whose verified reader is cached and rebuilt
-//! only when the manifest files change, so a warm `get` reads a handful of
-//! small files and does no manifest parsing or signature check of its own.
+//! vault opened once with a key and followed by core's live reader, which
+//! rebuilds its verified reader only when the manifest files change, so a
+//! warm `get` reads a handful of small files and does no manifest parsing
+//! or signature check of its own.
 //!
 //! Everything here goes through `agent-vault-core`: the format, the crypto
 //! and the access rules have one implementation, shared with the CLI.
 //!
 //! A [`Session`] is `Send + Sync`: one open vault may serve many threads.
-//! Reads take a shared lock; a rebuild of the reader (the manifest changed)
-//! and [`Session::close`] take it exclusively.
+//! Reads take a shared lock; [`Session::pull`] and [`Session::close`] take
+//! it exclusively.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -22,21 +22,13 @@ use std::time::{Duration, Instant};
 
 pub use agent_vault_core;
 use agent_vault_core::crypto::SecretValue;
+use agent_vault_core::live::LiveReader;
 use agent_vault_core::model::{Mode, SecretMeta};
 use agent_vault_core::reader::Reader;
 use agent_vault_core::secrecy::SecretString;
 use agent_vault_core::sync::{self, PullOutcome};
 use agent_vault_core::{Error, GroupName, KeySource, KeyStore, Role, SecretPath, Vault};
 use sha2::{Digest, Sha256};
-
-self_cell::self_cell!(
-    /// A vault and the reader that borrows it.
-    struct Opened {
-        owner: Vault,
-        #[covariant]
-        dependent: Reader,
-    }
-);
 
 /// The kind of a failure, as the SDKs expose it: one exception class in
 /// Python, one `code` in Node.
@@ -173,41 +165,15 @@ pub struct SecretInfo {
     pub meta: std::result::Result<SecretMeta, String>,
 }
 
-/// How often, and after what pause, a read that failed during a writer's
-/// operation is tried again.
-const RACE_RETRIES: u32 = 40;
-const RACE_PAUSE: Duration = Duration::from_millis(25);
-
-/// Identity of the manifest files: a change to any of them rebuilds the reader.
-type Stamp = [Option<(u64, u64, i64, i64)>; 3];
-
-fn stamp(dir: &Path) -> Stamp {
-    let one = |name: &str| {
-        std::fs::metadata(dir.join(name))
-            .ok()
-            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
-    };
-    [
-        one("manifest.yaml"),
-        one("manifest.sig"),
-        one("services.yaml"),
-    ]
-}
-
-struct Live {
-    key: KeySource,
-    opened: Opened,
-    stamp: Option<Stamp>,
-}
-
-/// An open vault: the key, and a verified reader rebuilt when the manifest changes.
+/// An open vault: core's live reader on it (the key, and a verified reader
+/// rebuilt when the manifest changes).
 pub struct Session {
     origin: String,
     root: PathBuf,
-    keys: KeyStore,
     auto_pull: bool,
     pull_interval: Duration,
-    live: RwLock<Option<Live>>,
+    /// `None` once closed.
+    live: RwLock<Option<LiveReader>>,
     last_pull: Mutex<Option<Instant>>,
     warnings: Mutex<Vec<String>>,
 }
@@ -291,11 +257,6 @@ fn outcome_name(o: &PullOutcome) -> &'static str {
     }
 }
 
-fn open_reader(root: &Path, keys: &KeyStore, key: &KeySource) -> Result<Opened> {
-    let vault = Vault::open(root, keys.clone())?;
-    Ok(Opened::try_new(vault, |v| v.reader(key))?)
-}
-
 impl Session {
     /// Opens a vault: finds it (or clones the URL, or pulls an earlier
     /// clone), loads the key and verifies the manifest. Fails early on a key
@@ -344,19 +305,14 @@ impl Session {
         };
         let root = vault.root().to_path_buf();
         let pull_interval = Duration::from_secs(vault.config().pull_interval_seconds);
-        let st = stamp(vault.dir());
-        let opened = Opened::try_new(vault, |v| v.reader(&key))?;
+        // Looked at on every call: a change made a moment ago is seen.
+        let live = LiveReader::open(vault, &key, Duration::ZERO)?;
         Ok(Session {
             origin: opts.repo,
             root,
-            keys,
             auto_pull: opts.auto_pull,
             pull_interval,
-            live: RwLock::new(Some(Live {
-                key,
-                opened,
-                stamp: Some(st),
-            })),
+            live: RwLock::new(Some(live)),
             // An open that pulled counts as this interval's pull.
             last_pull: Mutex::new(pulled),
             warnings: Mutex::new(warnings),
@@ -417,7 +373,7 @@ impl Session {
         }
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let Some(live) = guard.as_ref() else { return };
-        if let Some(w) = sync::auto_pull(live.opened.borrow_owner()) {
+        if let Some(w) = sync::auto_pull(live.vault()) {
             self.warnings
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -425,63 +381,23 @@ impl Session {
         }
     }
 
-    /// Runs `f` with an up-to-date reader: rebuilt first when the manifest
-    /// files changed since it was built.
-    fn with_reader<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
-        {
-            let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
-            let live = guard.as_ref().ok_or_else(Self::closed)?;
-            if live.stamp == Some(stamp(live.opened.borrow_owner().dir())) {
-                return f(live.opened.borrow_dependent());
-            }
-        }
-        let mut guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let live = guard.as_mut().ok_or_else(Self::closed)?;
-        let dir = live.opened.borrow_owner().dir().to_path_buf();
-        let st = stamp(&dir);
-        if live.stamp != Some(st) {
-            // Stamp before reading: a change during the rebuild is seen next time.
-            live.opened = open_reader(&self.root, &self.keys, &live.key)?;
-            live.stamp = Some(st);
-        }
-        f(live.opened.borrow_dependent())
+    /// Runs `f` with an up-to-date reader (core's live reader rebuilds it
+    /// when the manifest files changed).
+    fn with_reader<T>(&self, f: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
+        let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        f(&*live.current()?)
     }
 
     /// A secret's value, after the grant check and the owner-signature check.
     pub fn get(&self, path: &str) -> Result<SecretValue> {
         let path: SecretPath = path.parse().map_err(Failure::from)?;
         self.maybe_auto_pull();
-        // Readers take no lock: a read that races a rotation (revoke, a
-        // half-finished operation) can see files of two generations. While
-        // a writer's journal is present, or when the manifest changed since
-        // the reader was built, such a failure is retried briefly.
-        let mut tries = 0;
-        loop {
-            match self.with_reader(|r| Ok(r.get(&path)?)) {
-                Err(f) if tries < RACE_RETRIES && self.mid_write(f.kind) => {
-                    tries += 1;
-                    std::thread::sleep(RACE_PAUSE);
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Whether a failure of this kind may come from reading while a writer
-    /// works: its journal is present (the manifest and its signature are two
-    /// files), or, for a file that failed to decrypt or verify, the manifest
-    /// changed since the reader was built.
-    fn mid_write(&self, kind: Kind) -> bool {
+        // Readers take no lock: core's live reader waits out a writer's
+        // operation and reads again on files that changed under it.
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(l) = guard.as_ref() else {
-            return false;
-        };
-        let v = l.opened.borrow_owner();
-        match kind {
-            Kind::Manifest => v.has_pending_operation(),
-            Kind::Vault => v.has_pending_operation() || l.stamp != Some(stamp(v.dir())),
-            _ => false,
-        }
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        Ok(live.get(&path)?)
     }
 
     /// Who the key belongs to.
@@ -540,7 +456,7 @@ impl Session {
         let group: Option<GroupName> = group.map(str::parse).transpose().map_err(Failure::from)?;
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let live = guard.as_ref().ok_or_else(Self::closed)?;
-        let infos = live.opened.borrow_owner().list(group.as_ref())?;
+        let infos = live.vault().list(group.as_ref())?;
         Ok(infos
             .into_iter()
             .map(|i| SecretInfo {
@@ -555,10 +471,10 @@ impl Session {
     /// Fetches and fast-forwards (no merge: a diverged clone is an error).
     /// Returns `"no-remote"`, `"up-to-date"` or `"fast-forward"`.
     pub fn pull(&self) -> Result<&'static str> {
-        let mut guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let live = guard.as_mut().ok_or_else(Self::closed)?;
-        let outcome = sync::pull_fast_forward(live.opened.borrow_owner(), sync::DEFAULT_TIMEOUT)?;
-        live.stamp = None;
+        let guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        // The next read sees the pulled files (their stamp changed).
+        let outcome = sync::pull_fast_forward(live.vault(), sync::DEFAULT_TIMEOUT)?;
         *self
             .last_pull
             .lock()
