@@ -63,7 +63,12 @@ pub fn check(manifest: &Manifest, who: &Role, group: &GroupName, want: Mode) -> 
 
 /// [`check`] for an agent known by name only (a token's subject): a name
 /// that is no agent name holds no grant.
-pub fn check_agent(manifest: &Manifest, agent: &str, group: &GroupName, want: Mode) -> Result<Mode> {
+pub fn check_agent(
+    manifest: &Manifest,
+    agent: &str,
+    group: &GroupName,
+    want: Mode,
+) -> Result<Mode> {
     match agent.parse() {
         Ok(a) => check(manifest, &Role::Agent(a), group, want),
         Err(_) => Err(Error::NotGranted {

@@ -183,10 +183,7 @@ impl LiveReader {
             return Ok(current);
         }
         let fresh = Arc::new(current.reread()?);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
         Ok(fresh)
     }
 
@@ -266,7 +263,8 @@ mod tests {
     fn fixture() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let keys = KeyStore::at(tmp.path().join("home"));
-        let made = crate::init::init(&tmp.path().join("v"), "alice".parse().unwrap(), keys).unwrap();
+        let made =
+            crate::init::init(&tmp.path().join("v"), "alice".parse().unwrap(), keys).unwrap();
         let owner = KeySource::File(made.owner_key.clone());
         let mut w = made.vault.writer(&owner).unwrap();
         w.set(&path(), b"first", &SetOptions::default()).unwrap();
@@ -300,7 +298,11 @@ mod tests {
         let live = LiveReader::open(f.vault.clone(), &f.bot, Duration::ZERO).unwrap();
         assert_eq!(value(&live), b"first");
         let before = live.last();
-        f.vault.writer(&f.owner).unwrap().revoke(&agent(), &group()).unwrap();
+        f.vault
+            .writer(&f.owner)
+            .unwrap()
+            .revoke(&agent(), &group())
+            .unwrap();
         assert!(matches!(live.get(&path()), Err(Error::NotGranted { .. })));
         assert!(!Arc::ptr_eq(&before, &live.last()));
         f.vault
@@ -328,7 +330,10 @@ mod tests {
             .grant(&agent(), &group(), Mode::Use)
             .unwrap();
         assert!(Arc::ptr_eq(&held_first, &held.current().unwrap()));
-        assert_eq!(held.last().manifest().grant(&agent(), &group()), Some(Mode::Read));
+        assert_eq!(
+            held.last().manifest().grant(&agent(), &group()),
+            Some(Mode::Read)
+        );
         std::thread::sleep(Duration::from_millis(40));
         let now = short.current().unwrap();
         assert!(!Arc::ptr_eq(&short_first, &now));

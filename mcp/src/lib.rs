@@ -30,9 +30,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::live::LiveReader;
 use agent_vault_core::reader::Reader;
+use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::{Error as CoreError, GroupName, KeySource, Mode, Role, SecretPath, Vault};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,

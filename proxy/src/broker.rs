@@ -101,9 +101,7 @@ impl Broker {
         // The vault as it changes: its manifest and services list as they
         // verify now, then as the live reader finds them.
         let live = LiveReader::with_identity(vault, id, RECHECK).map_err(|e| match e {
-            agent_vault_core::Error::UnknownKey => {
-                err("the broker cannot open the vault")(e)
-            }
+            agent_vault_core::Error::UnknownKey => err("the broker cannot open the vault")(e),
             e => err("the vault's manifest")(e),
         })?;
         let first = live.last();
