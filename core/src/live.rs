@@ -4,9 +4,9 @@
 //! writer in the middle of an operation" are written once, here.
 //!
 //! - **Staleness.** A [`Reader`] is the vault on the manifest files as they
-//!   were when it read them (their [stamp](crate::reader)). The live reader
-//!   looks at the stamp again when its last look is older than the `recheck`
-//!   it was opened with ([`Duration::ZERO`]: at every call; the broker:
+//!   were when it read them (their stamp: inode, length and time of each).
+//!   The live reader looks at the stamp again when its last look is older
+//!   than the `recheck` it was opened with ([`Duration::ZERO`]: at every call; the broker:
 //!   [`RECHECK`]); a changed stamp means a new [`Reader`], and only a
 //!   manifest that verifies replaces the last one. Values are not stamped:
 //!   [`Reader::get`] reads the secret's files every time and keeps what it
@@ -15,9 +15,9 @@
 //! - **A writer mid-operation.** Readers take no lock. A read that races a
 //!   writer can see files of two generations (a rotated group key before the
 //!   manifest, a manifest before its signature). While the writer's journal
-//!   is present such a failure is tried again, every [`WAIT_PAUSE`] for at
-//!   most [`WAIT_TRIES`] tries; a failure on files that changed since the
-//!   reader read them is tried again at once on the new files.
+//!   is present such a failure is tried again, every 20 ms for at most 2 s;
+//!   a failure on files that changed since the reader read them is tried
+//!   again at once on the new files.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
