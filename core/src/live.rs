@@ -6,9 +6,9 @@
 //! - **Staleness.** A [`Reader`] is the vault on the manifest files as they
 //!   were when it read them (their stamp: inode, length and time of each).
 //!   The live reader looks at the stamp again when its last look is older
-//!   than the `recheck` it was opened with ([`Duration::ZERO`]: at every call; the broker:
-//!   [`RECHECK`]); a changed stamp means a new [`Reader`], and only a
-//!   manifest that verifies replaces the last one. Values are not stamped:
+//!   than the `recheck` it was opened with ([`Duration::ZERO`]: at every
+//!   call; the broker: [`RECHECK`]); a changed stamp means a new [`Reader`],
+//!   and only a manifest that verifies replaces the last one. Values are not stamped:
 //!   [`Reader::get`] reads the secret's files every time and keeps what it
 //!   decrypted or checked by their exact bytes, so a warm read opens no key
 //!   and checks no signature.
