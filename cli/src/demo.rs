@@ -43,7 +43,7 @@ fn steps(base: &std::path::Path) -> CliResult<ExitCode> {
     w.grant(&agent, &"payments".parse()?, Mode::Read)?;
     line("4. grant demo-bot read on payments")?;
     drop(w);
-    let value = vault.reader(&KeySource::File(agent_key))?.get(&path)?;
+    let value = agent_vault_core::Reader::open(&vault, &KeySource::File(agent_key))?.get(&path)?;
     let ok = value.expose_secret().as_slice() == b"sk_demo_0123456789";
     line(format!(
         "5. get payments/api-key as demo-bot: {} bytes, {}",

@@ -2,11 +2,11 @@
 //! access model, signatures, git and locking. No async runtime, no network.
 //!
 //! ```no_run
-//! use agent_vault_core::{KeySource, KeyStore, Vault};
+//! use agent_vault_core::{KeySource, KeyStore, Reader, Vault};
 //!
 //! # fn main() -> agent_vault_core::Result<()> {
 //! let vault = Vault::find(std::path::Path::new("."), KeyStore::from_env()?)?;
-//! let reader = vault.reader(&KeySource::resolve(None))?;
+//! let reader = Reader::open(&vault, &KeySource::resolve(None))?;
 //! let value = reader.get(&"stripe/api-key".parse()?)?;
 //! # let _ = value;
 //! # Ok(())
@@ -44,4 +44,5 @@ pub use error::{Error, Result};
 pub use keystore::{KeySource, KeyStore};
 pub use model::Mode;
 pub use names::{AgentName, GroupName, OwnerName, SecretPath};
+pub use reader::Reader;
 pub use vault::{Role, Vault};

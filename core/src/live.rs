@@ -71,7 +71,7 @@ impl LiveReader {
     /// look ([`Duration::ZERO`]: at every call).
     pub fn open(vault: Vault, key: &KeySource, recheck: Duration) -> Result<Self> {
         let vault = Arc::new(vault);
-        let first = wait_for_writer(&vault, |_| Reader::open(vault.clone(), key))?;
+        let first = wait_for_writer(&vault, |_| Reader::open_shared(vault.clone(), key))?;
         Ok(Self::from_first(vault, first, recheck))
     }
 

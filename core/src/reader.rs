@@ -98,9 +98,15 @@ struct GroupKeys {
 }
 
 impl Reader {
+    /// Opens the vault for reading with the given key, on the manifest as
+    /// it is now (a [`crate::live::LiveReader`] follows later changes).
+    pub fn open(vault: &Vault, source: &KeySource) -> Result<Self> {
+        Self::open_shared(Arc::new(vault.clone()), source)
+    }
+
     /// Reads and verifies the manifest, then loads the key: a vault that is
     /// not trusted says so before a missing key would.
-    pub(crate) fn open(vault: Arc<Vault>, source: &KeySource) -> Result<Self> {
+    pub(crate) fn open_shared(vault: Arc<Vault>, source: &KeySource) -> Result<Self> {
         let (stamp, manifest, services_bytes) = Self::verified(&vault)?;
         let id = Arc::new(vault.keys().load(source, vault.id())?);
         Self::assemble(vault, id, stamp, manifest, services_bytes)

@@ -487,12 +487,6 @@ impl Vault {
             .collect())
     }
 
-    /// Opens the vault for reading with the given key, on the manifest as
-    /// it is now (a [`crate::live::LiveReader`] follows later changes).
-    pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader> {
-        crate::reader::Reader::open(std::sync::Arc::new(self.clone()), source)
-    }
-
     /// Opens the vault for changes: takes the lock, completes a half-finished
     /// operation, and checks that the key is an owner's.
     pub fn writer(&self, source: &crate::keystore::KeySource) -> Result<crate::writer::Writer<'_>> {
