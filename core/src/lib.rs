@@ -2,11 +2,11 @@
 //! access model, signatures, git and locking. No async runtime, no network.
 //!
 //! ```no_run
-//! use agent_vault_core::{KeySource, KeyStore, Vault};
+//! use agent_vault_core::{KeySource, KeyStore, Reader, Vault};
 //!
 //! # fn main() -> agent_vault_core::Result<()> {
 //! let vault = Vault::find(std::path::Path::new("."), KeyStore::from_env()?)?;
-//! let reader = vault.reader(&KeySource::resolve(None))?;
+//! let reader = Reader::open(&vault, &KeySource::resolve(None))?;
 //! let value = reader.get(&"stripe/api-key".parse()?)?;
 //! # let _ = value;
 //! # Ok(())
@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod access;
 pub mod broker;
 pub mod check;
 pub mod crypto;
@@ -27,6 +28,7 @@ pub mod history;
 pub mod init;
 pub(crate) mod journal;
 pub mod keystore;
+pub mod live;
 pub mod model;
 pub(crate) mod names;
 pub mod reader;
@@ -43,4 +45,5 @@ pub use error::{Error, Result};
 pub use keystore::{KeySource, KeyStore};
 pub use model::Mode;
 pub use names::{AgentName, GroupName, OwnerName, SecretPath};
+pub use reader::Reader;
 pub use vault::{Role, SecretInfo, Vault};

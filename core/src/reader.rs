@@ -1,11 +1,21 @@
 //! Reading secret values: check the grant, open the group key, verify the
 //! owner's signature over the ciphertext, decrypt. No git, no lock, no
 //! network: a handful of small files whatever the vault's size.
+//!
+//! A [`Reader`] is the vault as it was when it read the manifest: it owns
+//! what it reads (the vault, the key), so it can be kept, shared between
+//! threads and replaced whole when the files change
+//! ([`crate::live::LiveReader`] does that).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use age::secrecy::ExposeSecret;
 
 use sha2::Digest;
 
+use crate::broker::services::Services;
 use crate::crypto::{self, Identity, SecretValue};
 use crate::error::{Error, Result};
 use crate::keystore::KeySource;
@@ -14,13 +24,40 @@ use crate::names::{GroupName, SecretPath};
 use crate::vault::{Role, Vault};
 use crate::vfs::Kind;
 
-/// A vault opened with a key: an owner's or an agent's.
-pub struct Reader<'v> {
-    vault: &'v Vault,
-    id: Identity,
+/// A vault opened with a key (an owner's, an agent's or the broker's), on
+/// the manifest and services list as they were read and verified.
+pub struct Reader {
+    vault: Arc<Vault>,
+    id: Arc<Identity>,
     role: Role,
     manifest: Manifest,
+    /// The bytes of `services.yaml` the manifest's signature covered.
+    services_bytes: Vec<u8>,
+    /// Those bytes parsed, on first use (most readers never look).
+    services: OnceLock<Result<Services>>,
+    /// The manifest files as they were just before they were read.
+    stamp: Stamp,
     cache: std::sync::Mutex<ReadCache>,
+}
+
+/// What identifies the manifest files' contents without reading them:
+/// inode, length and modification time of `manifest.yaml`, `manifest.sig`
+/// and `services.yaml`. Every write replaces a file (a new inode), so any
+/// change of any of them changes the stamp.
+pub(crate) type Stamp = [Option<(u64, u64, i64, i64)>; 3];
+
+/// The stamp of the manifest files in `dir` (`.agent-vault`) now.
+pub(crate) fn stamp(dir: &Path) -> Stamp {
+    let one = |name: &str| {
+        std::fs::metadata(dir.join(name))
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    [
+        one("manifest.yaml"),
+        one("manifest.sig"),
+        one("services.yaml"),
+    ]
 }
 
 /// What a long-lived reader (the SDKs', the broker's) need not redo: group
@@ -35,6 +72,10 @@ struct ReadCache {
     /// Values already decrypted, by the same hash: a warm read is file reads
     /// and a hash, no public-key operation. Zeroized when dropped; bounded.
     values: std::collections::HashMap<[u8; 32], SecretValue>,
+    /// Public-key operations done (group keys opened, signatures checked,
+    /// values decrypted), so tests can tell a warm read from a cold one.
+    #[cfg(test)]
+    pub(crate) work: u32,
 }
 
 /// The most values a reader keeps decrypted.
@@ -56,20 +97,71 @@ struct GroupKeys {
     pub generations: Vec<u64>,
 }
 
-impl<'v> Reader<'v> {
-    pub(crate) fn new(vault: &'v Vault, source: &KeySource) -> Result<Self> {
-        // The manifest first: a vault that is not trusted says so before a
-        // missing key would.
-        let manifest = vault.manifest()?;
-        let id = vault.keys().load(source, vault.id())?;
+impl Reader {
+    /// Opens the vault for reading with the given key, on the manifest as
+    /// it is now (a [`crate::live::LiveReader`] follows later changes).
+    pub fn open(vault: &Vault, source: &KeySource) -> Result<Self> {
+        Self::open_shared(Arc::new(vault.clone()), source)
+    }
+
+    /// Reads and verifies the manifest, then loads the key: a vault that is
+    /// not trusted says so before a missing key would.
+    pub(crate) fn open_shared(vault: Arc<Vault>, source: &KeySource) -> Result<Self> {
+        let (stamp, manifest, services_bytes) = Self::verified(&vault)?;
+        let id = Arc::new(vault.keys().load(source, vault.id())?);
+        Self::assemble(vault, id, stamp, manifest, services_bytes)
+    }
+
+    /// A reader on the vault's files as they are now, with the key given.
+    pub(crate) fn with_identity(vault: Arc<Vault>, id: Arc<Identity>) -> Result<Self> {
+        let (stamp, manifest, services_bytes) = Self::verified(&vault)?;
+        Self::assemble(vault, id, stamp, manifest, services_bytes)
+    }
+
+    /// The same vault and key on the files as they are now: a new manifest
+    /// and a cache of its own (a signature checked against an older
+    /// manifest's owners is checked again).
+    pub(crate) fn reread(&self) -> Result<Self> {
+        Self::with_identity(self.vault.clone(), self.id.clone())
+    }
+
+    /// The stamp, then the manifest files, verified.
+    fn verified(vault: &Vault) -> Result<(Stamp, Manifest, Vec<u8>)> {
+        // Stamped before reading: a change made while reading shows next time.
+        let stamp = stamp(vault.dir());
+        let (mbytes, services, sig) = vault.manifest_files()?;
+        let manifest = vault.verify_manifest(&mbytes, sig.as_deref(), &services, true)?;
+        Ok((stamp, manifest, services))
+    }
+
+    fn assemble(
+        vault: Arc<Vault>,
+        id: Arc<Identity>,
+        stamp: Stamp,
+        manifest: Manifest,
+        services_bytes: Vec<u8>,
+    ) -> Result<Self> {
         let role = Vault::role_of(&manifest, &id)?;
         Ok(Reader {
             vault,
             id,
             role,
             manifest,
+            services_bytes,
+            services: OnceLock::new(),
+            stamp,
             cache: Default::default(),
         })
+    }
+
+    /// Whether the manifest files changed since this reader read them.
+    pub(crate) fn stale(&self) -> bool {
+        stamp(self.vault.dir()) != self.stamp
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// Who the key belongs to.
@@ -82,18 +174,11 @@ impl<'v> Reader<'v> {
         &self.manifest
     }
 
-    /// The same key on a newer manifest (the broker re-reads the vault
-    /// while it runs, to see grants and revocations).
-    pub fn with_manifest(&self, manifest: Manifest) -> Result<Reader<'v>> {
-        let id = Identity::parse(self.id.to_secret_string().expose_secret(), "key")?;
-        let role = Vault::role_of(&manifest, &id)?;
-        Ok(Reader {
-            vault: self.vault,
-            id,
-            role,
-            manifest,
-            cache: Default::default(),
-        })
+    /// The services list the manifest's signature covers, parsed once.
+    pub fn services(&self) -> std::result::Result<&Services, &Error> {
+        self.services
+            .get_or_init(|| Services::parse(&self.vault.services_path(), &self.services_bytes))
+            .as_ref()
     }
 
     /// The key this reader opens the vault with.
@@ -103,25 +188,7 @@ impl<'v> Reader<'v> {
 
     /// Whether this key may read the group's values; a clear error if not.
     pub fn check_read(&self, group: &GroupName) -> Result<()> {
-        match &self.role {
-            Role::Owner(_) => Ok(()),
-            Role::Broker if self.manifest.used(group) => Ok(()),
-            Role::Broker => Err(Error::NotGranted {
-                agent: "the broker".into(),
-                group: group.to_string(),
-            }),
-            Role::Agent(a) => match self.manifest.grant(a, group) {
-                Some(Mode::Read) => Ok(()),
-                Some(Mode::Use) => Err(Error::UseOnly {
-                    agent: a.to_string(),
-                    group: group.to_string(),
-                }),
-                None => Err(Error::NotGranted {
-                    agent: a.to_string(),
-                    group: group.to_string(),
-                }),
-            },
-        }
+        crate::access::check(&self.manifest, &self.role, group, Mode::Read).map(|_| ())
     }
 
     /// The group's identities, opened once per version of its key files.
@@ -142,17 +209,21 @@ impl<'v> Reader<'v> {
             return Ok(g.keys.clone());
         }
         let mut keys = GroupKeys {
-            ids: vec![crypto::decrypt_identity(&[&self.id], &ct, &path)?],
+            ids: vec![crypto::decrypt_identity(&[&*self.id], &ct, &path)?],
             generations: vec![entry.generation],
         };
         if let Some(nct) = &next_ct
-            && let Ok(nid) = crypto::decrypt_identity(&[&self.id], nct, &next)
+            && let Ok(nid) = crypto::decrypt_identity(&[&*self.id], nct, &next)
         {
             keys.ids.push(nid);
             keys.generations.push(entry.generation + 1);
         }
         let keys = std::sync::Arc::new(keys);
         if let Ok(mut cache) = self.cache.lock() {
+            #[cfg(test)]
+            {
+                cache.work += 1;
+            }
             cache.groups.insert(
                 group.clone(),
                 OpenedGroup {
@@ -223,12 +294,20 @@ impl<'v> Reader<'v> {
                 &keys.generations,
             )?;
             if let Ok(mut c) = self.cache.lock() {
+                #[cfg(test)]
+                {
+                    c.work += 1;
+                }
                 c.verified.insert(seen);
             }
         }
         let ids: Vec<&Identity> = keys.ids.iter().collect();
         let value = crypto::decrypt(&ids, &ct, &age_path)?;
         if let Ok(mut c) = self.cache.lock() {
+            #[cfg(test)]
+            {
+                c.work += 1;
+            }
             if c.values.len() >= VALUE_CACHE {
                 c.values.clear();
             }
@@ -238,5 +317,13 @@ impl<'v> Reader<'v> {
             );
         }
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+impl Reader {
+    /// Public-key operations this reader has done so far.
+    pub(crate) fn work(&self) -> u32 {
+        self.cache.lock().map(|c| c.work).unwrap_or_default()
     }
 }

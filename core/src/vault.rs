@@ -475,9 +475,4 @@ impl Vault {
             })
             .collect())
     }
-
-    /// Opens the vault for reading with the given key.
-    pub fn reader(&self, source: &crate::keystore::KeySource) -> Result<crate::reader::Reader<'_>> {
-        crate::reader::Reader::new(self, source)
-    }
 }

@@ -12,6 +12,9 @@ use crate::tools;
 pub(crate) enum Fail {
     /// A failure of the vault (with its hint).
     Core(CoreError),
+    /// A failure of the vault that the reader keeps (its services list did
+    /// not verify), described with its hint.
+    Kept(String),
     /// The arguments do not fit the tool's input schema.
     Args {
         /// The tool.
@@ -78,6 +81,12 @@ impl From<CoreError> for Fail {
     }
 }
 
+impl From<&CoreError> for Fail {
+    fn from(e: &CoreError) -> Self {
+        Fail::Kept(describe(e))
+    }
+}
+
 impl From<UrlError> for Fail {
     fn from(e: UrlError) -> Self {
         Fail::Url(e)
@@ -102,6 +111,7 @@ impl std::fmt::Display for Fail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fail::Core(e) => f.write_str(&describe(e)),
+            Fail::Kept(text) => f.write_str(text),
             Fail::Args { tool, source } => write!(
                 f,
                 "invalid arguments for {tool}: {source}; see the tool's input schema"

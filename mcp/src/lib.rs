@@ -31,7 +31,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agent_vault_core::broker::services::Services;
+use agent_vault_core::live::LiveReader;
+use agent_vault_core::reader::Reader;
 use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::{Error as CoreError, GroupName, KeySource, Mode, Role, SecretPath, Vault};
 use rmcp::model::{
@@ -113,8 +114,9 @@ pub struct Server {
 }
 
 struct Inner {
-    vault: Vault,
-    key: KeySource,
+    /// The vault and the key, followed while the vault changes (looked at
+    /// on every tool call).
+    live: LiveReader,
     opts: Options,
     agent: String,
     audit: audit::AuditLog,
@@ -126,7 +128,8 @@ impl Server {
     /// Opens the vault with the key (checking that it is an owner's or an
     /// agent's) and the audit log.
     pub fn new(vault: Vault, key: KeySource, opts: Options) -> Result<Self, Error> {
-        let agent = match vault.reader(&key)?.role() {
+        let live = LiveReader::open(vault, &key, std::time::Duration::ZERO)?;
+        let agent = match live.last().role() {
             Role::Agent(a) => a.to_string(),
             Role::Owner(o) => format!("owner:{o}"),
             Role::Broker => "broker".to_owned(),
@@ -135,8 +138,7 @@ impl Server {
             .map_err(|e| Error::Audit(opts.audit.clone().unwrap_or_default(), e))?;
         Ok(Server {
             inner: Arc::new(Inner {
-                vault,
-                key,
+                live,
                 opts,
                 agent,
                 audit,
@@ -198,17 +200,14 @@ impl Server {
         }
     }
 
-    fn reader(&self) -> Result<agent_vault_core::reader::Reader<'_>, Fail> {
-        Ok(self.inner.vault.reader(&self.inner.key)?)
+    /// The reader on the vault's files as they are now.
+    fn reader(&self) -> Result<Arc<Reader>, Fail> {
+        Ok(self.inner.live.current()?)
     }
 
-    /// The mode the key has on a group: owners read everything.
-    fn mode(reader: &agent_vault_core::reader::Reader<'_>, group: &GroupName) -> Option<Mode> {
-        match reader.role() {
-            Role::Owner(_) => Some(Mode::Read),
-            Role::Agent(a) => reader.manifest().grant(a, group),
-            Role::Broker => None,
-        }
+    /// The grant the key holds on a group: owners read everything.
+    fn mode(reader: &Reader, group: &GroupName) -> Option<Mode> {
+        agent_vault_core::access::granted(reader.manifest(), reader.role(), group)
     }
 
     fn list(&self, args: Value) -> Result<Output, Fail> {
@@ -230,7 +229,7 @@ impl Server {
             }
         }
         let mut out = Vec::new();
-        for info in self.inner.vault.list(group.as_ref())? {
+        for info in reader.vault().list(group.as_ref())? {
             let Some(mode) = Self::mode(&reader, info.path.group()) else {
                 continue;
             };
@@ -271,8 +270,7 @@ impl Server {
         if self.inner.opts.no_reveal {
             return Err(Fail::NoReveal(path));
         }
-        let reader = self.reader()?;
-        match reader.get(&path) {
+        match self.inner.live.get(&path) {
             Ok(v) => Ok(Output::Text(
                 String::from_utf8_lossy(v.expose_secret()).into_owned(),
             )),
@@ -290,7 +288,8 @@ impl Server {
     async fn request(&self, args: Value) -> Result<Output, Fail> {
         let a: tools::RequestArgs = parse_args(tools::REQUEST, args)?;
         let mut target = request::parse_url(&a.url)?;
-        let services = Services::load(&self.inner.vault)?;
+        let reader = self.reader()?;
+        let services = reader.services()?;
         if !services.knows_host(&target.host, target.port, true) {
             let hosts: Vec<String> = services
                 .services
@@ -329,7 +328,7 @@ impl Server {
                 let token = inner.opts.token.clone().ok_or_else(|| Fail::NoToken {
                     agent: inner.agent.clone(),
                 })?;
-                let ca = inner.vault.ca_cert()?;
+                let ca = inner.live.vault().ca_cert()?;
                 Ok(request::Broker::new(addr, &inner.agent, &token, &ca)?)
             })
             .await
@@ -344,7 +343,7 @@ impl Server {
             .keys()
             .filter_map(|g| Self::mode(&reader, g).map(|mode| (g.to_string(), mode.to_string())))
             .collect();
-        let services = Services::load(&self.inner.vault)?;
+        let services = reader.services()?;
         let usable: Vec<Value> = services
             .services
             .iter()

@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use agent_vault_core::broker::inject::Plan;
 use agent_vault_core::broker::services::Services;
 use agent_vault_core::broker::token::TokenKey;
+use agent_vault_core::live::{LiveReader, RECHECK};
 use agent_vault_core::model::{Manifest, Mode};
+use agent_vault_core::reader::Reader;
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,17 +40,14 @@ pub struct Options {
     pub key: Option<PathBuf>,
 }
 
-/// The vault as the broker last read it.
+/// The vault as the broker last read it: core's reader on a manifest and
+/// services list that verified, and the injection plans made from it.
 pub(crate) struct Snapshot {
-    pub(crate) manifest: Manifest,
+    /// The broker's reader: it keeps opened group keys, checked signatures
+    /// and values between requests (core's read cache), so a request costs
+    /// no public-key operation once warm.
+    reader: Arc<Reader>,
     pub(crate) services: Services,
-    stamp: Option<(SystemTime, SystemTime)>,
-    /// The broker's reader on this manifest: it keeps opened group keys,
-    /// checked signatures and values between requests (core's read cache),
-    /// so a request costs no public-key operation once warm.
-    reader: Arc<agent_vault_core::reader::Reader<'static>>,
-    /// When `stamp` was last compared with the files (ms after `Broker::started`).
-    checked_ms: AtomicU64,
     /// Injection plans by service, then agent, with when they were made
     /// (two levels, so a lookup by `&str` allocates nothing).
     plans: Mutex<HashMap<String, HashMap<String, MadePlan>>>,
@@ -58,57 +56,33 @@ pub(crate) struct Snapshot {
 /// A plan and when it was made.
 type MadePlan = (Instant, Arc<Plan>);
 
-/// How long the broker goes on with what it read from the vault's files
-/// before it looks at them again: grants, services and revocations (by the
-/// manifest's and the services list's times), and secret values (plans are
-/// re-made). So a change reaches a running broker within this time, and a
-/// request on a warm broker makes no file system call at all.
-const RECHECK: Duration = Duration::from_millis(250);
-
 impl Snapshot {
-    fn new(
-        manifest: Manifest,
-        services: Services,
-        stamp: Option<(SystemTime, SystemTime)>,
-        reader: agent_vault_core::reader::Reader<'static>,
-        now_ms: u64,
-    ) -> Self {
+    fn new(reader: Arc<Reader>, services: Services) -> Self {
         Snapshot {
-            manifest,
+            reader,
             services,
-            stamp,
-            reader: Arc::new(reader),
-            checked_ms: AtomicU64::new(now_ms),
             plans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The verified manifest: grants, revocations.
+    pub(crate) fn manifest(&self) -> &Manifest {
+        self.reader.manifest()
     }
 }
 
 /// The running broker.
 pub struct Broker {
-    vault: Vault,
+    /// The vault as it changes, looked at once per [`RECHECK`].
+    live: LiveReader,
     pub(crate) token_key: TokenKey,
     minter: Minter,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// The clock `Snapshot::checked_ms` counts from.
-    started: Instant,
     pub(crate) upstreams: Upstreams,
     leaf_configs: Mutex<Lru<Arc<rustls::ServerConfig>>>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) allow_private: bool,
     pub(crate) limits: Limits,
-}
-
-fn stamp(vault: &Vault) -> Option<(SystemTime, SystemTime)> {
-    let m = |f: &str| {
-        std::fs::metadata(vault.dir().join(f))
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    Some((
-        m("manifest.sig")?,
-        m("services.yaml").unwrap_or(SystemTime::UNIX_EPOCH),
-    ))
 }
 
 impl Broker {
@@ -123,30 +97,32 @@ impl Broker {
             .keys()
             .load(&key_source, vault.id())
             .map_err(ProxyError::NoBrokerKey)?;
-        let manifest = vault.manifest().map_err(ProxyError::Manifest)?;
-        let services = Services::load(&vault).map_err(ProxyError::Services)?;
+        // The vault as it changes: its manifest and services list as they
+        // verify now, then as the live reader finds them.
+        let live = LiveReader::with_identity(vault, id, RECHECK).map_err(|e| match e {
+            agent_vault_core::Error::UnknownKey => ProxyError::Open(e),
+            e => ProxyError::Manifest(e),
+        })?;
+        let first = live.last();
+        let services = first
+            .services()
+            .map_err(|e| ProxyError::Services(e.to_string()))?
+            .clone();
+        let (vault, id) = (live.vault(), first.identity());
         let token_key =
-            agent_vault_core::broker::token_key(&vault, &id).map_err(ProxyError::TokenKey)?;
-        let ca_key = agent_vault_core::broker::ca_key(&vault, &id).map_err(ProxyError::CaKey)?;
+            agent_vault_core::broker::token_key(vault, id).map_err(ProxyError::TokenKey)?;
+        let ca_key = agent_vault_core::broker::ca_key(vault, id).map_err(ProxyError::CaKey)?;
         let ca_cert = String::from_utf8(vault.ca_cert().map_err(ProxyError::CaCert)?)
             .map_err(ProxyError::CaCertText)?;
         let minter = Minter::new(&ca_cert, &ca_key).map_err(ProxyError::Ca)?;
 
         let upstreams =
             Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
-        let s = stamp(&vault);
-        // The reader borrows the vault for as long as the broker runs: one
-        // small allocation, leaked on purpose, for the life of the process.
-        let forever: &'static Vault = Box::leak(Box::new(vault.clone()));
-        let reader = forever
-            .reader(&key_source)
-            .and_then(|r| r.with_manifest(manifest.clone()))
-            .map_err(ProxyError::Open)?;
         Ok(Broker {
             token_key,
             minter,
-            snapshot: RwLock::new(Arc::new(Snapshot::new(manifest, services, s, reader, 0))),
-            started: Instant::now(),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(first, services))),
+            live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
             audit: Arc::new(AuditLog::open(opts.audit.as_deref()).map_err(|source| {
@@ -157,12 +133,12 @@ impl Broker {
             })?),
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
-            vault,
         })
     }
 
-    /// The current grants, services and revocations; re-read when the
-    /// vault's files changed (looked at once per [`RECHECK`]).
+    /// The current grants, services and revocations: the live reader's,
+    /// which looks at the vault's files at most once per [`RECHECK`]. Only a
+    /// manifest and services list that verify replace the old ones.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         // A panic elsewhere cannot leave a half-written snapshot (it is
         // replaced whole), so a poisoned lock's value is still good.
@@ -171,35 +147,19 @@ impl Broker {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let now_ms = self.started.elapsed().as_millis() as u64;
-        let last = current.checked_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < RECHECK.as_millis() as u64
-            // One request looks; the others go on with what is current.
-            || current
-                .checked_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        // Values may have changed without a new reader (a `set` touches no
+        // manifest file): plans are re-made after RECHECK (see `plan`).
+        let Ok(Some(reader)) = self.live.changed_since(&current.reader) else {
             return current;
-        }
-        let now = stamp(&self.vault);
-        if now == current.stamp {
-            // Values may have changed (a `set` touches neither file):
-            // plans are re-made from the files after RECHECK (see `plan`).
+        };
+        let Ok(services) = reader.services().cloned() else {
             return current;
+        };
+        let mut slot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&slot.reader, &reader) {
+            *slot = Arc::new(Snapshot::new(reader, services));
         }
-        // Only a manifest and services list that verify replace the old ones.
-        match (self.vault.manifest(), Services::load(&self.vault)) {
-            (Ok(manifest), Ok(services)) => {
-                let Ok(reader) = current.reader.with_manifest(manifest.clone()) else {
-                    return current;
-                };
-                let fresh = Arc::new(Snapshot::new(manifest, services, now, reader, now_ms));
-                *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                fresh
-            }
-            _ => current,
-        }
+        slot.clone()
     }
 
     /// The injection plan for `service` on behalf of `agent`: made from the
@@ -218,18 +178,8 @@ impl Broker {
         {
             return Ok(plan.clone());
         }
-        let agent_name: Option<agent_vault_core::AgentName> = agent.parse().ok();
         let resolve = |p: &SecretPath| {
-            let granted = agent_name
-                .as_ref()
-                .and_then(|a| snap.manifest.grant(a, p.group()))
-                .is_some_and(|m| matches!(m, Mode::Use | Mode::Read));
-            if !granted {
-                return Err(agent_vault_core::Error::NotGranted {
-                    agent: agent.to_owned(),
-                    group: p.group().to_string(),
-                });
-            }
+            agent_vault_core::access::check_agent(snap.manifest(), agent, p.group(), Mode::Use)?;
             snap.reader.get(p)
         };
         let plan = Arc::new(Plan::new(service, &resolve)?);

@@ -15,8 +15,9 @@ pub enum ProxyError {
     NoBrokerKey(agent_vault_core::Error),
     /// The vault's manifest could not be read or did not verify.
     Manifest(agent_vault_core::Error),
-    /// The services list was refused.
-    Services(agent_vault_core::Error),
+    /// The services list was refused (the reader keeps the error; this is
+    /// its message).
+    Services(String),
     /// The broker's token key could not be opened.
     TokenKey(agent_vault_core::Error),
     /// The CA's private key could not be opened.
@@ -87,12 +88,12 @@ impl std::error::Error for ProxyError {
         match self {
             ProxyError::NoBrokerKey(e)
             | ProxyError::Manifest(e)
-            | ProxyError::Services(e)
             | ProxyError::TokenKey(e)
             | ProxyError::CaKey(e)
             | ProxyError::CaCert(e)
             | ProxyError::Open(e) => Some(e),
             ProxyError::CaCertText(e) => Some(e),
+            ProxyError::Services(_) => None,
             ProxyError::Ca(e) => Some(e),
             ProxyError::Upstream(e) => Some(e),
             ProxyError::AuditLog { source, .. } | ProxyError::Listen { source, .. } => Some(source),

@@ -212,7 +212,7 @@ async fn exchange(
         .verify_claims(
             &t.token,
             jiff::Timestamp::now().as_second(),
-            &snap.manifest.revoked,
+            &snap.manifest().revoked,
         )
         .map_err(Refusal::Token)?;
     // The request goes to the host the tunnel was opened to, whatever

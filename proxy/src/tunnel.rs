@@ -80,7 +80,7 @@ impl Broker {
         let snap = self.snapshot();
         let now = jiff::Timestamp::now().as_second();
         self.token_key
-            .verify(token, now, &snap.manifest.revoked)
+            .verify(token, now, &snap.manifest().revoked)
             .map_err(AuthError::Token)
     }
 }

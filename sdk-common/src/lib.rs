@@ -7,8 +7,8 @@
 //! and the access rules have one implementation, shared with the CLI.
 //!
 //! A [`Session`] is `Send + Sync`: one open vault may serve many threads.
-//! Reads take a shared lock; a rebuild of the reader (the manifest changed)
-//! and [`Session::close`] take it exclusively.
+//! Reads take a shared lock; [`Session::pull`] and [`Session::close`] take
+//! it exclusively.
 //!
 //! The crate is split by job: [`session`] (the open vault), [`failure`]
 //! (what an error is to an SDK), [`convert`] (core's types as plain views the

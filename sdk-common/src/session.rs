@@ -2,13 +2,13 @@
 //! manifest files change, the automatic pull, and the clone of a git URL.
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use agent_vault_core::crypto::SecretValue;
 use agent_vault_core::git::remote::{self, is_git_url};
+use agent_vault_core::live::LiveReader;
 use agent_vault_core::reader::Reader;
 use agent_vault_core::secrecy::SecretString;
 use agent_vault_core::sync;
@@ -16,16 +16,7 @@ use agent_vault_core::{GroupName, KeySource, KeyStore, SecretPath, Vault};
 use sha2::{Digest, Sha256};
 
 use crate::convert::{self, AgentInfo, Principal, SecretInfo};
-use crate::failure::{Failure, Kind, Result};
-
-self_cell::self_cell!(
-    /// A vault and the reader that borrows it.
-    struct Opened {
-        owner: Vault,
-        #[covariant]
-        dependent: Reader,
-    }
-);
+use crate::failure::{Failure, Result};
 
 /// How to open a vault.
 pub struct Options {
@@ -40,41 +31,15 @@ pub struct Options {
     pub auto_pull: bool,
 }
 
-/// How often, and after what pause, a read that failed during a writer's
-/// operation is tried again.
-const RACE_RETRIES: u32 = 40;
-const RACE_PAUSE: Duration = Duration::from_millis(25);
-
-/// Identity of the manifest files: a change to any of them rebuilds the reader.
-type Stamp = [Option<(u64, u64, i64, i64)>; 3];
-
-fn stamp(dir: &Path) -> Stamp {
-    let one = |name: &str| {
-        std::fs::metadata(dir.join(name))
-            .ok()
-            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
-    };
-    [
-        one("manifest.yaml"),
-        one("manifest.sig"),
-        one("services.yaml"),
-    ]
-}
-
-struct Live {
-    key: KeySource,
-    opened: Opened,
-    stamp: Option<Stamp>,
-}
-
-/// An open vault: the key, and a verified reader rebuilt when the manifest changes.
+/// An open vault: core's live reader on it (the key, and a verified reader
+/// rebuilt when the manifest changes).
 pub struct Session {
     origin: String,
     root: PathBuf,
-    keys: KeyStore,
     auto_pull: bool,
     pull_interval: Duration,
-    live: RwLock<Option<Live>>,
+    /// `None` once closed.
+    live: RwLock<Option<LiveReader>>,
     last_pull: Mutex<Option<Instant>>,
     warnings: Mutex<Vec<String>>,
 }
@@ -95,11 +60,6 @@ pub fn clone_dir(keys: &KeyStore, url: &str) -> PathBuf {
     keys.root()
         .join("clones")
         .join(hex::encode(Sha256::digest(url.as_bytes())))
-}
-
-fn open_reader(root: &Path, keys: &KeyStore, key: &KeySource) -> Result<Opened> {
-    let vault = Vault::open(root, keys.clone())?;
-    Ok(Opened::try_new(vault, |v| v.reader(key))?)
 }
 
 impl Session {
@@ -150,19 +110,14 @@ impl Session {
         };
         let root = vault.root().to_path_buf();
         let pull_interval = Duration::from_secs(vault.config().pull_interval_seconds);
-        let st = stamp(vault.dir());
-        let opened = Opened::try_new(vault, |v| v.reader(&key))?;
+        // Looked at on every call: a change made a moment ago is seen.
+        let live = LiveReader::open(vault, &key, Duration::ZERO)?;
         Ok(Session {
             origin: opts.repo,
             root,
-            keys,
             auto_pull: opts.auto_pull,
             pull_interval,
-            live: RwLock::new(Some(Live {
-                key,
-                opened,
-                stamp: Some(st),
-            })),
+            live: RwLock::new(Some(live)),
             // An open that pulled counts as this interval's pull.
             last_pull: Mutex::new(pulled),
             warnings: Mutex::new(warnings),
@@ -223,7 +178,7 @@ impl Session {
         }
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let Some(live) = guard.as_ref() else { return };
-        if let Some(w) = sync::auto_pull(live.opened.borrow_owner()) {
+        if let Some(w) = sync::auto_pull(live.vault()) {
             self.warnings
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -231,63 +186,23 @@ impl Session {
         }
     }
 
-    /// Runs `f` with an up-to-date reader: rebuilt first when the manifest
-    /// files changed since it was built.
-    fn with_reader<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
-        {
-            let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
-            let live = guard.as_ref().ok_or_else(Self::closed)?;
-            if live.stamp == Some(stamp(live.opened.borrow_owner().dir())) {
-                return f(live.opened.borrow_dependent());
-            }
-        }
-        let mut guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let live = guard.as_mut().ok_or_else(Self::closed)?;
-        let dir = live.opened.borrow_owner().dir().to_path_buf();
-        let st = stamp(&dir);
-        if live.stamp != Some(st) {
-            // Stamp before reading: a change during the rebuild is seen next time.
-            live.opened = open_reader(&self.root, &self.keys, &live.key)?;
-            live.stamp = Some(st);
-        }
-        f(live.opened.borrow_dependent())
+    /// Runs `f` with an up-to-date reader (core's live reader rebuilds it
+    /// when the manifest files changed).
+    fn with_reader<T>(&self, f: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
+        let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        f(&*live.current()?)
     }
 
     /// A secret's value, after the grant check and the owner-signature check.
     pub fn get(&self, path: &str) -> Result<SecretValue> {
         let path: SecretPath = path.parse().map_err(Failure::from)?;
         self.maybe_auto_pull();
-        // Readers take no lock: a read that races a rotation (revoke, a
-        // half-finished operation) can see files of two generations. While
-        // a writer's journal is present, or when the manifest changed since
-        // the reader was built, such a failure is retried briefly.
-        let mut tries = 0;
-        loop {
-            match self.with_reader(|r| Ok(r.get(&path)?)) {
-                Err(f) if tries < RACE_RETRIES && self.mid_write(f.kind) => {
-                    tries += 1;
-                    std::thread::sleep(RACE_PAUSE);
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Whether a failure of this kind may come from reading while a writer
-    /// works: its journal is present (the manifest and its signature are two
-    /// files), or, for a file that failed to decrypt or verify, the manifest
-    /// changed since the reader was built.
-    fn mid_write(&self, kind: Kind) -> bool {
+        // Readers take no lock: core's live reader waits out a writer's
+        // operation and reads again on files that changed under it.
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(l) = guard.as_ref() else {
-            return false;
-        };
-        let v = l.opened.borrow_owner();
-        match kind {
-            Kind::Manifest => v.has_pending_operation(),
-            Kind::Vault => v.has_pending_operation() || l.stamp != Some(stamp(v.dir())),
-            _ => false,
-        }
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        Ok(live.get(&path)?)
     }
 
     /// Who the key belongs to.
@@ -305,17 +220,17 @@ impl Session {
         let group: Option<GroupName> = group.map(str::parse).transpose().map_err(Failure::from)?;
         let guard = self.live.read().unwrap_or_else(PoisonError::into_inner);
         let live = guard.as_ref().ok_or_else(Self::closed)?;
-        let infos = live.opened.borrow_owner().list(group.as_ref())?;
+        let infos = live.vault().list(group.as_ref())?;
         Ok(infos.into_iter().map(SecretInfo::from).collect())
     }
 
     /// Fetches and fast-forwards (no merge: a diverged clone is an error).
     /// Returns `"no-remote"`, `"up-to-date"` or `"fast-forward"`.
     pub fn pull(&self) -> Result<&'static str> {
-        let mut guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        let live = guard.as_mut().ok_or_else(Self::closed)?;
-        let outcome = sync::pull_fast_forward(live.opened.borrow_owner(), sync::DEFAULT_TIMEOUT)?;
-        live.stamp = None;
+        let guard = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let live = guard.as_ref().ok_or_else(Self::closed)?;
+        // The next read sees the pulled files (their stamp changed).
+        let outcome = sync::pull_fast_forward(live.vault(), sync::DEFAULT_TIMEOUT)?;
         *self
             .last_pull
             .lock()

@@ -410,11 +410,11 @@ fn a_commit_killed_mid_write_leaves_no_lock_behind() {
 
 #[test]
 fn a_long_lived_reader_still_refuses_a_file_changed_under_it() {
-    use agent_vault_core::{KeySource, KeyStore, Vault};
+    use agent_vault_core::{KeySource, KeyStore, Reader, Vault};
     let env = Env::new();
     env.set("g/a", b"real");
     let vault = Vault::open(&env.vault, KeyStore::at(&env.home)).unwrap();
-    let reader = vault.reader(&KeySource::File(env.owner_key())).unwrap();
+    let reader = Reader::open(&vault, &KeySource::File(env.owner_key())).unwrap();
     let p = "g/a".parse().unwrap();
     assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
     assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");

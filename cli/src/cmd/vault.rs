@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agent_vault_core::init;
+use agent_vault_core::live::LiveReader;
 use agent_vault_core::secrecy::ExposeSecret;
 use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_core::{GroupName, KeyStore, OwnerName, SecretPath};
@@ -90,23 +91,9 @@ pub(super) fn get(ctx: &Ctx, path: &str) -> CliResult<ExitCode> {
     {
         note(warning);
     }
-    // A writer in the middle of an operation (its journal exists)
-    // may have written the manifest but not yet its signature, or a
-    // rotated key but not yet the manifest: wait for it, briefly.
-    let mut tries = 0;
-    let value = loop {
-        match vault.reader(&ctx.key_source()).and_then(|r| r.get(&path)) {
-            Err(
-                agent_vault_core::Error::UnsignedManifest(_)
-                | agent_vault_core::Error::UnsignedSecret { .. }
-                | agent_vault_core::Error::Decrypt { .. },
-            ) if vault.has_pending_operation() && tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => break other?,
-        }
-    };
+    // Core's live reader waits out a writer in the middle of an operation.
+    let live = LiveReader::open(vault, &ctx.key_source(), std::time::Duration::ZERO)?;
+    let value = live.get(&path)?;
     output::stdout_bytes(value.expose_secret())?;
     Ok(ExitCode::SUCCESS)
 }

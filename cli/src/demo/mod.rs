@@ -64,7 +64,7 @@ fn steps(base: &Path) -> CliResult<ExitCode> {
     w.grant(&agent, &"payments".parse()?, Mode::Use)?;
     line("4. grant demo-bot use on payments: it may send the key through the broker, not read it")?;
     drop(w);
-    match vault.reader(&KeySource::File(agent_key))?.get(&path) {
+    match agent_vault_core::Reader::open(&vault, &KeySource::File(agent_key))?.get(&path) {
         Err(e) => line(format!(
             "5. get payments/api-key as demo-bot: refused ({e})"
         ))?,

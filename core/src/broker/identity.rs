@@ -8,7 +8,7 @@ use crate::crypto::{self, Identity};
 use crate::error::{Error, Result};
 use crate::model::{Manifest, Mode};
 use crate::names::AgentName;
-use crate::vault::Vault;
+use crate::vault::{Role, Vault};
 use crate::vfs::Kind;
 
 pub use crate::model::DEFAULT_MAX_TTL;
@@ -72,15 +72,7 @@ pub fn issue_token(
             .get(s)
             .ok_or_else(|| Error::InvalidInput(format!("no service {s}")))?;
         for p in svc.all_secrets() {
-            if !matches!(
-                manifest.grant(agent, p.group()),
-                Some(Mode::Use | Mode::Read)
-            ) {
-                return Err(Error::NotGranted {
-                    agent: agent.to_string(),
-                    group: p.group().to_string(),
-                });
-            }
+            crate::access::check(manifest, &Role::Agent(agent.clone()), p.group(), Mode::Use)?;
         }
     }
     let now = jiff::Timestamp::now().as_second();
