@@ -13,6 +13,11 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 # broker tests drive it with curl and Python requests against a Python HTTPS upstream.
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# `run --isolate` tests run Debian's python3 with requests as an ordinary
+# user (made with useradd), and look for what is left inside with pgrep.
+/usr/bin/python3 -c 'import requests' >/dev/null 2>&1 || need+=(python3-requests)
+command -v useradd >/dev/null 2>&1 || need+=(passwd)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
 # ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -25,15 +25,13 @@ pub fn ttl_seconds(ttl: &str) -> CliResult<i64> {
         })
 }
 
-/// The environment an agent's processes need: the proxy with the token,
-/// and the CA in every variable common clients read.
-fn agent_env(
+/// A fresh token for `agent`, issued with the owner key.
+fn issue(
     vault: &Vault,
     key: &agent_vault_core::KeySource,
     agent: &str,
     ttl: &str,
-    proxy: &str,
-) -> CliResult<Vec<(String, String)>> {
+) -> CliResult<String> {
     let a: AgentName = agent.parse()?;
     let owner = vault.keys().load(key, vault.id())?;
     let manifest = vault.manifest()?;
@@ -46,16 +44,48 @@ fn agent_env(
         &[],
         None,
     )?;
+    Ok(token)
+}
+
+/// Writes the vault's CA (public data) to `dir/broker-ca.pem`.
+fn write_ca(vault: &Vault, dir: &std::path::Path) -> CliResult<std::path::PathBuf> {
     let ca = vault.ca_cert()?;
-    // The CA goes to a file of its own (public data), beside the vault's local state.
-    let dir = vault.dir().join(".local");
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| CliError::Msg(format!("cannot write the CA file: {e}"), None))?;
     let ca_path = dir.join("broker-ca.pem");
     std::fs::write(&ca_path, &ca)
         .map_err(|e| CliError::Msg(format!("cannot write the CA file: {e}"), None))?;
-    let url = format!("http://{agent}:{token}@{proxy}");
+    Ok(ca_path)
+}
+
+/// The variables common clients read the CA from, all naming `ca_path`.
+fn ca_env(ca_path: &std::path::Path) -> Vec<(String, String)> {
     let ca = ca_path.display().to_string();
+    [
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ]
+    .iter()
+    .map(|v| ((*v).to_owned(), ca.clone()))
+    .collect()
+}
+
+/// The environment an agent's processes need: the proxy with the token,
+/// and the CA in every variable common clients read.
+fn agent_env(
+    vault: &Vault,
+    key: &agent_vault_core::KeySource,
+    agent: &str,
+    ttl: &str,
+    proxy: &str,
+) -> CliResult<Vec<(String, String)>> {
+    let token = issue(vault, key, agent, ttl)?;
+    // The CA goes to a file of its own, beside the vault's local state.
+    let ca_path = write_ca(vault, &vault.dir().join(".local"))?;
+    let url = format!("http://{agent}:{token}@{proxy}");
     let mut env = vec![
         ("HTTPS_PROXY".into(), url.clone()),
         ("https_proxy".into(), url.clone()),
@@ -65,15 +95,7 @@ fn agent_env(
         ("no_proxy".into(), String::new()),
         ("NODE_USE_ENV_PROXY".into(), "1".into()),
     ];
-    for v in [
-        "SSL_CERT_FILE",
-        "NODE_EXTRA_CA_CERTS",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "GIT_SSL_CAINFO",
-    ] {
-        env.push((v.into(), ca.clone()));
-    }
+    env.extend(ca_env(&ca_path));
     Ok(env)
 }
 
@@ -105,9 +127,20 @@ pub fn proxy(
         agent_vault_proxy::Broker::new(vault, &opts)
             .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
     );
-    agent_vault_proxy::run(broker.clone(), listen, None, |bound| {
-        note(format!("broker listening on {bound}"))
-    })
+    let unix = args.unix.clone();
+    agent_vault_proxy::run(
+        broker.clone(),
+        listen,
+        args.unix.as_deref(),
+        None,
+        |bound| match &unix {
+            Some(path) => note(format!(
+                "broker listening on {bound} and {}",
+                path.display()
+            )),
+            None => note(format!("broker listening on {bound}")),
+        },
+    )
     .map_err(|e| {
         let hint = matches!(e, agent_vault_proxy::ProxyError::Listen { .. })
             .then(|| "is another broker running there? pick another --listen".to_owned());
@@ -144,4 +177,71 @@ pub fn run(
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// `run --isolate[=required] --socket PATH`.
+pub struct Isolate {
+    /// Refuse to start without namespaces and Landlock.
+    pub required: bool,
+    /// The broker's Unix socket.
+    pub socket: Option<std::path::PathBuf>,
+}
+
+/// `run --isolate`: the command where the only way out is the broker (see
+/// `crate::isolate`). The key store, `.local/` and the key file are hidden;
+/// the CA goes to a directory of its own, removed afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn run_isolated(
+    vault: Vault,
+    key: &agent_vault_core::KeySource,
+    key_file: Option<&std::path::Path>,
+    agent: &str,
+    ttl: &str,
+    proxy: &str,
+    isolate: Isolate,
+    command: &[String],
+) -> CliResult<ExitCode> {
+    let socket = isolate.socket.ok_or_else(|| {
+        CliError::Msg(
+            "run --isolate needs the broker's Unix socket".into(),
+            Some(
+                "start the broker with `agent-vault proxy --unix PATH` and pass `--socket PATH`"
+                    .into(),
+            ),
+        )
+    })?;
+    let token = issue(&vault, key, agent, ttl)?;
+    let scratch = std::env::temp_dir().join(format!("agent-vault-run-{}", std::process::id()));
+    let ca_path = write_ca(&vault, &scratch)?;
+    let mut hide_files: Vec<std::path::PathBuf> =
+        key_file.map(|k| k.to_path_buf()).into_iter().collect();
+    if let Ok(k) = std::env::var("AGENT_VAULT_KEY")
+        && !k.starts_with("AGE-SECRET-KEY-")
+    {
+        hide_files.push(k.into());
+    }
+    let plan = crate::isolate::Plan {
+        hide_dirs: vec![
+            vault.keys().root().to_path_buf(),
+            vault.dir().join(".local"),
+        ],
+        hide_files,
+        socket,
+        proxy_tcp: proxy.to_owned(),
+        userinfo: format!("{agent}:{token}"),
+        env: ca_env(&ca_path),
+        env_remove: ["AGENT_VAULT_KEY", "AGENT_VAULT_TOKEN"]
+            .map(String::from)
+            .to_vec(),
+        command: command.to_vec(),
+        level: if isolate.required {
+            crate::isolate::Level::Required
+        } else {
+            crate::isolate::Level::BestEffort
+        },
+        force_fallback: std::env::var_os(crate::isolate::FORCE_FALLBACK).is_some(),
+    };
+    let result = crate::isolate::supervise(&plan);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }

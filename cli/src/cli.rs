@@ -158,6 +158,13 @@ pub enum Command {
         /// The broker's address.
         #[arg(long, default_value = "127.0.0.1:14322")]
         proxy: String,
+        /// Run the command where the only way out is the broker and no key is in reach
+        /// (namespaces and Landlock; `required`: refuse to start without both).
+        #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "required"])]
+        isolate: Option<String>,
+        /// The broker's Unix socket (`proxy --unix PATH`), which an isolated command reaches it through.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -261,6 +268,9 @@ pub struct ProxyArgs {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:14322")]
     pub listen: String,
+    /// Also listen on this Unix socket (for `run --isolate`; made readable and writable by this user only).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for upstreams.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,

@@ -6,6 +6,7 @@ mod broker;
 mod cli;
 mod cmd;
 mod demo;
+mod isolate;
 mod output;
 mod service;
 
@@ -14,6 +15,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `run --isolate`'s set-up steps, before anything can start a thread.
+    if let Some(code) = isolate::hidden_entry() {
+        return code;
+    }
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,

@@ -51,6 +51,13 @@ pub enum ProxyError {
         /// Why.
         source: std::io::Error,
     },
+    /// The broker could not listen on its Unix socket (`--unix`).
+    ListenUnix {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The broker could not install its SIGTERM handler.
     Signal(std::io::Error),
     /// A broker thread panicked.
@@ -77,6 +84,9 @@ impl std::fmt::Display for ProxyError {
             ProxyError::Runtime(e) => write!(f, "cannot start: {e}"),
             ProxyError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             ProxyError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ProxyError::ListenUnix { path, source } => {
+                write!(f, "cannot listen on {}: {source}", path.display())
+            }
             ProxyError::Signal(e) => write!(f, "cannot wait for SIGTERM: {e}"),
             ProxyError::Panicked => f.write_str("a broker thread panicked"),
         }
@@ -96,7 +106,9 @@ impl std::error::Error for ProxyError {
             ProxyError::Services(_) => None,
             ProxyError::Ca(e) => Some(e),
             ProxyError::Upstream(e) => Some(e),
-            ProxyError::AuditLog { source, .. } | ProxyError::Listen { source, .. } => Some(source),
+            ProxyError::AuditLog { source, .. }
+            | ProxyError::Listen { source, .. }
+            | ProxyError::ListenUnix { source, .. } => Some(source),
             ProxyError::Runtime(e) | ProxyError::Thread(e) | ProxyError::Signal(e) => Some(e),
             ProxyError::Panicked => None,
         }

@@ -8,18 +8,29 @@
 //! loaded when a client opens its connections all at once (bench/broker.sh).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::server::{Broker, ProxyError, serve_agent};
+use crate::server::{Broker, ProxyError, serve_agent, serve_stream};
 
-/// Listens on `listen`, calls `on_listening` with the bound address, and
-/// serves until SIGTERM or Ctrl-C. `threads`: how many runtimes (at least
+/// An accepted agent connection, dealt to a runtime.
+enum Accepted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// Listens on `listen` (and on the Unix socket `unix`, if given: for agents
+/// in `run --isolate`, whose only way out is that socket), calls
+/// `on_listening` with the bound address, and serves until SIGTERM or Ctrl-C.
+/// The socket file is made anew, readable and writable by this user only,
+/// and removed when the broker stops. `threads`: how many runtimes (at least
 /// one; `None`: one per available core).
 pub fn run(
     broker: Arc<Broker>,
     listen: SocketAddr,
+    unix: Option<&Path>,
     threads: Option<usize>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ProxyError> {
@@ -29,7 +40,7 @@ pub fn run(
     let mut queues = Vec::with_capacity(threads);
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
-        let (queue, mut incoming) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (queue, mut incoming) = mpsc::unbounded_channel::<Accepted>();
         let broker = broker.clone();
         let worker = std::thread::Builder::new()
             .name(format!("broker-{i}"))
@@ -42,8 +53,17 @@ pub fn run(
                 // connections still open are dropped with the runtime.
                 rt.block_on(async move {
                     while let Some(stream) = incoming.recv().await {
-                        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                            tokio::spawn(serve_agent(broker.clone(), stream));
+                        match stream {
+                            Accepted::Tcp(s) => {
+                                if let Ok(s) = tokio::net::TcpStream::from_std(s) {
+                                    tokio::spawn(serve_agent(broker.clone(), s));
+                                }
+                            }
+                            Accepted::Unix(s) => {
+                                if let Ok(s) = tokio::net::UnixStream::from_std(s) {
+                                    tokio::spawn(serve_stream(broker.clone(), s));
+                                }
+                            }
                         }
                     }
                 });
@@ -69,6 +89,10 @@ pub fn run(
             addr: listen,
             source,
         })?;
+        let unix_listener = match unix {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
         on_listening(bound);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(ProxyError::Signal)?;
@@ -80,12 +104,21 @@ pub fn run(
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let Ok(stream) = stream.into_std() else { continue };
-                    let _ = queues[next].send(stream);
+                    let _ = queues[next].send(Accepted::Tcp(stream));
+                    next = (next + 1) % queues.len();
+                }
+                accepted = accept_unix(unix_listener.as_ref()) => {
+                    let Ok(stream) = accepted else { continue };
+                    let Ok(stream) = stream.into_std() else { continue };
+                    let _ = queues[next].send(Accepted::Unix(stream));
                     next = (next + 1) % queues.len();
                 }
             }
         }
     });
+    if let Some(path) = unix {
+        let _ = std::fs::remove_file(path);
+    }
     // `queues` went with the acceptor's future: the workers stop.
     let mut result = served;
     for w in workers {
@@ -96,4 +129,38 @@ pub fn run(
         }
     }
     result
+}
+
+/// Binds the Unix socket at `path`: a stale socket file there (a broker that
+/// did not stop cleanly) is replaced, anything else is refused; the socket
+/// is made with no access for group and others.
+fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ProxyError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source| ProxyError::ListenUnix {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something other than a socket is there",
+            )));
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// The next connection on the Unix socket; never, without one.
+async fn accept_unix(
+    listener: Option<&tokio::net::UnixListener>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
 }

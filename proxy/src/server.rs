@@ -13,5 +13,5 @@ pub use crate::authority::same_authority;
 pub use crate::broker::{Broker, Options};
 pub use crate::error::ProxyError;
 pub use crate::limits::{HANDSHAKE_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT};
-pub use crate::tunnel::{serve, serve_agent};
+pub use crate::tunnel::{serve, serve_agent, serve_stream};
 pub use crate::upstream::SetupError;

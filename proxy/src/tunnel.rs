@@ -103,10 +103,18 @@ pub async fn serve(
     }
 }
 
-/// Serves one agent's connection to the proxy until it closes.
+/// Serves one agent's TCP connection to the proxy until it closes.
 pub async fn serve_agent(broker: Arc<Broker>, stream: TcpStream) {
     // Requests are small writes: no waiting for delayed ACKs.
     let _ = stream.set_nodelay(true);
+    serve_stream(broker, stream).await
+}
+
+/// Serves one agent's connection, TCP or Unix socket, until it closes.
+pub async fn serve_stream<S>(broker: Arc<Broker>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header = broker.limits.header;
     let svc = service_fn(move |req| handle_proxy(broker.clone(), req));
     // The clock for a request's head starts as soon as the broker waits for

@@ -32,7 +32,7 @@ struct Setup {
 }
 
 /// An HTTPS echo upstream with its own CA, on 127.0.0.1.
-fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
+pub(crate) fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
     let (ca, ca_key) = agent_vault_proxy::ca::generate("upstream-test-ca").unwrap();
     let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
     let (cert, key) = minter.leaf("127.0.0.1").unwrap();

@@ -15,6 +15,7 @@ mod hostile_broker;
 mod hostile_trust;
 mod hostile_vault;
 mod interop;
+mod isolation;
 mod owners;
 mod remotes;
 mod services;

@@ -70,10 +70,24 @@ pub(super) fn run(
     agent: &str,
     ttl: &str,
     proxy: &str,
+    isolate: Option<crate::broker::Isolate>,
     command: &[String],
 ) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
-    crate::broker::run(vault, &ctx.key_source(), agent, ttl, proxy, command)
+    let key = ctx.key_source();
+    match isolate {
+        None => crate::broker::run(vault, &key, agent, ttl, proxy, command),
+        Some(isolate) => crate::broker::run_isolated(
+            vault,
+            &key,
+            ctx.key.as_deref(),
+            agent,
+            ttl,
+            proxy,
+            isolate,
+            command,
+        ),
+    }
 }
 
 /// `audit`.

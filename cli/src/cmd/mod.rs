@@ -93,8 +93,16 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             agent,
             ttl,
             proxy,
+            isolate,
+            socket,
             command,
-        } => broker::run(&ctx, &agent, &ttl, &proxy, &command),
+        } => {
+            let isolate = isolate.map(|level| crate::broker::Isolate {
+                required: level == "required",
+                socket,
+            });
+            broker::run(&ctx, &agent, &ttl, &proxy, isolate, &command)
+        }
         Command::Audit { file, agent, since } => {
             broker::audit(&ctx, &file, agent.as_deref(), since.as_deref())
         }
