@@ -34,6 +34,9 @@ python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q reques
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check
+# The shape ARCHITECTURE.md describes: no import cycle inside a crate, no
+# source file over 600 lines, no function over 120 (outside tests).
+python3 scripts/shape.py
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 # The SDK crates are built by maturin and napi below, not by `cargo test`.
