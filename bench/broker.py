@@ -7,7 +7,8 @@ PASS/FAIL table; nothing is written outside a scratch directory.
 Setup (all on 127.0.0.1, side by side in one run):
   * upstream: nginx, TLS with a self-signed cert, keep-alive, tiny fixed body;
     it answers 401 unless `Authorization: Bearer tok_123` arrives, so every 200
-    through a proxy proves the header was injected;
+    through a proxy proves the header was injected, and it reflects the
+    Authorization header in `X-Echo-Auth`, so the broker scrubs every response;
   * the broker: a fresh vault, service `api` = bearer api/token for the upstream;
   * mitmproxy (mitmdump) with a 3-line addon that sets Authorization;
   * load generator: oha (crates.io), keep-alive, through `-x http://bot:TOKEN@...`.
@@ -180,6 +181,9 @@ http {{
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {{
       default_type text/plain;
+      # The credential reflected in a response header (as echo and debug
+      # endpoints do): every response through the broker must be scrubbed.
+      add_header X-Echo-Auth $http_authorization always;
       if ($http_authorization != "Bearer {TOKEN_VALUE}") {{ return 401 "no auth\\n"; }}
       return 200 "hello from upstream\\n";
     }}
@@ -220,9 +224,11 @@ http {{
         open(self.broker_ca, "w").write(self.av("ca", "cert"))
         self.token = self.av("token", "issue", "bot", "--ttl", "2h").strip()
         self.broker_port = free_port()
+        # bench/isolate.py also listens on a Unix socket (for `run --isolate`).
+        unix = ["--unix", self.unix] if getattr(self, "unix", None) else []
         p = self.spawn("broker", [self.a.bin, "proxy", "--listen",
                                   f"127.0.0.1:{self.broker_port}", "--allow-private-upstreams",
-                                  "--upstream-ca", self.up_ca],
+                                  "--upstream-ca", self.up_ca, *unix],
                        cwd=self.vault, env=self.env)
         wait_port(self.broker_port)
         self.watch["broker"] = p.pid
