@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use agent_vault_core::broker::inject::Plan;
+use agent_vault_core::broker::scrub::{Redaction, Scrubber};
 use agent_vault_core::broker::services::Services;
 use agent_vault_core::broker::token::TokenKey;
 use agent_vault_core::live::{LiveReader, RECHECK};
@@ -54,7 +55,25 @@ pub(crate) struct Snapshot {
 }
 
 /// A plan and when it was made.
-type MadePlan = (Instant, Arc<Plan>);
+type MadePlan = (Instant, Arc<Prepared>);
+
+/// A plan and the scrubbers for its values, made once with it (a scrubber's
+/// patterns cost microseconds to build; each response takes a fresh copy
+/// that shares them).
+pub(crate) struct Prepared {
+    pub(crate) plan: Plan,
+    /// `[REDACTED:group/name]` in heads, bodies and trailers.
+    pub(crate) scrub: Scrubber,
+    /// Same-length masks, for WebSocket frames.
+    pub(crate) mask: Scrubber,
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = Plan;
+    fn deref(&self) -> &Plan {
+        &self.plan
+    }
+}
 
 impl Snapshot {
     fn new(reader: Arc<Reader>, services: Services) -> Self {
@@ -171,7 +190,7 @@ impl Broker {
         name: &str,
         service: &agent_vault_core::broker::services::Service,
         agent: &str,
-    ) -> Result<Arc<Plan>, agent_vault_core::Error> {
+    ) -> Result<Arc<Prepared>, agent_vault_core::Error> {
         if let Ok(plans) = snap.plans.lock()
             && let Some((made, plan)) = plans.get(name).and_then(|by_agent| by_agent.get(agent))
             && made.elapsed() < RECHECK
@@ -182,7 +201,12 @@ impl Broker {
             agent_vault_core::access::check_agent(snap.manifest(), agent, p.group(), Mode::Use)?;
             snap.reader.get(p)
         };
-        let plan = Arc::new(Plan::new(service, &resolve)?);
+        let plan = Plan::new(service, &resolve)?;
+        let plan = Arc::new(Prepared {
+            scrub: Scrubber::for_plan(&plan, Redaction::Marker),
+            mask: Scrubber::for_plan(&plan, Redaction::SameLength),
+            plan,
+        });
         if let Ok(mut plans) = snap.plans.lock() {
             plans
                 .entry(name.to_owned())

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_vault_core::broker::inject::{Outgoing, Plan};
-use agent_vault_core::broker::scrub::{Decompress, Redaction, Scrubber};
+use agent_vault_core::broker::scrub::{Decompress, Scrubber};
 use agent_vault_core::broker::services::PathRefusal;
 use agent_vault_core::broker::token::{Claims, TokenError};
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
-use crate::broker::Broker;
+use crate::broker::{Broker, Prepared};
 use crate::reply::{ProxyBody, full, text};
 use crate::upstream::SendError;
 use crate::websocket::splice;
@@ -143,7 +143,7 @@ pub(crate) struct Tunnel {
 /// The upstream's answer, and what the response stage needs to know of
 /// the request.
 struct Answered {
-    plan: Arc<Plan>,
+    plan: Arc<Prepared>,
     upstream: Response<Incoming>,
     /// The agent's side of a WebSocket upgrade.
     agent_upgrade: Option<OnUpgrade>,
@@ -450,18 +450,13 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
     // An upgraded connection is audited when it closes.
     let audit = if switching && let Some(agent_upgrade) = agent_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut upstream);
-        splice(
-            audit,
-            agent_upgrade,
-            upstream_upgrade,
-            Scrubber::for_plan(&plan, Redaction::SameLength),
-        );
+        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh());
         None
     } else {
         Some(audit)
     };
     let (mut parts, body) = upstream.into_parts();
-    let scrub = Scrubber::for_plan(&plan, Redaction::Marker);
+    let scrub = plan.scrub.fresh();
     // Asked for none above; a body the upstream encodes anyway is decoded
     // and scrubbed, and one in an encoding the broker does not know is
     // refused rather than passed on unscrubbed.
@@ -518,9 +513,8 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
         headers.remove(hyper::header::CONTENT_LENGTH);
     }
     for v in headers.values_mut() {
-        if scrub.finds(v.as_bytes()) {
-            *v = HeaderValue::from_bytes(&scrub.replace_all(v.as_bytes()))
-                .unwrap_or(HeaderValue::from_static("[REDACTED]"));
+        if let Some(clean) = scrub.scrubbed(v.as_bytes()) {
+            *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
         }
     }
 }

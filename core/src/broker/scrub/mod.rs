@@ -238,6 +238,13 @@ impl Scrubber {
         self.scan_whole(input).0
     }
 
+    /// `input` scrubbed, in one pass, if it holds any of the values; `None`
+    /// when it holds none (a header passes on untouched).
+    pub fn scrubbed(&self, input: &[u8]) -> Option<Vec<u8>> {
+        let (out, found) = self.scan_whole(input);
+        found.then_some(out)
+    }
+
     /// Whether `input` holds any of the values, in any family.
     pub fn finds(&self, input: &[u8]) -> bool {
         self.scan_whole(input).1
