@@ -210,6 +210,16 @@ pub fn run_isolated(
             ),
         )
     })?;
+    // Without the broker's socket the relay inside would have nowhere to go.
+    let is_socket = std::fs::metadata(&socket)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        .unwrap_or(false);
+    if !is_socket {
+        return Err(CliError::Msg(
+            format!("no broker socket at {}", socket.display()),
+            Some("start the broker with `agent-vault proxy --unix PATH` first".into()),
+        ));
+    }
     let token = issue(&vault, key, agent, ttl)?;
     let scratch = std::env::temp_dir().join(format!("agent-vault-run-{}", std::process::id()));
     let ca_path = write_ca(&vault, &scratch)?;

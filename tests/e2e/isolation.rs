@@ -448,4 +448,22 @@ echo done
         "{}",
         out(&o)
     );
+
+    // No broker socket there: refused before anything starts.
+    let missing = s.env.tmp.path().join("no-broker.sock");
+    let o = s
+        .cmd(&[
+            "run",
+            "--agent",
+            "bot",
+            "--socket",
+            &missing.to_string_lossy(),
+            "--isolate",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(out(&o).contains("no broker socket at"), "{}", out(&o));
 }

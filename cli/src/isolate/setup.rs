@@ -27,7 +27,13 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
     let refused = if plan.force_fallback {
         Some("namespaces skipped (AGENT_VAULT_ISOLATE_FALLBACK)".to_owned())
     } else {
-        enter(&plan).err()
+        match enter(&plan) {
+            Ok(()) => None,
+            Err(NotEntered::Refused(why)) => Some(why),
+            // Half inside (a namespace without its mounts or network):
+            // nothing may run here, not even the fallback.
+            Err(NotEntered::Failed(e)) => return Err(e),
+        }
     };
     if let Some(why) = refused {
         if plan.level == Level::Required {
@@ -51,9 +57,17 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
     Ok(exit_code(status.code()))
 }
 
+/// Why the namespaces were not entered.
+enum NotEntered {
+    /// The kernel refused them: the Landlock fallback may run.
+    Refused(String),
+    /// Entered, then a step failed: this process is half inside.
+    Failed(String),
+}
+
 /// New namespaces, this process root in its user namespace (so it and init
 /// may mount); the key material covered; loopback up.
-fn enter(plan: &Plan) -> Result<(), String> {
+fn enter(plan: &Plan) -> Result<(), NotEntered> {
     let (uid, gid) = (getuid(), getgid());
     unshare(
         CloneFlags::CLONE_NEWUSER
@@ -61,7 +75,13 @@ fn enter(plan: &Plan) -> Result<(), String> {
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWPID,
     )
-    .map_err(|e| format!("user namespaces are refused here ({e})"))?;
+    .map_err(|e| NotEntered::Refused(format!("user namespaces are refused here ({e})")))?;
+    set_up(plan, uid, gid).map_err(NotEntered::Failed)
+}
+
+/// Inside the new namespaces: the id maps, private mounts, the key
+/// material covered, loopback up.
+fn set_up(plan: &Plan, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<(), String> {
     write("/proc/self/setgroups", "deny")?;
     write("/proc/self/uid_map", &format!("0 {uid} 1"))?;
     write("/proc/self/gid_map", &format!("0 {gid} 1"))?;
