@@ -53,7 +53,7 @@ fn secret(bytes: &[u8]) -> SecretBox<Vec<u8>> {
 
 /// The encodings a value may be reflected in: as is, base64 (standard and
 /// URL-safe), percent-encoded, JSON-escaped.
-fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+pub(crate) fn encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     let mut out = vec![Zeroizing::new(value.to_vec())];
     out.push(Zeroizing::new(STANDARD.encode(value).into_bytes()));

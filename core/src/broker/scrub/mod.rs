@@ -28,7 +28,6 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use age::secrecy::ExposeSecret;
-use base64::Engine;
 
 use crate::broker::inject::Plan;
 use decoded::Decoded;
@@ -343,31 +342,7 @@ impl Scrubber {
 /// URL-safe, unpadded), percent-encoded, JSON-escaped (as
 /// `inject::encodings` writes them).
 fn derived_encodings(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let mut out = vec![
-        Zeroizing::new(STANDARD.encode(value).into_bytes()),
-        Zeroizing::new(URL_SAFE_NO_PAD.encode(value).into_bytes()),
-    ];
-    let mut pct = Zeroizing::new(Vec::new());
-    let mut json = Zeroizing::new(Vec::new());
-    for &b in value {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            pct.push(b);
-        } else {
-            pct.extend_from_slice(format!("%{b:02X}").as_bytes());
-        }
-        match b {
-            b'"' => json.extend_from_slice(b"\\\""),
-            b'\\' => json.extend_from_slice(b"\\\\"),
-            b'/' => json.extend_from_slice(b"\\/"),
-            b'\n' => json.extend_from_slice(b"\\n"),
-            b'\r' => json.extend_from_slice(b"\\r"),
-            b'\t' => json.extend_from_slice(b"\\t"),
-            c if c < 0x20 => json.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
-            c => json.push(c),
-        }
-    }
-    out.extend([pct, json]);
+    let mut out = crate::broker::inject::encodings(value);
     // Equal to the value itself: not an encoding to leave out.
     out.retain(|e| e.as_slice() != value);
     out
