@@ -26,11 +26,16 @@ pub fn parse(input: &[u8]) -> Result<Vec<Entry>> {
     let mut lines = input.split(|b| *b == b'\n').enumerate().peekable();
     while let Some((i, raw)) = lines.next() {
         let lineno = i + 1;
-        let line = trim(strip_cr(raw));
+        // Only leading blanks go here: a quoted value that spans lines keeps
+        // the blanks at the end of its first line.
+        let line = trim_start(strip_cr(raw));
         if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let line = line.strip_prefix(b"export ").map(trim).unwrap_or(line);
+        let line = line
+            .strip_prefix(b"export ")
+            .map(trim_start)
+            .unwrap_or(line);
         let Some(eq) = line.iter().position(|b| *b == b'=') else {
             return Err(Error::InvalidInput(format!(
                 "line {lineno}: expected KEY=VALUE"
@@ -45,7 +50,8 @@ pub fn parse(input: &[u8]) -> Result<Vec<Entry>> {
                 ))
             })?
             .to_owned();
-        let rest = trim_start(&line[eq + 1..]);
+        let after = &line[eq + 1..];
+        let rest = trim_start(after);
         let mut value = zeroize::Zeroizing::new(Vec::new());
         match rest.first() {
             Some(b'\'') => {
@@ -99,6 +105,8 @@ pub fn parse(input: &[u8]) -> Result<Vec<Entry>> {
                 }
                 zeroize::Zeroize::zeroize(&mut cur);
             }
+            // `K= # note`: blanks then a comment, an empty value.
+            Some(b'#') if rest.len() < after.len() => {}
             _ => {
                 // Unquoted: up to an inline comment (" #"), trimmed.
                 let end = rest

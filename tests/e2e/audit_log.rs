@@ -48,3 +48,27 @@ fn audit_reads_the_brokers_records() {
     );
     assert_eq!(env.json(&["audit", log, "--agent", "nobody"]), json!([]));
 }
+
+/// `--since` with a span counts back from now, and a value it cannot read
+/// is named as `--since` (it used to count forward and say `--expires`).
+#[test]
+fn audit_since_a_span_counts_back() {
+    let env = Env::empty();
+    let log = env.tmp.path().join("audit.jsonl");
+    let now = jiff::Timestamp::now();
+    let old = now - jiff::SignedDuration::from_hours(48);
+    let recent = now - jiff::SignedDuration::from_mins(30);
+    let record = |t: jiff::Timestamp| BROKERED.replace("2026-01-02T03:04:05.678Z", &t.to_string());
+    std::fs::write(&log, format!("{}\n{}\n", record(old), record(recent))).unwrap();
+    let log = log.to_str().unwrap();
+    let count = |since: &str| {
+        env.json(&["audit", log, "--since", since])
+            .as_array()
+            .map(Vec::len)
+    };
+    assert_eq!(count("1h"), Some(1));
+    assert_eq!(count("3d"), Some(2));
+    let err = env.fail(&["audit", log, "--since", "yesterday-ish"]);
+    assert!(err.contains("--since"), "{err}");
+    assert!(!err.contains("--expires"), "{err}");
+}

@@ -9,7 +9,7 @@ use agent_vault_core::AgentName;
 use agent_vault_core::writer::Writer;
 use serde_json::json;
 
-use super::{Ctx, done, parse, parse_expiry};
+use super::{Ctx, done, parse, parse_since};
 use crate::cli::{McpArgs, ProxyArgs, ServiceCommand, TokenCommand};
 use crate::output::{self, CliError, CliResult, line, note};
 
@@ -97,7 +97,7 @@ pub(super) fn audit(
     agent: Option<&str>,
     since: Option<&str>,
 ) -> CliResult<ExitCode> {
-    let since = since.map(parse_expiry).transpose()?;
+    let since = since.map(parse_since).transpose()?;
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError::Msg(format!("cannot read {}: {e}", file.display()), None))?;
     let records: Vec<agent_vault_proxy::audit::Record> = agent_vault_proxy::audit::records(&text)

@@ -129,9 +129,26 @@ fn done(ctx: &Ctx, msg: &str) -> CliResult<ExitCode> {
 }
 
 fn parse_expiry(s: &str) -> CliResult<jiff::Timestamp> {
+    parse_when("--expires", s, Direction::Ahead)
+}
+
+/// `audit --since`: a span counts back from now (`--since 2h` is two hours ago).
+fn parse_since(s: &str) -> CliResult<jiff::Timestamp> {
+    parse_when("--since", s, Direction::Back)
+}
+
+/// Which way a span counts from now.
+#[derive(Clone, Copy)]
+enum Direction {
+    Ahead,
+    Back,
+}
+
+/// A date, a timestamp, or a span from now, read for `flag`.
+fn parse_when(flag: &str, s: &str, direction: Direction) -> CliResult<jiff::Timestamp> {
     let bad = || {
         CliError::Msg(
-            format!("cannot read --expires {s:?}"),
+            format!("cannot read {flag} {s:?}"),
             Some("use a date (2027-01-31), a timestamp (2027-01-31T12:00:00Z) or a span (90d, 12h, 2w)".into()),
         )
     };
@@ -145,6 +162,10 @@ fn parse_expiry(s: &str) -> CliResult<jiff::Timestamp> {
             .map_err(|_| bad());
     }
     if let Ok(span) = s.parse::<jiff::Span>() {
+        let span = match direction {
+            Direction::Ahead => span,
+            Direction::Back => span.negate(),
+        };
         return jiff::Timestamp::now()
             .to_zoned(jiff::tz::TimeZone::UTC)
             .checked_add(span)

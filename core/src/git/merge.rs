@@ -136,7 +136,10 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
         agents: merge_map(&base.agents, &ours.agents, &theirs.agents),
         groups: merge_map(&base.groups, &ours.groups, &theirs.groups),
         grants: BTreeMap::new(),
-        broker: if ours.broker == theirs.broker || theirs.broker == base.broker {
+        // When both sides changed the broker (both ran `broker init`), the
+        // merge keeps our broker/ files (a conflicting file keeps ours), so
+        // the manifest must name our broker too.
+        broker: if ours.broker != base.broker || theirs.broker == base.broker {
             ours.broker.clone()
         } else {
             theirs.broker.clone()

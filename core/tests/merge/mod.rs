@@ -234,10 +234,9 @@ fn broker_and_owners() {
 
 /// Both sides ran `broker init`: the merge keeps our `broker/` files (a
 /// conflicting file keeps ours), so the manifest must name our broker too.
-/// It names theirs today: the merged vault's CA no longer matches its
-/// manifest. Reported, not fixed here (core/src/sync.rs is being split).
+/// It used to name theirs: the merged vault's CA no longer matched its
+/// manifest.
 #[test]
-#[ignore = "merge_manifests takes theirs when both sides made a broker; the broker/ files stay ours"]
 fn both_sides_made_a_broker_keeps_ours() {
     let base = manifest(&[], &[], &[]);
     let mut theirs = base.clone();

@@ -60,10 +60,9 @@ fn a_multi_line_quoted_value_keeps_its_lines() {
 }
 
 /// A quoted value spanning lines keeps the blanks at the end of its first
-/// line. Today the parser trims the whole first line before it reads the
-/// quote, so `"a \nb"` comes back as `"a\nb"`. Reported, not fixed here.
+/// line. The parser used to trim the whole first line before it read the
+/// quote, so `"a \nb"` came back as `"a\nb"`.
 #[test]
-#[ignore = "dotenv::parse trims the first line of a multi-line quoted value"]
 fn a_multi_line_quoted_value_keeps_trailing_blanks() {
     for input in [&b"K=\"a \nb\"\n"[..], b"K='a \nb'\n"] {
         let entries = dotenv::parse(input).unwrap();
@@ -71,11 +70,10 @@ fn a_multi_line_quoted_value_keeps_trailing_blanks() {
     }
 }
 
-/// An empty unquoted value followed by a comment is empty. Today the
-/// blanks before the `#` are trimmed before the comment is looked for, so
-/// `K= # fill in` imports the secret `# fill in`. Reported, not fixed here.
+/// An empty unquoted value followed by a comment is empty. The
+/// blanks before the `#` used to be trimmed before the comment was looked for, so
+/// `K= # fill in` imported the secret `# fill in`.
 #[test]
-#[ignore = "dotenv::parse reads `K= # note` as the value `# note`"]
 fn an_empty_value_before_a_comment_is_empty() {
     let entries = dotenv::parse(b"K= # fill in\n").unwrap();
     assert_eq!(entries[0].value.as_slice(), b"");
