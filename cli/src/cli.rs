@@ -67,6 +67,12 @@ pub enum Command {
         /// The agent.
         name: String,
     },
+    /// Give agents made before token-signing keys their key (from each one's escrow), so they mint their own tokens.
+    UpgradeAgents {
+        /// Only this agent (repeatable; default: every agent without a signing key).
+        #[arg(long = "agent", value_name = "NAME")]
+        agents: Vec<String>,
+    },
     /// Write an agent's private key, recovered from escrow, to a file (created 0600).
     RestoreAgent {
         /// The agent.
