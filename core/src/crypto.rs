@@ -308,7 +308,10 @@ mod tests {
         assert_eq!(a.public(), id.agent_signing_key().public(), "deterministic");
         // The same age key never gives the owner's signing key.
         assert_ne!(a.public(), id.signing_key().public());
-        assert_ne!(a.public(), Identity::generate().agent_signing_key().public());
+        assert_ne!(
+            a.public(),
+            Identity::generate().agent_signing_key().public()
+        );
         assert!(valid_signing_key(&a.public()));
         // Parsed again from its file, the identity derives the same key.
         let back = Identity::parse(id.to_file_contents().expose_secret(), "t").unwrap();

@@ -268,8 +268,13 @@ fn with_only_the_agent_key_token_issue_run_and_proxy_env_work() {
     assert_eq!(w.status("bot", t.trim(), "/v1/envkey"), "200");
 
     // Another agent's key mints nothing for bot; no key at all says so.
-    let err = w.env.fail(&["token", "issue", "bot", "--key", w.eve.to_str().unwrap()]);
-    assert!(err.contains("agent eve's") && err.contains("not for bot"), "{err}");
+    let err = w
+        .env
+        .fail(&["token", "issue", "bot", "--key", w.eve.to_str().unwrap()]);
+    assert!(
+        err.contains("agent eve's") && err.contains("not for bot"),
+        "{err}"
+    );
     let _away = w.owner_away();
     std::fs::rename(&w.bot, w.env.tmp.path().join("bot.away")).unwrap();
     let err = w.env.fail(&["token", "issue", "bot"]);
@@ -283,7 +288,11 @@ fn forged_tampered_foreign_long_and_unknown_agent_tokens_are_refused() {
     let w = world(None);
     let vid = w.env.vault_id();
     let good = hand_mint(&w.bot, &vid, &claims("bot", 300, &[]));
-    assert_eq!(w.status("bot", &good, "/v1/ok"), "200", "the hand-made token is valid");
+    assert_eq!(
+        w.status("bot", &good, "/v1/ok"),
+        "200",
+        "the hand-made token is valid"
+    );
     // Eve's key, claims saying bot.
     let foreign = hand_mint(&w.eve, &vid, &claims("bot", 300, &[]));
     // Claims changed under bot's signature: a longer life.
@@ -319,7 +328,11 @@ fn forged_tampered_foreign_long_and_unknown_agent_tokens_are_refused() {
         assert!(out.starts_with("HTTP/1.1 407"), "{what}: {out}");
         assert!(out.contains(reason), "{what}: {out}");
     }
-    assert_eq!(w.upstream_saw().len(), before, "a refused token reached the upstream");
+    assert_eq!(
+        w.upstream_saw().len(),
+        before,
+        "a refused token reached the upstream"
+    );
 }
 
 #[test]
@@ -341,7 +354,10 @@ fn a_token_never_reaches_more_than_the_agents_grants() {
         let t = hand_mint(&w.bot, &vid, &claims("bot", 300, &services));
         assert_eq!(w.status("bot", &t, "/other/x"), "407", "{services:?}");
         let out = w.connect("bot", &t);
-        assert!(out.contains("beyond the agent's grants"), "{services:?}: {out}");
+        assert!(
+            out.contains("beyond the agent's grants"),
+            "{services:?}: {out}"
+        );
     }
     assert!(!w.upstream_saw().contains("other-secret-value"));
     // Eve's own token for `other` works; bot's grants are not eve's.
@@ -371,7 +387,8 @@ fn revocation_by_id_agent_and_session_covers_agent_tokens() {
     for v in [&a, &b, &c] {
         assert_eq!(w.status("bot", &World::token(v), "/v1/before"), "200");
     }
-    w.env.ok(&["token", "revoke", "--id", a["id"].as_str().unwrap()]);
+    w.env
+        .ok(&["token", "revoke", "--id", a["id"].as_str().unwrap()]);
     assert_eq!(refused_soon(&World::token(&a)), "407");
     assert_eq!(w.status("bot", &World::token(&b), "/v1/still"), "200");
     w.env.ok(&["token", "revoke", "--session", "s-b"]);
@@ -391,10 +408,15 @@ fn revocation_by_id_agent_and_session_covers_agent_tokens() {
 /// one, the manifest re-signed by the owner and committed.
 fn make_old_agent(w: &World, agent: &str) {
     let m_path = w.env.vault.join(".agent-vault/manifest.yaml");
-    let mut m: Manifest =
-        agent_vault_core::model::parse_yaml(Path::new("manifest.yaml"), &std::fs::read(&m_path).unwrap())
-            .unwrap();
-    m.agents.get_mut(&agent.parse().unwrap()).unwrap().signing_key = None;
+    let mut m: Manifest = agent_vault_core::model::parse_yaml(
+        Path::new("manifest.yaml"),
+        &std::fs::read(&m_path).unwrap(),
+    )
+    .unwrap();
+    m.agents
+        .get_mut(&agent.parse().unwrap())
+        .unwrap()
+        .signing_key = None;
     let bytes = agent_vault_core::model::to_yaml(&m);
     let services = std::fs::read(w.env.vault.join(".agent-vault/services.yaml")).unwrap();
     let owner = Identity::read_file(&w.env.owner_key()).unwrap();
@@ -411,7 +433,8 @@ fn make_old_agent(w: &World, agent: &str) {
         agent_vault_core::model::to_yaml(&sig),
     )
     .unwrap();
-    w.env.git(&["commit", "-qam", "an agent from before signing keys"]);
+    w.env
+        .git(&["commit", "-qam", "an agent from before signing keys"]);
 }
 
 #[test]
@@ -419,9 +442,16 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     let w = world(None);
     let vid = w.env.vault_id();
     let listed = w.env.json(&["list-agents"]);
-    let bot_key = Identity::read_file(&w.bot).unwrap().agent_signing_key().public();
+    let bot_key = Identity::read_file(&w.bot)
+        .unwrap()
+        .agent_signing_key()
+        .public();
     assert_eq!(listed[0]["name"], "bot");
-    assert_eq!(listed[0]["signing_key"], bot_key.as_str(), "add-agent gives the key");
+    assert_eq!(
+        listed[0]["signing_key"],
+        bot_key.as_str(),
+        "add-agent gives the key"
+    );
     make_old_agent(&w, "bot");
     make_old_agent(&w, "eve");
     assert!(w.env.json(&["list-agents"])[0]["signing_key"].is_null());
@@ -434,7 +464,10 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     let out = w.connect("bot", &old);
     assert!(out.contains("no signing key"), "{out}");
     // An owner's token still works for it.
-    assert_eq!(w.status("bot", &World::token(&w.issue(&["bot"])), "/v1/owner"), "200");
+    assert_eq!(
+        w.status("bot", &World::token(&w.issue(&["bot"])), "/v1/owner"),
+        "200"
+    );
 
     // Only the agent named.
     let v = w.env.json(&["upgrade-agents", "--agent", "bot"]);
@@ -444,11 +477,16 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     assert!(listed[1]["signing_key"].is_null());
     // The manifest still verifies (for the agent's machine too) and the
     // commit holds exactly the signed manifest change.
-    let out = w.env.run(&["list-agents", "--key", w.eve.to_str().unwrap()], b"");
+    let out = w
+        .env
+        .run(&["list-agents", "--key", w.eve.to_str().unwrap()], b"");
     assert!(out.status.success(), "{}", stderr(&out));
     let log = w.env.git(&["log", "-1", "--name-only", "--format=%s"]);
     assert!(log.contains("upgrade agent signing keys bot"), "{log}");
-    assert!(log.contains("manifest.yaml") && log.contains("manifest.sig"), "{log}");
+    assert!(
+        log.contains("manifest.yaml") && log.contains("manifest.sig"),
+        "{log}"
+    );
     let t = World::token(&w.issue(&["bot", "--key", bot]));
     // The broker follows the vault: the token works once it has read the change.
     let mut status = String::new();
@@ -463,7 +501,10 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     let v = w.env.json(&["upgrade-agents"]);
     assert_eq!(v["upgraded"], serde_json::json!(["eve"]));
     let out = String::from_utf8(w.env.ok(&["upgrade-agents"]).stdout).unwrap();
-    assert!(out.contains("every agent has a token-signing key already"), "{out}");
+    assert!(
+        out.contains("every agent has a token-signing key already"),
+        "{out}"
+    );
     let err = w.env.fail(&["upgrade-agents", "--agent", "ghost"]);
     assert!(err.contains("ghost"), "{err}");
     // A key given back by recover-agent is a new signing key: tokens of the old one stop.
@@ -507,7 +548,11 @@ impl Mcp {
             "initialize",
             serde_json::json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}),
         );
-        writeln!(m.stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
+        writeln!(
+            m.stdin,
+            r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+        )
+        .unwrap();
         m
     }
 
@@ -531,7 +576,10 @@ impl Mcp {
             "tools/call",
             serde_json::json!({"name":"agent_vault_request","arguments":{"method":"GET","url":url}}),
         );
-        let text = r["result"]["content"][0]["text"].as_str().unwrap_or("").to_owned();
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         (r["result"]["isError"] == true, text)
     }
 }
@@ -578,7 +626,11 @@ fn the_mcp_server_mints_and_renews_its_own_tokens() {
     // A pasted token is used as given (and not renewed): once it expires,
     // the request tool says so.
     let pasted = hand_mint(&w.bot, &w.env.vault_id(), &claims("bot", 2, &[]));
-    let mut mcp = Mcp::start(&w.env, &["--key", bot, "mcp", "--broker", &broker], Some(&pasted));
+    let mut mcp = Mcp::start(
+        &w.env,
+        &["--key", bot, "mcp", "--broker", &broker],
+        Some(&pasted),
+    );
     let (err, text) = mcp.request(&w.url("/v1/pasted"));
     assert!(!err, "{text}");
     std::thread::sleep(Duration::from_millis(2500));

@@ -182,7 +182,8 @@ mod tests {
             broker: None,
             revoked: Revocations::default(),
         };
-        let svc = |s: &str| Service::new(vec!["h.example".into()], Auth::Bearer(s.parse().unwrap()));
+        let svc =
+            |s: &str| Service::new(vec!["h.example".into()], Auth::Bearer(s.parse().unwrap()));
         let services = Services {
             services: [
                 ("api".to_string(), svc("api/token")),
@@ -227,7 +228,10 @@ mod tests {
         let t = sign(&w.bot.agent_signing_key(), "v-1", &claims("bot")).unwrap();
         assert!(t.starts_with("avt2.") && t.split('.').count() == 3);
         assert_eq!(w.verifier().verify(&t, 1_100), Ok(claims("bot")));
-        assert_eq!(w.verifier().verify(&format!(" {t}\n"), 1_100), Ok(claims("bot")));
+        assert_eq!(
+            w.verifier().verify(&format!(" {t}\n"), 1_100),
+            Ok(claims("bot"))
+        );
         // Every service (no list) is fine too: the grants decide per request.
         let all = Claims {
             services: Vec::new(),
@@ -265,7 +269,9 @@ mod tests {
     fn sign_with_owner_label(id: &Identity, c: &Claims) -> String {
         let body = B64.encode(serde_json::to_vec(c).unwrap());
         let sig = id.signing_key().sign(DOMAIN, &message("v-1", &body));
-        let sig = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .unwrap();
         format!("{PREFIX}.{body}.{}", B64.encode(sig))
     }
 
@@ -291,11 +297,19 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         for bad in ["avt2", "avt2..", "avt3.a.b", &format!("{t}.x")] {
-            assert_eq!(w.verifier().verify(bad, 1_100), Err(TokenError::Malformed), "{bad}");
+            assert_eq!(
+                w.verifier().verify(bad, 1_100),
+                Err(TokenError::Malformed),
+                "{bad}"
+            );
         }
         // A signed field the claims do not have: refused, never ignored.
         let body = B64.encode(br#"{"id":"x","agent":"bot","iat":1000,"exp":1100,"admin":true}"#);
-        let sig = B64.encode(w.bot.agent_signing_key().sign_raw(DOMAIN, &message("v-1", &body)));
+        let sig = B64.encode(
+            w.bot
+                .agent_signing_key()
+                .sign_raw(DOMAIN, &message("v-1", &body)),
+        );
         assert_eq!(
             w.verifier().verify(&format!("avt2.{body}.{sig}"), 1_050),
             Err(TokenError::Malformed)
@@ -319,7 +333,10 @@ mod tests {
             .unwrap()
         };
         let v = w.verifier();
-        assert!(v.verify(&mk(1_000, 1_600), 1_100).is_ok(), "exactly the cap");
+        assert!(
+            v.verify(&mk(1_000, 1_600), 1_100).is_ok(),
+            "exactly the cap"
+        );
         assert_eq!(v.verify(&mk(1_000, 1_601), 1_100), Err(TokenError::TooLong));
         assert_eq!(v.verify(&mk(1_000, 1_000), 999), Err(TokenError::TooLong));
         assert_eq!(v.verify(&mk(1_000, 900), 950), Err(TokenError::TooLong));
@@ -361,7 +378,11 @@ mod tests {
             },
         ] {
             w.manifest.revoked = r.clone();
-            assert_eq!(w.verifier().verify(&t, 1_100), Err(TokenError::Revoked), "{r:?}");
+            assert_eq!(
+                w.verifier().verify(&t, 1_100),
+                Err(TokenError::Revoked),
+                "{r:?}"
+            );
         }
         // Revoked before it was minted: a later token is fine.
         w.manifest.revoked = Revocations {
