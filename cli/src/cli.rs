@@ -67,8 +67,8 @@ pub enum Command {
         /// The agent.
         name: String,
     },
-    /// Give agents made before token-signing keys their key (from each one's escrow), so they mint their own tokens.
-    UpgradeAgents {
+    /// Add token-signing keys for agents made before them (each opened from its escrow).
+    UpgradeAgent {
         /// Only this agent (repeatable; default: every agent without a signing key).
         #[arg(long = "agent", value_name = "NAME")]
         agents: Vec<String>,

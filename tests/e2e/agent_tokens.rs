@@ -458,7 +458,7 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     // The old agent cannot mint; the broker refuses one minted anyway.
     let bot = w.bot.to_str().unwrap();
     let err = w.env.fail(&["token", "issue", "bot", "--key", bot]);
-    assert!(err.contains("upgrade-agents --agent bot"), "{err}");
+    assert!(err.contains("upgrade-agent --agent bot"), "{err}");
     let old = hand_mint(&w.bot, &vid, &claims("bot", 300, &[]));
     assert_eq!(w.status("bot", &old, "/v1/old"), "407");
     let out = w.connect("bot", &old);
@@ -470,7 +470,7 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     );
 
     // Only the agent named.
-    let v = w.env.json(&["upgrade-agents", "--agent", "bot"]);
+    let v = w.env.json(&["upgrade-agent", "--agent", "bot"]);
     assert_eq!(v["upgraded"], serde_json::json!(["bot"]));
     let listed = w.env.json(&["list-agents"]);
     assert_eq!(listed[0]["signing_key"], bot_key.as_str());
@@ -498,14 +498,14 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     // The token minted before the upgrade, with the same key, verifies now.
     assert_eq!(w.status("bot", &old, "/v1/old-now"), "200");
     // The rest, then nothing left to do.
-    let v = w.env.json(&["upgrade-agents"]);
+    let v = w.env.json(&["upgrade-agent"]);
     assert_eq!(v["upgraded"], serde_json::json!(["eve"]));
-    let out = String::from_utf8(w.env.ok(&["upgrade-agents"]).stdout).unwrap();
+    let out = String::from_utf8(w.env.ok(&["upgrade-agent"]).stdout).unwrap();
     assert!(
         out.contains("every agent has a token-signing key already"),
         "{out}"
     );
-    let err = w.env.fail(&["upgrade-agents", "--agent", "ghost"]);
+    let err = w.env.fail(&["upgrade-agent", "--agent", "ghost"]);
     assert!(err.contains("ghost"), "{err}");
     // A key given back by recover-agent is a new signing key: tokens of the old one stop.
     w.env.ok(&["recover-agent", "bot"]);

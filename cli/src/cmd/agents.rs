@@ -1,5 +1,5 @@
 //! Agents and their grants: `add-agent`, `remove-agent`, `list-agents`,
-//! `recover-agent`, `upgrade-agents`, `restore-agent`, `grant`, `revoke`.
+//! `recover-agent`, `upgrade-agent`, `restore-agent`, `grant`, `revoke`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -95,7 +95,7 @@ pub(super) fn recover(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `upgrade-agents`.
+/// `upgrade-agent`.
 pub(super) fn upgrade(ctx: &Ctx, names: &[String]) -> CliResult<ExitCode> {
     let only = names
         .iter()

@@ -63,7 +63,7 @@ pub fn issue_token(
 
 /// Mints a token (`avt2`) with the agent's own key: no owner and no token
 /// key needed. `agent_id` must be the agent's current key, and the manifest
-/// must hold its signing key (`upgrade-agents` adds it for agents made
+/// must hold its signing key (`upgrade-agent` adds it for agents made
 /// before). The same checks as an owner's token: lifetime within
 /// `token_max_ttl_seconds`, every service within the agent's grants.
 pub fn issue_agent_token(
@@ -87,7 +87,7 @@ pub fn issue_agent_token(
     let key = agent_id.agent_signing_key();
     if entry.signing_key.as_deref() != Some(key.public().as_str()) {
         return Err(Error::InvalidInput(format!(
-            "agent {agent} has no token-signing key in the manifest yet: an owner runs `agent-vault upgrade-agents --agent {agent}` (or issues the token: `agent-vault token issue {agent}`)"
+            "agent {agent} has no token-signing key in the manifest yet: an owner runs `agent-vault upgrade-agent --agent {agent}` (or issues the token: `agent-vault token issue {agent}`)"
         )));
     }
     let claims = new_claims(vault, manifest, agent, ttl_seconds, services, session)?;

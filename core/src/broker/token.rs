@@ -166,7 +166,7 @@ pub enum TokenError {
     /// An agent's token (`avt2`) naming no agent of the vault.
     UnknownAgent,
     /// An agent's token (`avt2`) for an agent the manifest holds no
-    /// signing key for (made before signing keys; `upgrade-agents`).
+    /// signing key for (made before signing keys; `upgrade-agent`).
     NoAgentKey,
     /// An agent's token (`avt2`) living longer than `token_max_ttl_seconds`.
     TooLong,
@@ -185,7 +185,7 @@ impl std::fmt::Display for TokenError {
             TokenError::Revoked => "token revoked",
             TokenError::UnknownAgent => "token for an agent this vault does not have",
             TokenError::NoAgentKey => {
-                "the agent has no signing key in the manifest yet (an owner runs `agent-vault upgrade-agents`)"
+                "the agent has no signing key in the manifest yet (an owner runs `agent-vault upgrade-agent`)"
             }
             TokenError::TooLong => "token lives longer than the vault allows (token_max_ttl_seconds)",
             TokenError::NotYetValid => "token issued in the future (check the clock)",

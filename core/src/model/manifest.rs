@@ -32,7 +32,7 @@ pub struct AgentEntry {
     /// Ed25519 public key (base64) derived from the agent's age identity:
     /// the broker verifies the tokens the agent mints itself (`avt2`) with
     /// it. Absent for agents made before it existed, until an owner runs
-    /// `agent-vault upgrade-agents`.
+    /// `agent-vault upgrade-agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<String>,
 }
