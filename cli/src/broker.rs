@@ -25,7 +25,8 @@ pub fn ttl_seconds(ttl: &str) -> CliResult<i64> {
         })
 }
 
-/// A fresh token for `agent`, issued with the owner key.
+/// A fresh token for `agent`: an owner's (`avt1`) with an owner key, or
+/// one the agent mints itself (`avt2`) with only its own key (see [`mint`]).
 fn issue(
     vault: &Vault,
     key: &agent_vault_core::KeySource,
@@ -33,18 +34,32 @@ fn issue(
     ttl: &str,
 ) -> CliResult<String> {
     let a: AgentName = agent.parse()?;
-    let owner = vault.keys().load(key, vault.id())?;
-    let manifest = vault.manifest()?;
-    let (token, _) = agent_vault_core::broker::issue_token(
-        vault,
-        &owner,
-        &manifest,
-        &a,
-        ttl_seconds(ttl)?,
-        &[],
-        None,
-    )?;
+    let (token, _) = mint(vault, key, &a, ttl_seconds(ttl)?, &[], None)?;
     Ok(token)
+}
+
+/// Mints a token for `agent` with the key `key` names; with none named,
+/// this vault's owner key, or else the agent's own key in the key store.
+/// An owner key issues `avt1`, the agent's own key `avt2`.
+pub fn mint(
+    vault: &Vault,
+    key: &agent_vault_core::KeySource,
+    agent: &AgentName,
+    ttl_seconds: i64,
+    services: &[String],
+    session: Option<String>,
+) -> CliResult<(String, agent_vault_core::broker::token::Claims)> {
+    let id = vault.keys().load_for_agent(key, vault.id(), agent)?;
+    let manifest = vault.manifest()?;
+    Ok(agent_vault_core::broker::issue_any(
+        vault,
+        &id,
+        &manifest,
+        agent,
+        ttl_seconds,
+        services,
+        session,
+    )?)
 }
 
 /// Writes the vault's CA (public data) to `dir/broker-ca.pem`.

@@ -67,6 +67,12 @@ pub enum Command {
         /// The agent.
         name: String,
     },
+    /// Add token-signing keys for agents made before them (each opened from its escrow).
+    UpgradeAgent {
+        /// Only this agent (repeatable; default: every agent without a signing key).
+        #[arg(long = "agent", value_name = "NAME")]
+        agents: Vec<String>,
+    },
     /// Write an agent's private key, recovered from escrow, to a file (created 0600).
     RestoreAgent {
         /// The agent.

@@ -74,16 +74,29 @@ impl Identity {
     /// HKDF-SHA256 under a domain-separation label, so one backed-up age key
     /// is all an owner needs.
     pub fn signing_key(&self) -> OwnerSigningKey {
+        OwnerSigningKey(self.derive_ed25519(OWNER_SIGNING_LABEL))
+    }
+
+    /// An agent's Ed25519 signing key (for the tokens it mints itself),
+    /// derived from its identity like an owner's but under a label of its
+    /// own: the same age key never yields the same signing key for both.
+    pub fn agent_signing_key(&self) -> AgentSigningKey {
+        AgentSigningKey(self.derive_ed25519(AGENT_SIGNING_LABEL))
+    }
+
+    fn derive_ed25519(&self, label: &[u8]) -> SigningKey {
         let ikm = self.0.to_string();
         let hk =
             hkdf::Hkdf::<Sha256>::new(Some(b"agent-vault/v1/salt"), ikm.expose_secret().as_bytes());
         let mut seed = Zeroizing::new([0u8; 32]);
         // 32 bytes is always a valid HKDF-SHA256 output length.
-        hk.expand(b"agent-vault/v1/owner-signing-key/ed25519", seed.as_mut())
-            .unwrap_or_default();
-        OwnerSigningKey(SigningKey::from_bytes(&seed))
+        hk.expand(label, seed.as_mut()).unwrap_or_default();
+        SigningKey::from_bytes(&seed)
     }
 }
+
+const OWNER_SIGNING_LABEL: &[u8] = b"agent-vault/v1/owner-signing-key/ed25519";
+const AGENT_SIGNING_LABEL: &[u8] = b"agent-vault/v1/agent-signing-key/ed25519";
 
 /// An age X25519 recipient (a public key).
 #[derive(Clone, PartialEq, Eq)]
@@ -132,6 +145,21 @@ impl OwnerSigningKey {
     }
 }
 
+/// An agent's Ed25519 signing key (see [`Identity::agent_signing_key`]).
+pub struct AgentSigningKey(SigningKey);
+
+impl AgentSigningKey {
+    /// The public half, base64 (as the manifest's agent entry holds it).
+    pub fn public(&self) -> String {
+        B64.encode(self.0.verifying_key().as_bytes())
+    }
+
+    /// Signs `message` under `domain`; returns the raw 64-byte signature.
+    pub fn sign_raw(&self, domain: &str, message: &[u8]) -> [u8; 64] {
+        self.0.sign(&framed(domain, message)).to_bytes()
+    }
+}
+
 /// Domain separation: a signature for one purpose never verifies for another.
 fn framed(domain: &str, message: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(domain.len() + 1 + message.len());
@@ -151,6 +179,14 @@ pub fn valid_signing_key(public: &str) -> bool {
 
 /// Verifies a base64 signature by a base64 public key.
 pub fn verify(public: &str, domain: &str, message: &[u8], signature: &str) -> bool {
+    let Ok(sig) = B64.decode(signature) else {
+        return false;
+    };
+    verify_raw(public, domain, message, &sig)
+}
+
+/// Verifies a raw signature (64 bytes) by a base64 public key.
+pub fn verify_raw(public: &str, domain: &str, message: &[u8], signature: &[u8]) -> bool {
     let Ok(pk) = B64.decode(public) else {
         return false;
     };
@@ -160,10 +196,7 @@ pub fn verify(public: &str, domain: &str, message: &[u8], signature: &str) -> bo
     let Ok(vk) = VerifyingKey::from_bytes(&pk) else {
         return false;
     };
-    let Ok(sig) = B64.decode(signature) else {
-        return false;
-    };
-    let Ok(sig) = ed25519_dalek::Signature::from_slice(&sig) else {
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
         return false;
     };
     vk.verify_strict(&framed(domain, message), &sig).is_ok()
@@ -266,6 +299,29 @@ mod tests {
         assert!(!verify(&sk.public(), "d2", b"msg", &sig));
         assert!(!verify(&sk.public(), "d1", b"msh", &sig));
         assert!(!verify(&other.signing_key().public(), "d1", b"msg", &sig));
+    }
+
+    #[test]
+    fn agent_signing_key_is_derived_and_domain_separated() {
+        let id = Identity::generate();
+        let a = id.agent_signing_key();
+        assert_eq!(a.public(), id.agent_signing_key().public(), "deterministic");
+        // The same age key never gives the owner's signing key.
+        assert_ne!(a.public(), id.signing_key().public());
+        assert_ne!(
+            a.public(),
+            Identity::generate().agent_signing_key().public()
+        );
+        assert!(valid_signing_key(&a.public()));
+        // Parsed again from its file, the identity derives the same key.
+        let back = Identity::parse(id.to_file_contents().expose_secret(), "t").unwrap();
+        assert_eq!(back.agent_signing_key().public(), a.public());
+        let sig = a.sign_raw("d1", b"msg");
+        assert!(verify_raw(&a.public(), "d1", b"msg", &sig));
+        assert!(!verify_raw(&a.public(), "d2", b"msg", &sig));
+        assert!(!verify_raw(&a.public(), "d1", b"msh", &sig));
+        assert!(!verify_raw(&id.signing_key().public(), "d1", b"msg", &sig));
+        assert!(!verify_raw(&a.public(), "d1", b"msg", &sig[..63]));
     }
 
     #[test]

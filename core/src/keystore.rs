@@ -142,6 +142,25 @@ impl KeyStore {
         }
     }
 
+    /// The key to mint a token for `agent` with: the key named by `source`;
+    /// with none named, this vault's owner key, or else, when this machine
+    /// holds no owner key, the agent's own key in this store
+    /// (`keys/<vault-id>/agents/<agent>.key`).
+    pub fn load_for_agent(
+        &self,
+        source: &KeySource,
+        vault_id: &str,
+        agent: &AgentName,
+    ) -> Result<Identity> {
+        if let KeySource::OwnerDefault = source {
+            let own = self.agent_key_path(vault_id, agent);
+            if !self.owner_key_path(vault_id).exists() && own.exists() {
+                return Identity::read_file(&own);
+            }
+        }
+        self.load(source, vault_id)
+    }
+
     /// The pins for a vault, if it was opened here before.
     pub fn trust(&self, vault_id: &str) -> Result<Option<TrustPins>> {
         let p = self.trust_path(vault_id);

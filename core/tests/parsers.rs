@@ -227,6 +227,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                         n.parse().unwrap(),
                         AgentEntry {
                             recipient: k.agents[i].recipient().to_string(),
+                            signing_key: None,
                         },
                     )
                 })

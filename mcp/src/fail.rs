@@ -186,7 +186,8 @@ impl std::fmt::Display for Fail {
             Fail::NoToken { agent } => write!(
                 f,
                 "{} needs a broker token: AGENT_VAULT_TOKEN is not set for the MCP \
-                 server; an owner issues one with `agent-vault token issue {agent}`",
+                 server and its key is not an agent's; start it with the agent's key, \
+                 or an owner issues a token with `agent-vault token issue {agent}`",
                 tools::REQUEST,
             ),
             Fail::Request(e) => write!(f, "{e}"),

@@ -24,6 +24,7 @@
 
 pub mod audit;
 mod fail;
+mod renew;
 pub mod request;
 pub mod tools;
 
@@ -120,8 +121,9 @@ struct Inner {
     opts: Options,
     agent: String,
     audit: audit::AuditLog,
-    /// The broker client, built on first use (it needs the vault's CA).
-    broker: tokio::sync::OnceCell<request::Broker>,
+    /// The broker client, built on first use (it needs the vault's CA) and
+    /// again whenever the server's own token is due for renewal.
+    broker: renew::Renewing<Arc<request::Broker>>,
 }
 
 impl Server {
@@ -142,7 +144,7 @@ impl Server {
                 opts,
                 agent,
                 audit,
-                broker: tokio::sync::OnceCell::new(),
+                broker: renew::Renewing::new(),
             }),
         })
     }
@@ -301,12 +303,12 @@ impl Server {
                 hosts,
             });
         }
-        let broker = self.broker().await?;
+        let broker = self.broker()?;
         if let Some(q) = &a.query {
             request::add_query(&mut target.path_and_query, q);
         }
         let resp = request::send(
-            broker,
+            &broker,
             &target,
             &a.method,
             &a.headers.unwrap_or_default(),
@@ -319,19 +321,46 @@ impl Server {
         ))
     }
 
-    async fn broker(&self) -> Result<&request::Broker, Fail> {
+    /// The broker client with a token that is good now: the pasted one,
+    /// or one minted with the agent's own key, renewed before it expires.
+    fn broker(&self) -> Result<Arc<request::Broker>, Fail> {
         let inner = &self.inner;
-        inner
-            .broker
-            .get_or_try_init(|| async {
-                let addr = inner.opts.broker.clone().ok_or(Fail::NoBroker)?;
-                let token = inner.opts.token.clone().ok_or_else(|| Fail::NoToken {
-                    agent: inner.agent.clone(),
-                })?;
-                let ca = inner.live.vault().ca_cert()?;
-                Ok(request::Broker::new(addr, &inner.agent, &token, &ca)?)
-            })
-            .await
+        let now = jiff::Timestamp::now().as_second();
+        inner.broker.get(now, || {
+            let addr = inner.opts.broker.clone().ok_or(Fail::NoBroker)?;
+            let (token, lease) = match &inner.opts.token {
+                Some(t) => (t.clone(), None),
+                None => {
+                    let (t, lease) = self.own_token()?;
+                    (t, Some(lease))
+                }
+            };
+            let ca = inner.live.vault().ca_cert()?;
+            let broker = request::Broker::new(addr, &inner.agent, &token, &ca)?;
+            Ok((Arc::new(broker), lease))
+        })
+    }
+
+    /// A token minted with the agent's own key (`avt2`): no owner needed.
+    fn own_token(&self) -> Result<(String, renew::Lease), Fail> {
+        let reader = self.reader()?;
+        let Role::Agent(agent) = reader.role() else {
+            return Err(Fail::NoToken {
+                agent: self.inner.agent.clone(),
+            });
+        };
+        let vault = reader.vault();
+        let ttl = renew::own_ttl(vault.config().token_max_ttl_seconds);
+        let (token, claims) = agent_vault_core::broker::issue_agent_token(
+            vault,
+            reader.identity(),
+            reader.manifest(),
+            agent,
+            ttl,
+            &[],
+            None,
+        )?;
+        Ok((token, renew::Lease::new(claims.iat, claims.exp)))
     }
 
     fn whoami(&self, args: Value) -> Result<Output, Fail> {

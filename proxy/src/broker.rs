@@ -216,6 +216,11 @@ impl Broker {
         Ok(plan)
     }
 
+    /// The longest an agent's own token may live (`token_max_ttl_seconds`).
+    pub(crate) fn max_token_ttl(&self) -> i64 {
+        self.live.vault().config().token_max_ttl_seconds
+    }
+
     /// Leaves minted so far (a host's leaf is minted once).
     pub fn leaves_minted(&self) -> u64 {
         self.minter.minted()

@@ -76,12 +76,20 @@ impl Broker {
         self.check_token(&token)
     }
 
+    /// An owner's token (`avt1`, the token key) or one the agent minted
+    /// (`avt2`, the agent's key in the current manifest, its lifetime and
+    /// services held to the vault's cap and the agent's grants).
     fn check_token(&self, token: &str) -> Result<Claims, AuthError> {
         let snap = self.snapshot();
         let now = jiff::Timestamp::now().as_second();
-        self.token_key
-            .verify(token, now, &snap.manifest().revoked)
-            .map_err(AuthError::Token)
+        agent_vault_core::broker::agent_token::Verifier {
+            token_key: &self.token_key,
+            manifest: snap.manifest(),
+            services: &snap.services,
+            max_ttl: self.max_token_ttl(),
+        }
+        .verify(token, now)
+        .map_err(AuthError::Token)
     }
 }
 

@@ -6,6 +6,7 @@
 mod harness;
 
 mod access;
+mod agent_tokens;
 mod audit_log;
 mod basics;
 mod broker;

@@ -1,5 +1,5 @@
 //! Agents and their grants: `add-agent`, `remove-agent`, `list-agents`,
-//! `recover-agent`, `restore-agent`, `grant`, `revoke`.
+//! `recover-agent`, `upgrade-agent`, `restore-agent`, `grant`, `revoke`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -57,7 +57,7 @@ pub(super) fn list(ctx: &Ctx) -> CliResult<ExitCode> {
                             .collect()
                     })
                     .unwrap_or_default();
-                json!({"name": a, "recipient": e.recipient, "grants": grants})
+                json!({"name": a, "recipient": e.recipient, "signing_key": e.signing_key, "grants": grants})
             })
             .collect();
         output::json(&json!(agents))?;
@@ -91,6 +91,29 @@ pub(super) fn recover(ctx: &Ctx, name: &str) -> CliResult<ExitCode> {
     } else {
         line(format!("agent {name} has a new key: {}", key.display()))?;
         line("the groups it can read were rotated; its old key opens nothing written from now on")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `upgrade-agent`.
+pub(super) fn upgrade(ctx: &Ctx, names: &[String]) -> CliResult<ExitCode> {
+    let only = names
+        .iter()
+        .map(|n| parse(n))
+        .collect::<CliResult<Vec<AgentName>>>()?;
+    let vault = ctx.vault()?;
+    let mut w = Writer::open(&vault, &ctx.key_source())?;
+    let upgraded = w.upgrade_agents(&only)?;
+    if ctx.json {
+        output::json(&json!({"upgraded": upgraded}))?;
+    } else if upgraded.is_empty() {
+        line("every agent has a token-signing key already")?;
+    } else {
+        for a in &upgraded {
+            line(format!(
+                "agent {a} has a token-signing key: it mints its own tokens now"
+            ))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -154,11 +154,8 @@ fn token_issue(
     let a: AgentName = parse(agent)?;
     let ttl = crate::broker::ttl_seconds(ttl)?;
     let vault = ctx.vault()?;
-    let owner = vault.keys().load(&ctx.key_source(), vault.id())?;
-    let manifest = vault.manifest()?;
-    let (token, claims) = agent_vault_core::broker::issue_token(
-        &vault, &owner, &manifest, &a, ttl, services, session,
-    )?;
+    let (token, claims) =
+        crate::broker::mint(&vault, &ctx.key_source(), &a, ttl, services, session)?;
     if ctx.json {
         output::json(
             &json!({"token": token, "id": claims.id, "agent": claims.agent, "services": claims.services,

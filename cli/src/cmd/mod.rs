@@ -66,6 +66,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::ListAgents => agents::list(&ctx),
         Command::RecoverAgent { name } => agents::recover(&ctx, &name),
         Command::RestoreAgent { name, to } => agents::restore(&ctx, &name, &to),
+        Command::UpgradeAgent { agents } => agents::upgrade(&ctx, &agents),
         Command::Grant { agent, group, mode } => agents::grant(&ctx, &agent, &group, mode),
         Command::Revoke { agent, group } => agents::revoke(&ctx, &agent, &group),
         Command::Keygen { out } => owners::keygen(&ctx, &out),

@@ -1,9 +1,10 @@
-//! Short-lived, scoped broker tokens. A token is
+//! Short-lived, scoped broker tokens. An owner's token is
 //! `avt1.<claims>.<mac>`: base64url JSON claims and an HMAC-SHA256 over them
 //! with the vault's token key, which is stored encrypted to the broker and
 //! the owners — so any broker instance verifies any token with no shared
-//! database, and only owners issue them. Revocations live in the signed
-//! manifest.
+//! database. An agent mints its own, `avt2` (see
+//! [`crate::broker::agent_token`]), with the same claims. Revocations live in
+//! the signed manifest.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -162,6 +163,17 @@ pub enum TokenError {
     Expired,
     /// Revoked by an owner.
     Revoked,
+    /// An agent's token (`avt2`) naming no agent of the vault.
+    UnknownAgent,
+    /// An agent's token (`avt2`) for an agent the manifest holds no
+    /// signing key for (made before signing keys; `upgrade-agent`).
+    NoAgentKey,
+    /// An agent's token (`avt2`) living longer than `token_max_ttl_seconds`.
+    TooLong,
+    /// An agent's token (`avt2`) issued in the future.
+    NotYetValid,
+    /// An agent's token (`avt2`) naming a service beyond the agent's grants.
+    BeyondGrants,
 }
 
 impl std::fmt::Display for TokenError {
@@ -171,6 +183,13 @@ impl std::fmt::Display for TokenError {
             TokenError::BadSignature => "token not issued for this vault",
             TokenError::Expired => "token expired",
             TokenError::Revoked => "token revoked",
+            TokenError::UnknownAgent => "token for an agent this vault does not have",
+            TokenError::NoAgentKey => {
+                "the agent has no signing key in the manifest yet (an owner runs `agent-vault upgrade-agent`)"
+            }
+            TokenError::TooLong => "token lives longer than the vault allows (token_max_ttl_seconds)",
+            TokenError::NotYetValid => "token issued in the future (check the clock)",
+            TokenError::BeyondGrants => "token names a service beyond the agent's grants",
         })
     }
 }
@@ -442,6 +461,11 @@ mod token_rules {
             TokenError::BadSignature,
             TokenError::Expired,
             TokenError::Revoked,
+            TokenError::UnknownAgent,
+            TokenError::NoAgentKey,
+            TokenError::TooLong,
+            TokenError::NotYetValid,
+            TokenError::BeyondGrants,
         ] {
             assert!(!e.to_string().contains("avt1"));
         }

@@ -29,6 +29,12 @@ pub struct OwnerEntry {
 pub struct AgentEntry {
     /// age recipient.
     pub recipient: String,
+    /// Ed25519 public key (base64) derived from the agent's age identity:
+    /// the broker verifies the tokens the agent mints itself (`avt2`) with
+    /// it. Absent for agents made before it existed, until an owner runs
+    /// `agent-vault upgrade-agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
 }
 
 /// A group in the manifest.
@@ -192,6 +198,16 @@ impl Manifest {
         for r in recipients {
             r.parse::<crypto::Recipient>()
                 .map_err(|_| Error::corrupt(path, format!("invalid recipient {r:?}")))?;
+        }
+        for (a, e) in &self.agents {
+            if let Some(k) = &e.signing_key
+                && !crypto::valid_signing_key(k)
+            {
+                return Err(Error::corrupt(
+                    path,
+                    format!("agent {a}'s signing key is not an Ed25519 public key"),
+                ));
+            }
         }
         Ok(())
     }

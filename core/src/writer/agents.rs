@@ -23,9 +23,9 @@ impl Writer<'_> {
         if self.manifest.agents.contains_key(name) {
             return Err(Error::AgentExists(name.to_string()));
         }
-        let (key_path, recipient) = self.new_agent_key(name, &self.manifest)?;
+        let (key_path, entry) = self.new_agent_key(name, &self.manifest)?;
         let mut target = self.manifest.clone();
-        target.agents.insert(name.clone(), AgentEntry { recipient });
+        target.agents.insert(name.clone(), entry);
         let mut txn = Txn::new(format!("add agent {name}"));
         txn.manifest = Some(target);
         txn.agent_files.push(name.clone());
@@ -35,12 +35,13 @@ impl Writer<'_> {
 
     /// Makes a new key pair for an agent: public key and escrow (to the
     /// owners of `owners`) in the vault, private key in the local key store.
-    /// Returns the key file's path and the new recipient.
+    /// Returns the key file's path and the agent's manifest entry (its
+    /// recipient and token-signing key).
     pub(super) fn new_agent_key(
         &self,
         name: &AgentName,
         owners: &Manifest,
-    ) -> Result<(PathBuf, String)> {
+    ) -> Result<(PathBuf, AgentEntry)> {
         let id = Identity::generate();
         let recipients = self.owner_recipients(owners)?;
         let escrow = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
@@ -60,7 +61,11 @@ impl Writer<'_> {
             format!("{recipient}\n").as_bytes(),
             fsutil::PUBLIC_FILE,
         )?;
-        Ok((key_path, recipient))
+        let entry = AgentEntry {
+            recipient,
+            signing_key: Some(id.agent_signing_key().public()),
+        };
+        Ok((key_path, entry))
     }
 
     /// Removes an agent: its grants go, and every group it could read is
@@ -96,9 +101,9 @@ impl Writer<'_> {
         if !self.manifest.agents.contains_key(name) {
             return Err(Error::AgentNotFound(name.to_string()));
         }
-        let (key_path, recipient) = self.new_agent_key(name, &self.manifest)?;
+        let (key_path, entry) = self.new_agent_key(name, &self.manifest)?;
         let mut target = self.manifest.clone();
-        target.agents.insert(name.clone(), AgentEntry { recipient });
+        target.agents.insert(name.clone(), entry);
         let mut txn = Txn::new(format!("recover agent {name}"));
         for g in self.readable_groups(name) {
             self.rotate_into(&mut target, &mut txn, &g)?;
@@ -109,21 +114,61 @@ impl Writer<'_> {
         Ok(key_path)
     }
 
+    /// Gives agents made before token-signing keys existed their signing
+    /// key: each one's escrow is opened with this owner's key, the key
+    /// derived, and its public half written into the signed manifest (one
+    /// journaled change). `only` limits it to these agents (each must
+    /// exist); agents that have a key already are left alone. Returns the
+    /// agents upgraded.
+    pub fn upgrade_agents(&mut self, only: &[AgentName]) -> Result<Vec<AgentName>> {
+        for a in only {
+            if !self.manifest.agents.contains_key(a) {
+                return Err(Error::AgentNotFound(a.to_string()));
+            }
+        }
+        let mut target = self.manifest.clone();
+        let mut upgraded = Vec::new();
+        for (name, entry) in target.agents.iter_mut() {
+            if entry.signing_key.is_some() || !(only.is_empty() || only.contains(name)) {
+                continue;
+            }
+            let id = self.open_escrow(name)?;
+            entry.signing_key = Some(id.agent_signing_key().public());
+            upgraded.push(name.clone());
+        }
+        if upgraded.is_empty() {
+            return Ok(upgraded);
+        }
+        let names: Vec<String> = upgraded.iter().map(ToString::to_string).collect();
+        let mut txn = Txn::new(format!("upgrade agent signing keys {}", names.join(", ")));
+        txn.manifest = Some(target);
+        self.run(txn)?;
+        Ok(upgraded)
+    }
+
+    /// An agent's identity, opened from its escrow with this owner's key and
+    /// checked against its recipient in the manifest.
+    fn open_escrow(&self, name: &AgentName) -> Result<Identity> {
+        let escrow = self.vault.agent_dir(name).join("private.key.escrow");
+        let ct = self.vault.fs().read(&escrow, Kind::KeyFile)?;
+        let id = crypto::decrypt_identity(&[&self.id], &ct, &escrow)?;
+        let entry = self.manifest.agents.get(name);
+        if entry.is_none_or(|e| id.recipient().as_string() != e.recipient) {
+            return Err(Error::corrupt(
+                &escrow,
+                "the escrowed key is not the agent's current key",
+            ));
+        }
+        Ok(id)
+    }
+
     /// Writes an agent's private key, recovered from escrow, to `to`
     /// (created 0600; an existing file is never overwritten).
     pub fn restore_agent(&self, name: &AgentName, to: &Path) -> Result<()> {
         if !self.manifest.agents.contains_key(name) {
             return Err(Error::AgentNotFound(name.to_string()));
         }
-        let escrow = self.vault.agent_dir(name).join("private.key.escrow");
-        let ct = self.vault.fs().read(&escrow, Kind::KeyFile)?;
-        let id = crypto::decrypt_identity(&[&self.id], &ct, &escrow)?;
-        if id.recipient().as_string() != self.manifest.agents[name].recipient {
-            return Err(Error::corrupt(
-                &escrow,
-                "the escrowed key is not the agent's current key",
-            ));
-        }
+        let id = self.open_escrow(name)?;
         if to.exists() {
             return Err(Error::Exists(to.to_owned()));
         }

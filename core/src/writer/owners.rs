@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use crate::crypto::{self, Recipient};
 use crate::error::{Error, Result};
 use crate::journal::Txn;
-use crate::model::AgentEntry;
 use crate::names::{AgentName, GroupName, OwnerName};
 
 use super::{RekeyReport, Writer};
@@ -69,8 +68,8 @@ impl Writer<'_> {
         let mut keys = Vec::new();
         let agents: Vec<AgentName> = target.agents.keys().cloned().collect();
         for a in agents {
-            let (key_path, recipient) = self.new_agent_key(&a, &target)?;
-            target.agents.insert(a.clone(), AgentEntry { recipient });
+            let (key_path, entry) = self.new_agent_key(&a, &target)?;
+            target.agents.insert(a.clone(), entry);
             txn.agent_files.push(a.clone());
             keys.push((a, key_path));
         }

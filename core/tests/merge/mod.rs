@@ -45,6 +45,7 @@ fn manifest(agents: &[&str], groups: &[&str], grants: &[(&str, &str, Mode)]) -> 
             agent(a),
             AgentEntry {
                 recipient: format!("age1{a}"),
+                signing_key: None,
             },
         );
     }
@@ -84,6 +85,7 @@ fn both_sides_additions_are_kept() {
         agent("b"),
         AgentEntry {
             recipient: "age1b".into(),
+            signing_key: None,
         },
     );
     ours.grants
@@ -332,6 +334,7 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                     agent(a),
                     AgentEntry {
                         recipient: format!("age1{a}{r}"),
+                        signing_key: None,
                     },
                 );
             }
