@@ -225,7 +225,7 @@ pub fn run_isolated(
             ),
         )
     })?;
-    // Without the broker's socket the relay inside would have nowhere to go.
+    // Without the broker's socket there is no one to hand the listener to.
     let is_socket = std::fs::metadata(&socket)
         .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
         .unwrap_or(false);
@@ -235,7 +235,7 @@ pub fn run_isolated(
             Some("start the broker with `agent-vault proxy --unix PATH` first".into()),
         ));
     }
-    let token = issue(&vault, key, agent, ttl)?;
+    let lifetime = std::time::Duration::from_secs(ttl_seconds(ttl)?.max(1).unsigned_abs());
     let scratch = std::env::temp_dir().join(format!("agent-vault-run-{}", std::process::id()));
     let ca_path = write_ca(&vault, &scratch)?;
     let mut hide_files: Vec<std::path::PathBuf> =
@@ -253,7 +253,6 @@ pub fn run_isolated(
         hide_files,
         socket,
         proxy_tcp: proxy.to_owned(),
-        userinfo: format!("{agent}:{token}"),
         env: ca_env(&ca_path),
         env_remove: ["AGENT_VAULT_KEY", "AGENT_VAULT_TOKEN"]
             .map(String::from)
@@ -266,7 +265,13 @@ pub fn run_isolated(
         },
         force_fallback: std::env::var_os(crate::isolate::FORCE_FALLBACK).is_some(),
     };
-    let result = crate::isolate::supervise(&plan);
+    // The supervisor mints the first token and renews it while CMD runs.
+    let minter = crate::isolate::Minter {
+        mint: Box::new(|| issue(&vault, key, agent, ttl)),
+        agent: agent.to_owned(),
+        ttl: lifetime,
+    };
+    let result = crate::isolate::supervise(&plan, minter);
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }

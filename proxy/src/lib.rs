@@ -13,6 +13,7 @@ mod broker;
 pub mod ca;
 mod error;
 mod forward;
+mod handoff;
 mod limits;
 pub mod lru;
 pub mod net;

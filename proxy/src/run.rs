@@ -13,12 +13,27 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::handoff::{Dealt, Handoffs};
 use crate::server::{Broker, ProxyError, serve_agent, serve_stream};
+use crate::tunnel::serve_handed;
 
 /// An accepted agent connection, dealt to a runtime.
 enum Accepted {
     Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
+    Other(Dealt),
+}
+
+/// Deals connections to the runtimes in turn.
+struct Dealer {
+    queues: Vec<mpsc::UnboundedSender<Accepted>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Dealer {
+    fn deal(&self, stream: Accepted) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.queues.len();
+        let _ = self.queues[i].send(stream);
+    }
 }
 
 /// Listens on `listen` (and on the Unix socket `unix`, if given: for agents
@@ -59,9 +74,14 @@ pub fn run(
                                     tokio::spawn(serve_agent(broker.clone(), s));
                                 }
                             }
-                            Accepted::Unix(s) => {
+                            Accepted::Other(Dealt::Unix(s)) => {
                                 if let Ok(s) = tokio::net::UnixStream::from_std(s) {
                                     tokio::spawn(serve_stream(broker.clone(), s));
+                                }
+                            }
+                            Accepted::Other(Dealt::Handed(s, session)) => {
+                                if let Ok(s) = tokio::net::TcpStream::from_std(s) {
+                                    tokio::spawn(serve_handed(broker.clone(), s, session));
                                 }
                             }
                         }
@@ -78,6 +98,11 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ProxyError::Runtime)?;
+    let dealer = Arc::new(Dealer {
+        queues,
+        next: Default::default(),
+    });
+    let handoffs = Handoffs::default();
     let served = acceptor.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -96,7 +121,6 @@ pub fn run(
         on_listening(bound);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(ProxyError::Signal)?;
-        let mut next = 0;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
@@ -104,14 +128,17 @@ pub fn run(
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let Ok(stream) = stream.into_std() else { continue };
-                    let _ = queues[next].send(Accepted::Tcp(stream));
-                    next = (next + 1) % queues.len();
+                    dealer.deal(Accepted::Tcp(stream));
                 }
                 accepted = accept_unix(unix_listener.as_ref()) => {
                     let Ok(stream) = accepted else { continue };
-                    let Ok(stream) = stream.into_std() else { continue };
-                    let _ = queues[next].send(Accepted::Unix(stream));
-                    next = (next + 1) % queues.len();
+                    // An agent's HTTP or a listener hand-off (`run --isolate`).
+                    let (dealer, handoffs, broker) = (dealer.clone(), handoffs.clone(), broker.clone());
+                    tokio::spawn(async move {
+                        handoffs
+                            .take(broker, stream, move |d| dealer.deal(Accepted::Other(d)))
+                            .await
+                    });
                 }
             }
         }
@@ -119,7 +146,9 @@ pub fn run(
     if let Some(path) = unix {
         let _ = std::fs::remove_file(path);
     }
-    // `queues` went with the acceptor's future: the workers stop.
+    // The dealer went with the acceptor's future and its tasks (hand-offs):
+    // the workers stop.
+    drop(acceptor);
     let mut result = served;
     for w in workers {
         match w.join() {

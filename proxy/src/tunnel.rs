@@ -23,6 +23,7 @@ use crate::body::Held;
 use crate::broker::Broker;
 use crate::error::ProxyError;
 use crate::forward::forward;
+use crate::handoff::Session;
 use crate::reply::{ProxyBody, empty, text};
 
 /// Why an agent's `Proxy-Authorization` was refused.
@@ -36,6 +37,8 @@ pub(crate) enum AuthError {
     Scheme,
     /// The token does not verify (expired, revoked, forged…).
     Token(TokenError),
+    /// A hand-off whose supervisor is gone (`run --isolate` ended).
+    Ended,
 }
 
 impl std::fmt::Display for AuthError {
@@ -47,6 +50,7 @@ impl std::fmt::Display for AuthError {
             AuthError::Malformed => f.write_str("malformed Proxy-Authorization"),
             AuthError::Scheme => f.write_str("Proxy-Authorization must be Basic or Bearer"),
             AuthError::Token(e) => write!(f, "{e}: ask for a new token (agent-vault token issue)"),
+            AuthError::Ended => f.write_str("the supervisor of this `run --isolate` is gone"),
         }
     }
 }
@@ -79,7 +83,7 @@ impl Broker {
     /// An owner's token (`avt1`, the token key) or one the agent minted
     /// (`avt2`, the agent's key in the current manifest, its lifetime and
     /// services held to the vault's cap and the agent's grants).
-    fn check_token(&self, token: &str) -> Result<Claims, AuthError> {
+    pub(crate) fn check_token(&self, token: &str) -> Result<Claims, AuthError> {
         let snap = self.snapshot();
         let now = jiff::Timestamp::now().as_second();
         agent_vault_core::broker::agent_token::Verifier {
@@ -123,8 +127,22 @@ pub async fn serve_stream<S>(broker: Arc<Broker>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_with(broker, stream, None).await
+}
+
+/// Serves one connection accepted on a handed-off listener (see
+/// [`crate::handoff`]): its token is the session's.
+pub(crate) async fn serve_handed(broker: Arc<Broker>, stream: TcpStream, session: Arc<Session>) {
+    let _ = stream.set_nodelay(true);
+    serve_with(broker, stream, Some(session)).await
+}
+
+async fn serve_with<S>(broker: Arc<Broker>, stream: S, session: Option<Arc<Session>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header = broker.limits.header;
-    let svc = service_fn(move |req| handle_proxy(broker.clone(), req));
+    let svc = service_fn(move |req| handle_proxy(broker.clone(), req, session.clone()));
     // The clock for a request's head starts as soon as the broker waits for
     // it (hyper starts it on the first read, and again between requests).
     let _ = http1::Builder::new()
@@ -139,8 +157,17 @@ where
 async fn handle_proxy(
     b: Arc<Broker>,
     req: Request<Incoming>,
+    session: Option<Arc<Session>>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let claims = match b.authenticate(&req) {
+    // A hand-off's connections use its token; what the client sends is ignored.
+    let auth = match &session {
+        Some(s) => s
+            .token()
+            .ok_or(AuthError::Ended)
+            .and_then(|t| b.check_token(&t)),
+        None => b.authenticate(&req),
+    };
+    let claims = match auth {
         Ok(c) => c,
         Err(e) => {
             return Ok(text(
@@ -165,7 +192,7 @@ async fn handle_proxy(
         Ok(a) => a,
         Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
     };
-    tokio::spawn(tunnel(b, req, host, port, addr, claims));
+    tokio::spawn(tunnel(b, req, (host, port, addr), claims, session));
     Ok(Response::new(empty()))
 }
 
@@ -175,10 +202,9 @@ async fn handle_proxy(
 async fn tunnel(
     b: Arc<Broker>,
     req: Request<Incoming>,
-    host: String,
-    port: u16,
-    addr: SocketAddr,
+    (host, port, addr): (String, u16, SocketAddr),
     claims: Claims,
+    session: Option<Arc<Session>>,
 ) {
     let limits = b.limits;
     // The agent's TLS handshake, within a time limit.
@@ -199,17 +225,21 @@ async fn tunnel(
     let watched = activity.clone();
     let svc = service_fn(move |req| {
         let busy = Busy::start(watched.clone());
-        let answer = forward(
-            b.clone(),
-            claims.clone(),
-            host.clone(),
-            port,
-            addr,
-            true,
-            req,
-        );
+        // A hand-off's requests use its newest token (the supervisor renews it).
+        let claims = match &session {
+            Some(s) => s.claims(),
+            None => Some(claims.clone()),
+        };
+        let answer =
+            claims.map(|claims| forward(b.clone(), claims, host.clone(), port, addr, true, req));
         async move {
-            let response = answer.await?;
+            let response = match answer {
+                Some(answer) => answer.await?,
+                None => text(
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    &AuthError::Ended.to_string(),
+                ),
+            };
             // In flight until its body has been sent.
             Ok::<_, Infallible>(response.map(|body| Held::new(body, busy).boxed()))
         }

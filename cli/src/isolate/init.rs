@@ -1,11 +1,13 @@
 //! The namespace's init, PID 1 inside: a fresh `/proc` (only the processes
 //! inside), a nested user namespace in which CMD is its usual user with no
-//! power over the mounts that hide the keys, Landlock, the relay from
-//! 127.0.0.1 to the broker's Unix socket, then CMD, waited for (and every
-//! orphan inside reaped). When this process ends, the kernel ends every
-//! process in the namespace.
+//! power over the mounts that hide the keys, a listener on 127.0.0.1 passed
+//! out to the supervisor (which hands it to the broker: the broker accepts
+//! CMD's connections itself, and holds their token), Landlock, then CMD,
+//! waited for (and every orphan inside reaped). When this process ends, the
+//! kernel ends every process in the namespace.
 
-use std::process::{Command, ExitCode};
+use std::io::Read;
+use std::process::{Command, ExitCode, Stdio};
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
@@ -13,7 +15,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::{Plan, landlock};
+use super::{Plan, channel, landlock};
 
 pub fn run(plan: Plan) -> Result<ExitCode, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
@@ -39,11 +41,22 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
         .map_err(|e| format!("gid_map: {e}"))?;
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("the relay cannot listen: {e}"))?;
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
     let port = listener
         .local_addr()
-        .map_err(|e| format!("the relay cannot listen: {e}"))?
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?
         .port();
+    // Out to the supervisor, which hands it to the broker; CMD starts once
+    // the broker has it. Only the broker keeps it.
+    let mut to_supervisor = channel::stdin_channel()?;
+    channel::send_fd(&to_supervisor, channel::LISTENER, &listener)
+        .map_err(|e| format!("cannot pass the listener out: {e}"))?;
+    drop(listener);
+    let mut go = [0u8; 1];
+    match to_supervisor.read(&mut go) {
+        Ok(1) if go[0] == channel::GO => {}
+        _ => return Err("the broker did not take the listener".into()),
+    }
     let hidden: Vec<_> = plan
         .hide_dirs
         .iter()
@@ -55,10 +68,9 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
         Err(e) => format!("no Landlock ({e})"),
     };
     eprintln!(
-        "agent-vault: isolation: user, mount, PID and network namespaces (the only way out is the broker); key store, .local/ and {} key file(s) hidden; {landlock}",
+        "agent-vault: isolation: user, mount, PID and network namespaces (the only way out is the broker, which holds the token: the supervisor renews it); key store, .local/ and {} key file(s) hidden; {landlock}",
         plan.hide_files.len()
     );
-    relay(listener, plan.socket.clone())?;
 
     let (program, args) = plan.command.split_first().ok_or("run needs a command")?;
     let mut cmd = Command::new(program);
@@ -66,8 +78,10 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
     for k in &plan.env_remove {
         cmd.env_remove(k);
     }
+    // Not the supervisor's channel.
     cmd.envs(plan.env.iter().cloned())
-        .envs(plan.proxy_env(&format!("127.0.0.1:{port}")));
+        .envs(plan.proxy_env(&format!("127.0.0.1:{port}"), None))
+        .stdin(Stdio::null());
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
@@ -99,35 +113,4 @@ fn read_outer_ids() -> Result<(u32, u32), String> {
             .ok_or_else(|| format!("{path}: cannot read {text:?}"))
     };
     Ok((outer("/proc/self/uid_map")?, outer("/proc/self/gid_map")?))
-}
-
-/// The relay: each connection to 127.0.0.1:PORT joined to a new connection
-/// to the broker's Unix socket, on a thread of its own.
-fn relay(listener: std::net::TcpListener, socket: std::path::PathBuf) -> Result<(), String> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("the relay: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| format!("the relay: {e}"))?;
-    std::thread::Builder::new()
-        .name("relay".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                while let Ok((mut tcp, _)) = listener.accept().await {
-                    let socket = socket.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
-                            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-                        }
-                    });
-                }
-            });
-        })
-        .map_err(|e| format!("the relay: {e}"))?;
-    Ok(())
 }

@@ -3,29 +3,37 @@
 //! "Isolation").
 //!
 //! Three processes:
-//! - the supervisor (`run`, outside): holds the keys, issues the token, and
-//!   starts the set-up step with a [`Plan`] on its stdin (never in argv);
+//! - the supervisor (`run`, outside): holds the keys, and starts the set-up
+//!   step with a [`Plan`] on its stdin, a socketpair (never in argv); it
+//!   hands init's listener to the broker with a token it mints, and renews
+//!   that token while CMD runs ([`channel`]);
 //! - the set-up step (`agent-vault __isolate`, re-executed so that it is
 //!   single-threaded, as `unshare(CLONE_NEWUSER)` requires): new user, mount,
 //!   network and PID namespaces, the key store and key files hidden under
 //!   empty mounts, loopback up ([`setup`]);
 //! - the namespace's init (`agent-vault __isolate-init`, PID 1 inside): a
-//!   fresh `/proc`, the relay from 127.0.0.1 to the broker's Unix socket,
+//!   fresh `/proc`, a listener on 127.0.0.1 passed out to the supervisor
+//!   (the broker accepts on it: CMD's `HTTPS_PROXY` holds no token),
 //!   Landlock as the second layer, then CMD ([`init`]).
 //!
 //! Each dies with its parent (`PR_SET_PDEATHSIG`), and when PID 1 ends the
 //! kernel ends every process in the namespace: killing the supervisor ends
 //! everything inside. Where namespaces are refused, Landlock alone is the
-//! fallback (key reads denied, TCP only to the broker's port); what is not
-//! enforced is said at start, and `--isolate=required` refuses to start.
+//! fallback (key reads denied, TCP only to the broker's port, the token in
+//! `HTTPS_PROXY`, not renewed); what is not enforced is said at start, and
+//! `--isolate=required` refuses to start.
 
+mod channel;
 mod init;
 mod landlock;
 mod setup;
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,12 +63,10 @@ pub struct Plan {
     pub hide_dirs: Vec<PathBuf>,
     /// Files to cover with an empty one (key files named on the command line).
     pub hide_files: Vec<PathBuf>,
-    /// The broker's Unix socket, which the relay inside forwards to.
+    /// The broker's Unix socket, which the supervisor hands the listener to.
     pub socket: PathBuf,
     /// The broker's TCP address, for the fallback (no network namespace).
     pub proxy_tcp: String,
-    /// `AGENT:TOKEN`, the userinfo of `HTTPS_PROXY`.
-    pub userinfo: String,
     /// The environment CMD gets besides the proxy variables (the CA files).
     pub env: Vec<(String, String)>,
     /// Variables removed from CMD's environment (keys, tokens).
@@ -74,9 +80,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The proxy variables CMD gets, pointing at `addr`.
-    fn proxy_env(&self, addr: &str) -> Vec<(String, String)> {
-        let url = format!("http://{}@{addr}", self.userinfo);
+    /// The proxy variables CMD gets, pointing at `addr`, with `userinfo`
+    /// (`AGENT:TOKEN`) on the fallback only.
+    fn proxy_env(&self, addr: &str, userinfo: Option<&str>) -> Vec<(String, String)> {
+        let url = match userinfo {
+            Some(u) => format!("http://{u}@{addr}"),
+            None => format!("http://{addr}"),
+        };
         ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
             .iter()
             .map(|k| ((*k).to_owned(), url.clone()))
@@ -93,25 +103,118 @@ impl Plan {
     }
 }
 
-/// The supervisor: starts the set-up step with `plan` and waits for it.
-pub fn supervise(plan: &Plan) -> CliResult<ExitCode> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::Msg(format!("cannot find this program: {e}"), None))?;
-    let json = serde_json::to_vec(plan)
-        .map_err(|e| CliError::Msg(format!("cannot pass the plan on: {e}"), None))?;
+/// Mints the agent's tokens for the supervisor.
+pub struct Minter<'a> {
+    /// A fresh token.
+    pub mint: Box<dyn FnMut() -> CliResult<String> + 'a>,
+    /// The agent's name.
+    pub agent: String,
+    /// A token's lifetime.
+    pub ttl: Duration,
+}
+
+/// The supervisor: starts the set-up step with `plan`, hands init's
+/// listener to the broker with a token from `minter`, renews it until CMD
+/// ends, and waits for it.
+pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
+    let err = |what: &str, e: &dyn std::fmt::Display| CliError::Msg(format!("{what}: {e}"), None);
+    let exe = std::env::current_exe().map_err(|e| err("cannot find this program", &e))?;
+    let json = serde_json::to_vec(plan).map_err(|e| err("cannot pass the plan on", &e))?;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| err("cannot start the isolation", &e))?;
     let mut child = Command::new(exe)
         .arg(SETUP)
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .spawn()
-        .map_err(|e| CliError::Msg(format!("cannot start the isolation: {e}"), None))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&json)
-            .map_err(|e| CliError::Msg(format!("cannot pass the plan on: {e}"), None))?;
+        .map_err(|e| err("cannot start the isolation", &e))?;
+    // Once for the set-up step, once for init.
+    channel::write_frame(&mut ours, &json)
+        .and_then(|()| channel::write_frame(&mut ours, &json))
+        .map_err(|e| err("cannot pass the plan on", &e))?;
+    // Minted while the set-up step works.
+    let token = (minter.mint)()?;
+    let control = match channel::recv_fd(&ours) {
+        Ok(Some((channel::LISTENER, Some(listener)))) => {
+            let control = channel::hand_off(&plan.socket, &listener, &token);
+            drop(listener);
+            match control {
+                Ok(c) => {
+                    ours.write_all(&[channel::GO])
+                        .map_err(|e| err("cannot start the command", &e))?;
+                    Some(c)
+                }
+                Err(e) => {
+                    // init sees the channel close and stops.
+                    drop(ours);
+                    let _ = child.wait();
+                    return Err(CliError::Msg(
+                        e,
+                        Some("is `agent-vault proxy --unix PATH` running there?".into()),
+                    ));
+                }
+            }
+        }
+        Ok(Some((channel::TOKEN, _))) => {
+            ours.write_all(format!("{}:{token}\n", minter.agent).as_bytes())
+                .map_err(|e| err("cannot pass the token on", &e))?;
+            None
+        }
+        // A failure inside, said there.
+        _ => None,
+    };
+    let (done, status) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let Some(mut control) = control else {
+        return wait(&status);
+    };
+    // Renewed before the last token expires: at about 2/3 of its lifetime
+    // (less a second, as tokens count whole seconds).
+    let every =
+        (minter.ttl.saturating_sub(Duration::from_secs(1)) * 2 / 3).max(Duration::from_millis(500));
+    let mut next = Instant::now() + every;
+    let mut renewing = true;
+    loop {
+        match status.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(done) => return exited(done),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return wait(&status),
+        }
+        next = Instant::now() + every;
+        if !renewing {
+            continue;
+        }
+        let sent = (minter.mint)().and_then(|t| {
+            control
+                .write_all(format!("{t}\n").as_bytes())
+                .map_err(|e| err("the broker closed the hand-off", &e))
+        });
+        if let Err(e) = sent {
+            renewing = false;
+            let why = match e {
+                CliError::Core(e) => e.to_string(),
+                CliError::Msg(m, _) => m,
+            };
+            crate::output::note(format!(
+                "warning: run --isolate: the token cannot be renewed ({why}); the command's requests will be refused once it expires"
+            ));
+        }
     }
-    let status = child
-        .wait()
+}
+
+/// The set-up step's exit, as ours, once it comes.
+fn wait(status: &mpsc::Receiver<std::io::Result<std::process::ExitStatus>>) -> CliResult<ExitCode> {
+    let done = status
+        .recv()
         .map_err(|e| CliError::Msg(format!("cannot wait for the command: {e}"), None))?;
+    exited(done)
+}
+
+/// The set-up step's exit, as ours.
+fn exited(done: std::io::Result<std::process::ExitStatus>) -> CliResult<ExitCode> {
+    let status =
+        done.map_err(|e| CliError::Msg(format!("cannot wait for the command: {e}"), None))?;
     Ok(exit_code(status.code()))
 }
 
@@ -126,12 +229,9 @@ pub fn hidden_entry() -> Option<ExitCode> {
     } else {
         return None;
     };
-    let mut json = Vec::new();
-    let plan = std::io::stdin()
-        .lock()
-        .read_to_end(&mut json)
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<Plan>(&json).map_err(|e| e.to_string()));
+    let plan = channel::stdin_channel()
+        .and_then(|mut c| channel::read_frame(&mut c))
+        .and_then(|json| serde_json::from_slice::<Plan>(&json).map_err(|e| e.to_string()));
     Some(match plan {
         Ok(plan) => match step(plan) {
             Ok(code) => code,

@@ -16,10 +16,10 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
 use nix::unistd::{getgid, getuid};
-use std::io::Write;
+use std::io::{BufRead, Read, Write};
 use std::os::fd::AsRawFd;
 
-use super::{INIT, Level, Plan, exit_code, landlock};
+use super::{INIT, Level, Plan, channel, exit_code, landlock};
 
 pub fn run(plan: Plan) -> Result<ExitCode, String> {
     // Dies with the supervisor, so killing it ends everything inside.
@@ -43,16 +43,14 @@ pub fn run(plan: Plan) -> Result<ExitCode, String> {
         }
         return fallback(plan, &why);
     }
-    let json = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
-    // The first child after unshare(CLONE_NEWPID) is PID 1 of the new namespace.
+    // The first child after unshare(CLONE_NEWPID) is PID 1 of the new
+    // namespace; it reads its plan from the supervisor's channel.
+    let channel = channel::stdin_channel()?;
     let mut init = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg(INIT)
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(channel)))
         .spawn()
         .map_err(|e| format!("cannot start the namespace's init: {e}"))?;
-    if let Some(mut stdin) = init.stdin.take() {
-        stdin.write_all(&json).map_err(|e| e.to_string())?;
-    }
     let status = init.wait().map_err(|e| e.to_string())?;
     Ok(exit_code(status.code()))
 }
@@ -222,7 +220,9 @@ fn loopback_up() -> Result<(), String> {
 }
 
 /// No namespaces: Landlock alone (key reads denied, TCP only to the
-/// broker's port), then CMD in place of this process.
+/// broker's port), then CMD in place of this process, with a token from
+/// the supervisor in `HTTPS_PROXY` (not renewed: a listener for a hand-off
+/// would be in the host's network, open to every local user).
 fn fallback(plan: Plan, why: &str) -> Result<ExitCode, String> {
     let port = plan
         .proxy_tcp
@@ -235,10 +235,11 @@ fn fallback(plan: Plan, why: &str) -> Result<ExitCode, String> {
         .chain(&plan.hide_files)
         .cloned()
         .collect();
+    let userinfo = fallback_token()?;
     let enforced = landlock::restrict(&hidden, port);
     match &enforced {
         Ok(what) => eprintln!(
-            "agent-vault: isolation: {why}; Landlock only: {what}; processes outside stay visible"
+            "agent-vault: isolation: {why}; Landlock only: {what}; processes outside stay visible; the token is in HTTPS_PROXY and is not renewed"
         ),
         Err(e) if plan.level == Level::Required => {
             return Err(format!("{why}, and Landlock is unavailable ({e})"));
@@ -247,8 +248,26 @@ fn fallback(plan: Plan, why: &str) -> Result<ExitCode, String> {
             "agent-vault: isolation: NONE enforced: {why}, and Landlock is unavailable ({e})"
         ),
     }
-    let env = plan.proxy_env(&plan.proxy_tcp);
+    let env = plan.proxy_env(&plan.proxy_tcp, Some(&userinfo));
     exec_command(&plan, env)
+}
+
+/// `AGENT:TOKEN` from the supervisor.
+fn fallback_token() -> Result<String, String> {
+    let mut channel = channel::stdin_channel()?;
+    // The plan's second copy (for an init that is not started) first.
+    channel::read_frame(&mut channel)?;
+    let err = |e: std::io::Error| format!("no token from the supervisor: {e}");
+    channel.write_all(&[channel::TOKEN]).map_err(err)?;
+    let mut line = String::new();
+    std::io::BufReader::new(channel)
+        .take(16 * 1024)
+        .read_line(&mut line)
+        .map_err(err)?;
+    match line.strip_suffix('\n') {
+        Some(userinfo) => Ok(userinfo.to_owned()),
+        None => Err("no token from the supervisor".into()),
+    }
 }
 
 /// Replaces this process with CMD, with the plan's environment.
@@ -262,7 +281,10 @@ pub(super) fn exec_command(
     for k in &plan.env_remove {
         cmd.env_remove(k);
     }
-    cmd.envs(plan.env.iter().cloned()).envs(proxy_env);
+    // Not the supervisor's channel.
+    cmd.envs(plan.env.iter().cloned())
+        .envs(proxy_env)
+        .stdin(Stdio::null());
     let e = cmd.exec();
     Err(format!("cannot run {program}: {e}"))
 }
