@@ -16,6 +16,7 @@ mod forward;
 mod limits;
 pub mod lru;
 pub mod net;
+pub mod problem;
 mod reply;
 pub mod run;
 pub mod server;

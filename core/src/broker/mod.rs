@@ -3,6 +3,7 @@
 //! list with its path rules, and the injection engine. The broker process
 //! itself lives in the `agent-vault-proxy` crate.
 
+pub mod decide;
 pub mod identity;
 pub mod inject;
 pub mod scrub;
