@@ -185,6 +185,22 @@ pub enum Command {
         /// Only requests since this time (a timestamp or date).
         #[arg(long)]
         since: Option<String>,
+        /// Only what the broker refused or failed, counted by host and reason.
+        #[arg(long)]
+        denied: bool,
+    },
+    /// Say what the broker would do with a request: the service and secrets, or why it is refused.
+    Explain {
+        /// The agent making the request.
+        #[arg(long)]
+        agent: String,
+        /// A token limited to these services (repeatable; default: every service, as `run` issues).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+        /// The HTTP method.
+        method: String,
+        /// The URL: https://host[:port]/path?query (or http:// for plain http).
+        url: String,
     },
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]

@@ -2,6 +2,7 @@
 //! can act on (what went wrong, what to call or ask for instead). Never a
 //! value.
 
+use agent_vault_core::broker::decide::PROBLEM_TYPE_BASE;
 use agent_vault_core::{Error as CoreError, GroupName, SecretPath};
 
 use crate::request::{RequestError, UrlError};
@@ -169,7 +170,8 @@ impl std::fmt::Display for Fail {
             Fail::HostNotAllowed { authority, hosts } => write!(
                 f,
                 "{authority} is not a host any vault service names, so the broker will not reach it. \
-                 Reachable hosts: {}. An owner adds one with `agent-vault service add`",
+                 Reachable hosts: {}. An owner adds one with `agent-vault service add`\ntype: \
+                 {PROBLEM_TYPE_BASE}host-not-covered",
                 if hosts.is_empty() {
                     "none".to_owned()
                 } else {

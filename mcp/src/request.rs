@@ -17,6 +17,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use agent_vault_core::broker::decide::{ERROR_HEADER, PROBLEM_TYPE_BASE};
+
 /// How long one request may take, tunnel included.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -99,6 +101,16 @@ pub enum RequestError {
         reason: String,
         /// The start of its explanation (at most 500 characters).
         detail: String,
+        /// Its problem+json body, read.
+        problem: Option<Problem>,
+    },
+    /// The broker answered a request in the tunnel itself (refused it, or
+    /// the upstream failed): its `agent-vault-error` header was set.
+    Broker {
+        /// The status.
+        status: u16,
+        /// Its problem+json body, read (or what could be read of it).
+        problem: Problem,
     },
     /// The URL's host is not a valid TLS server name.
     HostName(String),
@@ -142,13 +154,26 @@ impl std::fmt::Display for RequestError {
             RequestError::Refused {
                 authority,
                 status,
+                problem: Some(p),
+                ..
+            } => write!(
+                f,
+                "the broker refused the tunnel to {authority} ({status}): {p}"
+            ),
+            RequestError::Refused {
+                authority,
+                status,
                 reason,
                 detail,
+                problem: None,
             } => write!(
                 f,
                 "the broker refused the tunnel to {authority}: {status} {reason}{}{detail}",
                 if detail.is_empty() { "" } else { ": " },
             ),
+            RequestError::Broker { status, problem } => {
+                write!(f, "the broker refused the request ({status}): {problem}")
+            }
             RequestError::HostName(h) => write!(f, "{h:?} is not a valid host name"),
             RequestError::Handshake(e) => write!(f, "TLS with the broker failed: {e}"),
             RequestError::Http(e) => write!(f, "HTTP with the broker failed: {e}"),
@@ -176,8 +201,55 @@ impl std::error::Error for RequestError {
             | RequestError::ConnectClosed
             | RequestError::NotHttp(_)
             | RequestError::Refused { .. }
+            | RequestError::Broker { .. }
             | RequestError::HostName(_) => None,
         }
+    }
+}
+
+/// What a problem+json answer of the broker's says (RFC 9457): the type,
+/// the title and what to do. Names, never values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The problem type (`urn:agent-vault:problem:host-not-covered`).
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The title.
+    #[serde(default)]
+    pub title: String,
+    /// What happened and what to do.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl Problem {
+    /// The problem in a body, if it is problem+json; else its text as the
+    /// detail, with the reason header's type.
+    pub fn read(body: &[u8], reason: Option<&str>) -> Option<Problem> {
+        if let Ok(p) = serde_json::from_slice::<Problem>(body)
+            && !p.kind.is_empty()
+        {
+            return Some(p);
+        }
+        let reason = reason?;
+        let text = String::from_utf8_lossy(body);
+        Some(Problem {
+            kind: format!("{PROBLEM_TYPE_BASE}{reason}"),
+            title: String::new(),
+            detail: text.trim().chars().take(500).collect(),
+        })
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.detail)?;
+        write!(f, "\ntype: {}", self.kind)?;
+        if !self.title.is_empty() {
+            write!(f, "\ntitle: {}", self.title)?;
+        }
+        Ok(())
     }
 }
 
@@ -400,6 +472,7 @@ async fn send_inner(
         .map_err(RequestError::Closed)?;
     let (status, reason, rest) = read_connect_response(&mut tcp).await?;
     if !(200..300).contains(&status) {
+        let problem = Problem::read(&rest, None);
         let detail = String::from_utf8_lossy(&rest);
         let detail = detail.trim();
         return Err(RequestError::Refused {
@@ -407,6 +480,7 @@ async fn send_inner(
             status,
             reason,
             detail: detail.chars().take(500).collect(),
+            problem,
         });
     }
     let name = ServerName::try_from(target.host.clone())
@@ -437,6 +511,17 @@ async fn send_inner(
         .map_err(RequestError::Malformed)?;
     let resp = sender.send_request(req).await.map_err(RequestError::Send)?;
     let status = resp.status().as_u16();
+    // The broker's own answer (the upstream's never carries the header).
+    if let Some(reason) = resp.headers().get(ERROR_HEADER) {
+        let reason = String::from_utf8_lossy(reason.as_bytes()).into_owned();
+        let body = http_body_util::Limited::new(resp.into_body(), 16 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let problem = Problem::read(&body, Some(&reason)).unwrap_or_default();
+        return Err(RequestError::Broker { status, problem });
+    }
     let mut out_headers: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in resp.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -553,6 +638,24 @@ mod tests {
             UrlError::NotHttps.to_string(),
             "the url must start with https:// (the broker only forwards HTTPS)"
         );
+    }
+
+    #[test]
+    fn a_problem_is_read_from_its_body_or_its_header() {
+        let body = br#"{"type":"urn:agent-vault:problem:method-not-allowed","title":"Method not allowed by the service","status":403,"detail":"no service allows PUT"}"#;
+        let p = Problem::read(body, Some("method-not-allowed")).unwrap();
+        assert_eq!(p.kind, "urn:agent-vault:problem:method-not-allowed");
+        assert_eq!(
+            p.to_string(),
+            "no service allows PUT\ntype: urn:agent-vault:problem:method-not-allowed\ntitle: Method not allowed by the service"
+        );
+        // Text, with the header: the header's type and the text.
+        let p = Problem::read(b"agent-vault: no\n", Some("token-missing")).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), p.detail.as_str()),
+            ("urn:agent-vault:problem:token-missing", "agent-vault: no")
+        );
+        assert_eq!(Problem::read(b"<html>", None), None);
     }
 
     #[test]

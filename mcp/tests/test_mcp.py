@@ -289,6 +289,21 @@ def test_request_host_not_allowed(world):
         "method": "GET", "url": "https://example.com/",
     }))
     assert "not a host any vault service names" in t and f"127.0.0.1:{world.up_port}" in t
+    assert "type: urn:agent-vault:problem:host-not-covered" in t
+
+
+def test_request_refused_by_the_broker_has_its_problem(world):
+    # A placeholder the service does not list: the broker refuses it inside
+    # the tunnel, with problem+json; the tool's error carries its details.
+    t = err_text(call(world, "agent_vault_request", {
+        "method": "GET",
+        "url": f"https://127.0.0.1:{world.up_port}/x",
+        "headers": {"X-Try": "{{secret:other/x}}"},
+    }))
+    assert "the broker refused the request (403)" in t
+    assert "type: urn:agent-vault:problem:placeholder-refused" in t
+    assert "title: Placeholder or credential refused" in t
+    assert "may not use" in t
 
 
 def test_unknown_tool(world):

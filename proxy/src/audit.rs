@@ -1,6 +1,8 @@
-//! The audit log: one JSON line per brokered request. Names, never values.
-//! The broker writes [`Record`]s with [`AuditLog`]; `agent-vault audit`
-//! reads the same type back with [`records`].
+//! The audit log: one JSON line per brokered request, and per request the
+//! broker refused or answered itself (with its `reason`). Names, never
+//! values. The broker writes [`Record`]s with [`AuditLog`]; `agent-vault
+//! audit` reads the same type back with [`records`], old lines included
+//! (fields added later are optional).
 
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +11,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-/// One brokered request: one line of the audit log, as written and as read.
+/// One brokered or refused request: one line of the audit log, as written
+/// and as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// When it started (written as RFC 3339).
@@ -36,6 +39,15 @@ pub struct Record {
     pub duration_ms: u64,
     /// Secrets injected, by name.
     pub secrets: Vec<String>,
+    /// The destination port (absent from lines written before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Why the broker answered itself, refusing or failing (a problem
+    /// type's reason: `host-not-covered`, `upstream-unreachable`…); absent
+    /// when the upstream answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The records in an audit log's text, oldest first. A line that is not a
@@ -66,6 +78,11 @@ impl AuditLog {
             None => None,
         };
         Ok(AuditLog { file })
+    }
+
+    /// Whether records go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Writes one record (one `write` of one line, so lines never interleave).
@@ -132,6 +149,8 @@ mod tests {
             bytes_out: 2,
             duration_ms: 3,
             secrets: vec!["api/token".into()],
+            port: None,
+            reason: None,
         }
     }
 
@@ -153,5 +172,26 @@ mod tests {
         text.push_str("{\"tool\":\"agent_vault_get\"}\n{\"time\":\"2026-\n\n");
         let read: Vec<Record> = records(&text).collect();
         assert_eq!(read, vec![record("bot"), record("other")]);
+    }
+
+    #[test]
+    fn old_lines_still_read_and_refusals_round_trip() {
+        // A line as the broker wrote it before refusals were audited.
+        let old = r#"{"time":"2026-01-02T03:04:05.678Z","agent":"bot","token_id":"t1","service":"api","method":"GET","host":"api.example.com","path":"/v1","status":200,"bytes_in":1,"bytes_out":2,"duration_ms":3,"secrets":["api/token"]}"#;
+        let read: Vec<Record> = records(old).collect();
+        assert_eq!(read, vec![record("bot")]);
+        // A refusal: the new fields written, and nothing else lost.
+        let mut refused = record("bot");
+        refused.port = Some(8443);
+        refused.reason = Some("host-not-covered".into());
+        let line = serde_json::to_string(&refused).unwrap();
+        assert!(
+            line.contains(r#""port":8443,"reason":"host-not-covered""#),
+            "{line}"
+        );
+        assert_eq!(records(&line).collect::<Vec<_>>(), vec![refused]);
+        // A brokered record writes neither, so older readers see what they knew.
+        let line = serde_json::to_string(&record("bot")).unwrap();
+        assert!(!line.contains("reason") && !line.contains("port"), "{line}");
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agent_vault_core::broker::decide;
 use agent_vault_core::broker::inject::{Outgoing, Plan};
 use agent_vault_core::broker::scrub::{Decompress, Scrubber};
 use agent_vault_core::broker::services::PathRefusal;
@@ -25,7 +26,8 @@ use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
-use crate::reply::{ProxyBody, full, text};
+use crate::problem::{Problem, Reason};
+use crate::reply::{ProxyBody, full};
 use crate::upstream::SendError;
 use crate::websocket::splice;
 
@@ -40,19 +42,11 @@ pub(crate) enum Refusal {
     Token(TokenError),
     /// `Host` or `:authority` names another host than the tunnel's.
     Authority(AuthorityError),
-    /// An ambiguous path (`%2e%2e`, `%2f`) that no service without a path
-    /// prefix covers.
-    Path(PathRefusal),
-    /// No service this token may use covers the request.
-    NoService {
-        /// The request's method.
-        method: String,
-        /// Its path, normalised.
-        path: String,
-        /// The tunnel's host.
-        host: String,
-    },
-    /// No injection plan (a secret not granted, or missing).
+    /// No service this token may use covers the request (core's decision:
+    /// host, method, path or an ambiguous path), or the agent may not use
+    /// the service's secrets.
+    Route(decide::Refusal),
+    /// No injection plan (a secret missing, or not signed).
     Plan(agent_vault_core::Error),
     /// The request carries what the injection refuses (an unlisted
     /// placeholder, a credential where none may go).
@@ -79,14 +73,13 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The status the agent gets.
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Refusal::Token(_) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             Refusal::Authority(e) => e.status(),
-            Refusal::Path(_) | Refusal::Body(_) | Refusal::Build(_) => StatusCode::BAD_REQUEST,
-            Refusal::NoService { .. } | Refusal::Plan(_) | Refusal::Injection(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::Body(_) | Refusal::Build(_) => StatusCode::BAD_REQUEST,
+            Refusal::Route(r) => crate::problem::route_status(r),
+            Refusal::Plan(_) | Refusal::Injection(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -99,11 +92,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::Token(e) => write!(f, "{e}"),
             Refusal::Authority(e) => write!(f, "{e}"),
-            Refusal::Path(why) => write!(f, "{why}"),
-            Refusal::NoService { method, path, host } => write!(
-                f,
-                "no service this token may use covers {method} {path} on {host}"
-            ),
+            Refusal::Route(why) => write!(f, "{why}"),
             Refusal::Plan(e) | Refusal::Injection(e) => write!(f, "{e}"),
             Refusal::TooLarge => f.write_str("a body with placeholders may be at most 16 MiB"),
             Refusal::Body(e) => write!(f, "cannot read the request body: {e}"),
@@ -118,12 +107,64 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The refusal's answer; its audit record is written with its status.
+impl Refusal {
+    /// A plan that could not be made: core's refusal when the agent may not
+    /// use the service's secrets (what `explain` says too), else the error.
+    pub(crate) fn plan(service: &str, e: agent_vault_core::Error) -> Self {
+        match e {
+            agent_vault_core::Error::NotGranted { agent, group } => {
+                Refusal::Route(decide::Refusal::NotGranted {
+                    agent,
+                    service: service.to_owned(),
+                    group,
+                })
+            }
+            e => Refusal::Plan(e),
+        }
+    }
+
+    /// The answer this refusal is.
+    pub(crate) fn problem(&self) -> Problem {
+        use crate::upstream::SendError;
+        let reason = match self {
+            Refusal::Token(e) => Reason::of_token(*e),
+            Refusal::Authority(_) => Reason::AuthorityMismatch,
+            Refusal::Route(r) => Reason::of(r),
+            Refusal::Plan(_) => Reason::SecretUnavailable,
+            Refusal::Injection(_) => Reason::PlaceholderRefused,
+            Refusal::TooLarge => Reason::BodyTooLarge,
+            Refusal::Body(_) | Refusal::Build(_) => Reason::BadRequest,
+            Refusal::Upstream(SendError::Unreachable { .. }) => Reason::UpstreamUnreachable,
+            Refusal::Upstream(SendError::Tls { .. }) => Reason::UpstreamTls,
+            Refusal::Upstream(_) => Reason::UpstreamFailed,
+            Refusal::Timeout { .. } => Reason::UpstreamTimeout,
+            Refusal::Compressed { .. } => Reason::UpstreamEncoding,
+        };
+        let hint = match reason {
+            Reason::TokenExpired | Reason::TokenRevoked | Reason::TokenInvalid => "",
+            Reason::SecretUnavailable => {
+                "; an owner can check it with `agent-vault check` and set it again with `agent-vault set`"
+            }
+            Reason::UpstreamTls => {
+                "; for an upstream with a private CA the broker needs `agent-vault proxy --upstream-ca FILE`"
+            }
+            Reason::UpstreamUnreachable | Reason::UpstreamFailed | Reason::UpstreamTimeout => {
+                " (the upstream failed: this is no refusal by the vault's rules; try again later)"
+            }
+            _ => "",
+        };
+        Problem::new(self.status(), reason, format!("{self}{hint}"))
+    }
+}
+
+/// The refusal's answer (problem+json); its audit record is written with
+/// its status and reason.
 fn refuse(mut audit: Audited, refusal: Refusal) -> Response<ProxyBody> {
-    let status = refusal.status();
-    audit.record.status = status.as_u16();
+    let problem = refusal.problem();
+    audit.record.status = problem.status.as_u16();
+    audit.record.reason = Some(problem.reason.name().to_owned());
     drop(audit);
-    text(status, &refusal.to_string())
+    problem.response()
 }
 
 /// The tunnel a request came through: who, where to, and how.
@@ -181,6 +222,8 @@ pub(crate) async fn forward(
         bytes_out: 0,
         duration_ms: 0,
         secrets: Vec::new(),
+        port: Some(port),
+        reason: None,
     };
     let mut audit = Audited::new(b.audit.clone(), started, record);
     let tunnel = Tunnel {
@@ -222,23 +265,19 @@ async fn exchange(
     if let Ok(p) = &normal {
         record.path = p.clone();
     }
-    let Some((name, service)) = snap
-        .services
-        .find(host, t.port, t.https, method, &pq, |n| t.token.may_use(n))
-    else {
-        return Err(match normal {
-            Err(why) => Refusal::Path(why),
-            Ok(path) => Refusal::NoService {
-                method: method.to_owned(),
-                path,
-                host: host.to_owned(),
-            },
-        });
+    let dest = decide::Destination {
+        host,
+        port: t.port,
+        https: t.https,
     };
+    let (name, service) = decide::route(&snap.services, &dest, method, &pq, &normal, |n| {
+        t.token.may_use(n)
+    })
+    .map_err(Refusal::Route)?;
     record.service = name.to_owned();
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
-        .map_err(Refusal::Plan)?;
+        .map_err(|e| Refusal::plan(name, e))?;
     record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
     // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any
     // request, then the two connections are joined.
@@ -279,23 +318,8 @@ async fn exchange(
 /// it cannot be): `/allowed/../admin` is `/admin`, and an ambiguous one
 /// (`%2e%2e`, `%2f`) is under no prefix.
 fn normalised(req: &Request<Incoming>) -> (String, Result<String, PathRefusal>) {
-    let raw_pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let (raw_path, query) = match raw_pq.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (raw_pq.as_str(), None),
-    };
-    let normal = agent_vault_core::broker::services::normalize_path(raw_path);
-    let pq = match (&normal, query) {
-        (Ok(p), Some(q)) => format!("{p}?{q}"),
-        (Ok(p), None) => p.clone(),
-        // Only a service with no path prefix can match it: sent as it is.
-        (Err(_), _) => raw_pq.clone(),
-    };
-    (pq, normal)
+    // Core's, which `agent-vault explain` uses too.
+    decide::target(req.uri().path_and_query().map_or("/", |p| p.as_str()))
 }
 
 /// The request as it goes upstream: headers edited, `Host` written by the
@@ -477,7 +501,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
                 };
                 return match audit {
                     Some(audit) => refuse(audit, refusal),
-                    None => text(refusal.status(), &refusal.to_string()),
+                    None => refusal.problem().response(),
                 };
             }
         }
@@ -498,6 +522,8 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
 /// The response's headers: hop-by-hop ones out (but those of an upgrade),
 /// every injected value scrubbed.
 fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
+    // Only the broker's own answers carry it.
+    headers.remove(crate::problem::ERROR_HEADER);
     // Edited in place: most responses carry no injected value, and their
     // headers pass without a copy. `Trailer` stays: it names the trailers
     // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only

@@ -17,6 +17,7 @@ mod handoff;
 mod limits;
 pub mod lru;
 pub mod net;
+pub mod problem;
 mod reply;
 pub mod run;
 pub mod server;

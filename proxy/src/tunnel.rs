@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_vault_core::broker::decide;
 use agent_vault_core::broker::token::{Claims, TokenError};
 use base64::Engine;
 use http_body_util::BodyExt;
@@ -24,7 +25,8 @@ use crate::broker::Broker;
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::handoff::Session;
-use crate::reply::{ProxyBody, empty, text};
+use crate::problem::{Problem, Reason, refuse_early};
+use crate::reply::{ProxyBody, empty};
 
 /// Why an agent's `Proxy-Authorization` was refused.
 #[derive(Debug)]
@@ -52,6 +54,23 @@ impl std::fmt::Display for AuthError {
             AuthError::Token(e) => write!(f, "{e}: ask for a new token (agent-vault token issue)"),
             AuthError::Ended => f.write_str("the supervisor of this `run --isolate` is gone"),
         }
+    }
+}
+
+impl AuthError {
+    /// The 407 this refusal is.
+    pub(crate) fn problem(&self) -> Problem {
+        let reason = match self {
+            AuthError::NoToken => Reason::TokenMissing,
+            AuthError::Malformed | AuthError::Scheme => Reason::TokenMalformed,
+            AuthError::Token(e) => Reason::of_token(*e),
+            AuthError::Ended => Reason::SessionEnded,
+        };
+        Problem::new(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            reason,
+            self.to_string(),
+        )
     }
 }
 
@@ -169,18 +188,14 @@ async fn handle_proxy(
     };
     let claims = match auth {
         Ok(c) => c,
-        Err(e) => {
-            return Ok(text(
-                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                &e.to_string(),
-            ));
-        }
+        Err(e) => return Ok(refuse_early(&b, &req, None, e.problem())),
     };
     if req.method() != Method::CONNECT {
         return plain_http(b, claims, req).await;
     }
     let Some(authority) = req.uri().authority().cloned() else {
-        return Ok(text(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+        let problem = Problem::of_status(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+        return Ok(refuse_early(&b, &req, Some(&claims), problem));
     };
     let host = authority
         .host()
@@ -190,7 +205,7 @@ async fn handle_proxy(
     let port = authority.port_u16().unwrap_or(443);
     let addr = match admit(&b, &claims, &host, port, true).await {
         Ok(a) => a,
-        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
+        Err(e) => return Ok(refuse_early(&b, &req, Some(&claims), e.problem())),
     };
     tokio::spawn(tunnel(b, req, (host, port, addr), claims, session));
     Ok(Response::new(empty()))
@@ -235,10 +250,7 @@ async fn tunnel(
         async move {
             let response = match answer {
                 Some(answer) => answer.await?,
-                None => text(
-                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                    &AuthError::Ended.to_string(),
-                ),
+                None => AuthError::Ended.problem().response(),
             };
             // In flight until its body has been sent.
             Ok::<_, Infallible>(response.map(|body| Held::new(body, busy).boxed()))
@@ -324,20 +336,9 @@ impl Drop for Busy {
 /// Why a token may not reach a destination at all.
 #[derive(Debug)]
 pub(crate) enum Unadmitted {
-    /// No service the token may use covers `host:port` over https.
-    NotCovered {
-        /// The host.
-        host: String,
-        /// The port.
-        port: u16,
-    },
-    /// No service the token may use allows plain http to `host:port`.
-    NoPlainHttp {
-        /// The host.
-        host: String,
-        /// The port.
-        port: u16,
-    },
+    /// No service the token may use covers `host:port` for the scheme
+    /// (core's decision, with what would allow it).
+    Refused(decide::Refusal),
     /// The host does not resolve, or resolves to a refused address.
     Resolve(crate::net::ResolveError),
 }
@@ -345,16 +346,22 @@ pub(crate) enum Unadmitted {
 impl std::fmt::Display for Unadmitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Unadmitted::NotCovered { host, port } => write!(
-                f,
-                "no service this token may use covers {host}:{port}; an owner can add one with `agent-vault service add`"
-            ),
-            Unadmitted::NoPlainHttp { host, port } => write!(
-                f,
-                "no service this token may use allows plain http to {host}:{port}; use https://"
-            ),
+            Unadmitted::Refused(e) => write!(f, "{e}"),
             Unadmitted::Resolve(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl Unadmitted {
+    /// The 403 this refusal is.
+    pub(crate) fn problem(&self) -> Problem {
+        use crate::net::ResolveError;
+        let reason = match self {
+            Unadmitted::Refused(r) => Reason::of(r),
+            Unadmitted::Resolve(ResolveError::Private { .. }) => Reason::AddressRefused,
+            Unadmitted::Resolve(_) => Reason::HostUnresolved,
+        };
+        Problem::new(StatusCode::FORBIDDEN, reason, self.to_string())
     }
 }
 
@@ -368,18 +375,9 @@ async fn admit(
     port: u16,
     https: bool,
 ) -> Result<SocketAddr, Unadmitted> {
-    let covered = b
-        .snapshot()
-        .services
-        .covers(host, port, https, |n| claims.may_use(n));
-    if !covered {
-        let host = host.to_owned();
-        return Err(if https {
-            Unadmitted::NotCovered { host, port }
-        } else {
-            Unadmitted::NoPlainHttp { host, port }
-        });
-    }
+    let dest = decide::Destination { host, port, https };
+    decide::admit(&b.snapshot().services, &dest, |n| claims.may_use(n))
+        .map_err(Unadmitted::Refused)?;
     crate::net::resolve(host, port, b.allow_private)
         .await
         .map_err(Unadmitted::Resolve)
@@ -394,10 +392,11 @@ async fn plain_http(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (Some("http"), Some(authority)) = (req.uri().scheme_str(), req.uri().authority().cloned())
     else {
-        return Ok(text(
+        let problem = Problem::of_status(
             StatusCode::BAD_REQUEST,
             "send https:// through CONNECT, or an absolute http:// URL",
-        ));
+        );
+        return Ok(refuse_early(&b, &req, Some(&claims), problem));
     };
     let host = authority
         .host()
@@ -407,7 +406,7 @@ async fn plain_http(
     let port = authority.port_u16().unwrap_or(80);
     let addr = match admit(&b, &claims, &host, port, false).await {
         Ok(a) => a,
-        Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
+        Err(e) => return Ok(refuse_early(&b, &req, Some(&claims), e.problem())),
     };
     forward(b, Arc::new(claims), host.into(), port, addr, false, req).await
 }

@@ -18,6 +18,7 @@ mod hostile_vault;
 mod interop;
 mod isolation;
 mod owners;
+mod problems;
 mod remotes;
 mod services;
 mod sync;

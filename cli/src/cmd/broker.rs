@@ -96,6 +96,7 @@ pub(super) fn audit(
     file: &Path,
     agent: Option<&str>,
     since: Option<&str>,
+    denied: bool,
 ) -> CliResult<ExitCode> {
     let since = since.map(parse_since).transpose()?;
     let text = std::fs::read_to_string(file)
@@ -104,13 +105,16 @@ pub(super) fn audit(
         .filter(|r| agent.is_none_or(|a| r.agent == a))
         .filter(|r| since.is_none_or(|t| r.time >= t))
         .collect();
+    if denied {
+        return super::explain::denied(ctx, &records);
+    }
     if ctx.json {
         output::json(&json!(records))?;
         return Ok(ExitCode::SUCCESS);
     }
     for r in &records {
         line(format!(
-            "{} {} {} {} {}{} -> {} ({} ms) [{}]",
+            "{} {} {} {} {}{} -> {}{} ({} ms) [{}]",
             r.time,
             r.agent,
             r.service,
@@ -118,6 +122,10 @@ pub(super) fn audit(
             r.host,
             r.path,
             r.status,
+            r.reason
+                .as_deref()
+                .map(|why| format!(" {why}"))
+                .unwrap_or_default(),
             r.duration_ms,
             r.secrets.join(", ")
         ))?;

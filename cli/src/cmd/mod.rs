@@ -4,6 +4,7 @@
 mod agents;
 mod broker;
 mod docs;
+mod explain;
 mod history;
 mod maintenance;
 mod owners;
@@ -104,9 +105,18 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             });
             broker::run(&ctx, &agent, &ttl, &proxy, isolate, &command)
         }
-        Command::Audit { file, agent, since } => {
-            broker::audit(&ctx, &file, agent.as_deref(), since.as_deref())
-        }
+        Command::Audit {
+            file,
+            agent,
+            since,
+            denied,
+        } => broker::audit(&ctx, &file, agent.as_deref(), since.as_deref(), denied),
+        Command::Explain {
+            agent,
+            services,
+            method,
+            url,
+        } => explain::explain(&ctx, &agent, &services, &method, &url),
         Command::Token(cmd) => broker::token(&ctx, cmd),
         Command::Ca(CaCommand::Cert) => broker::ca_cert(&ctx),
         Command::Service(cmd) => broker::service(&ctx, cmd),

@@ -4,6 +4,7 @@
 //! itself lives in the `agent-vault-proxy` crate.
 
 pub mod agent_token;
+pub mod decide;
 pub mod identity;
 pub mod inject;
 pub mod scrub;
