@@ -122,11 +122,17 @@ mod tests {
     fn a_failed_renewal_keeps_a_live_token_and_retries() {
         let r: Renewing<&str> = Renewing::new();
         assert_eq!(r.get(0, || Err("down")), Err("down"));
-        assert_eq!(r.get(0, || Ok(("t1", Some(Lease::new(0, 9))))), Ok("t1"));
+        assert_eq!(
+            r.get(0, || Ok::<_, &str>(("t1", Some(Lease::new(0, 9))))),
+            Ok("t1")
+        );
         // Due, renewal fails, token still alive: keep it.
         assert_eq!(r.get(7, || Err("down")), Ok("t1"));
         // Next call retries.
-        assert_eq!(r.get(8, || Ok(("t2", Some(Lease::new(8, 17))))), Ok("t2"));
+        assert_eq!(
+            r.get(8, || Ok::<_, &str>(("t2", Some(Lease::new(8, 17))))),
+            Ok("t2")
+        );
         // Due and expired, renewal fails: the failure is reported.
         assert_eq!(r.get(17, || Err("down")), Err("down"));
     }
