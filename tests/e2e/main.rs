@@ -18,5 +18,6 @@ mod interop;
 mod isolation;
 mod owners;
 mod remotes;
+mod scrub_transforms;
 mod services;
 mod sync;
