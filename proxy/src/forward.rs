@@ -467,9 +467,9 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
     if !scrub.is_empty()
         && !bodiless
         && !switching
-        && let Some(encoding) = parts.headers.get(hyper::header::CONTENT_ENCODING)
+        && let Some(encoding) = body_codings(&parts.headers)
     {
-        match Decompress::for_content_encoding(encoding.as_bytes(), MAX_DECODED_BODY) {
+        match Decompress::for_content_encoding(&encoding, MAX_DECODED_BODY) {
             Ok(d) => decode = d,
             Err(_) => {
                 let refusal = Refusal::Compressed {
@@ -485,6 +485,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
     scrub_head(&mut parts.headers, &scrub, switching);
+    scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
         Box::new(move |n| {
@@ -517,6 +518,38 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
             *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
         }
     }
+}
+
+/// The status line's reason phrase, scrubbed like a header: hyper keeps
+/// one the upstream wrote (if it is not the status's usual one) and writes
+/// it on to an HTTP/1.1 agent.
+fn scrub_reason(extensions: &mut hyper::http::Extensions, scrub: &Scrubber) {
+    use hyper::ext::ReasonPhrase;
+    let Some(reason) = extensions.get::<ReasonPhrase>() else {
+        return;
+    };
+    if let Some(clean) = scrub.scrubbed(reason.as_bytes()) {
+        match ReasonPhrase::try_from(clean) {
+            Ok(clean) => extensions.insert(clean),
+            Err(_) => extensions.remove::<ReasonPhrase>(),
+        };
+    }
+}
+
+/// Every coding the body still has, in the order applied: those of each
+/// `Content-Encoding` line (an upstream may split them over several), then
+/// each `Transfer-Encoding` coding but `chunked` (the only one hyper
+/// undoes: `gzip, chunked` would otherwise pass on gzipped, its header
+/// dropped as hop-by-hop). `None` when there is none.
+fn body_codings(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let content = headers.get_all(hyper::header::CONTENT_ENCODING).iter();
+    let transfer = headers
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let codings: Vec<&[u8]> = content.map(|v| v.as_bytes()).chain(transfer).collect();
+    (!codings.is_empty()).then(|| codings.join(&b","[..]))
 }
 
 /// The most a compressed response body may decode to.

@@ -195,7 +195,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
             self.close_connection = True
+            # The end of the body is the end of TLS: say so (close_notify),
+            # or the broker rightly takes it for a cut-off body.
+            try:
+                self.connection.settimeout(2)
+                self.connection.unwrap()
+            except OSError:
+                pass
             return
         if mode in ("plain", "gzip", "deflate", "deflate-raw", "br", "gzip-br", "ce-split", "reason", "early-hints") or mode.startswith("unknown"):
             if mode == "gzip":
