@@ -518,6 +518,28 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
             *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
         }
     }
+    drop_named(headers, scrub);
+}
+
+/// Headers whose name holds a value (hex and URL-safe base64 are valid
+/// names) dropped: a name cannot be redacted. All names are looked through
+/// in one pass; one by one only when one of them holds a value.
+fn drop_named(headers: &mut HeaderMap, scrub: &Scrubber) {
+    if scrub.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    if !scrub.finds(names.join(" ").as_bytes()) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| scrub.finds(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 /// The status line's reason phrase, scrubbed like a header: hyper keeps

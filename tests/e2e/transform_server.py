@@ -115,7 +115,7 @@ TRANSFORMS = list(transforms("x"))
 MODES = [
     "plain", "chunked", "chunked-bytes", "gzip", "deflate", "deflate-raw", "br",
     "gzip-chunked", "deflate-chunked", "br-chunked", "gzip-br", "trailer",
-    "te-gzip", "ce-split", "reason", "early-hints", "until-close",
+    "te-gzip", "ce-split", "reason", "early-hints", "until-close", "header-name",
     "unknown-zstd", "unknown-x-custom",
 ]
 seen, lock = set(), threading.Lock()
@@ -190,6 +190,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("X-Leak", header)
         self.send_header("Location", "https://example.invalid/cb?t=" + header)
+        # As a header's name, where it may be one (a token) and says the
+        # same in lower case (names are case-insensitive: HTTP/2 and hyper
+        # lower-case them, so base64 or a value's letters lose their case).
+        if (mode == "header-name" and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header)
+                and (header == header.lower() or name in ("hex-upper", "pct-all-upper"))):
+            self.send_header("X-" + header, "1")
         if mode == "until-close":
             # Neither a length nor chunks: the body ends when the connection does.
             self.send_header("Connection", "close")
@@ -205,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        if mode in ("plain", "gzip", "deflate", "deflate-raw", "br", "gzip-br", "ce-split", "reason", "early-hints") or mode.startswith("unknown"):
+        if mode in ("plain", "gzip", "deflate", "deflate-raw", "br", "gzip-br", "ce-split", "reason", "early-hints", "header-name") or mode.startswith("unknown"):
             if mode == "gzip":
                 body = gzip.compress(body)
             elif mode == "deflate":
@@ -221,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
                 # Two header lines: the second one is the real encoding.
                 self.send_header("Content-Encoding", "identity")
                 body = gzip.compress(body)
-            if mode not in ("plain", "reason", "early-hints"):
+            if mode not in ("plain", "reason", "early-hints", "header-name"):
                 enc = {"deflate-raw": "deflate", "gzip-br": "gzip, br", "ce-split": "gzip"}.get(mode, mode)
                 self.send_header("Content-Encoding", enc.removeprefix("unknown-"))
             self.send_header("Content-Length", str(len(body)))
