@@ -25,6 +25,7 @@ use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
+use crate::head::{body_codings, drop_named, scrub_reason};
 use crate::reply::{ProxyBody, full, text};
 use crate::upstream::SendError;
 use crate::websocket::splice;
@@ -519,59 +520,6 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
         }
     }
     drop_named(headers, scrub);
-}
-
-/// Headers whose name holds a value (hex and URL-safe base64 are valid
-/// names) dropped: a name cannot be redacted. All names are looked through
-/// in one pass; one by one only when one of them holds a value.
-fn drop_named(headers: &mut HeaderMap, scrub: &Scrubber) {
-    if scrub.is_empty() {
-        return;
-    }
-    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-    if !scrub.finds(names.join(" ").as_bytes()) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| scrub.finds(n.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-}
-
-/// The status line's reason phrase, scrubbed like a header: hyper keeps
-/// one the upstream wrote (if it is not the status's usual one) and writes
-/// it on to an HTTP/1.1 agent.
-fn scrub_reason(extensions: &mut hyper::http::Extensions, scrub: &Scrubber) {
-    use hyper::ext::ReasonPhrase;
-    let Some(reason) = extensions.get::<ReasonPhrase>() else {
-        return;
-    };
-    if let Some(clean) = scrub.scrubbed(reason.as_bytes()) {
-        match ReasonPhrase::try_from(clean) {
-            Ok(clean) => extensions.insert(clean),
-            Err(_) => extensions.remove::<ReasonPhrase>(),
-        };
-    }
-}
-
-/// Every coding the body still has, in the order applied: those of each
-/// `Content-Encoding` line (an upstream may split them over several), then
-/// each `Transfer-Encoding` coding but `chunked` (the only one hyper
-/// undoes: `gzip, chunked` would otherwise pass on gzipped, its header
-/// dropped as hop-by-hop). `None` when there is none.
-fn body_codings(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let content = headers.get_all(hyper::header::CONTENT_ENCODING).iter();
-    let transfer = headers
-        .get_all(hyper::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    let codings: Vec<&[u8]> = content.map(|v| v.as_bytes()).chain(transfer).collect();
-    (!codings.is_empty()).then(|| codings.join(&b","[..]))
 }
 
 /// The most a compressed response body may decode to.

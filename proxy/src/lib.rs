@@ -13,6 +13,7 @@ mod broker;
 pub mod ca;
 mod error;
 mod forward;
+mod head;
 mod limits;
 pub mod lru;
 pub mod net;

@@ -86,7 +86,13 @@ fn setup() -> Table {
     env.ok(&["broker", "init"]);
     let host = format!("127.0.0.1:{up_port}");
     env.ok(&[
-        "service", "add", "api", "--bearer", "api/token", "--host", &host,
+        "service",
+        "add",
+        "api",
+        "--bearer",
+        "api/token",
+        "--host",
+        &host,
     ]);
     let broker_ca = env.tmp.path().join("broker-ca.pem");
     std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
@@ -223,7 +229,11 @@ impl Table {
             .args(["-sS", "--max-time", "60", "--noproxy", "*", "--cacert"])
             .arg(&self.upstream_ca)
             .args(["-H", &auth, "-D", "-", "-w", END])
-            .args(self.transforms.iter().map(|t| self.url(&format!("{t}/plain"))))
+            .args(
+                self.transforms
+                    .iter()
+                    .map(|t| self.url(&format!("{t}/plain"))),
+            )
             .output()
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -367,7 +377,12 @@ fn header<'t>(text: &'t str, name: &str) -> Option<&'t str> {
 }
 
 /// Checks one client's answers to every case; returns what is wrong.
-fn check(client: &str, cases: &[String], got: &[Got], needles: &HashMap<String, Vec<String>>) -> Vec<String> {
+fn check(
+    client: &str,
+    cases: &[String],
+    got: &[Got],
+    needles: &HashMap<String, Vec<String>>,
+) -> Vec<String> {
     let mut wrong = Vec::new();
     for (case, g) in cases.iter().zip(got) {
         let (transform, mode) = case.split_once('/').unwrap();
@@ -377,21 +392,33 @@ fn check(client: &str, cases: &[String], got: &[Got], needles: &HashMap<String, 
         };
         let leaked = leaks(&g.text, needles);
         if !leaked.is_empty() {
-            wrong.push(format!("{client} {case}: LEAKED {leaked:?} in {:?}", g.text));
+            wrong.push(format!(
+                "{client} {case}: LEAKED {leaked:?} in {:?}",
+                g.text
+            ));
         }
         if mode.starts_with("unknown") {
             if g.status != 502 {
-                wrong.push(format!("{client} {case}: status {} (want 502): {:?}", g.status, g.text));
+                wrong.push(format!(
+                    "{client} {case}: status {} (want 502): {:?}",
+                    g.status, g.text
+                ));
             }
             continue;
         }
         if g.status != 200 {
-            wrong.push(format!("{client} {case}: status {}: {:?}", g.status, g.text));
+            wrong.push(format!(
+                "{client} {case}: status {}: {:?}",
+                g.status, g.text
+            ));
             continue;
         }
         for name in ["x-leak", "location"] {
             if !header(&g.text, name).is_some_and(|h| h.contains(MARKER)) {
-                wrong.push(format!("{client} {case}: no marker in {name}: {:?}", g.text));
+                wrong.push(format!(
+                    "{client} {case}: no marker in {name}: {:?}",
+                    g.text
+                ));
             }
         }
         // curl shows trailers (HTTP/1.1 ones because it sent `TE: trailers`).
@@ -399,7 +426,10 @@ fn check(client: &str, cases: &[String], got: &[Got], needles: &HashMap<String, 
             && client.starts_with("curl")
             && !header(&g.text, "x-leak-trailer").is_some_and(|h| h.contains(MARKER))
         {
-            wrong.push(format!("{client} {case}: no scrubbed trailer: {:?}", g.text));
+            wrong.push(format!(
+                "{client} {case}: no scrubbed trailer: {:?}",
+                g.text
+            ));
         }
         let body = g
             .text
@@ -407,7 +437,10 @@ fn check(client: &str, cases: &[String], got: &[Got], needles: &HashMap<String, 
             .and_then(|(_, rest)| rest.split_once("-- end of case"))
             .map(|(b, _)| b);
         if !body.is_some_and(|b| b.contains(MARKER)) {
-            wrong.push(format!("{client} {case}: no marker in the body: {:?}", g.text));
+            wrong.push(format!(
+                "{client} {case}: no marker in the body: {:?}",
+                g.text
+            ));
         }
     }
     wrong
@@ -441,7 +474,11 @@ fn no_transformation_of_the_value_reaches_a_client() {
         sample.len(),
         started.elapsed()
     );
-    assert!(needles["raw"] == vec![VALUE.to_owned()], "the upstream got {:?}", needles["raw"]);
+    assert!(
+        needles["raw"] == vec![VALUE.to_owned()],
+        "the upstream got {:?}",
+        needles["raw"]
+    );
     // The check can fail: straight from the upstream, it finds every
     // transformation.
     let direct = t.direct();
@@ -451,5 +488,10 @@ fn no_transformation_of_the_value_reaches_a_client() {
             "the check does not see {transform} in {text:?}"
         );
     }
-    assert!(wrong.is_empty(), "{} failures:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} failures:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
