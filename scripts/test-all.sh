@@ -16,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # `run --isolate` tests run Debian's python3 with requests as an ordinary
 # user (made with useradd), and look for what is left inside with pgrep.
 /usr/bin/python3 -c 'import requests' >/dev/null 2>&1 || need+=(python3-requests)
+# The scrubbing tests' upstream (tests/e2e/transform_server.py) sends brotli.
+/usr/bin/python3 -c 'import brotli' >/dev/null 2>&1 || need+=(python3-brotli)
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 # ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
@@ -31,6 +33,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
+python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

@@ -26,6 +26,7 @@ use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
+use crate::head::{body_codings, drop_named, scrub_reason};
 use crate::problem::{Problem, Reason};
 use crate::reply::{ProxyBody, full};
 use crate::upstream::SendError;
@@ -491,9 +492,9 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
     if !scrub.is_empty()
         && !bodiless
         && !switching
-        && let Some(encoding) = parts.headers.get(hyper::header::CONTENT_ENCODING)
+        && let Some(encoding) = body_codings(&parts.headers)
     {
-        match Decompress::for_content_encoding(encoding.as_bytes(), MAX_DECODED_BODY) {
+        match Decompress::for_content_encoding(&encoding, MAX_DECODED_BODY) {
             Ok(d) => decode = d,
             Err(_) => {
                 let refusal = Refusal::Compressed {
@@ -509,6 +510,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
     scrub_head(&mut parts.headers, &scrub, switching);
+    scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
         Box::new(move |n| {
@@ -543,6 +545,7 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
             *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
         }
     }
+    drop_named(headers, scrub);
 }
 
 /// The most a compressed response body may decode to.

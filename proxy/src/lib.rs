@@ -14,6 +14,7 @@ pub mod ca;
 mod error;
 mod forward;
 mod handoff;
+mod head;
 mod limits;
 pub mod lru;
 pub mod net;

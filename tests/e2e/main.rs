@@ -20,5 +20,6 @@ mod isolation;
 mod owners;
 mod problems;
 mod remotes;
+mod scrub_transforms;
 mod services;
 mod sync;

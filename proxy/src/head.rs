@@ -1,0 +1,103 @@
+//! The parts of a response's head an injected value can hide in besides
+//! header values (which `forward.rs` scrubs): the codings its body is in,
+//! the status line's reason phrase, header names.
+
+use agent_vault_core::broker::scrub::Scrubber;
+use hyper::HeaderMap;
+use hyper::ext::ReasonPhrase;
+use hyper::header::HeaderName;
+
+/// Every coding the body still has, in the order applied: those of each
+/// `Content-Encoding` line (an upstream may split them over several), then
+/// each `Transfer-Encoding` coding but `chunked` (the only one hyper
+/// undoes: `gzip, chunked` would otherwise pass on gzipped, its header
+/// dropped as hop-by-hop). `None` when there is none.
+pub(crate) fn body_codings(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let content = headers.get_all(hyper::header::CONTENT_ENCODING).iter();
+    let transfer = headers
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let codings: Vec<&[u8]> = content.map(|v| v.as_bytes()).chain(transfer).collect();
+    (!codings.is_empty()).then(|| codings.join(&b","[..]))
+}
+
+/// The status line's reason phrase, scrubbed like a header: hyper keeps
+/// one the upstream wrote (if it is not the status's usual one) and writes
+/// it on to an HTTP/1.1 agent.
+pub(crate) fn scrub_reason(extensions: &mut hyper::http::Extensions, scrub: &Scrubber) {
+    let Some(reason) = extensions.get::<ReasonPhrase>() else {
+        return;
+    };
+    if let Some(clean) = scrub.scrubbed(reason.as_bytes()) {
+        match ReasonPhrase::try_from(clean) {
+            Ok(clean) => extensions.insert(clean),
+            Err(_) => extensions.remove::<ReasonPhrase>(),
+        };
+    }
+}
+
+/// Headers whose name holds a value (hex and percent-encoding are valid
+/// names) dropped: a name cannot be redacted. All names are looked through
+/// in one pass; one by one only when one of them holds a value.
+pub(crate) fn drop_named(headers: &mut HeaderMap, scrub: &Scrubber) {
+    if scrub.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    if !scrub.finds(names.join(" ").as_bytes()) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| scrub.finds(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_vault_core::broker::scrub::Redaction;
+    use hyper::header::HeaderValue;
+
+    fn scrubber() -> Scrubber {
+        Scrubber::new([(&b"tok/en+1"[..], "g/n")], Redaction::Marker)
+    }
+
+    #[test]
+    fn every_coding_line_and_transfer_coding_counts() {
+        let mut h = HeaderMap::new();
+        assert_eq!(body_codings(&h), None);
+        h.append("content-encoding", HeaderValue::from_static("identity"));
+        h.append("content-encoding", HeaderValue::from_static("gzip"));
+        h.append("transfer-encoding", HeaderValue::from_static("br, Chunked"));
+        let codings = body_codings(&h).unwrap();
+        assert_eq!(String::from_utf8_lossy(&codings), "identity,gzip,br");
+        let mut chunked = HeaderMap::new();
+        chunked.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert_eq!(body_codings(&chunked), None);
+    }
+
+    #[test]
+    fn a_reason_phrase_and_a_name_holding_a_value_do_not_pass() {
+        let s = scrubber();
+        let mut ext = hyper::http::Extensions::new();
+        ext.insert(ReasonPhrase::try_from(&b"OK tok%2Fen%2B1"[..]).unwrap());
+        scrub_reason(&mut ext, &s);
+        assert_eq!(
+            ext.get::<ReasonPhrase>().unwrap().as_bytes(),
+            b"OK [REDACTED:g/n]"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-746f6b2f656e2b31", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        drop_named(&mut h, &s);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+    }
+}
