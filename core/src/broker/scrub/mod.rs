@@ -20,6 +20,7 @@ mod decoded;
 mod decompress;
 mod escapes;
 mod family;
+mod quick;
 #[cfg(test)]
 mod tests;
 
@@ -240,17 +241,26 @@ impl Scrubber {
     /// `input` scrubbed, in one pass, if it holds any of the values; `None`
     /// when it holds none (a header passes on untouched).
     pub fn scrubbed(&self, input: &[u8]) -> Option<Vec<u8>> {
+        if !self.may_match(input) {
+            return None;
+        }
         let (out, found) = self.scan_whole(input);
         found.then_some(out)
     }
 
     /// Whether `input` holds any of the values, in any family.
     pub fn finds(&self, input: &[u8]) -> bool {
-        self.scan_whole(input).1
+        self.may_match(input) && self.scan_whole(input).1
+    }
+
+    /// Whether some family may find something in `input` scanned whole:
+    /// `false` only when none can (see `quick.rs`), without the engine.
+    fn may_match(&self, input: &[u8]) -> bool {
+        self.set.families.iter().any(|f| quick::may_match(f, input))
     }
 
     fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, bool) {
-        if self.is_empty() {
+        if !self.may_match(input) {
             return (input.to_vec(), false);
         }
         let mut s = self.fresh();

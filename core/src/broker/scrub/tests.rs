@@ -427,3 +427,34 @@ fn for_plan_scrubs_what_the_plan_injects_in_every_family() {
         assert!(contains(&out, MARKER.as_bytes()), "{tr:?}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+    /// Scrubbing a whole buffer (as a header is: a quick test first, see
+    /// `quick.rs`) gives what streaming it in one chunk gives, in every
+    /// family, with the value in it or not.
+    #[test]
+    fn whole_buffer_scrubbing_is_the_streams(
+        value in text(4..12),
+        prefix in text(0..7),
+        suffix in text(0..5),
+        kind in 0u8..6,
+        seed in proptest::prelude::any::<u64>(),
+        holds_value in proptest::prelude::any::<bool>(),
+    ) {
+        let t = transform(seed, kind);
+        let inner = if holds_value {
+            [prefix.as_bytes(), value.as_bytes(), suffix.as_bytes()].concat()
+        } else {
+            [prefix.as_bytes(), suffix.as_bytes()].concat()
+        };
+        let input = encode(t, &inner);
+        let s = scrubber(value.as_bytes());
+        let streamed = scrub_split(&s, &input, &[]);
+        let found = streamed != input;
+        proptest::prop_assert_eq!(&s.replace_all(&input), &streamed);
+        proptest::prop_assert_eq!(s.finds(&input), found);
+        proptest::prop_assert_eq!(s.scrubbed(&input), found.then_some(streamed));
+    }
+}
