@@ -312,8 +312,6 @@ fn throughput() {
         values.iter().map(|(v, l)| (v.as_slice(), l.as_str())),
         Redaction::Marker,
     );
-    // The scrubber of today (literal matches of a few fixed encodings), on
-    // the same body, for comparison.
     let svc = crate::broker::services::template("openai", &"g/s0".parse().expect("path"))
         .expect("template");
     let resolve =
@@ -327,31 +325,11 @@ fn throughput() {
     });
     let header = b"application/json; charset=utf-8";
     let finds = best_of(200, || assert!(!s.finds(header)));
-    let old = plan.scrubber();
-    let finds_old = best_of(200, || assert!(!old.finds(header)));
     println!(
-        "per response: for_plan {:.1} us; a header's finds {:.2} us (StreamReplace {:.2} us)",
+        "per response: for_plan {:.1} us; a header's finds {:.2} us",
         build * 1e6,
         finds * 1e6,
-        finds_old * 1e6
     );
-    for chunk in [1 << 10, 16 << 10, 1 << 20] {
-        let secs = best_of(20, || {
-            let mut r = plan.scrubber();
-            let mut n = 0;
-            for c in body.chunks(chunk) {
-                n += r.push(c).len();
-            }
-            n += r.finish().len();
-            assert_eq!(n, body.len());
-        });
-        println!(
-            "StreamReplace (inject.rs), 1 value, 1 MiB in {} KiB chunks: {:.2} ms, {:.0} MiB/s",
-            chunk >> 10,
-            secs * 1e3,
-            1.0 / secs
-        );
-    }
     for chunk in [1 << 10, 16 << 10, 1 << 20] {
         let cuts: Vec<usize> = (chunk..body.len()).step_by(chunk).collect();
         let secs = best_of(20, || {
