@@ -26,7 +26,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use age::secrecy::ExposeSecret;
 
@@ -221,8 +221,22 @@ impl Scrubber {
     /// Ends the stream; returns the rest. The scrubber is then fresh.
     pub fn finish(&mut self) -> Vec<u8> {
         let out = self.finish_inner();
-        *self = self.fresh();
+        self.reset();
         out
+    }
+
+    /// Forgets the stream, keeping the buffers (wiped) for the next one.
+    fn reset(&mut self) {
+        self.raw.zeroize();
+        self.base = 0;
+        self.emitted = 0;
+        self.marker_until = None;
+        for p in &mut self.progress {
+            p.pos = 0;
+            p.decoded.clear();
+        }
+        self.spans.clear();
+        self.found = false;
     }
 
     fn finish_inner(&mut self) -> Vec<u8> {

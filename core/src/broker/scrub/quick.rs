@@ -9,7 +9,7 @@
 //! raw byte, and a pattern is found in it exactly where it is found here.
 //! A buffer with one of them is left to the engine.
 
-use memchr::{memchr, memchr2, memchr3};
+use memchr::{memchr, memchr3};
 
 use super::FamilyPatterns;
 use super::escapes;
