@@ -166,14 +166,14 @@ pub(crate) async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
-    let method = req.method().clone();
+    let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let record = Record {
         time,
         agent: token.agent.clone(),
         token_id: token.id.clone(),
         service: String::new(),
-        method: method.as_str().to_owned(),
+        method: method.clone(),
         host: host.to_string(),
         path,
         status: 0,
@@ -190,7 +190,7 @@ pub(crate) async fn forward(
         addr,
         https,
     };
-    match exchange(&b, &tunnel, method.as_str(), req, &mut audit.record).await {
+    match exchange(&b, &tunnel, &method, req, &mut audit.record).await {
         Ok(answered) => Ok(respond(audit, answered, &tunnel.host)),
         Err(refusal) => Ok(refuse(audit, refusal)),
     }
@@ -239,7 +239,7 @@ async fn exchange(
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
         .map_err(Refusal::Plan)?;
-    record.secrets = plan.secret_names.clone();
+    record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
     // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any
     // request, then the two connections are joined.
     let mut req = req;
