@@ -7,7 +7,7 @@
 //! the segment came from the whole raw span `raw..raw_end`, as the bytes of
 //! `&#x1F600;` all come from its ten raw bytes).
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 #[derive(Clone, Copy, Debug)]
 struct Seg {
@@ -41,7 +41,24 @@ impl Decoded {
         }
         let at = self.bytes.len();
         self.bytes.extend_from_slice(decoded);
-        let end = raw + decoded.len() as u64;
+        self.map_linear(at, raw, decoded.len());
+    }
+
+    /// Appends raw bytes `bytes` starting at `raw`, each one read as `map`
+    /// of it (no copy of them is made on the way).
+    pub(super) fn push_linear_with(&mut self, raw: u64, bytes: &[u8], map: fn(&u8) -> u8) {
+        if bytes.is_empty() {
+            return;
+        }
+        let at = self.bytes.len();
+        self.bytes.extend(bytes.iter().map(map));
+        self.map_linear(at, raw, bytes.len());
+    }
+
+    /// Records that the `n` decoded bytes from `at` on came one for one
+    /// from the raw bytes from `raw` on.
+    fn map_linear(&mut self, at: usize, raw: u64, n: usize) {
+        let end = raw + n as u64;
         if let Some(last) = self.segs.last_mut()
             && last.linear
             && last.raw_end == raw
@@ -99,6 +116,13 @@ impl Decoded {
         } else {
             s.raw_end
         }
+    }
+
+    /// Forgets everything (the bytes wiped), keeping the buffers.
+    pub(super) fn clear(&mut self) {
+        self.bytes.zeroize();
+        self.segs.clear();
+        self.after_line_break = false;
     }
 
     /// Forgets the decoded bytes before `i`.

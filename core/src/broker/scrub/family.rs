@@ -91,8 +91,7 @@ impl Family {
             Family::Json => escapes::json(raw, pos, at_end, out),
             Family::Html => escapes::html(raw, pos, at_end, out),
             Family::Hex => {
-                let lower = Zeroizing::new(raw.to_ascii_lowercase());
-                out.push_linear(pos, &lower);
+                out.push_linear_with(pos, raw, u8::to_ascii_lowercase);
                 raw.len()
             }
             Family::Base64 => base64_scan(raw, pos, at_end, out),

@@ -20,12 +20,13 @@ mod decoded;
 mod decompress;
 mod escapes;
 mod family;
+mod quick;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use age::secrecy::ExposeSecret;
 
@@ -220,8 +221,22 @@ impl Scrubber {
     /// Ends the stream; returns the rest. The scrubber is then fresh.
     pub fn finish(&mut self) -> Vec<u8> {
         let out = self.finish_inner();
-        *self = self.fresh();
+        self.reset();
         out
+    }
+
+    /// Forgets the stream, keeping the buffers (wiped) for the next one.
+    fn reset(&mut self) {
+        self.raw.zeroize();
+        self.base = 0;
+        self.emitted = 0;
+        self.marker_until = None;
+        for p in &mut self.progress {
+            p.pos = 0;
+            p.decoded.clear();
+        }
+        self.spans.clear();
+        self.found = false;
     }
 
     fn finish_inner(&mut self) -> Vec<u8> {
@@ -240,17 +255,26 @@ impl Scrubber {
     /// `input` scrubbed, in one pass, if it holds any of the values; `None`
     /// when it holds none (a header passes on untouched).
     pub fn scrubbed(&self, input: &[u8]) -> Option<Vec<u8>> {
+        if !self.may_match(input) {
+            return None;
+        }
         let (out, found) = self.scan_whole(input);
         found.then_some(out)
     }
 
     /// Whether `input` holds any of the values, in any family.
     pub fn finds(&self, input: &[u8]) -> bool {
-        self.scan_whole(input).1
+        self.may_match(input) && self.scan_whole(input).1
+    }
+
+    /// Whether some family may find something in `input` scanned whole:
+    /// `false` only when none can (see `quick.rs`), without the engine.
+    fn may_match(&self, input: &[u8]) -> bool {
+        self.set.families.iter().any(|f| quick::may_match(f, input))
     }
 
     fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, bool) {
-        if self.is_empty() {
+        if !self.may_match(input) {
             return (input.to_vec(), false);
         }
         let mut s = self.fresh();

@@ -1,0 +1,141 @@
+//! A quick and sound answer, for a whole buffer, to "can any family find
+//! any pattern here?", so most of a response's headers pass without the
+//! engine's buffers being built for them.
+//!
+//! Why it is sound: a family's scanner reads raw text one byte for one
+//! byte, each byte through a fixed map ([`plain`]), until it meets one of
+//! the bytes that start an escape or a line break ([`specials`]). So in a
+//! buffer without those, the family's scanned stream is `plain` of each
+//! raw byte, and a pattern is found in it exactly where it is found here.
+//! A buffer with one of them is left to the engine.
+
+use memchr::{memchr, memchr3};
+
+use super::FamilyPatterns;
+use super::escapes;
+use super::family::Family;
+
+/// Whether `raw` holds a byte after which `f`'s scanner may read other
+/// than one byte for one byte.
+fn has_special(f: Family, raw: &[u8]) -> bool {
+    match f {
+        Family::Literal | Family::Hex => false,
+        Family::Percent => memchr(b'%', raw).is_some(),
+        Family::Json => memchr(b'\\', raw).is_some(),
+        Family::Html => memchr(b'&', raw).is_some(),
+        Family::Base64 => {
+            memchr3(b'\r', b'\n', b'\\', raw).is_some() || memchr(b'%', raw).is_some()
+        }
+    }
+}
+
+/// What raw byte `b` reads as in `f`'s scanned stream, away from
+/// [`has_special`]'s bytes.
+fn plain(f: Family, b: u8) -> u8 {
+    match f {
+        Family::Literal | Family::Json | Family::Html => b,
+        Family::Percent => escapes::percent_canon(b),
+        Family::Hex => b.to_ascii_lowercase(),
+        Family::Base64 => match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            b => b,
+        },
+    }
+}
+
+/// The raw bytes that [`plain`] reads as `c` (one, or two).
+fn sources(f: Family, c: u8) -> (u8, u8) {
+    match (f, c) {
+        (Family::Percent, b'+') => (b'+', b' '),
+        (Family::Hex, c) if c.is_ascii_lowercase() => (c, c.to_ascii_uppercase()),
+        (Family::Base64, b'+') => (b'+', b'-'),
+        (Family::Base64, b'/') => (b'/', b'_'),
+        (_, c) => (c, c),
+    }
+}
+
+/// Whether `f` may find one of its patterns in `raw` scanned whole:
+/// `false` only when it surely finds none.
+pub(super) fn may_match(f: &FamilyPatterns, raw: &[u8]) -> bool {
+    if has_special(f.family, raw) {
+        return true;
+    }
+    f.patterns
+        .iter()
+        .zip(&f.rare)
+        .any(|((p, _), &(r1, _))| occurs(f.family, raw, &p.bytes, r1))
+}
+
+/// Whether `p` occurs in `plain` of `raw`: candidates where its byte at
+/// `r1` may be (found with memchr), checked whole.
+fn occurs(f: Family, raw: &[u8], p: &[u8], r1: usize) -> bool {
+    let Some(last) = raw.len().checked_sub(p.len()) else {
+        return false;
+    };
+    let region = &raw[r1..=last + r1];
+    let (a, b) = sources(f, p[r1]);
+    memchr::memchr2_iter(a, b, region).any(|s| {
+        raw[s..s + p.len()]
+            .iter()
+            .zip(p)
+            .all(|(&r, &q)| plain(f, r) == q)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decoded::Decoded;
+    use super::*;
+
+    /// Where `has_special` sees nothing, `f`'s scanner reads `raw` as
+    /// `plain` of each byte, one for one.
+    fn check(f: Family, raw: &[u8]) {
+        if has_special(f, raw) {
+            return;
+        }
+        let mut d = Decoded::default();
+        assert_eq!(f.scan(raw, 0, true, &mut d), raw.len());
+        let want: Vec<u8> = raw.iter().map(|&b| plain(f, b)).collect();
+        assert_eq!(&d.bytes[..], &want[..], "{f:?} {raw:?}");
+        for i in 0..raw.len() {
+            assert_eq!((d.raw_start(i), d.raw_end(i)), (i as u64, i as u64 + 1));
+        }
+    }
+
+    #[test]
+    fn plain_is_what_each_scanner_reads() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let some = b"%\\&\r\n-_ +/aAfF0u#x;2Blt";
+        let escapes: [&[u8]; 8] = [
+            b"%41",
+            b"%2b",
+            b"\\u0041",
+            b"\\/",
+            b"\\n",
+            b"&#65;",
+            b"&amp;",
+            b"a\r\n\r\nb",
+        ];
+        for f in Family::ALL {
+            check(f, &all);
+            for e in escapes {
+                check(f, e);
+            }
+            for &a in some {
+                for &b in some {
+                    for &c in some {
+                        check(f, &[a, b, c]);
+                    }
+                }
+            }
+            // `sources` names every byte `plain` reads as each byte.
+            for c in 0..=255u8 {
+                let (a, b) = sources(f, c);
+                for r in 0..=255u8 {
+                    assert!(plain(f, r) != c || r == a || r == b, "{f:?} {c} {r}");
+                }
+            }
+        }
+    }
+}
