@@ -223,8 +223,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// The problem in a body, if it is problem+json; else its text as the
-    /// detail, with the reason header's type.
+    /// The problem+json in a body; else its text, with the header's type.
     pub fn read(body: &[u8], reason: Option<&str>) -> Option<Problem> {
         if let Ok(p) = serde_json::from_slice::<Problem>(body)
             && !p.kind.is_empty()
