@@ -207,8 +207,7 @@ impl std::error::Error for RequestError {
     }
 }
 
-/// What a problem+json answer of the broker's says (RFC 9457): the type,
-/// the title and what to do. Names, never values.
+/// A broker's problem+json answer (RFC 9457): type, title, what to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Problem {
@@ -224,8 +223,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// The problem in a body, if it is problem+json; else its text as the
-    /// detail, with the reason header's type.
+    /// The problem+json in a body; else its text, with the header's type.
     pub fn read(body: &[u8], reason: Option<&str>) -> Option<Problem> {
         if let Ok(p) = serde_json::from_slice::<Problem>(body)
             && !p.kind.is_empty()
@@ -244,8 +242,7 @@ impl Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.detail)?;
-        write!(f, "\ntype: {}", self.kind)?;
+        write!(f, "{}\ntype: {}", self.detail, self.kind)?;
         if !self.title.is_empty() {
             write!(f, "\ntitle: {}", self.title)?;
         }

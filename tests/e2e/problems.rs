@@ -279,7 +279,7 @@ print(json.dumps(out))
     };
     expect("method", 403, "method-not-allowed");
     expect("plain", 403, "plain-http-not-allowed");
-    expect("token", 407, "token-malformed");
+    expect("token", 407, "token-invalid");
     expect("upstream", 502, "upstream-unreachable");
 }
 
