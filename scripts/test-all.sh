@@ -31,6 +31,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
+# SigV4 tests: boto3 is the agent's client, botocore checks signatures upstream.
+python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

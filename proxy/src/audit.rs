@@ -36,6 +36,11 @@ pub struct Record {
     pub duration_ms: u64,
     /// Secrets injected, by name.
     pub secrets: Vec<String>,
+    /// A tunnel service's `CONNECT`, passed through without interception:
+    /// `bytes_in` and `bytes_out` count the TLS bytes each way, and
+    /// `duration_ms` is the tunnel's life. Absent (false) in older records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tunnel: bool,
 }
 
 /// The records in an audit log's text, oldest first. A line that is not a
@@ -132,6 +137,7 @@ mod tests {
             bytes_out: 2,
             duration_ms: 3,
             secrets: vec!["api/token".into()],
+            tunnel: false,
         }
     }
 

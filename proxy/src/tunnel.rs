@@ -157,6 +157,10 @@ async fn handle_proxy(
         Ok(a) => a,
         Err(e) => return Ok(text(StatusCode::FORBIDDEN, &e.to_string())),
     };
+    if let Some(service) = crate::passthrough::service_for(&b, &claims, &host, port) {
+        let to = (host, port, addr);
+        return Ok(crate::passthrough::open(b, req, claims, service, to).await);
+    }
     tokio::spawn(tunnel(b, req, host, port, addr, claims));
     Ok(Response::new(empty()))
 }

@@ -19,4 +19,5 @@ mod isolation;
 mod owners;
 mod remotes;
 mod services;
+mod sigv4;
 mod sync;
