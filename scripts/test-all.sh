@@ -16,6 +16,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # `run --isolate` tests run Debian's python3 with requests as an ordinary
 # user (made with useradd), and look for what is left inside with pgrep.
 /usr/bin/python3 -c 'import requests' >/dev/null 2>&1 || need+=(python3-requests)
+# SigV4 tests: boto3 is the agent's client, botocore checks signatures upstream.
+[ -x /usr/bin/python3 ] && { /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need+=(python3-boto3); }
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 # ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
@@ -31,7 +33,6 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
-# SigV4 tests: boto3 is the agent's client, botocore checks signatures upstream.
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
