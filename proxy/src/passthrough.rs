@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use agent_vault_core::broker::token::Claims;
-use hyper::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -114,19 +114,18 @@ impl Passthrough {
             port,
             why,
         };
-        let upstream = match tokio::time::timeout(b.limits.handshake, TcpStream::connect(addr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                audit.record.status = 502;
-                return Err(unreachable(e.to_string()));
-            }
-            Err(_) => {
-                audit.record.status = 504;
-                return Err(unreachable("no answer in time".into()));
-            }
-        };
+        let upstream =
+            match tokio::time::timeout(b.limits.handshake, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    audit.record.status = 502;
+                    return Err(unreachable(e.to_string()));
+                }
+                Err(_) => {
+                    audit.record.status = 504;
+                    return Err(unreachable("no answer in time".into()));
+                }
+            };
         let _ = upstream.set_nodelay(true);
         audit.record.status = 200;
         Ok(Passthrough {
@@ -174,7 +173,10 @@ impl Passthrough {
                 }
             }
         }
-        audit.bytes(sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed));
+        audit.bytes(
+            sent.load(Ordering::Relaxed),
+            received.load(Ordering::Relaxed),
+        );
     }
 }
 
@@ -233,10 +235,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

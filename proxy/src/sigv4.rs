@@ -192,7 +192,10 @@ pub(crate) async fn signed(
                 h.remove(hyper::header::TRANSFER_ENCODING);
                 // A GET with no body is sent with none, as the agent sent it.
                 if !whole.is_empty() || h.contains_key(hyper::header::CONTENT_LENGTH) {
-                    h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+                    h.insert(
+                        hyper::header::CONTENT_LENGTH,
+                        HeaderValue::from(whole.len()),
+                    );
                 }
             }
             (full(whole.clone()), Some(whole))

@@ -46,10 +46,9 @@ fn sigv4_upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the SigV4 upstream did not start (is botocore installed?): {line:?}"));
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        panic!("the SigV4 upstream did not start (is botocore installed?): {line:?}")
+    });
     (Proc(child), port, ca_path, log)
 }
 
@@ -254,7 +253,10 @@ fn curl_requests_are_signed_by_the_broker() {
     assert_eq!(status(&head), 200, "{head}\n{err}");
     let seen = a.last_seen();
     assert_eq!(seen["ok"], true, "{seen}");
-    assert_eq!(seen["path"], "/bucket/some%20key.txt?list-type=2&prefix=a%2Fb");
+    assert_eq!(
+        seen["path"],
+        "/bucket/some%20key.txt?list-type=2&prefix=a%2Fb"
+    );
     // The echo of the Authorization header (it holds the key id) comes back
     // scrubbed, in the header and in the body.
     assert!(!head.contains(KEY_ID), "{head}");
@@ -267,13 +269,23 @@ fn curl_requests_are_signed_by_the_broker() {
     let body = "hello, signed payload";
     let (head, err) = a.curl(
         "/bucket/put.txt",
-        &["-X", "PUT", "--data-binary", body, "-H", "Content-Type: text/plain"],
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            body,
+            "-H",
+            "Content-Type: text/plain",
+        ],
     );
     assert_eq!(status(&head), 200, "{head}\n{err}");
     let seen = a.last_seen();
     assert_eq!(seen["ok"], true, "{seen}");
     assert_eq!(seen["body_len"], body.len());
-    assert_eq!(seen["payload"], seen["body_sha256"], "the body's hash is signed");
+    assert_eq!(
+        seen["payload"], seen["body_sha256"],
+        "the body's hash is signed"
+    );
     assert!(
         seen["headers"]["authorization"]
             .as_str()
@@ -290,7 +302,10 @@ fn curl_requests_are_signed_by_the_broker() {
     // The audit names the service and the secrets, never a value.
     let audit = std::fs::read_to_string(&a.audit).unwrap();
     assert!(audit.contains(r#""service":"s3local""#), "{audit}");
-    assert!(audit.contains(r#""secrets":["aws/id","aws/secret"]"#), "{audit}");
+    assert!(
+        audit.contains(r#""secrets":["aws/id","aws/secret"]"#),
+        "{audit}"
+    );
     assert!(!audit.contains(KEY_ID) && !audit.contains(SECRET));
 }
 
@@ -363,7 +378,13 @@ fn unsignable_requests_are_refused_clearly() {
     std::fs::write(&big, vec![b'b'; 17 << 20]).unwrap();
     let (head, err) = a.curl(
         "/bucket/big",
-        &["--http1.1", "-X", "PUT", "--data-binary", &format!("@{}", big.display())],
+        &[
+            "--http1.1",
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", big.display()),
+        ],
     );
     assert_eq!(status(&head), 413, "{head}\n{err}");
     assert!(head.contains("at most 16 MiB"), "{head}");
@@ -381,7 +402,10 @@ fn unsignable_requests_are_refused_clearly() {
     );
     assert_eq!(status(&head), 200, "{head}");
     let seen = a.last_seen();
-    assert_eq!((seen["ok"].clone(), seen["body_len"].clone()), (Value::from(true), Value::from(17 << 20)));
+    assert_eq!(
+        (seen["ok"].clone(), seen["body_len"].clone()),
+        (Value::from(true), Value::from(17 << 20))
+    );
 }
 
 /// `--template s3|bedrock --region R`: the region's endpoints, signed with
@@ -391,11 +415,32 @@ fn aws_templates() {
     let env = Env::new();
     env.set("aws/id", KEY_ID.as_bytes());
     env.set("aws/secret", SECRET.as_bytes());
-    let keys = ["--access-key-id", "aws/id", "--secret-access-key", "aws/secret"];
-    let mut args = vec!["service", "add", "s3", "--template", "s3", "--region", "eu-west-1"];
+    let keys = [
+        "--access-key-id",
+        "aws/id",
+        "--secret-access-key",
+        "aws/secret",
+    ];
+    let mut args = vec![
+        "service",
+        "add",
+        "s3",
+        "--template",
+        "s3",
+        "--region",
+        "eu-west-1",
+    ];
     args.extend(keys);
     env.ok(&args);
-    let mut args = vec!["service", "add", "br", "--template", "bedrock", "--region", "us-west-2"];
+    let mut args = vec![
+        "service",
+        "add",
+        "br",
+        "--template",
+        "bedrock",
+        "--region",
+        "us-west-2",
+    ];
     args.extend(keys);
     env.ok(&args);
     let list = env.json(&["service", "list"]);
@@ -410,7 +455,16 @@ fn aws_templates() {
     let mut args = vec!["service", "add", "x", "--template", "s3"];
     args.extend(keys);
     assert!(env.fail(&args).contains("--template s3 needs --region"));
-    let err = env.fail(&["service", "add", "x", "--sigv4", "--host", "h.example", "--access-key-id", "aws/id"]);
+    let err = env.fail(&[
+        "service",
+        "add",
+        "x",
+        "--sigv4",
+        "--host",
+        "h.example",
+        "--access-key-id",
+        "aws/id",
+    ]);
     assert!(err.contains("--secret-access-key"), "{err}");
 }
 
@@ -431,9 +485,27 @@ fn tunnel_services_are_not_intercepted() {
     );
     // A tunnel names no secret, and cannot be held to paths.
     env.set("api/token", b"tok_REAL_VALUE_123");
-    let err = env.fail(&["service", "add", "t2", "--tunnel", "--bearer", "api/token", "--host", "x.example"]);
+    let err = env.fail(&[
+        "service",
+        "add",
+        "t2",
+        "--tunnel",
+        "--bearer",
+        "api/token",
+        "--host",
+        "x.example",
+    ]);
     assert!(err.contains("cannot be used with"), "{err}");
-    let err = env.fail(&["service", "add", "t2", "--tunnel", "--substitute", "api/token", "--host", "x.example"]);
+    let err = env.fail(&[
+        "service",
+        "add",
+        "t2",
+        "--tunnel",
+        "--substitute",
+        "api/token",
+        "--host",
+        "x.example",
+    ]);
     assert!(err.contains("cannot be used with"), "{err}");
     let services = env.vault.join(".agent-vault/services.yaml");
     let before = std::fs::read_to_string(&services).unwrap();
@@ -445,7 +517,11 @@ fn tunnel_services_are_not_intercepted() {
     // No --upstream-ca: the broker never speaks TLS to this upstream.
     let (_broker, port) = start_broker_with(
         &env,
-        &["--allow-private-upstreams", "--audit", audit.to_str().unwrap()],
+        &[
+            "--allow-private-upstreams",
+            "--audit",
+            audit.to_str().unwrap(),
+        ],
         &[],
     );
     let token = env.json(&["token", "issue", "bot", "--ttl", "10m"])["token"]
@@ -454,7 +530,13 @@ fn tunnel_services_are_not_intercepted() {
         .to_owned();
     let curl = |ca: &Path, port: u16| {
         Command::new("curl")
-            .args(["-sS", "--max-time", "10", "--proxy", &format!("http://127.0.0.1:{port}")])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--proxy",
+                &format!("http://127.0.0.1:{port}"),
+            ])
             .args(["--proxy-user", &format!("bot:{token}")])
             .args(["--cacert", ca.to_str().unwrap()])
             .args(["-H", "Authorization: Bearer agents-own"])
@@ -472,7 +554,11 @@ fn tunnel_services_are_not_intercepted() {
     // the broker did not intercept.
     let out = curl(&broker_ca, port);
     assert_eq!(out.status.code(), Some(60), "{}", stderr(&out));
-    assert!(std::fs::read_to_string(&up_log).unwrap().contains("/through"));
+    assert!(
+        std::fs::read_to_string(&up_log)
+            .unwrap()
+            .contains("/through")
+    );
 
     // One record per tunnel, with the bytes each way, written when it closes.
     let read = || -> Vec<Value> {
@@ -494,7 +580,11 @@ fn tunnel_services_are_not_intercepted() {
         assert_eq!(r["secrets"], serde_json::json!([]));
         assert!(r["bytes_in"].as_u64().unwrap() > 100, "{r}");
     }
-    assert!(records[0]["bytes_out"].as_u64().unwrap() > 500, "{:?}", records[0]);
+    assert!(
+        records[0]["bytes_out"].as_u64().unwrap() > 500,
+        "{:?}",
+        records[0]
+    );
     let shown = env.json(&["audit", audit.to_str().unwrap()]);
     assert_eq!(shown[0]["tunnel"], true);
 
@@ -510,11 +600,22 @@ fn tunnel_services_are_not_intercepted() {
 #[test]
 fn the_tunnel_flag_is_signed() {
     let env = Env::new();
-    env.ok(&["service", "add", "model", "--passthrough", "--host", "api.example.com"]);
+    env.ok(&[
+        "service",
+        "add",
+        "model",
+        "--passthrough",
+        "--host",
+        "api.example.com",
+    ]);
     let services = env.vault.join(".agent-vault/services.yaml");
     let text = std::fs::read_to_string(&services).unwrap();
     assert!(!text.contains("tunnel"), "{text}");
-    std::fs::write(&services, text.replace("auth: passthrough", "auth: passthrough\n    tunnel: true")).unwrap();
+    std::fs::write(
+        &services,
+        text.replace("auth: passthrough", "auth: passthrough\n    tunnel: true"),
+    )
+    .unwrap();
     let err = env.fail(&["service", "list"]);
     assert!(
         err.contains("manifest is not trusted") && err.contains("services.yaml"),

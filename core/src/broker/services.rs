@@ -16,12 +16,12 @@ use crate::vault::Vault;
 mod aws;
 mod path;
 
+pub use aws::{
+    AGENT_SIGNATURE_HEADERS, AWS_TEMPLATES, AwsKeys, Scope, Sigv4, aws_template, scope_from_host,
+    without_presigned_params,
+};
 #[cfg(test)]
 use path::decode_escapes;
-pub use aws::{
-    AGENT_SIGNATURE_HEADERS, AWS_TEMPLATES, AwsKeys, Scope, Sigv4, aws_template,
-    scope_from_host, without_presigned_params,
-};
 pub use path::{PathRefusal, normalize_path};
 
 /// How a service's credential is presented upstream.
@@ -512,8 +512,14 @@ mod tests {
         let bytes = all.to_bytes();
         assert!(String::from_utf8_lossy(&bytes).contains("tunnel: true"));
         assert_eq!(Services::parse(Path::new("s"), &bytes).unwrap(), all);
-        assert_eq!(all.tunnel_for("api.anthropic.com", 443, |_| true), Some("model"));
-        assert_eq!(all.tunnel_for("api.anthropic.com", 443, |n| n != "model"), None);
+        assert_eq!(
+            all.tunnel_for("api.anthropic.com", 443, |_| true),
+            Some("model")
+        );
+        assert_eq!(
+            all.tunnel_for("api.anthropic.com", 443, |n| n != "model"),
+            None
+        );
         assert_eq!(all.tunnel_for("api.anthropic.com", 8443, |_| true), None);
         assert_eq!(all.tunnel_for("api.github.com", 443, |_| true), None);
         let mut both = all.clone();
@@ -529,8 +535,14 @@ mod tests {
         // A tunnel names no secret and takes no paths.
         for (yaml, why) in [
             ("auth: {bearer: a/b}\n    tunnel: true", "names no secret"),
-            ("auth: passthrough\n    secrets: [a/b]\n    tunnel: true", "names no secret"),
-            ("auth: passthrough\n    paths: [/v1]\n    tunnel: true", "paths or methods"),
+            (
+                "auth: passthrough\n    secrets: [a/b]\n    tunnel: true",
+                "names no secret",
+            ),
+            (
+                "auth: passthrough\n    paths: [/v1]\n    tunnel: true",
+                "paths or methods",
+            ),
             (
                 "auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key}}\n    placeholders: {X: a/b}",
                 "no --substitute",

@@ -258,7 +258,9 @@ impl AwsKeys {
 
     /// The session token, if the service names one.
     pub fn session_token(&self) -> Option<&[u8]> {
-        self.session_token.as_ref().map(|t| t.expose_secret().as_slice())
+        self.session_token
+            .as_ref()
+            .map(|t| t.expose_secret().as_slice())
     }
 }
 
@@ -281,13 +283,21 @@ mod tests {
         for (host, region, service) in [
             ("s3.us-east-1.amazonaws.com", "us-east-1", "s3"),
             ("my-bucket.s3.eu-west-1.amazonaws.com", "eu-west-1", "s3"),
-            ("bedrock-runtime.us-west-2.amazonaws.com", "us-west-2", "bedrock"),
+            (
+                "bedrock-runtime.us-west-2.amazonaws.com",
+                "us-west-2",
+                "bedrock",
+            ),
             ("bedrock.us-west-2.amazonaws.com.", "us-west-2", "bedrock"),
             ("sqs.us-gov-west-1.amazonaws.com", "us-gov-west-1", "sqs"),
             ("s3.cn-north-1.amazonaws.com.cn", "cn-north-1", "s3"),
         ] {
             let s = scope_from_host(host).unwrap();
-            assert_eq!((s.region.as_str(), s.service.as_str()), (region, service), "{host}");
+            assert_eq!(
+                (s.region.as_str(), s.service.as_str()),
+                (region, service),
+                "{host}"
+            );
         }
         for host in [
             "example.com",
