@@ -502,7 +502,10 @@ mod tests {
         let old = b"services:\n  gh:\n    hosts: [api.github.com]\n    auth: passthrough\n";
         let s = Services::parse(Path::new("s"), old).unwrap();
         assert!(!s.services["gh"].tunnel);
-        assert_eq!(s.to_bytes(), old.to_vec(), "nothing new is written for it");
+        assert!(
+            !String::from_utf8_lossy(&s.to_bytes()).contains("tunnel"),
+            "nothing new is written for it"
+        );
         // A tunnel round-trips, and is the CONNECT answer only where no
         // intercepting service covers the host.
         let mut all = s.clone();
