@@ -396,12 +396,13 @@ pub enum ServiceCommand {
 
 /// Arguments of `service add`. Exactly one way to authenticate.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("auth").required(true).args(["template", "bearer", "basic", "header", "query", "passthrough"])))]
+#[command(group(clap::ArgGroup::new("auth").required(true).args(["template", "bearer", "basic", "header", "query", "passthrough", "tunnel", "sigv4"])))]
+#[command(group(clap::ArgGroup::new("template_keys").args(["secret", "access_key_id"])))]
 pub struct ServiceAddArgs {
     /// The service's name.
     pub name: String,
-    /// A built-in template: github, stripe, openai, anthropic, slack, shopify (with --secret).
-    #[arg(long, requires = "secret")]
+    /// A built-in template: github, stripe, openai, anthropic, slack, shopify (with --secret); s3, bedrock (with --region and the AWS keys).
+    #[arg(long, requires = "template_keys")]
     pub template: Option<String>,
     /// The secret a template uses.
     #[arg(long, value_name = "GROUP/NAME")]
@@ -424,6 +425,27 @@ pub struct ServiceAddArgs {
     /// Allow the hosts through with nothing injected.
     #[arg(long)]
     pub passthrough: bool,
+    /// Pass CONNECT through without interception (the agent sees the upstream's own certificate); nothing is injected.
+    #[arg(long, conflicts_with_all = ["substitute", "placeholders", "paths", "methods", "allow_http"])]
+    pub tunnel: bool,
+    /// AWS Signature Version 4: the broker signs each request with --access-key-id and --secret-access-key.
+    #[arg(long, requires = "access_key_id")]
+    pub sigv4: bool,
+    /// The secret holding the AWS access key id (--sigv4, --template s3|bedrock).
+    #[arg(long, value_name = "GROUP/NAME", requires = "secret_access_key")]
+    pub access_key_id: Option<String>,
+    /// The secret holding the AWS secret access key.
+    #[arg(long, value_name = "GROUP/NAME", requires = "access_key_id")]
+    pub secret_access_key: Option<String>,
+    /// The secret holding an AWS session token (temporary credentials).
+    #[arg(long, value_name = "GROUP/NAME", requires = "access_key_id")]
+    pub session_token: Option<String>,
+    /// The AWS region signed for (--sigv4: default read from the host).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The AWS service name signed for (--sigv4: default read from the host).
+    #[arg(long, value_name = "NAME", requires = "sigv4")]
+    pub aws_service: Option<String>,
     /// A host pattern (api.example.com, *.example.com, host:port); repeatable. Templates bring their own.
     #[arg(long = "host", value_name = "PATTERN")]
     pub hosts: Vec<String>,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use agent_vault_core::broker::services::{self, Auth, Service};
+use agent_vault_core::broker::services::{self, Auth, Service, Sigv4};
 use agent_vault_core::writer::Writer;
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use serde_json::json;
@@ -19,15 +19,58 @@ fn split_pair<'a>(s: &'a str, what: &str) -> CliResult<(&'a str, &'a str)> {
         .ok_or_else(|| CliError::Msg(format!("{what} takes NAME=VALUE, got {s:?}"), None))
 }
 
+/// The AWS keys named on the command line, with `--region` and
+/// `--aws-service`.
+fn aws_keys(a: &ServiceAddArgs) -> CliResult<Option<Sigv4>> {
+    let (Some(id), Some(key)) = (&a.access_key_id, &a.secret_access_key) else {
+        return Ok(None);
+    };
+    Ok(Some(Sigv4 {
+        access_key_id: secret(id)?,
+        secret_access_key: secret(key)?,
+        session_token: a.session_token.as_deref().map(secret).transpose()?,
+        region: a.region.clone(),
+        service: a.aws_service.clone(),
+    }))
+}
+
+fn from_template(t: &str, a: &ServiceAddArgs) -> CliResult<Service> {
+    let aws = services::AWS_TEMPLATES.contains(&t);
+    let templates = || {
+        Some(format!(
+            "templates: {}, {}",
+            services::TEMPLATES.join(", "),
+            services::AWS_TEMPLATES.join(", ")
+        ))
+    };
+    match (aws, &a.secret, aws_keys(a)?, &a.region) {
+        (true, _, Some(keys), Some(region)) => services::aws_template(t, region, keys)
+            .ok_or_else(|| CliError::Msg(format!("no template {t:?}"), templates())),
+        (true, _, _, _) => Err(CliError::Msg(
+            format!("--template {t} needs --region and the AWS keys"),
+            Some(format!(
+                "agent-vault service add NAME --template {t} --region us-east-1 --access-key-id aws/access-key-id --secret-access-key aws/secret-access-key"
+            )),
+        )),
+        (false, Some(s), None, None) => services::template(t, &secret(s)?)
+            .ok_or_else(|| CliError::Msg(format!("no template {t:?}"), templates())),
+        (false, _, _, _) => Err(CliError::Msg(
+            format!("--template {t} takes --secret GROUP/NAME only"),
+            templates(),
+        )),
+    }
+}
+
 fn build(a: &ServiceAddArgs) -> CliResult<Service> {
-    let mut svc = match (&a.template, &a.secret) {
-        (Some(t), Some(s)) => services::template(t, &secret(s)?).ok_or_else(|| {
-            CliError::Msg(
-                format!("no template {t:?}"),
-                Some(format!("templates: {}", services::TEMPLATES.join(", "))),
-            )
-        })?,
-        _ => {
+    if (a.region.is_some() || a.access_key_id.is_some()) && !a.sigv4 && a.template.is_none() {
+        return Err(CliError::Msg(
+            "--region and the AWS keys are for --sigv4 and the s3 and bedrock templates".into(),
+            None,
+        ));
+    }
+    let mut svc = match &a.template {
+        Some(t) => from_template(t, a)?,
+        None => {
             let auth = if let Some(b) = &a.bearer {
                 Auth::Bearer(secret(b)?)
             } else if let Some(u) = &a.basic {
@@ -47,10 +90,14 @@ fn build(a: &ServiceAddArgs) -> CliResult<Service> {
                     param: param.to_owned(),
                     secret: secret(s)?,
                 }
+            } else if let (true, Some(keys)) = (a.sigv4, aws_keys(a)?) {
+                Auth::Sigv4(keys)
             } else {
                 Auth::Passthrough
             };
-            Service::new(Vec::new(), auth)
+            let mut svc = Service::new(Vec::new(), auth);
+            svc.tunnel = a.tunnel;
+            svc
         }
     };
     if !a.hosts.is_empty() {
@@ -86,7 +133,20 @@ fn describe(svc: &Service) -> String {
         },
         Auth::Header { name, template } => format!("header {name}: {template}"),
         Auth::Query { param, secret } => format!("query {param}={secret}"),
+        Auth::Passthrough if svc.tunnel => "tunnel, not intercepted".into(),
         Auth::Passthrough => "passthrough".into(),
+        Auth::Sigv4(k) => {
+            let mut text = format!("sigv4 {} {}", k.access_key_id, k.secret_access_key);
+            if let Some(t) = &k.session_token {
+                text.push_str(&format!(" {t}"));
+            }
+            for (what, v) in [("region", &k.region), ("service", &k.service)] {
+                if let Some(v) = v {
+                    text.push_str(&format!(", {what} {v}"));
+                }
+            }
+            text
+        }
     };
     format!("{} ({auth})", svc.hosts.join(", "))
 }

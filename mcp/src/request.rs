@@ -102,7 +102,7 @@ pub enum RequestError {
         /// The start of its explanation (at most 500 characters).
         detail: String,
         /// Its problem+json body, read.
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
     },
     /// The broker answered a request in the tunnel itself (refused it, or
     /// the upstream failed): its `agent-vault-error` header was set.
@@ -110,7 +110,7 @@ pub enum RequestError {
         /// The status.
         status: u16,
         /// Its problem+json body, read (or what could be read of it).
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The URL's host is not a valid TLS server name.
     HostName(String),
@@ -469,7 +469,7 @@ async fn send_inner(
         .map_err(RequestError::Closed)?;
     let (status, reason, rest) = read_connect_response(&mut tcp).await?;
     if !(200..300).contains(&status) {
-        let problem = Problem::read(&rest, None);
+        let problem = Problem::read(&rest, None).map(Box::new);
         let detail = String::from_utf8_lossy(&rest);
         let detail = detail.trim();
         return Err(RequestError::Refused {
@@ -516,7 +516,7 @@ async fn send_inner(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let problem = Problem::read(&body, Some(&reason)).unwrap_or_default();
+        let problem = Box::new(Problem::read(&body, Some(&reason)).unwrap_or_default());
         return Err(RequestError::Broker { status, problem });
     }
     let mut out_headers: BTreeMap<String, String> = BTreeMap::new();

@@ -48,6 +48,11 @@ pub struct Record {
     /// when the upstream answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A tunnel service's `CONNECT`, passed through without interception:
+    /// `bytes_in` and `bytes_out` count the TLS bytes each way, and
+    /// `duration_ms` is the tunnel's life. Absent (false) in older records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tunnel: bool,
 }
 
 /// The records in an audit log's text, oldest first. A line that is not a
@@ -151,6 +156,7 @@ mod tests {
             secrets: vec!["api/token".into()],
             port: None,
             reason: None,
+            tunnel: false,
         }
     }
 

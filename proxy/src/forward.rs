@@ -60,6 +60,8 @@ pub(crate) enum Refusal {
     Build(hyper::http::Error),
     /// The upstream could not be reached, or failed.
     Upstream(SendError),
+    /// An AWS request that could not be signed (SigV4 services).
+    Sigv4(crate::sigv4::SignError),
     /// The upstream did not answer in time.
     Timeout {
         /// The tunnel's host.
@@ -84,6 +86,7 @@ impl Refusal {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Sigv4(e) => e.status(),
         }
     }
 }
@@ -100,6 +103,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Build(e) => write!(f, "cannot forward the request: {e}"),
             Refusal::Upstream(e) => write!(f, "{e}"),
             Refusal::Timeout { host } => write!(f, "{host} did not answer"),
+            Refusal::Sigv4(e) => write!(f, "{e}"),
             Refusal::Compressed { host } => write!(
                 f,
                 "{host} sent a body in an encoding the broker cannot decode; a body it cannot read cannot be scrubbed, so it is not passed on"
@@ -140,6 +144,11 @@ impl Refusal {
             Refusal::Upstream(_) => Reason::UpstreamFailed,
             Refusal::Timeout { .. } => Reason::UpstreamTimeout,
             Refusal::Compressed { .. } => Reason::UpstreamEncoding,
+            Refusal::Sigv4(e) => match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Reason::BodyTooLarge,
+                StatusCode::BAD_REQUEST => Reason::BadRequest,
+                _ => Reason::SigningFailed,
+            },
         };
         let hint = match reason {
             Reason::TokenExpired | Reason::TokenRevoked | Reason::TokenInvalid => "",
@@ -225,6 +234,7 @@ pub(crate) async fn forward(
         secrets: Vec::new(),
         port: Some(port),
         reason: None,
+        tunnel: false,
     };
     let mut audit = Audited::new(b.audit.clone(), started, record);
     let tunnel = Tunnel {
@@ -377,6 +387,11 @@ async fn upstream_request(
             (false, true) => format!("[{host}]:{port}"),
         },
     );
+    if let Some(keys) = plan.aws() {
+        return crate::sigv4::signed(keys, host, builder, body, substituter, bytes_in)
+            .await
+            .map_err(Refusal::Sigv4);
+    }
     let upstream_req = if !rewrites_body {
         // Nothing to substitute: the body streams through as it is.
         let counter = bytes_in.clone();

@@ -74,6 +74,9 @@ pub enum Reason {
     UpstreamEncoding,
     /// 504: the upstream did not answer in time.
     UpstreamTimeout,
+    /// 502: the broker could not sign the request (SigV4: no region or
+    /// service for the host, a key that is not text).
+    SigningFailed,
 }
 
 impl Reason {
@@ -103,6 +106,7 @@ impl Reason {
         Reason::UpstreamFailed,
         Reason::UpstreamEncoding,
         Reason::UpstreamTimeout,
+        Reason::SigningFailed,
     ];
 
     /// The reason's stable name: the end of its type, the header's value,
@@ -154,6 +158,7 @@ impl Reason {
                 "Upstream body in an encoding the broker cannot scrub",
             ),
             Reason::UpstreamTimeout => ("upstream-timeout", "Upstream did not answer in time"),
+            Reason::SigningFailed => ("signing-failed", "The broker could not sign the request"),
         }
     }
 
@@ -378,6 +383,7 @@ pub(crate) fn audit_refusal(log: &Arc<AuditLog>, attempt: &Attempt<'_>, problem:
         secrets: Vec::new(),
         port: attempt.port,
         reason: Some(problem.reason.name().to_owned()),
+        tunnel: false,
     });
 }
 

@@ -207,6 +207,10 @@ async fn handle_proxy(
         Ok(a) => a,
         Err(e) => return Ok(refuse_early(&b, &req, Some(&claims), e.problem())),
     };
+    if let Some(service) = crate::passthrough::service_for(&b, &claims, &host, port) {
+        let to = (host, port, addr);
+        return Ok(crate::passthrough::open(b, req, claims, service, to).await);
+    }
     tokio::spawn(tunnel(b, req, (host, port, addr), claims, session));
     Ok(Response::new(empty()))
 }

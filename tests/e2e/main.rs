@@ -22,4 +22,5 @@ mod problems;
 mod remotes;
 mod scrub_transforms;
 mod services;
+mod sigv4;
 mod sync;

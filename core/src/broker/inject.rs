@@ -7,7 +7,9 @@ use age::secrecy::{ExposeSecret, SecretBox};
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use crate::broker::services::{Auth, Service, TemplatePart, template_parts};
+use crate::broker::services::{
+    AGENT_SIGNATURE_HEADERS, Auth, AwsKeys, Service, TemplatePart, template_parts,
+};
 use crate::crypto::SecretValue;
 use crate::error::{Error, Result};
 use crate::names::SecretPath;
@@ -38,6 +40,8 @@ pub struct Plan {
     pub(crate) scrub: Vec<(SecretBox<Vec<u8>>, SecretPath)>,
     /// The secrets this plan may inject (names only: for the audit log).
     secrets: Vec<SecretPath>,
+    /// The keys a SigV4 service signs with (the proxy signs).
+    aws: Option<AwsKeys>,
     /// Built from `substitutions` once the plan is complete. (The
     /// response's scrubber is made from `scrub` by the scrubbing engine,
     /// `Scrubber::for_plan`.)
@@ -96,6 +100,7 @@ impl Plan {
             substitutions: Vec::new(),
             scrub: Vec::new(),
             secrets: Vec::new(),
+            aws: None,
             substituter: StreamReplace::new(Vec::new()),
         };
         let remember = |plan: &mut Plan, path: &SecretPath, injected: &[u8]| {
@@ -153,6 +158,15 @@ impl Plan {
                 plan.query = Some((param.clone(), secret(v.expose_secret())));
             }
             Auth::Passthrough => {}
+            Auth::Sigv4(config) => {
+                let keys = AwsKeys::resolve(config, resolve)?;
+                for (p, v) in keys.values() {
+                    remember(&mut plan, p, v);
+                }
+                plan.strip_headers
+                    .extend(AGENT_SIGNATURE_HEADERS.iter().map(|h| (*h).to_owned()));
+                plan.aws = Some(keys);
+            }
         }
         for p in &service.secrets {
             let v = resolve(p)?;
@@ -179,6 +193,13 @@ impl Plan {
                 .collect(),
         );
         Ok(plan)
+    }
+
+    /// The keys to sign the request with, for a SigV4 service: the
+    /// agent's signature headers are among [`Plan::strips`], and the
+    /// caller signs the request as it goes upstream.
+    pub fn aws(&self) -> Option<&AwsKeys> {
+        self.aws.as_ref()
     }
 
     /// The secrets the plan injects or may substitute (names, for the audit).

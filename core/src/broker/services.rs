@@ -13,8 +13,13 @@ use crate::model;
 use crate::names::SecretPath;
 use crate::vault::Vault;
 
+mod aws;
 mod path;
 
+pub use aws::{
+    AGENT_SIGNATURE_HEADERS, AWS_TEMPLATES, AwsKeys, Scope, Sigv4, aws_template, scope_from_host,
+    without_presigned_params,
+};
 #[cfg(test)]
 use path::decode_escapes;
 pub use path::{PathRefusal, normalize_path};
@@ -50,6 +55,9 @@ pub enum Auth {
     },
     /// Allowed through, nothing injected (placeholders may still be substituted).
     Passthrough,
+    /// AWS Signature Version 4: the agent's signature removed, the request
+    /// signed with the keys from the vault.
+    Sigv4(Sigv4),
 }
 
 /// One service.
@@ -76,6 +84,11 @@ pub struct Service {
     /// Whether plain-`http://` requests are allowed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_http: bool,
+    /// A tunnel: `CONNECT` passed through without TLS interception, so the
+    /// agent sees the upstream's own certificate. Nothing is injected, so
+    /// it names no secret (auth `passthrough`, no substitutions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tunnel: bool,
 }
 
 /// The whole file.
@@ -159,6 +172,27 @@ impl Services {
             .any(|(n, s)| may_use(n) && s.host_matches(host, port, scheme_https))
     }
 
+    /// The tunnel service for a `CONNECT` to `host:port`, if it is to be
+    /// passed through: a tunnel service that `may_use` allows covers it, and
+    /// no service that intercepts does (where one injects, the broker must
+    /// see the requests).
+    pub fn tunnel_for(
+        &self,
+        host: &str,
+        port: u16,
+        may_use: impl Fn(&str) -> bool,
+    ) -> Option<&str> {
+        let mut covering = self
+            .services
+            .iter()
+            .filter(|(n, s)| may_use(n) && s.host_matches(host, port, true));
+        let first_tunnel = covering.clone().find(|(_, s)| s.tunnel)?;
+        if covering.any(|(_, s)| !s.tunnel) {
+            return None;
+        }
+        Some(first_tunnel.0.as_str())
+    }
+
     /// Whether any service names this host (and port), whatever the path.
     pub fn knows_host(&self, host: &str, port: u16, scheme_https: bool) -> bool {
         self.services
@@ -206,6 +240,7 @@ impl Service {
                 ));
             }
         }
+        self.validate_kind(name)?;
         if let Auth::Header { name: h, template } = &self.auth {
             if h.is_empty()
                 || !h
@@ -241,6 +276,7 @@ impl Service {
             secrets: Vec::new(),
             placeholders: BTreeMap::new(),
             allow_http: false,
+            tunnel: false,
         }
     }
 
@@ -269,12 +305,41 @@ impl Service {
             Auth::Header { template, .. } => template_secrets(template).unwrap_or_default(),
             Auth::Query { secret, .. } => vec![secret.clone()],
             Auth::Passthrough => Vec::new(),
+            Auth::Sigv4(aws) => aws.secrets(),
         };
         out.extend(self.secrets.iter().cloned());
         out.extend(self.placeholders.values().cloned());
         out.sort();
         out.dedup();
         out
+    }
+}
+
+impl Service {
+    /// What a tunnel or a SigV4 service may not be combined with.
+    fn validate_kind(&self, name: &str) -> std::result::Result<(), String> {
+        let substitutes = !self.secrets.is_empty() || !self.placeholders.is_empty();
+        if self.tunnel {
+            if self.auth != Auth::Passthrough || substitutes {
+                return Err(format!(
+                    "service {name}: a tunnel is not intercepted, so nothing can be injected: it names no secret (auth passthrough, no --substitute or --placeholder)"
+                ));
+            }
+            if !self.paths.is_empty() || !self.methods.is_empty() || self.allow_http {
+                return Err(format!(
+                    "service {name}: a tunnel is not intercepted, so the broker cannot hold it to paths or methods, and it is https only"
+                ));
+            }
+        }
+        if let Auth::Sigv4(aws) = &self.auth {
+            aws.validate().map_err(|e| format!("service {name}: {e}"))?;
+            if substitutes {
+                return Err(format!(
+                    "service {name}: a SigV4 service signs the request as sent; it takes no --substitute or --placeholder"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -429,6 +494,76 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn tunnels_and_sigv4_in_the_file() {
+        // A file written before either existed loads as it did.
+        let old = b"services:\n  gh:\n    hosts: [api.github.com]\n    auth: passthrough\n";
+        let s = Services::parse(Path::new("s"), old).unwrap();
+        assert!(!s.services["gh"].tunnel);
+        assert!(
+            !String::from_utf8_lossy(&s.to_bytes()).contains("tunnel"),
+            "nothing new is written for it"
+        );
+        // A tunnel round-trips, and is the CONNECT answer only where no
+        // intercepting service covers the host.
+        let mut all = s.clone();
+        let mut tunnel = Service::new(vec!["api.anthropic.com".into()], Auth::Passthrough);
+        tunnel.tunnel = true;
+        all.services.insert("model".into(), tunnel.clone());
+        let bytes = all.to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains("tunnel: true"));
+        assert_eq!(Services::parse(Path::new("s"), &bytes).unwrap(), all);
+        assert_eq!(
+            all.tunnel_for("api.anthropic.com", 443, |_| true),
+            Some("model")
+        );
+        assert_eq!(
+            all.tunnel_for("api.anthropic.com", 443, |n| n != "model"),
+            None
+        );
+        assert_eq!(all.tunnel_for("api.anthropic.com", 8443, |_| true), None);
+        assert_eq!(all.tunnel_for("api.github.com", 443, |_| true), None);
+        let mut both = all.clone();
+        both.services.insert(
+            "anthropic".into(),
+            template("anthropic", &"a/key".parse().unwrap()).unwrap(),
+        );
+        assert_eq!(both.tunnel_for("api.anthropic.com", 443, |_| true), None);
+        assert_eq!(
+            both.tunnel_for("api.anthropic.com", 443, |n| n == "model"),
+            Some("model")
+        );
+        // A tunnel names no secret and takes no paths.
+        for (yaml, why) in [
+            ("auth: {bearer: a/b}\n    tunnel: true", "names no secret"),
+            (
+                "auth: passthrough\n    secrets: [a/b]\n    tunnel: true",
+                "names no secret",
+            ),
+            (
+                "auth: passthrough\n    paths: [/v1]\n    tunnel: true",
+                "paths or methods",
+            ),
+            (
+                "auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key}}\n    placeholders: {X: a/b}",
+                "no --substitute",
+            ),
+            (
+                "auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key, region: Bad Region}}",
+                "invalid region",
+            ),
+        ] {
+            let text = format!("services:\n  t:\n    hosts: [h.example]\n    {yaml}\n");
+            let err = Services::parse(Path::new("s"), text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{yaml}: {err}");
+        }
+        let ok = "services:\n  t:\n    hosts: [h.example]\n    auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key, session_token: a/tok}}\n";
+        let s = Services::parse(Path::new("s"), ok.as_bytes()).unwrap();
+        assert_eq!(s.services["t"].all_secrets().len(), 3);
     }
 
     #[test]
