@@ -182,7 +182,7 @@ pub enum Command {
         /// Only this agent's requests.
         #[arg(long)]
         agent: Option<String>,
-        /// Only requests since this time (a timestamp or date).
+        /// Only requests since this time (a timestamp, a date, or a span back from now: 2h, 7d).
         #[arg(long)]
         since: Option<String>,
         /// Only what the broker refused or failed, counted by host and reason.
