@@ -460,7 +460,13 @@ fn upgrade_agents_adds_signing_keys_for_old_agents() {
     let err = w.env.fail(&["token", "issue", "bot", "--key", bot]);
     assert!(err.contains("upgrade-agent --agent bot"), "{err}");
     let old = hand_mint(&w.bot, &vid, &claims("bot", 300, &[]));
-    assert_eq!(w.status("bot", &old, "/v1/old"), "407");
+    // The broker follows the vault: it refuses once it has read the change.
+    let mut status = String::new();
+    wait_until(Duration::from_secs(5), || {
+        status = w.status("bot", &old, "/v1/old");
+        status == "407"
+    });
+    assert_eq!(status, "407");
     let out = w.connect("bot", &old);
     assert!(out.contains("no signing key"), "{out}");
     // An owner's token still works for it.

@@ -211,7 +211,8 @@ fn curl_sees_the_problem_of_each_refusal() {
     // The upstream fails: 502, told apart from the upstream's own answers.
     let (out, _) = s.curl(t, &[], &format!("https://127.0.0.1:{}/", s.dead_port));
     assert!(
-        out.starts_with("HTTP/1.1 200") && out.contains("HTTP/1.1 502"),
+        out.starts_with("HTTP/1.1 200")
+            && (out.contains("HTTP/1.1 502") || out.contains("HTTP/2 502")),
         "{out}"
     );
     assert_eq!(body_of(&out)["type"], format!("{TYPE}upstream-unreachable"));
@@ -365,8 +366,9 @@ async function viaFetch(url, method) {
     expect("method", 403, "method-not-allowed");
     expect("plain", 403, "plain-http-not-allowed");
     expect("upstream", 502, "upstream-unreachable");
-    // undici's ProxyAgent reports only the status of a refused CONNECT.
-    assert!(v["undici"].as_str().unwrap().contains("403"), "{text}");
+    // undici 6's ProxyAgent throws away a refused CONNECT's answer ("Request
+    // was cancelled"): it fails, and Node's own client above shows the problem.
+    assert_ne!(v["undici"], "no error", "{text}");
 }
 
 #[test]
