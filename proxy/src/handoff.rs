@@ -36,6 +36,9 @@ const MAX_LINE: u64 = 16 * 1024;
 
 /// One hand-off: the token its connections use, until it ends.
 pub(crate) struct Session {
+    /// The agent of the first token: a renewal for another agent ends the
+    /// session (the supervisor speaks for one agent).
+    agent: String,
     state: Mutex<State>,
 }
 
@@ -58,14 +61,23 @@ impl Session {
         self.state.lock().ok().and_then(|s| s.claims.clone())
     }
 
-    fn set(&self, b: &Broker, token: Option<String>) {
+    /// Takes the supervisor's newest token; `false` (and the session
+    /// ended) when it speaks for another agent than the first one.
+    fn set(&self, b: &Broker, token: Option<String>) -> bool {
         let claims = token
             .as_deref()
             .and_then(|t| b.check_token(t).ok())
             .map(Arc::new);
+        let same_agent = claims.as_ref().is_none_or(|c| c.agent == self.agent);
+        let (token, claims) = if same_agent {
+            (token, claims)
+        } else {
+            (None, None)
+        };
         if let Ok(mut s) = self.state.lock() {
             *s = State { token, claims };
         }
+        same_agent
     }
 }
 
@@ -240,7 +252,9 @@ async fn serve(
     live: Live,
     deal: impl Fn(Dealt) + Send + 'static,
 ) {
+    let agent = b.check_token(&token).map(|c| c.agent).unwrap_or_default();
     let session = Arc::new(Session {
+        agent,
         state: Mutex::new(State {
             token: None,
             claims: None,
@@ -274,7 +288,9 @@ async fn serve(
         {
             Ok(n) if n > 0 && line.ends_with(b"\n") => {
                 let token = String::from_utf8(std::mem::take(&mut line)).ok();
-                session.set(&b, token.map(|t| t.trim().to_owned()));
+                if !session.set(&b, token.map(|t| t.trim().to_owned())) {
+                    break;
+                }
             }
             // Closed, broken, or a line too long: the session ends.
             _ => break,

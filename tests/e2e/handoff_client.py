@@ -107,3 +107,19 @@ try:
     print(f"after-close={s.recv(100).decode(errors='replace').splitlines()[0:1] or 'closed'}")
 except OSError as e:
     print(f"after-close=refused ({e.__class__.__name__})")
+
+# ---- a renewal that speaks for another agent ends the session
+if len(sys.argv) > 4:
+    second = listener()
+    port2 = second.getsockname()[1]
+    control2, a = handoff([second.fileno()])
+    second.close()
+    print(f"second={a}")
+    print(f"second-fetch={fetch(port2)}")
+    control2.sendall(sys.argv[4].encode() + b"\n")
+    time.sleep(0.5)
+    try:
+        socket.create_connection(("127.0.0.1", port2), timeout=3).close()
+        print("other-agent-renewal=still listening")
+    except OSError as e:
+        print(f"other-agent-renewal=refused ({e.__class__.__name__})")

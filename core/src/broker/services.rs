@@ -537,7 +537,7 @@ mod tests {
         );
         // A tunnel names no secret and takes no paths.
         for (yaml, why) in [
-            ("auth: {bearer: a/b}\n    tunnel: true", "names no secret"),
+            ("auth: !bearer a/b\n    tunnel: true", "names no secret"),
             (
                 "auth: passthrough\n    secrets: [a/b]\n    tunnel: true",
                 "names no secret",
@@ -547,11 +547,11 @@ mod tests {
                 "paths or methods",
             ),
             (
-                "auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key}}\n    placeholders: {X: a/b}",
+                "auth: !sigv4 {access_key_id: a/id, secret_access_key: a/key}\n    placeholders: {X: a/b}",
                 "no --substitute",
             ),
             (
-                "auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key, region: Bad Region}}",
+                "auth: !sigv4 {access_key_id: a/id, secret_access_key: a/key, region: Bad Region}",
                 "invalid region",
             ),
         ] {
@@ -561,7 +561,7 @@ mod tests {
                 .to_string();
             assert!(err.contains(why), "{yaml}: {err}");
         }
-        let ok = "services:\n  t:\n    hosts: [h.example]\n    auth: {sigv4: {access_key_id: a/id, secret_access_key: a/key, session_token: a/tok}}\n";
+        let ok = "services:\n  t:\n    hosts: [h.example]\n    auth: !sigv4 {access_key_id: a/id, secret_access_key: a/key, session_token: a/tok}\n";
         let s = Services::parse(Path::new("s"), ok.as_bytes()).unwrap();
         assert_eq!(s.services["t"].all_secrets().len(), 3);
     }

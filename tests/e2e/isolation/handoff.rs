@@ -225,9 +225,15 @@ fn hostile_handoffs_are_refused_and_the_broker_carries_on() {
     .unwrap();
     chown_all(&script);
     let mut py = Command::new("python3");
+    // A second agent, whose token a supervisor for bot must not pass on.
+    s.ok(&["add-agent", "eve"]);
+    let eve = String::from_utf8(s.ok(&["token", "issue", "eve", "--ttl", "10m"]).stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
     py.arg(&script)
         .arg(&s.socket)
-        .args([token.as_str(), &s.url("/handed")])
+        .args([token.as_str(), &s.url("/handed"), eve.as_str()])
         .stdin(Stdio::null());
     if let Some((uid, gid)) = user() {
         py.uid(uid).gid(gid);
@@ -264,6 +270,10 @@ fn hostile_handoffs_are_refused_and_the_broker_carries_on() {
     assert!(text.contains("fetch-wrong-auth=200:True"), "{text}");
     // Its control connection closed: the listener is gone.
     assert!(text.contains("after-close=refused"), "{text}");
+    // A renewal for another agent ends that session.
+    assert!(text.contains("second=ok"), "{text}");
+    assert!(text.contains("second-fetch=200:True"), "{text}");
+    assert!(text.contains("other-agent-renewal=refused"), "{text}");
     // The broker carries on, for TCP agents and for run --isolate.
     let o = Command::new("curl")
         .args([
