@@ -199,7 +199,7 @@ pub enum Command {
         services: Vec<String>,
         /// The HTTP method.
         method: String,
-        /// The URL: https://host[:port]/path?query (or http:// for plain http).
+        /// The URL: https://HOST/PATH?QUERY, with :PORT after the host if not 443 (or http:// for plain http).
         url: String,
     },
     /// Short-lived broker tokens for agents.
