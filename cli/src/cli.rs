@@ -168,7 +168,7 @@ pub enum Command {
         /// (namespaces and Landlock; `required`: refuse to start without both).
         #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "required"])]
         isolate: Option<String>,
-        /// The broker's Unix socket (`proxy --unix PATH`), which an isolated command reaches it through.
+        /// The broker's Unix socket (`proxy --unix PATH`), where `run --isolate` hands the broker its listener.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
         /// The command and its arguments.
