@@ -131,7 +131,7 @@ impl Handoffs {
         let Ok(Ok(got)) = tokio::time::timeout(limit, receive(&mut reader, &b, self)).await else {
             return;
         };
-        let (listener, token, live) = match got {
+        let received = match got {
             Ok(v) => v,
             Err(why) => {
                 let answer = format!("refused: {why}\n");
@@ -142,7 +142,7 @@ impl Handoffs {
         if reader.get_mut().write_all(b"ok\n").await.is_err() {
             return;
         }
-        serve(b, reader, listener, token, live, deal).await;
+        serve(b, reader, received, deal).await;
     }
 }
 
@@ -158,12 +158,13 @@ async fn peek(stream: &UnixStream) -> std::io::Result<Option<u8>> {
 }
 
 /// The hand-off's mark with its listener, and the first token line: the
-/// listener checked, the session counted. `Err`: why it is refused.
+/// listener checked, the token verified (its agent is the session's), the
+/// session counted. `Err`: why it is refused.
 async fn receive(
     reader: &mut BufReader<UnixStream>,
     b: &Broker,
     handoffs: &Handoffs,
-) -> std::io::Result<Result<(tokio::net::TcpListener, String, Live), String>> {
+) -> std::io::Result<Result<Received, String>> {
     let stream = reader.get_ref();
     let fds = stream
         .async_io(Interest::READABLE, || {
@@ -210,15 +211,30 @@ async fn receive(
     let Ok(token) = String::from_utf8(line) else {
         return Ok(Err("the token is not text".into()));
     };
-    if let Err(e) = b.check_token(token.trim()) {
-        return Ok(Err(e.to_string()));
-    }
+    let claims = match b.check_token(token.trim()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
     let live = handoffs.live.fetch_add(1, Ordering::AcqRel);
     let counted = Live(handoffs.live.clone());
     if live >= MAX_SESSIONS {
         return Ok(Err(format!("{MAX_SESSIONS} hand-offs are served already")));
     }
-    Ok(Ok((listener, token.trim().to_owned(), counted)))
+    Ok(Ok(Received {
+        listener,
+        token: token.trim().to_owned(),
+        claims,
+        live: counted,
+    }))
+}
+
+/// An accepted hand-off.
+struct Received {
+    listener: tokio::net::TcpListener,
+    /// The supervisor's first token, and its claims, verified once.
+    token: String,
+    claims: Arc<Claims>,
+    live: Live,
 }
 
 /// `fd` as a TCP listener on loopback, or why not.
@@ -247,20 +263,22 @@ fn listener(fd: OwnedFd) -> Result<tokio::net::TcpListener, String> {
 async fn serve(
     b: Arc<Broker>,
     mut lines: BufReader<UnixStream>,
-    listener: tokio::net::TcpListener,
-    token: String,
-    live: Live,
+    received: Received,
     deal: impl Fn(Dealt) + Send + 'static,
 ) {
-    let agent = b.check_token(&token).map(|c| c.agent).unwrap_or_default();
+    let Received {
+        listener,
+        token,
+        claims,
+        live,
+    } = received;
     let session = Arc::new(Session {
-        agent,
+        agent: claims.agent.clone(),
         state: Mutex::new(State {
-            token: None,
-            claims: None,
+            token: Some(token),
+            claims: Some(claims),
         }),
     });
-    session.set(&b, Some(token));
     let accepting = {
         let session = session.clone();
         tokio::spawn(async move {

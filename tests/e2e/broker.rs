@@ -33,30 +33,47 @@ struct Setup {
 
 /// An HTTPS echo upstream with its own CA, on 127.0.0.1.
 pub(crate) fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
-    let (ca, ca_key) = agent_vault_proxy::ca::generate("upstream-test-ca").unwrap();
+    let (child, mut out, ca_path, log) =
+        python_tls_upstream(dir, "up", "echo_server.py", "upstream.log", &[]);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, line.trim().parse().unwrap(), ca_path, log)
+}
+
+/// A Python HTTPS upstream (`tests/e2e/SCRIPT CERT KEY LOG`) with a CA of
+/// its own, its files named after `name` in `dir`: the process, its
+/// standard output (where it says its port), its CA file and its log.
+pub(crate) fn python_tls_upstream(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    log: &str,
+    envs: &[(&str, &str)],
+) -> (Proc, BufReader<std::process::ChildStdout>, PathBuf, PathBuf) {
+    let (ca, ca_key) = agent_vault_proxy::ca::generate(&format!("{name}-test-ca")).unwrap();
     let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
     let (cert, key) = minter.leaf("127.0.0.1").unwrap();
     let (ca_path, cert_path, key_path, log) = (
-        dir.join("up-ca.pem"),
-        dir.join("up.pem"),
-        dir.join("up.key"),
-        dir.join("upstream.log"),
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+        dir.join(log),
     );
     std::fs::write(&ca_path, ca).unwrap();
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/echo_server.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/e2e")
+        .join(script);
     let mut child = Command::new("python3")
         .arg(script)
         .args([&cert_path, &key_path, &log])
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Proc(child), line.trim().parse().unwrap(), ca_path, log)
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (Proc(child), out, ca_path, log)
 }
 
 /// Calls `done` every 50 ms until it says yes or `limit` has passed;

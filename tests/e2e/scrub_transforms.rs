@@ -13,7 +13,7 @@
 //! every case in one process.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -46,26 +46,13 @@ struct Table {
 
 /// The hostile upstream, with its own CA; its port and case table.
 fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf, serde_json::Value) {
-    let (ca, ca_key) = agent_vault_proxy::ca::generate("transform-test-ca").unwrap();
-    let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
-    let (cert, key) = minter.leaf("127.0.0.1").unwrap();
-    let (ca_path, cert_path, key_path, log) = (
-        dir.join("up-ca.pem"),
-        dir.join("up.pem"),
-        dir.join("up.key"),
-        dir.join("transforms.jsonl"),
+    let (child, mut out, ca_path, log) = crate::broker::python_tls_upstream(
+        dir,
+        "transform",
+        "transform_server.py",
+        "transforms.jsonl",
+        &[],
     );
-    std::fs::write(&ca_path, ca).unwrap();
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/transform_server.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args([&cert_path, &key_path, &log])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
     let (mut port, mut table) = (String::new(), String::new());
     out.read_line(&mut port).unwrap();
     out.read_line(&mut table).unwrap();
@@ -74,7 +61,7 @@ fn upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf, serde_json::Value) {
         .parse()
         .unwrap_or_else(|_| panic!("upstream did not start: {port}"));
     let table = serde_json::from_str(&table).unwrap();
-    (Proc(child), port, ca_path, log, table)
+    (child, port, ca_path, log, table)
 }
 
 fn setup() -> Table {

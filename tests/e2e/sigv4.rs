@@ -3,9 +3,9 @@
 //! mismatch); and tunnel services, where the agent's TLS reaches the
 //! upstream itself and the client verifies the upstream's own certificate.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,35 +21,19 @@ const DUMMY_SECRET: &str = "dummy/secret/the/agent/holds/000000000000";
 /// The botocore-checking upstream, with its own CA; returns it, its port,
 /// its CA file and its log.
 fn sigv4_upstream(dir: &Path) -> (Proc, u16, PathBuf, PathBuf) {
-    let (ca, ca_key) = agent_vault_proxy::ca::generate("sigv4-upstream-ca").unwrap();
-    let minter = agent_vault_proxy::ca::Minter::new(&ca, &ca_key).unwrap();
-    let (cert, key) = minter.leaf("127.0.0.1").unwrap();
-    let (ca_path, cert_path, key_path, log) = (
-        dir.join("aws-ca.pem"),
-        dir.join("aws.pem"),
-        dir.join("aws.key"),
-        dir.join("aws.log"),
+    let (child, mut out, ca_path, log) = crate::broker::python_tls_upstream(
+        dir,
+        "aws",
+        "sigv4_server.py",
+        "aws.log",
+        &[("SIGV4_KEY_ID", KEY_ID), ("SIGV4_SECRET", SECRET)],
     );
-    std::fs::write(&ca_path, ca).unwrap();
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sigv4_server.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args([&cert_path, &key_path, &log])
-        .env("SIGV4_KEY_ID", KEY_ID)
-        .env("SIGV4_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    out.read_line(&mut line).unwrap();
     let port = line.trim().parse().unwrap_or_else(|_| {
         panic!("the SigV4 upstream did not start (is botocore installed?): {line:?}")
     });
-    (Proc(child), port, ca_path, log)
+    (child, port, ca_path, log)
 }
 
 /// The status of the last response in curl's `-D -` output (the first is
