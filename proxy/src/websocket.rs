@@ -1,6 +1,9 @@
 //! A WebSocket through the broker: once the handshake has been brokered
 //! like any request, the agent's connection and the upstream's are joined,
-//! every injected value scrubbed from what the upstream sends.
+//! every injected value scrubbed from what the upstream sends, frame by
+//! frame ([`frames`]).
+
+mod frames;
 
 use agent_vault_core::broker::scrub::Scrubber;
 use hyper::upgrade::OnUpgrade;
@@ -23,9 +26,10 @@ pub(crate) fn splice(mut audit: Audited, agent: OnUpgrade, upstream: OnUpgrade, 
 }
 
 /// Joins an upgraded agent connection to the upstream's: bytes to the
-/// upstream pass as they are; bytes to the agent pass through a scrubber that
-/// keeps lengths (frame headers count them). Returns (to agent, to upstream).
-async fn join<A, U>(agent: A, upstream: U, mut scrub: Scrubber) -> (u64, u64)
+/// upstream pass as they are; frames to the agent are scrubbed (see
+/// [`frames`]), and a frame the broker cannot scrub ends the connection.
+/// Returns (to agent, to upstream).
+async fn join<A, U>(agent: A, upstream: U, scrub: Scrubber) -> (u64, u64)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -39,6 +43,7 @@ where
         n
     };
     let to_agent = async {
+        let mut frames = frames::Frames::new(scrub);
         let mut buf = vec![0u8; 16 * 1024];
         let mut total = 0u64;
         loop {
@@ -46,13 +51,17 @@ where
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let out = scrub.push(&buf[..n]);
+            let Ok(out) = frames.push(&buf[..n]) else {
+                // Unreadable frames: nothing more of them reaches the agent.
+                let _ = agent_w.shutdown().await;
+                return total;
+            };
             total += out.len() as u64;
             if agent_w.write_all(&out).await.is_err() {
                 return total;
             }
         }
-        let rest = scrub.finish();
+        let rest = frames.finish();
         total += rest.len() as u64;
         let _ = agent_w.write_all(&rest).await;
         let _ = agent_w.shutdown().await;

@@ -692,6 +692,19 @@ fn plain_http_only_where_a_service_allows_it() {
 #[test]
 fn websocket_upgrade_through_the_broker() {
     let s = setup();
+    let text = websocket_message(&s, "/ws");
+    // The frame came back, the injected value in it masked (same length: frames count bytes).
+    assert!(text.starts_with("echo: hello auth=Bearer ***"), "{text}");
+    assert!(!text.contains("tok_REAL"), "{text}");
+    let saw = s.upstream_saw();
+    assert!(
+        saw.contains("Bearer tok_REAL_VALUE_123") && !saw.contains("agent-made-up"),
+        "{saw}"
+    );
+}
+
+/// Runs the WebSocket client on `path`; returns what it printed.
+fn websocket_message(s: &Setup, path: &str) -> String {
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/ws_client.py");
     let out = Command::new("python3")
         .arg(client)
@@ -701,23 +714,32 @@ fn websocket_upgrade_through_the_broker() {
             s.broker_ca.to_str().unwrap(),
             "127.0.0.1",
             &s.up_port.to_string(),
+            path,
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The frame came back, the injected value in it masked (same length: frames count bytes).
+    text
+}
+
+#[test]
+fn websocket_frames_are_scrubbed_as_the_agent_joins_them() {
+    let s = setup();
+    // The upstream sends its reply as one message in 7-byte frames, the
+    // value split across three of them: the joined message is masked.
+    let text = websocket_message(&s, "/ws-fragment");
     assert!(text.starts_with("echo: hello auth=Bearer ***"), "{text}");
-    assert!(!text.contains("tok_REAL"), "{text}");
-    let saw = s.upstream_saw();
-    assert!(
-        saw.contains("Bearer tok_REAL_VALUE_123") && !saw.contains("agent-made-up"),
-        "{saw}"
-    );
+    assert!(!text.contains("REAL") && !text.contains("VALUE"), "{text}");
+    // A frame with the compressed bit set (nothing was negotiated: the
+    // broker removes the extensions header) cannot be read, so it is not
+    // passed on: the connection ends instead.
+    let text = websocket_message(&s, "/ws-rsv1");
+    assert_eq!(text.trim(), "closed");
 }
 
 #[test]

@@ -32,8 +32,17 @@ class Echo(BaseHTTPRequestHandler):
         mask = self.rfile.read(4)
         data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
         reply = ("echo: " + data.decode() + " auth=" + auth).encode()
-        frame = bytes([0x81, len(reply)]) if len(reply) < 126 else bytes([0x81, 126]) + struct.pack(">H", len(reply))
-        self.wfile.write(frame + reply)
+        if "fragment" in self.path:
+            # One message in 7-byte frames: the value is split across them.
+            pieces = [reply[i:i + 7] for i in range(0, len(reply), 7)]
+            for i, p in enumerate(pieces):
+                first = 0x80 if i == len(pieces) - 1 else 0
+                self.wfile.write(bytes([first | (1 if i == 0 else 0), len(p)]) + p)
+        else:
+            # "/ws-rsv1": the compressed bit set though nothing was negotiated.
+            b0 = 0xC1 if "rsv1" in self.path else 0x81
+            frame = bytes([b0, len(reply)]) if len(reply) < 126 else bytes([b0, 126]) + struct.pack(">H", len(reply))
+            self.wfile.write(frame + reply)
         self.wfile.flush()
         self.close_connection = True
 
