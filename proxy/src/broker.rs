@@ -66,6 +66,9 @@ pub(crate) struct Prepared {
     pub(crate) scrub: Scrubber,
     /// Same-length masks, for WebSocket frames.
     pub(crate) mask: Scrubber,
+    /// The markers' scrubber with every pattern lower-cased, for header
+    /// names (they arrive lower-cased).
+    pub(crate) names: Scrubber,
 }
 
 impl std::ops::Deref for Prepared {
@@ -202,8 +205,10 @@ impl Broker {
             snap.reader.get(p)
         };
         let plan = Plan::new(service, &resolve)?;
+        let scrub = Scrubber::for_plan(&plan, Redaction::Marker);
         let plan = Arc::new(Prepared {
-            scrub: Scrubber::for_plan(&plan, Redaction::Marker),
+            names: scrub.folded(),
+            scrub,
             mask: Scrubber::for_plan(&plan, Redaction::SameLength),
             plan,
         });

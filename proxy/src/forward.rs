@@ -524,7 +524,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         // Sent on decoded.
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
-    scrub_head(&mut parts.headers, &scrub, switching);
+    scrub_head(&mut parts.headers, &scrub, &plan.names, switching);
     scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
@@ -537,8 +537,9 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
 }
 
 /// The response's headers: hop-by-hop ones out (but those of an upgrade),
-/// every injected value scrubbed.
-fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
+/// every injected value scrubbed (`names`: the same values lower-cased,
+/// for header names).
+fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, names: &Scrubber, switching: bool) {
     // Only the broker's own answers carry it.
     headers.remove(crate::problem::ERROR_HEADER);
     // Edited in place: most responses carry no injected value, and their
@@ -560,7 +561,7 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, switching: bool) {
             *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
         }
     }
-    drop_named(headers, scrub);
+    drop_named(headers, names);
 }
 
 /// The most a compressed response body may decode to.

@@ -6,6 +6,7 @@ use agent_vault_core::broker::scrub::Scrubber;
 use hyper::HeaderMap;
 use hyper::ext::ReasonPhrase;
 use hyper::header::HeaderName;
+use percent_encoding::percent_decode_str;
 
 /// Every coding the body still has, in the order applied: those of each
 /// `Content-Encoding` line (an upstream may split them over several), then
@@ -39,19 +40,31 @@ pub(crate) fn scrub_reason(extensions: &mut hyper::http::Extensions, scrub: &Scr
 }
 
 /// Headers whose name holds a value (hex and percent-encoding are valid
-/// names) dropped: a name cannot be redacted. All names are looked through
-/// in one pass; one by one only when one of them holds a value.
-pub(crate) fn drop_named(headers: &mut HeaderMap, scrub: &Scrubber) {
-    if scrub.is_empty() {
+/// names) dropped: a name cannot be redacted. Names arrive lower-cased, so
+/// `folded` is the scrubber with lower-cased patterns ([`Scrubber::folded`]),
+/// and a percent-escaped letter is looked at decoded and lower-cased too.
+/// All names are looked through in one pass; one by one only when one of
+/// them holds a value.
+pub(crate) fn drop_named(headers: &mut HeaderMap, folded: &Scrubber) {
+    if folded.is_empty() {
         return;
     }
+    let holds = |name: &str| {
+        folded.finds(name.as_bytes())
+            || (name.contains('%')
+                && folded.finds(
+                    &percent_decode_str(name)
+                        .collect::<Vec<u8>>()
+                        .to_ascii_lowercase(),
+                ))
+    };
     let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-    if !scrub.finds(names.join(" ").as_bytes()) {
+    if !holds(&names.join(" ")) {
         return;
     }
     let named: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| scrub.finds(n.as_str().as_bytes()))
+        .filter(|n| holds(n.as_str()))
         .cloned()
         .collect();
     for name in named {
@@ -96,8 +109,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-746f6b2f656e2b31", HeaderValue::from_static("1"));
         h.insert("x-other", HeaderValue::from_static("2"));
-        drop_named(&mut h, &s);
-        assert_eq!(h.len(), 1);
+        // Lower-cased on the way in: the value and its base64 ("dG9rL2VuKzE").
+        h.insert("x-tok%2fen%2b1", HeaderValue::from_static("3"));
+        h.insert("x-dg9rl2vukze", HeaderValue::from_static("4"));
+        // A letter percent-escaped upper-case (T is %54).
+        h.insert("x-%54ok%2fen%2b1", HeaderValue::from_static("5"));
+        drop_named(&mut h, &s.folded());
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-other"));
     }
 }

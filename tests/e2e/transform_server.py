@@ -193,8 +193,9 @@ class Handler(BaseHTTPRequestHandler):
         # As a header's name, where it may be one (a token) and says the
         # same in lower case (names are case-insensitive: HTTP/2 and hyper
         # lower-case them, so base64 or a value's letters lose their case).
-        if (mode == "header-name" and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header)
-                and (header == header.lower() or name in ("hex-upper", "pct-all-upper"))):
+        # Any form that is a valid header name, whatever its case: the
+        # client's parser lower-cases it, and that must not hide it.
+        if mode == "header-name" and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
             self.send_header("X-" + header, "1")
         if mode == "until-close":
             # Neither a length nor chunks: the body ends when the connection does.

@@ -20,6 +20,7 @@ mod decoded;
 mod decompress;
 mod escapes;
 mod family;
+mod folded;
 mod quick;
 #[cfg(test)]
 mod tests;
