@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::{Audited, Record};
 use crate::broker::Broker;
+use crate::handoff::Session;
 use crate::problem::{Problem, Reason, refuse_early};
 use crate::reply::{ProxyBody, empty};
 
@@ -47,12 +48,13 @@ pub(crate) async fn open(
     b: Arc<Broker>,
     req: Request<Incoming>,
     claims: Claims,
+    session: Option<Arc<Session>>,
     service: String,
     (host, port, addr): (String, u16, SocketAddr),
 ) -> Response<ProxyBody> {
     match Passthrough::connect(&b, &claims, &service, &host, port, addr).await {
         Ok(p) => {
-            tokio::spawn(p.run(b, req, claims));
+            tokio::spawn(p.run(b, req, claims, session));
             Response::new(empty())
         }
         Err(e) => refuse_early(
@@ -149,13 +151,21 @@ impl Passthrough {
 
     /// Joins the agent's upgraded connection to the upstream until either
     /// side closes, the tunnel is idle too long, or its token stops
-    /// verifying; then writes the audit record.
-    pub(crate) async fn run(self, b: Arc<Broker>, req: Request<Incoming>, claims: Claims) {
+    /// verifying (a hand-off's newest token: the supervisor renews it);
+    /// then writes the audit record.
+    pub(crate) async fn run(
+        self,
+        b: Arc<Broker>,
+        req: Request<Incoming>,
+        claims: Claims,
+        session: Option<Arc<Session>>,
+    ) {
         let Passthrough {
             mut audit,
             upstream,
             started,
         } = self;
+        let claims = Arc::new(claims);
         let Ok(Ok(agent)) = tokio::time::timeout(b.limits.handshake, hyper::upgrade::on(req)).await
         else {
             return;
@@ -173,13 +183,17 @@ impl Passthrough {
                 _ = tick.tick() => {
                     let idle = started.elapsed()
                         .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                    let current = match &session {
+                        Some(s) => s.claims(),
+                        None => Some(claims.clone()),
+                    };
                     let snap = b.snapshot();
-                    let valid = b.token_key.verify_claims(
-                        &claims,
-                        jiff::Timestamp::now().as_second(),
-                        &snap.manifest().revoked,
-                    );
-                    if idle >= b.limits.idle || valid.is_err() {
+                    let valid = current.is_some_and(|c| {
+                        b.token_key
+                            .verify_claims(&c, jiff::Timestamp::now().as_second(), &snap.manifest().revoked)
+                            .is_ok()
+                    });
+                    if idle >= b.limits.idle || !valid {
                         break;
                     }
                 }

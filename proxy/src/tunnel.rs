@@ -209,7 +209,7 @@ async fn handle_proxy(
     };
     if let Some(service) = crate::passthrough::service_for(&b, &claims, &host, port) {
         let to = (host, port, addr);
-        return Ok(crate::passthrough::open(b, req, claims, service, to).await);
+        return Ok(crate::passthrough::open(b, req, claims, session, service, to).await);
     }
     tokio::spawn(tunnel(b, req, (host, port, addr), claims, session));
     Ok(Response::new(empty()))
