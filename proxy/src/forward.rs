@@ -28,6 +28,7 @@ use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
 use crate::head::{body_codings, drop_named, scrub_reason};
 use crate::problem::{Problem, Reason};
+use crate::ratelimit::{Admitted, Limited};
 use crate::reply::{ProxyBody, full};
 use crate::upstream::SendError;
 use crate::websocket::splice;
@@ -52,6 +53,8 @@ pub(crate) enum Refusal {
     /// The request carries what the injection refuses (an unlisted
     /// placeholder, a credential where none may go).
     Injection(agent_vault_core::Error),
+    /// The agent reached a rate limit of the service.
+    Limited(Limited),
     /// A body with placeholders over [`MAX_REWRITTEN_BODY`].
     TooLarge,
     /// The body with placeholders could not be read.
@@ -84,6 +87,7 @@ impl Refusal {
             Refusal::Route(r) => crate::problem::route_status(r),
             Refusal::Plan(_) | Refusal::Injection(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Sigv4(e) => e.status(),
@@ -99,6 +103,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Route(why) => write!(f, "{why}"),
             Refusal::Plan(e) | Refusal::Injection(e) => write!(f, "{e}"),
             Refusal::TooLarge => f.write_str("a body with placeholders may be at most 16 MiB"),
+            Refusal::Limited(l) => write!(f, "{l}"),
             Refusal::Body(e) => write!(f, "cannot read the request body: {e}"),
             Refusal::Build(e) => write!(f, "cannot forward the request: {e}"),
             Refusal::Upstream(e) => write!(f, "{e}"),
@@ -138,6 +143,7 @@ impl Refusal {
             Refusal::Plan(_) => Reason::SecretUnavailable,
             Refusal::Injection(_) => Reason::PlaceholderRefused,
             Refusal::TooLarge => Reason::BodyTooLarge,
+            Refusal::Limited(_) => Reason::RateLimited,
             Refusal::Body(_) | Refusal::Build(_) => Reason::BadRequest,
             Refusal::Upstream(SendError::Unreachable { .. }) => Reason::UpstreamUnreachable,
             Refusal::Upstream(SendError::Tls { .. }) => Reason::UpstreamTls,
@@ -174,7 +180,13 @@ fn refuse(mut audit: Audited, refusal: Refusal) -> Response<ProxyBody> {
     audit.record.status = problem.status.as_u16();
     audit.record.reason = Some(problem.reason.name().to_owned());
     drop(audit);
-    problem.response()
+    let mut response = problem.response();
+    if let Refusal::Limited(l) = &refusal {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(l.retry_after));
+    }
+    response
 }
 
 /// The tunnel a request came through: who, where to, and how.
@@ -202,6 +214,9 @@ struct Answered {
     head_only: bool,
     /// Request body bytes from the agent, set as the body is sent.
     bytes_in: Arc<AtomicU64>,
+    /// Its place among the requests in flight, held until the response
+    /// ends (or the WebSocket closes).
+    admitted: Admitted,
 }
 
 /// Forwards one request from a tunnel and answers it: the upstream's
@@ -286,6 +301,11 @@ async fn exchange(
     })
     .map_err(Refusal::Route)?;
     record.service = name.to_owned();
+    // The service's rate limits for this agent, before any work is done.
+    let admitted = snap
+        .rates
+        .admit(name, &t.token.agent)
+        .map_err(Refusal::Limited)?;
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
         .map_err(|e| Refusal::plan(name, e))?;
@@ -322,6 +342,7 @@ async fn exchange(
         websocket,
         head_only,
         bytes_in,
+        admitted,
     })
 }
 
@@ -485,15 +506,16 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         websocket,
         head_only,
         bytes_in,
+        admitted,
     } = answered;
     let switching = websocket && upstream.status() == StatusCode::SWITCHING_PROTOCOLS;
     // An upgraded connection is audited when it closes.
     let audit = if switching && let Some(agent_upgrade) = agent_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut upstream);
-        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh());
+        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh(), admitted);
         None
     } else {
-        Some(audit)
+        Some((audit, admitted))
     };
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrub.fresh();
@@ -516,7 +538,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
                     host: host.to_owned(),
                 };
                 return match audit {
-                    Some(audit) => refuse(audit, refusal),
+                    Some((audit, _)) => refuse(audit, refusal),
                     None => refusal.problem().response(),
                 };
             }
@@ -526,10 +548,12 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
     }
     scrub_head(&mut parts.headers, &scrub, switching);
     scrub_reason(&mut parts.extensions, &scrub);
-    let on_end = audit.map(|mut audit| -> OnEnd {
+    let on_end = audit.map(|(mut audit, admitted)| -> OnEnd {
         audit.record.status = parts.status.as_u16();
         Box::new(move |n| {
             audit.bytes(bytes_in.load(Ordering::Relaxed), n);
+            // In flight until here (or until the body is dropped).
+            drop(admitted);
         })
     });
     let body = Rewritten::new(body, Scrub { decode, scrub }, on_end);

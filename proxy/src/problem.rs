@@ -64,6 +64,9 @@ pub enum Reason {
     PlaceholderRefused,
     /// 413: a body with placeholders is too large.
     BodyTooLarge,
+    /// 429: the agent reached a rate limit of the service (requests per
+    /// second, or in flight).
+    RateLimited,
     /// 502: the upstream could not be reached.
     UpstreamUnreachable,
     /// 502: TLS with the upstream failed.
@@ -101,6 +104,7 @@ impl Reason {
         Reason::SecretUnavailable,
         Reason::PlaceholderRefused,
         Reason::BodyTooLarge,
+        Reason::RateLimited,
         Reason::UpstreamUnreachable,
         Reason::UpstreamTls,
         Reason::UpstreamFailed,
@@ -150,6 +154,7 @@ impl Reason {
                 ("placeholder-refused", "Placeholder or credential refused")
             }
             Reason::BodyTooLarge => ("body-too-large", "Request body too large"),
+            Reason::RateLimited => ("rate-limited", "Rate limit of the service reached"),
             Reason::UpstreamUnreachable => ("upstream-unreachable", "Upstream unreachable"),
             Reason::UpstreamTls => ("upstream-tls", "TLS with the upstream failed"),
             Reason::UpstreamFailed => ("upstream-failed", "Upstream failed"),
@@ -202,6 +207,7 @@ impl Reason {
             407 => Reason::TokenInvalid,
             403 => Reason::HostNotCovered,
             413 => Reason::BodyTooLarge,
+            429 => Reason::RateLimited,
             502 => Reason::UpstreamFailed,
             504 => Reason::UpstreamTimeout,
             _ => Reason::BadRequest,

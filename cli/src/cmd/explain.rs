@@ -93,6 +93,16 @@ pub(super) fn explain(
                 v["service"] = json!(allowed.service);
                 v["path"] = json!(allowed.sent);
                 v["secrets"] = json!(secrets);
+                v["limits"] = match allowed.limits {
+                    Some(l) => json!({
+                        "rps": l.rate.map(|r| r.per_second),
+                        "burst": l.rate.map(|r| r.burst.get()),
+                        "in_flight": l.in_flight.map(|n| n.get()),
+                        "per": "agent and service, per broker instance",
+                        "over": 429,
+                    }),
+                    None => serde_json::Value::Null,
+                };
                 output::json(&v)?;
             } else {
                 line(format!("allowed: {} {}", clean(method), clean(url)))?;
@@ -106,6 +116,12 @@ pub(super) fn explain(
                         secrets.join(", ")
                     }
                 ))?;
+                line(match allowed.limits {
+                    Some(l) => format!(
+                        "  limits: {l}, per agent, per broker instance; over it: 429 rate-limited"
+                    ),
+                    None => "  limits: none (unlimited)".to_owned(),
+                })?;
             }
             Ok(ExitCode::SUCCESS)
         }
