@@ -136,6 +136,9 @@ impl Refusal {
     /// The answer this refusal is.
     pub(crate) fn problem(&self) -> Problem {
         use crate::upstream::SendError;
+        if let Refusal::Limited(l) = self {
+            return Problem::rate_limited(l.to_string(), l.retry_after);
+        }
         let reason = match self {
             Refusal::Token(e) => Reason::of_token(*e),
             Refusal::Authority(_) => Reason::AuthorityMismatch,
@@ -180,13 +183,7 @@ fn refuse(mut audit: Audited, refusal: Refusal) -> Response<ProxyBody> {
     audit.record.status = problem.status.as_u16();
     audit.record.reason = Some(problem.reason.name().to_owned());
     drop(audit);
-    let mut response = problem.response();
-    if let Refusal::Limited(l) = &refusal {
-        response
-            .headers_mut()
-            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(l.retry_after));
-    }
-    response
+    problem.response()
 }
 
 /// The tunnel a request came through: who, where to, and how.
@@ -214,8 +211,7 @@ struct Answered {
     head_only: bool,
     /// Request body bytes from the agent, set as the body is sent.
     bytes_in: Arc<AtomicU64>,
-    /// Its place among the requests in flight, held until the response
-    /// ends (or the WebSocket closes).
+    /// Its place in flight (rate limits), held until the request ends.
     admitted: Admitted,
 }
 
@@ -301,11 +297,8 @@ async fn exchange(
     })
     .map_err(Refusal::Route)?;
     record.service = name.to_owned();
-    // The service's rate limits for this agent, before any work is done.
-    let admitted = snap
-        .rates
-        .admit(name, &t.token.agent)
-        .map_err(Refusal::Limited)?;
+    let admitted = snap.rates.admit(name, &t.token.agent);
+    let admitted = admitted.map_err(Refusal::Limited)?;
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
         .map_err(|e| Refusal::plan(name, e))?;
@@ -498,7 +491,7 @@ fn edit_headers(
 /// The response stage: a WebSocket joined, or the response's head scrubbed
 /// and its body scrubbed as it streams; the audit record written when the
 /// body ends (or the WebSocket closes).
-fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody> {
+fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody> {
     let Answered {
         plan,
         mut upstream,
@@ -508,14 +501,15 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         bytes_in,
         admitted,
     } = answered;
+    audit.hold(admitted);
     let switching = websocket && upstream.status() == StatusCode::SWITCHING_PROTOCOLS;
     // An upgraded connection is audited when it closes.
     let audit = if switching && let Some(agent_upgrade) = agent_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut upstream);
-        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh(), admitted);
+        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh());
         None
     } else {
-        Some((audit, admitted))
+        Some(audit)
     };
     let (mut parts, body) = upstream.into_parts();
     let scrub = plan.scrub.fresh();
@@ -538,7 +532,7 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
                     host: host.to_owned(),
                 };
                 return match audit {
-                    Some((audit, _)) => refuse(audit, refusal),
+                    Some(audit) => refuse(audit, refusal),
                     None => refusal.problem().response(),
                 };
             }
@@ -548,12 +542,10 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
     }
     scrub_head(&mut parts.headers, &scrub, switching);
     scrub_reason(&mut parts.extensions, &scrub);
-    let on_end = audit.map(|(mut audit, admitted)| -> OnEnd {
+    let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
         Box::new(move |n| {
             audit.bytes(bytes_in.load(Ordering::Relaxed), n);
-            // In flight until here (or until the body is dropped).
-            drop(admitted);
         })
     });
     let body = Rewritten::new(body, Scrub { decode, scrub }, on_end);

@@ -231,6 +231,8 @@ pub(crate) struct Problem {
     pub(crate) reason: Reason,
     /// One line: what happened and what to do. Names, never values.
     pub(crate) detail: String,
+    /// Seconds before trying again (`Retry-After`), for a 429.
+    retry_after: Option<u64>,
 }
 
 /// The body, as RFC 9457 names its members.
@@ -249,7 +251,15 @@ impl Problem {
             status,
             reason,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 `rate-limited`, its answer with `Retry-After: SECONDS`.
+    pub(crate) fn rate_limited(detail: String, retry_after: u64) -> Self {
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited, detail);
+        p.retry_after = Some(retry_after);
+        p
     }
 
     /// A problem for a bare status and message (the reason guessed from
@@ -282,6 +292,9 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason.name()));
+        if let Some(secs) = self.retry_after {
+            h.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             h.insert(
                 hyper::header::PROXY_AUTHENTICATE,

@@ -207,9 +207,7 @@ impl std::fmt::Display for Limited {
                 "the vault's default limits; an owner can raise them with `agent-vault service limits --default {flag}`, or for this service alone with `agent-vault service limits {service} {flag}`"
             )
         } else {
-            format!(
-                "an owner can raise it with `agent-vault service limits {service} {flag}`"
-            )
+            format!("an owner can raise it with `agent-vault service limits {service} {flag}`")
         };
         write!(
             f,
@@ -278,7 +276,9 @@ mod tests {
         let refused = r.admit("free", "bot").err().unwrap();
         assert_eq!(refused.retry_after, 1);
         assert!(
-            refused.to_string().contains("service limits --default --in-flight N"),
+            refused
+                .to_string()
+                .contains("service limits --default --in-flight N"),
             "{refused}"
         );
         assert!(r.admit("free", "other").is_ok());

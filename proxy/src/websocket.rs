@@ -7,18 +7,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::Audited;
-use crate::ratelimit::Admitted;
 
 /// Joins the two sides of an upgraded (WebSocket) connection once both
 /// have switched; the record (status 101, bytes each way) is written when
-/// they close, and the connection counts as a request in flight until then.
-pub(crate) fn splice(
-    mut audit: Audited,
-    agent: OnUpgrade,
-    upstream: OnUpgrade,
-    scrub: Scrubber,
-    in_flight: Admitted,
-) {
+/// they close.
+pub(crate) fn splice(mut audit: Audited, agent: OnUpgrade, upstream: OnUpgrade, scrub: Scrubber) {
     audit.record.status = 101;
     tokio::spawn(async move {
         if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
@@ -26,7 +19,6 @@ pub(crate) fn splice(
             audit.bytes(to_upstream, to_agent);
         }
         drop(audit);
-        drop(in_flight);
     });
 }
 

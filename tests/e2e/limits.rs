@@ -123,8 +123,8 @@ impl Setup {
 
     /// 50 Python clients at once (`retry`: each until it gets through).
     fn python_clients(&self, token: &str, n: usize, retry: bool) -> Value {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/e2e/limits_client.py");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/limits_client.py");
         let out = Command::new("python3")
             .arg(script)
             .arg(format!("http://bot:{token}@127.0.0.1:{}", self.port))
@@ -173,7 +173,10 @@ fn a_burst_over_the_limit_gets_429_with_retry_after_and_is_audited() {
     assert_eq!(code, 429, "{out}");
     let head = out.to_ascii_lowercase();
     assert!(head.contains("agent-vault-error: rate-limited"), "{out}");
-    assert!(head.contains("content-type: application/problem+json"), "{out}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{out}"
+    );
     let retry: u64 = head
         .lines()
         .find_map(|l| l.strip_prefix("retry-after:"))
@@ -287,12 +290,23 @@ fn limits_are_set_changed_shown_and_explained() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // No limits and no defaults: unlimited.
-    assert!(explain(&s).contains("limits: none (unlimited)"), "{}", explain(&s));
+    assert!(
+        explain(&s).contains("limits: none (unlimited)"),
+        "{}",
+        explain(&s)
+    );
     let v = s.env.json(&["explain", "--agent", "bot", "GET", &url]);
     assert_eq!(v["limits"], Value::Null);
     // Vault defaults apply to a service that sets none.
-    s.env
-        .ok(&["service", "limits", "--default", "--in-flight", "4", "--rps", "10"]);
+    s.env.ok(&[
+        "service",
+        "limits",
+        "--default",
+        "--in-flight",
+        "4",
+        "--rps",
+        "10",
+    ]);
     let text = explain(&s);
     assert!(
         text.contains(
@@ -311,7 +325,9 @@ fn limits_are_set_changed_shown_and_explained() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
         shown.contains("service api limits: rps 5, burst 10")
-            && shown.contains("5 requests/s, burst 10, 4 in flight, per agent (with the vault's defaults)"),
+            && shown.contains(
+                "5 requests/s, burst 10, 4 in flight, per agent (with the vault's defaults)"
+            ),
         "{shown}"
     );
     let list = s.env.ok(&["service", "list"]);
@@ -324,9 +340,19 @@ fn limits_are_set_changed_shown_and_explained() {
     // Re-adding the service without limit options keeps its limits.
     let host = format!("127.0.0.1:{}", s.up_port);
     let out = s.env.ok(&[
-        "service", "add", "api", "--bearer", "api/token", "--host", &host,
+        "service",
+        "add",
+        "api",
+        "--bearer",
+        "api/token",
+        "--host",
+        &host,
     ]);
-    assert!(stderr(&out).contains("keeps its limits"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keeps its limits"),
+        "{}",
+        stderr(&out)
+    );
     // Clear both: unlimited again.
     s.env.ok(&["service", "limits", "api", "--clear"]);
     s.env.ok(&["service", "limits", "--default", "--clear"]);
@@ -345,8 +371,14 @@ fn limits_are_set_changed_shown_and_explained() {
             &["service", "limits", "api", "--in-flight", "0"],
             "in_flight must be at least 1",
         ),
-        (&["service", "limits", "api", "--burst", "4"], "burst 4 needs rps"),
-        (&["service", "limits", "nope", "--rps", "1"], "no service nope"),
+        (
+            &["service", "limits", "api", "--burst", "4"],
+            "burst 4 needs rps",
+        ),
+        (
+            &["service", "limits", "nope", "--rps", "1"],
+            "no service nope",
+        ),
     ] {
         let err = s.env.fail(args);
         assert!(err.contains(why), "{args:?}: {err}");

@@ -272,23 +272,53 @@ mod tests {
         let text = "default_limits:\n  rps: 10\n  in_flight: 4\nservices:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n  b:\n    hosts: [b.example]\n    auth: passthrough\n    limits:\n      rps: 0.5\n      burst: 2\n  t:\n    hosts: [t.example]\n    auth: passthrough\n    tunnel: true\n";
         let s = parse(text).unwrap();
         let of = |n: &str| s.limits_for(&s.services[n]).unwrap().map(|a| a.to_string());
-        assert_eq!(of("a").as_deref(), Some("10 requests/s, burst 10, 4 in flight"));
-        assert_eq!(of("b").as_deref(), Some("0.5 requests/s, burst 2, 4 in flight"));
+        assert_eq!(
+            of("a").as_deref(),
+            Some("10 requests/s, burst 10, 4 in flight")
+        );
+        assert_eq!(
+            of("b").as_deref(),
+            Some("0.5 requests/s, burst 2, 4 in flight")
+        );
         assert_eq!(of("t"), None);
-        assert_eq!(parse(String::from_utf8_lossy(&s.to_bytes()).as_ref()).unwrap(), s);
+        assert_eq!(
+            parse(String::from_utf8_lossy(&s.to_bytes()).as_ref()).unwrap(),
+            s
+        );
         // Defaults alone are written (and read) even with no service.
         let only = Services {
             default_limits: l(Some(1.0), None, None),
             ..Services::default()
         };
-        assert_eq!(parse(String::from_utf8_lossy(&only.to_bytes()).as_ref()).unwrap(), only);
+        assert_eq!(
+            parse(String::from_utf8_lossy(&only.to_bytes()).as_ref()).unwrap(),
+            only
+        );
         for (yaml, why) in [
-            ("default_limits: {rps: 0}\nservices: {}\n", "default_limits: rps must be a number more than 0"),
-            ("services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {burst: 0, rps: 1}\n", "service a: limits: burst must be at least 1"),
-            ("services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {in_flight: 0}\n", "service a: limits: in_flight must be at least 1"),
-            ("services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {burst: 5}\n", "service a: limits: burst 5 needs rps"),
-            ("services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {rps: 1, per_hour: 5}\n", "per_hour"),
-            ("services:\n  t:\n    hosts: [t.example]\n    auth: passthrough\n    tunnel: true\n    limits: {rps: 1}\n", "it takes no limits"),
+            (
+                "default_limits: {rps: 0}\nservices: {}\n",
+                "default_limits: rps must be a number more than 0",
+            ),
+            (
+                "services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {burst: 0, rps: 1}\n",
+                "service a: limits: burst must be at least 1",
+            ),
+            (
+                "services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {in_flight: 0}\n",
+                "service a: limits: in_flight must be at least 1",
+            ),
+            (
+                "services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {burst: 5}\n",
+                "service a: limits: burst 5 needs rps",
+            ),
+            (
+                "services:\n  a:\n    hosts: [a.example]\n    auth: passthrough\n    limits: {rps: 1, per_hour: 5}\n",
+                "per_hour",
+            ),
+            (
+                "services:\n  t:\n    hosts: [t.example]\n    auth: passthrough\n    tunnel: true\n    limits: {rps: 1}\n",
+                "it takes no limits",
+            ),
         ] {
             let err = parse(yaml).unwrap_err().to_string();
             assert!(err.contains(why), "{yaml}: {err}");
