@@ -79,9 +79,13 @@ impl RateLimits {
             let Ok(Some(applied)) = services.limits_for(svc) else {
                 continue;
             };
-            let kept = previous
-                .and_then(|p| p.by_service.get(name))
-                .filter(|l| l.applied.same(&applied));
+            let rate_from_default = svc.limits.rps.is_none() && svc.limits.burst.is_none();
+            let in_flight_from_default = svc.limits.in_flight.is_none();
+            let kept = previous.and_then(|p| p.by_service.get(name)).filter(|l| {
+                l.applied.same(&applied)
+                    && l.rate_from_default == rate_from_default
+                    && l.in_flight_from_default == in_flight_from_default
+            });
             let limiter = match kept {
                 Some(l) => l.clone(),
                 None => Arc::new(ServiceLimiter {
@@ -89,8 +93,8 @@ impl RateLimits {
                     quota: applied.rate.and_then(|r| {
                         Quota::with_period(r.interval()).map(|q| q.allow_burst(r.burst))
                     }),
-                    rate_from_default: svc.limits.rps.is_none() && svc.limits.burst.is_none(),
-                    in_flight_from_default: svc.limits.in_flight.is_none(),
+                    rate_from_default,
+                    in_flight_from_default,
                     agents: DashMap::new(),
                 }),
             };
