@@ -392,6 +392,39 @@ pub enum ServiceCommand {
         /// The service.
         name: String,
     },
+    /// Show or change a service's rate limits, or the vault's defaults (per agent and service, per broker instance).
+    Limits(ServiceLimitsArgs),
+}
+
+/// Rate limits, per agent and service (`service add`, `service limits`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Requests per second each agent may send to the service (may be fractional: 0.5).
+    #[arg(long, value_name = "N")]
+    pub rps: Option<f64>,
+    /// Requests at once after a quiet spell (default: one second's worth of --rps).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
+    /// Requests each agent may have in flight at once (a streaming response counts until it ends).
+    #[arg(long, value_name = "N")]
+    pub in_flight: Option<u32>,
+}
+
+/// Arguments of `service limits`: without a change, the limits are shown.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["name", "default"])))]
+pub struct ServiceLimitsArgs {
+    /// The service.
+    pub name: Option<String>,
+    /// The vault's defaults: every service takes each limit it does not set from them.
+    #[arg(long)]
+    pub default: bool,
+    /// Remove the limits first (with no other option: no limits left).
+    #[arg(long)]
+    pub clear: bool,
+    /// The limits to set; the others are kept.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Arguments of `service add`. Exactly one way to authenticate.
@@ -464,6 +497,9 @@ pub struct ServiceAddArgs {
     /// Allow plain-http:// requests to these hosts.
     #[arg(long)]
     pub allow_http: bool,
+    /// Rate limits (replacing a service without them keeps its old ones).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Arguments of `set`.

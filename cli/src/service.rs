@@ -1,14 +1,14 @@
-//! `agent-vault service add|list|rm`.
+//! `agent-vault service add|list|rm|limits`.
 
 use std::process::ExitCode;
 
-use agent_vault_core::broker::services::{self, Auth, Service, Sigv4};
+use agent_vault_core::broker::services::{self, Auth, Limits, Service, Services, Sigv4};
 use agent_vault_core::writer::Writer;
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use serde_json::json;
 
-use crate::cli::{ServiceAddArgs, ServiceCommand};
-use crate::output::{self, CliError, CliResult, line};
+use crate::cli::{LimitArgs, ServiceAddArgs, ServiceCommand, ServiceLimitsArgs};
+use crate::output::{self, CliError, CliResult, line, note};
 
 fn secret(s: &str) -> CliResult<SecretPath> {
     Ok(s.parse::<SecretPath>()?)
@@ -121,7 +121,42 @@ fn build(a: &ServiceAddArgs) -> CliResult<Service> {
         svc.placeholders.insert(placeholder.to_owned(), secret(s)?);
     }
     svc.allow_http = a.allow_http;
+    svc.limits = a.limits.applied_to(Limits::default());
     Ok(svc)
+}
+
+impl LimitArgs {
+    /// `base` with the fields given on the command line set.
+    fn applied_to(&self, base: Limits) -> Limits {
+        Limits {
+            rps: self.rps.or(base.rps),
+            burst: self.burst.or(base.burst),
+            in_flight: self.in_flight.or(base.in_flight),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rps.is_none() && self.burst.is_none() && self.in_flight.is_none()
+    }
+}
+
+/// What the broker holds a service's requests to: `5 requests/s, burst 10,
+/// 4 in flight, per agent (vault default)`, or `unlimited`.
+fn applied(all: &Services, svc: &Service) -> String {
+    match all.limits_for(svc) {
+        Ok(Some(a)) => {
+            let from = if svc.limits.is_empty() {
+                " (the vault's defaults)"
+            } else if svc.limits.or(all.default_limits) != svc.limits {
+                " (with the vault's defaults)"
+            } else {
+                ""
+            };
+            format!("{a}, per agent{from}")
+        }
+        Ok(None) => "unlimited".into(),
+        Err(e) => format!("not valid: {e}"),
+    }
 }
 
 fn describe(svc: &Service) -> String {
@@ -163,8 +198,15 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
                     "no services; add one with `agent-vault service add NAME --template github --secret github/token`",
                 )?;
             } else {
+                if !all.default_limits.is_empty() {
+                    line(format!("default limits: {}", all.default_limits))?;
+                }
                 for (name, svc) in &all.services {
-                    line(format!("{name:<16} {}", describe(svc)))?;
+                    let limits = match all.limits_for(svc) {
+                        Ok(None) => String::new(),
+                        _ => format!("; limits: {}", applied(&all, svc)),
+                    };
+                    line(format!("{name:<16} {}{limits}", describe(svc)))?;
                 }
             }
         }
@@ -175,9 +217,21 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
                     Some("1 to 63 characters of a-z, 0-9, '_' and '-'".into()),
                 ));
             }
-            let svc = build(&args)?;
+            let mut svc = build(&args)?;
             let mut w = Writer::open(vault, key)?;
             let mut all = w.services()?;
+            // Replaced without limit options: the old service's limits stay.
+            if let Some(old) = all.services.get(&args.name)
+                && args.limits.is_empty()
+                && !old.limits.is_empty()
+                && !svc.tunnel
+            {
+                svc.limits = old.limits;
+                note(format!(
+                    "service {} keeps its limits ({}); `agent-vault service limits {} --clear` removes them",
+                    args.name, old.limits, args.name
+                ));
+            }
             let text = describe(&svc);
             all.services.insert(args.name.clone(), svc);
             w.set_services(&all, &format!("service add {}", args.name))?;
@@ -200,6 +254,69 @@ pub fn run(vault: &Vault, key: &KeySource, json: bool, cmd: ServiceCommand) -> C
                 line(format!("removed service {name}"))?;
             }
         }
+        ServiceCommand::Limits(args) => limits(vault, key, json, &args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `service limits NAME|--default [--clear] [--rps N] [--burst N]
+/// [--in-flight N]`: shows the limits, or changes them (signed with the
+/// manifest like any change of the services list).
+fn limits(vault: &Vault, key: &KeySource, json: bool, args: &ServiceLimitsArgs) -> CliResult<()> {
+    let changes = args.clear || !args.limits.is_empty();
+    let mut writer = if changes {
+        Some(Writer::open(vault, key)?)
+    } else {
+        None
+    };
+    let mut all = match &writer {
+        Some(w) => w.services()?,
+        None => Services::load(vault)?,
+    };
+    let service = args.name.as_deref().filter(|_| !args.default);
+    let slot: &mut Limits = match service {
+        Some(name) => {
+            &mut all
+                .services
+                .get_mut(name)
+                .ok_or_else(|| {
+                    CliError::Msg(
+                        format!("no service {name}"),
+                        Some("`agent-vault service list` shows the services".into()),
+                    )
+                })?
+                .limits
+        }
+        None => &mut all.default_limits,
+    };
+    if changes {
+        let base = if args.clear { Limits::default() } else { *slot };
+        *slot = args.limits.applied_to(base);
+    }
+    let own = *slot;
+    if let Some(w) = writer.as_mut() {
+        let op = format!("service limits {}", service.unwrap_or("--default"));
+        w.set_services(&all, &op)?;
+    }
+    let shown = service
+        .and_then(|name| all.services.get(name))
+        .map(|svc| applied(&all, svc));
+    let what = match service {
+        Some(name) => format!("service {name} limits"),
+        None => "default limits".to_owned(),
+    };
+    if json {
+        output::json(&json!({"service": service, "default": service.is_none(),
+            "limits": own, "applied": shown, "changed": changes}))?;
+        return Ok(());
+    }
+    line(format!("{what}: {own}"))?;
+    match shown.as_deref() {
+        Some("unlimited") => line("  applied: unlimited")?,
+        Some(shown) => line(format!(
+            "  applied: {shown}; per broker instance; over it: 429 rate-limited"
+        ))?,
+        None => {}
+    }
+    Ok(())
 }

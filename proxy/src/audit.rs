@@ -110,6 +110,9 @@ pub(crate) struct Audited {
     started: Instant,
     /// Filled in as the request goes; `duration_ms` is set when written.
     pub(crate) record: Record,
+    /// The request's place among those in flight (rate limits): held as
+    /// long as the record is, so until the request ends.
+    in_flight: Option<crate::ratelimit::Admitted>,
 }
 
 impl Audited {
@@ -119,7 +122,13 @@ impl Audited {
             log,
             started,
             record,
+            in_flight: None,
         }
+    }
+
+    /// Holds the request's place in flight until the request ends.
+    pub(crate) fn hold(&mut self, admitted: crate::ratelimit::Admitted) {
+        self.in_flight = Some(admitted);
     }
 
     /// Sets the bytes each way, as counted when the request ended.

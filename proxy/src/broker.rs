@@ -24,6 +24,7 @@ use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
+use crate::ratelimit::RateLimits;
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.
@@ -49,6 +50,8 @@ pub(crate) struct Snapshot {
     /// no public-key operation once warm.
     reader: Arc<Reader>,
     pub(crate) services: Services,
+    /// The services' rate limits, counted per (agent, service).
+    pub(crate) rates: RateLimits,
     /// Injection plans by service, then agent, with when they were made
     /// (two levels, so a lookup by `&str` allocates nothing).
     plans: Mutex<HashMap<String, HashMap<String, MadePlan>>>,
@@ -79,9 +82,12 @@ impl std::ops::Deref for Prepared {
 }
 
 impl Snapshot {
-    fn new(reader: Arc<Reader>, services: Services) -> Self {
+    /// A snapshot; the counters of `previous` kept for each service whose
+    /// limits did not change.
+    fn new(reader: Arc<Reader>, services: Services, previous: Option<&Snapshot>) -> Self {
         Snapshot {
             reader,
+            rates: RateLimits::new(&services, previous.map(|p| &p.rates)),
             services,
             plans: Mutex::new(HashMap::new()),
         }
@@ -143,7 +149,7 @@ impl Broker {
         Ok(Broker {
             token_key,
             minter,
-            snapshot: RwLock::new(Arc::new(Snapshot::new(first, services))),
+            snapshot: RwLock::new(Arc::new(Snapshot::new(first, services, None))),
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
@@ -179,7 +185,7 @@ impl Broker {
         };
         let mut slot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
         if !Arc::ptr_eq(&slot.reader, &reader) {
-            *slot = Arc::new(Snapshot::new(reader, services));
+            *slot = Arc::new(Snapshot::new(reader, services, Some(&**slot)));
         }
         slot.clone()
     }

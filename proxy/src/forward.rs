@@ -28,6 +28,7 @@ use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
 use crate::head::{body_codings, drop_named, scrub_reason};
 use crate::problem::{Problem, Reason};
+use crate::ratelimit::{Admitted, Limited};
 use crate::reply::{ProxyBody, full};
 use crate::upstream::SendError;
 use crate::websocket::splice;
@@ -52,6 +53,8 @@ pub(crate) enum Refusal {
     /// The request carries what the injection refuses (an unlisted
     /// placeholder, a credential where none may go).
     Injection(agent_vault_core::Error),
+    /// The agent reached a rate limit of the service.
+    Limited(Limited),
     /// A body with placeholders over [`MAX_REWRITTEN_BODY`].
     TooLarge,
     /// The body with placeholders could not be read.
@@ -84,6 +87,7 @@ impl Refusal {
             Refusal::Route(r) => crate::problem::route_status(r),
             Refusal::Plan(_) | Refusal::Injection(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Sigv4(e) => e.status(),
@@ -99,6 +103,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Route(why) => write!(f, "{why}"),
             Refusal::Plan(e) | Refusal::Injection(e) => write!(f, "{e}"),
             Refusal::TooLarge => f.write_str("a body with placeholders may be at most 16 MiB"),
+            Refusal::Limited(l) => write!(f, "{l}"),
             Refusal::Body(e) => write!(f, "cannot read the request body: {e}"),
             Refusal::Build(e) => write!(f, "cannot forward the request: {e}"),
             Refusal::Upstream(e) => write!(f, "{e}"),
@@ -131,6 +136,9 @@ impl Refusal {
     /// The answer this refusal is.
     pub(crate) fn problem(&self) -> Problem {
         use crate::upstream::SendError;
+        if let Refusal::Limited(l) = self {
+            return Problem::rate_limited(l.to_string(), l.retry_after);
+        }
         let reason = match self {
             Refusal::Token(e) => Reason::of_token(*e),
             Refusal::Authority(_) => Reason::AuthorityMismatch,
@@ -138,6 +146,7 @@ impl Refusal {
             Refusal::Plan(_) => Reason::SecretUnavailable,
             Refusal::Injection(_) => Reason::PlaceholderRefused,
             Refusal::TooLarge => Reason::BodyTooLarge,
+            Refusal::Limited(_) => Reason::RateLimited,
             Refusal::Body(_) | Refusal::Build(_) => Reason::BadRequest,
             Refusal::Upstream(SendError::Unreachable { .. }) => Reason::UpstreamUnreachable,
             Refusal::Upstream(SendError::Tls { .. }) => Reason::UpstreamTls,
@@ -202,6 +211,8 @@ struct Answered {
     head_only: bool,
     /// Request body bytes from the agent, set as the body is sent.
     bytes_in: Arc<AtomicU64>,
+    /// Its place in flight (rate limits), held until the request ends.
+    admitted: Admitted,
 }
 
 /// Forwards one request from a tunnel and answers it: the upstream's
@@ -286,6 +297,8 @@ async fn exchange(
     })
     .map_err(Refusal::Route)?;
     record.service = name.to_owned();
+    let admitted = snap.rates.admit(name, &t.token.agent);
+    let admitted = admitted.map_err(Refusal::Limited)?;
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
         .map_err(|e| Refusal::plan(name, e))?;
@@ -322,6 +335,7 @@ async fn exchange(
         websocket,
         head_only,
         bytes_in,
+        admitted,
     })
 }
 
@@ -477,7 +491,7 @@ fn edit_headers(
 /// The response stage: a WebSocket joined, or the response's head scrubbed
 /// and its body scrubbed as it streams; the audit record written when the
 /// body ends (or the WebSocket closes).
-fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody> {
+fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody> {
     let Answered {
         plan,
         mut upstream,
@@ -485,7 +499,9 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         websocket,
         head_only,
         bytes_in,
+        admitted,
     } = answered;
+    audit.hold(admitted);
     let switching = websocket && upstream.status() == StatusCode::SWITCHING_PROTOCOLS;
     // An upgraded connection is audited when it closes.
     let audit = if switching && let Some(agent_upgrade) = agent_upgrade {

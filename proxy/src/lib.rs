@@ -20,6 +20,7 @@ pub mod lru;
 pub mod net;
 mod passthrough;
 pub mod problem;
+mod ratelimit;
 mod reply;
 pub mod run;
 pub mod server;

@@ -64,6 +64,9 @@ pub enum Reason {
     PlaceholderRefused,
     /// 413: a body with placeholders is too large.
     BodyTooLarge,
+    /// 429: the agent reached a rate limit of the service (requests per
+    /// second, or in flight).
+    RateLimited,
     /// 502: the upstream could not be reached.
     UpstreamUnreachable,
     /// 502: TLS with the upstream failed.
@@ -101,6 +104,7 @@ impl Reason {
         Reason::SecretUnavailable,
         Reason::PlaceholderRefused,
         Reason::BodyTooLarge,
+        Reason::RateLimited,
         Reason::UpstreamUnreachable,
         Reason::UpstreamTls,
         Reason::UpstreamFailed,
@@ -150,6 +154,7 @@ impl Reason {
                 ("placeholder-refused", "Placeholder or credential refused")
             }
             Reason::BodyTooLarge => ("body-too-large", "Request body too large"),
+            Reason::RateLimited => ("rate-limited", "Rate limit of the service reached"),
             Reason::UpstreamUnreachable => ("upstream-unreachable", "Upstream unreachable"),
             Reason::UpstreamTls => ("upstream-tls", "TLS with the upstream failed"),
             Reason::UpstreamFailed => ("upstream-failed", "Upstream failed"),
@@ -202,6 +207,7 @@ impl Reason {
             407 => Reason::TokenInvalid,
             403 => Reason::HostNotCovered,
             413 => Reason::BodyTooLarge,
+            429 => Reason::RateLimited,
             502 => Reason::UpstreamFailed,
             504 => Reason::UpstreamTimeout,
             _ => Reason::BadRequest,
@@ -225,6 +231,8 @@ pub(crate) struct Problem {
     pub(crate) reason: Reason,
     /// One line: what happened and what to do. Names, never values.
     pub(crate) detail: String,
+    /// Seconds before trying again (`Retry-After`), for a 429.
+    retry_after: Option<u64>,
 }
 
 /// The body, as RFC 9457 names its members.
@@ -243,7 +251,15 @@ impl Problem {
             status,
             reason,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 `rate-limited`, its answer with `Retry-After: SECONDS`.
+    pub(crate) fn rate_limited(detail: String, retry_after: u64) -> Self {
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited, detail);
+        p.retry_after = Some(retry_after);
+        p
     }
 
     /// A problem for a bare status and message (the reason guessed from
@@ -276,6 +292,9 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.reason.name()));
+        if let Some(secs) = self.retry_after {
+            h.insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             h.insert(
                 hyper::header::PROXY_AUTHENTICATE,

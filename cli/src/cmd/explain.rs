@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use agent_vault_core::AgentName;
 use agent_vault_core::broker::decide::{self, Destination};
-use agent_vault_core::broker::services::Services;
+use agent_vault_core::broker::services::{Applied, Services};
 use agent_vault_core::broker::token::Claims;
 use agent_vault_proxy::audit::Record;
 use agent_vault_proxy::problem::{Reason, route_status};
@@ -93,6 +93,7 @@ pub(super) fn explain(
                 v["service"] = json!(allowed.service);
                 v["path"] = json!(allowed.sent);
                 v["secrets"] = json!(secrets);
+                v["limits"] = limits_json(allowed.limits);
                 output::json(&v)?;
             } else {
                 line(format!("allowed: {} {}", clean(method), clean(url)))?;
@@ -106,6 +107,7 @@ pub(super) fn explain(
                         secrets.join(", ")
                     }
                 ))?;
+                line(limits_line(allowed.limits))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -132,6 +134,30 @@ pub(super) fn explain(
             }
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The rate limits a request counts against, as `--json` gives them.
+fn limits_json(limits: Option<Applied>) -> serde_json::Value {
+    match limits {
+        Some(l) => json!({
+            "rps": l.rate.map(|r| r.per_second),
+            "burst": l.rate.map(|r| r.burst.get()),
+            "in_flight": l.in_flight.map(|n| n.get()),
+            "per": "agent and service, per broker instance",
+            "over": 429,
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// `  limits: 5 requests/s, burst 10, 4 in flight, per agent, …`.
+fn limits_line(limits: Option<Applied>) -> String {
+    match limits {
+        Some(l) => {
+            format!("  limits: {l}, per agent, per broker instance; over it: 429 rate-limited")
+        }
+        None => "  limits: none (unlimited)".to_owned(),
     }
 }
 

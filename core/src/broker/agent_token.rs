@@ -190,6 +190,7 @@ mod tests {
                 ("ops".to_string(), svc("ops/token")),
             ]
             .into(),
+            ..Services::default()
         };
         World {
             bot,

@@ -8,7 +8,7 @@
 //! names what an owner would run to allow the request. Never a value.
 
 use crate::access;
-use crate::broker::services::{PathRefusal, Service, Services, normalize_path};
+use crate::broker::services::{Applied, PathRefusal, Service, Services, normalize_path};
 use crate::model::{Manifest, Mode};
 use crate::names::SecretPath;
 
@@ -341,7 +341,7 @@ pub fn grants(
 }
 
 /// A request the broker would forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Allowed {
     /// The service it falls under.
     pub service: String,
@@ -349,6 +349,9 @@ pub struct Allowed {
     pub sent: String,
     /// The secrets injected or substituted, by name.
     pub secrets: Vec<SecretPath>,
+    /// The rate limits the request counts against (per agent and service,
+    /// per broker instance; over them: 429), or `None`: unlimited.
+    pub limits: Option<Applied>,
 }
 
 /// What the broker would do with `method` to `dest` at the target `raw_pq`
@@ -372,6 +375,8 @@ pub fn explain(
         service: name.to_owned(),
         sent: pq,
         secrets,
+        // The list verified, limits included; as the broker, unlimited if not.
+        limits: services.limits_for(service).ok().flatten(),
     })
 }
 

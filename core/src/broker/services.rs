@@ -14,12 +14,14 @@ use crate::names::SecretPath;
 use crate::vault::Vault;
 
 mod aws;
+mod limits;
 mod path;
 
 pub use aws::{
     AGENT_SIGNATURE_HEADERS, AWS_TEMPLATES, AwsKeys, Scope, Sigv4, aws_template, scope_from_host,
     without_presigned_params,
 };
+pub use limits::{Applied, Limits, MAX_RPS, MIN_RPS, Rate};
 #[cfg(test)]
 use path::decode_escapes;
 pub use path::{PathRefusal, normalize_path};
@@ -89,12 +91,20 @@ pub struct Service {
     /// it names no secret (auth `passthrough`, no substitutions).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tunnel: bool,
+    /// Rate limits, per (agent, service) pair and per broker instance;
+    /// fields left unset come from the file's `default_limits`.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
 }
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Services {
+    /// The vault's default limits: every service that is not a tunnel takes
+    /// each field it does not set itself from these.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub default_limits: Limits,
     /// Services by name.
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
@@ -120,23 +130,41 @@ impl Services {
             return Ok(Services::default());
         }
         let s: Services = model::parse_yaml(path, bytes)?;
-        for (name, svc) in &s.services {
-            svc.validate(name).map_err(|e| Error::corrupt(path, e))?;
-        }
+        s.check().map_err(|e| Error::corrupt(path, e))?;
         Ok(s)
     }
 
-    /// Checks every service: names, host patterns, paths, header templates.
+    /// Checks every service: names, host patterns, paths, header templates,
+    /// limits (with the defaults).
     pub fn validate(&self) -> Result<()> {
+        self.check().map_err(Error::InvalidInput)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.default_limits
+            .applied()
+            .map_err(|e| format!("default_limits: {e}"))?;
         for (name, svc) in &self.services {
-            svc.validate(name).map_err(Error::InvalidInput)?;
+            svc.validate(name)?;
+            self.limits_for(svc)
+                .map_err(|e| format!("service {name}: limits: {e}"))?;
         }
         Ok(())
     }
 
+    /// The limits a service's requests are held to: its own, each field
+    /// it leaves unset taken from the defaults (none for a tunnel, whose
+    /// requests the broker does not see). `None`: unlimited.
+    pub fn limits_for(&self, svc: &Service) -> std::result::Result<Option<Applied>, String> {
+        if svc.tunnel {
+            return Ok(None);
+        }
+        svc.limits.or(self.default_limits).applied()
+    }
+
     /// The file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        if self.services.is_empty() {
+        if self.services.is_empty() && self.default_limits.is_empty() {
             return Vec::new();
         }
         model::to_yaml(self)
@@ -277,6 +305,7 @@ impl Service {
             placeholders: BTreeMap::new(),
             allow_http: false,
             tunnel: false,
+            limits: Limits::default(),
         }
     }
 
@@ -328,6 +357,11 @@ impl Service {
             if !self.paths.is_empty() || !self.methods.is_empty() || self.allow_http {
                 return Err(format!(
                     "service {name}: a tunnel is not intercepted, so the broker cannot hold it to paths or methods, and it is https only"
+                ));
+            }
+            if !self.limits.is_empty() {
+                return Err(format!(
+                    "service {name}: a tunnel is not intercepted, so the broker cannot count its requests: it takes no limits"
                 ));
             }
         }

@@ -150,3 +150,25 @@ fn the_target_is_split_as_the_broker_sends_it() {
     assert_eq!(pq, "/a/%2e%2e/b?q");
     assert!(normal.is_err());
 }
+
+#[test]
+fn explain_names_the_limits_a_request_counts_against() {
+    let (mut s, m) = fixture();
+    let req = |s: &Services| {
+        explain(s, &m, "bot", all, &https("api.example.com"), "GET", "/v1/x")
+            .unwrap()
+            .limits
+            .map(|l| l.to_string())
+    };
+    assert_eq!(req(&s), None, "no limits and no defaults: unlimited");
+    s.default_limits.in_flight = Some(4);
+    assert_eq!(req(&s).as_deref(), Some("4 in flight"));
+    if let Some(api) = s.services.get_mut("api") {
+        api.limits.rps = Some(5.0);
+        api.limits.burst = Some(10);
+    }
+    assert_eq!(
+        req(&s).as_deref(),
+        Some("5 requests/s, burst 10, 4 in flight")
+    );
+}
