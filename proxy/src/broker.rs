@@ -66,6 +66,8 @@ pub(crate) struct Prepared {
     pub(crate) scrub: Scrubber,
     /// Same-length masks, for WebSocket frames.
     pub(crate) mask: Scrubber,
+    /// The plan's secrets by name, as each request's audit record lists them.
+    pub(crate) secret_names: Vec<String>,
 }
 
 impl std::ops::Deref for Prepared {
@@ -205,6 +207,7 @@ impl Broker {
         let plan = Arc::new(Prepared {
             scrub: Scrubber::for_plan(&plan, Redaction::Marker),
             mask: Scrubber::for_plan(&plan, Redaction::SameLength),
+            secret_names: plan.secrets().iter().map(|s| s.to_string()).collect(),
             plan,
         });
         if let Ok(mut plans) = snap.plans.lock() {
