@@ -133,51 +133,9 @@ fn brokered(
     };
     let upstream_ca = write("upstream-ca.pem", echo.ca_pem.as_bytes())?;
     let broker_ca = write("broker-ca.pem", &vault.ca_cert()?)?;
-    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let opts = agent_vault_proxy::Options {
-        listen,
-        upstream_ca: Some(upstream_ca),
-        allow_private_upstreams: true,
-        audit: None,
-        key: Some(broker_key),
-    };
-    let broker = Arc::new(
-        agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
-    );
-    // On TCP, and on a Unix socket for the isolated agent's hand-off.
     let socket = base.join("broker.sock");
-    let (listener, unix) = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await;
-        let unix = tokio::net::UnixListener::bind(&socket);
-        (listener, unix)
-    });
-    let listener =
-        listener.map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
-    let unix = unix.map_err(|e| {
-        fail(format!(
-            "the broker cannot listen on {}: {e}",
-            socket.display()
-        ))
-    })?;
-    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| fail(format!("cannot protect {}: {e}", socket.display())))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server = runtime.spawn(agent_vault_proxy::serve(
-        broker.clone(),
-        listener,
-        stopped(stopping.clone()),
-    ));
-    let unix_server = runtime.spawn(agent_vault_proxy::serve_unix(
-        broker,
-        unix,
-        stopped(stopping),
-    ));
+    let served = serve(runtime, vault, broker_key, upstream_ca, &socket)?;
+    let addr = served.addr;
 
     let identity = vault.keys().load(owner, vault.id())?;
     let manifest = vault.manifest()?;
@@ -209,9 +167,10 @@ fn brokered(
         ],
         mint: Box::new(mint),
     })?;
-    let _ = stop.send(true);
-    let _ = runtime.block_on(server);
-    let _ = runtime.block_on(unix_server);
+    let _ = served.stop.send(true);
+    for task in served.tasks {
+        let _ = runtime.block_on(task);
+    }
 
     let expected = format!("Bearer {}", String::from_utf8_lossy(VALUE));
     let upstream_got = echo
@@ -242,4 +201,69 @@ fn brokered(
         seen.body.trim_end()
     ))?;
     Ok(seen.status == 200 && upstream_got && !leaked && seen.body.contains("[REDACTED:"))
+}
+
+/// The demo's broker, serving on the runtime.
+struct Served {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+/// Starts the broker on 127.0.0.1 and on the Unix socket `socket`.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    vault: &Vault,
+    broker_key: std::path::PathBuf,
+    upstream_ca: std::path::PathBuf,
+    socket: &Path,
+) -> CliResult<Served> {
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let opts = agent_vault_proxy::Options {
+        listen,
+        upstream_ca: Some(upstream_ca),
+        allow_private_upstreams: true,
+        audit: None,
+        key: Some(broker_key),
+    };
+    let broker = Arc::new(
+        agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
+    );
+    // On TCP, and on a Unix socket for the isolated agent's hand-off.
+    let (listener, unix) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await;
+        let unix = tokio::net::UnixListener::bind(socket);
+        (listener, unix)
+    });
+    let listener =
+        listener.map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
+    let unix = unix.map_err(|e| {
+        fail(format!(
+            "the broker cannot listen on {}: {e}",
+            socket.display()
+        ))
+    })?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| fail(format!("cannot protect {}: {e}", socket.display())))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp = agent_vault_proxy::serve(broker.clone(), listener, stopped(stopping.clone()));
+    let server = runtime.spawn(async move {
+        let _ = tcp.await;
+    });
+    let unix_server = runtime.spawn(agent_vault_proxy::serve_unix(
+        broker,
+        unix,
+        stopped(stopping),
+    ));
+    Ok(Served {
+        addr,
+        stop,
+        tasks: [server, unix_server],
+    })
 }
