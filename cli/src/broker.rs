@@ -74,7 +74,7 @@ fn write_ca(vault: &Vault, dir: &std::path::Path) -> CliResult<std::path::PathBu
 }
 
 /// The variables common clients read the CA from, all naming `ca_path`.
-fn ca_env(ca_path: &std::path::Path) -> Vec<(String, String)> {
+pub(crate) fn ca_env(ca_path: &std::path::Path) -> Vec<(String, String)> {
     let ca = ca_path.display().to_string();
     [
         "SSL_CERT_FILE",

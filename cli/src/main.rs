@@ -19,6 +19,10 @@ fn main() -> ExitCode {
     if let Some(code) = isolate::hidden_entry() {
         return code;
     }
+    // `demo`'s agent, a process of its own.
+    if let Some(code) = demo::agent_entry() {
+        return code;
+    }
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,

@@ -24,6 +24,12 @@ pub trait Replace {
     fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError>;
     /// Ends the body; returns the rest.
     fn finish(&mut self) -> Result<Vec<u8>, DecompressError>;
+    /// Feeds the body's last chunk and ends it: `push`, then `finish`.
+    fn push_last(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError> {
+        let mut out = self.push(chunk)?;
+        out.extend(self.finish()?);
+        Ok(out)
+    }
     /// Whether a header (trailer) value needs rewriting.
     fn finds(&self, value: &[u8]) -> bool;
     /// A header (trailer) value rewritten.
@@ -68,6 +74,17 @@ impl Replace for Scrub {
         };
         out.extend(self.scrub.finish());
         Ok(out)
+    }
+    fn push_last(&mut self, chunk: &[u8]) -> Result<Vec<u8>, DecompressError> {
+        match &mut self.decode {
+            Some(d) => {
+                let mut out = self.scrub.push(&d.push(chunk)?);
+                out.extend(self.scrub.push_last(&d.finish()?));
+                Ok(out)
+            }
+            // A body in one chunk is scrubbed in one pass.
+            None => Ok(self.scrub.push_last(chunk)),
+        }
     }
     fn finds(&self, value: &[u8]) -> bool {
         self.scrub.finds(value)
@@ -155,7 +172,15 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = match this.replace.push(&data) {
+                        // The last chunk (a body of known length, all
+                        // here): the body ends with it.
+                        let last = this.inner.is_end_stream();
+                        let pushed = if last {
+                            this.replace.push_last(&data)
+                        } else {
+                            this.replace.push(&data)
+                        };
+                        let out = match pushed {
                             Ok(out) => out,
                             Err(e) => {
                                 this.finished = true;
@@ -164,7 +189,13 @@ where
                             }
                         };
                         this.bytes += out.len() as u64;
-                        if out.is_empty() {
+                        if last {
+                            this.finished = true;
+                            this.end();
+                            if out.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                        } else if out.is_empty() {
                             continue;
                         }
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
@@ -212,6 +243,10 @@ where
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.trailers.is_none()
     }
 }
 

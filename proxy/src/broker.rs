@@ -72,6 +72,8 @@ pub(crate) struct Prepared {
     /// The markers' scrubber with every pattern lower-cased, for header
     /// names (they arrive lower-cased).
     pub(crate) names: Scrubber,
+    /// The plan's secrets by name, as each request's audit record lists them.
+    pub(crate) secret_names: Vec<String>,
 }
 
 impl std::ops::Deref for Prepared {
@@ -216,6 +218,7 @@ impl Broker {
             names: scrub.folded(),
             scrub,
             mask: Scrubber::for_plan(&plan, Redaction::SameLength),
+            secret_names: plan.secrets().iter().map(|s| s.to_string()).collect(),
             plan,
         });
         if let Ok(mut plans) = snap.plans.lock() {

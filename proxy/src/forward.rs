@@ -228,14 +228,14 @@ pub(crate) async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let time = jiff::Timestamp::now();
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let record = Record {
         time,
         agent: token.agent.clone(),
         token_id: token.id.clone(),
         service: String::new(),
-        method: method.clone(),
+        method: method.as_str().to_owned(),
         host: host.to_string(),
         path,
         status: 0,
@@ -255,7 +255,7 @@ pub(crate) async fn forward(
         addr,
         https,
     };
-    match exchange(&b, &tunnel, &method, req, &mut audit.record).await {
+    match exchange(&b, &tunnel, method.as_str(), req, &mut audit.record).await {
         Ok(answered) => Ok(respond(audit, answered, &tunnel.host)),
         Err(refusal) => Ok(refuse(audit, refusal)),
     }
@@ -302,7 +302,7 @@ async fn exchange(
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
         .map_err(|e| Refusal::plan(name, e))?;
-    record.secrets = plan.secrets().iter().map(|s| s.to_string()).collect();
+    record.secrets = plan.secret_names.clone();
     // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any
     // request, then the two connections are joined.
     let mut req = req;
@@ -402,9 +402,17 @@ async fn upstream_request(
         },
     );
     if let Some(keys) = plan.aws() {
-        return crate::sigv4::signed(keys, host, builder, body, substituter, bytes_in)
-            .await
-            .map_err(Refusal::Sigv4);
+        // Boxed, as it is rare and large (see `Upstreams::send`).
+        return Box::pin(crate::sigv4::signed(
+            keys,
+            host,
+            builder,
+            body,
+            substituter,
+            bytes_in,
+        ))
+        .await
+        .map_err(Refusal::Sigv4);
     }
     let upstream_req = if !rewrites_body {
         // Nothing to substitute: the body streams through as it is.
@@ -446,12 +454,11 @@ fn edit_headers(
         // The common case: credentials out, the real one in, on the
         // request's own header map.
         let mut headers = std::mem::take(headers);
-        for name in HOP
-            .iter()
-            .copied()
-            .chain(plan.strips().iter().map(|s| s.as_str()))
-        {
+        for name in &HOP {
             headers.remove(name);
+        }
+        for name in plan.strips() {
+            headers.remove(name.as_str());
         }
         Plan::refuse_unlisted(
             std::iter::once(pq.as_bytes()).chain(headers.values().map(|v| v.as_bytes())),
@@ -471,7 +478,7 @@ fn edit_headers(
         path_and_query: pq,
         headers: headers
             .iter()
-            .filter(|(n, _)| !HOP.contains(&n.as_str()))
+            .filter(|(n, _)| !HOP.contains(n))
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect(),
     };
@@ -562,10 +569,11 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, names: &Scrubber, switc
     // headers pass without a copy. `Trailer` stays: it names the trailers
     // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
     // gets trailers it announces.
-    for name in HOP.iter().filter(|n| **n != "trailer") {
-        let keep_for_upgrade = switching && (*name == "upgrade" || *name == "connection");
+    for name in HOP.iter().filter(|n| **n != hyper::header::TRAILER) {
+        let keep_for_upgrade =
+            switching && (*name == hyper::header::UPGRADE || *name == hyper::header::CONNECTION);
         if !keep_for_upgrade {
-            headers.remove(*name);
+            headers.remove(name);
         }
     }
     // A scrubbed body changes length.
@@ -586,15 +594,16 @@ const MAX_DECODED_BODY: u64 = 4 << 30;
 /// The largest request body rewritten for placeholders.
 const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;
 
-/// Hop-by-hop headers: never forwarded.
-const HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers: never forwarded. Names, not strings: a string is
+/// parsed into a name on every lookup.
+static HOP: [HeaderName; 9] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
 ];

@@ -31,5 +31,5 @@ mod websocket;
 
 /// The certificate library [`ca::CaError`] carries errors of.
 pub use rcgen;
-pub use run::run;
+pub use run::{run, serve_unix};
 pub use server::{Broker, Options, ProxyError, serve};

@@ -160,6 +160,49 @@ pub fn run(
     result
 }
 
+/// Serves the broker's Unix socket on this runtime until `shutdown`
+/// resolves: each connection an agent's HTTP, or a listener hand-off
+/// (`run --isolate`) whose connections are served here too. For a broker
+/// inside another program (`agent-vault demo`); [`run`] deals them out to
+/// its threads instead.
+pub async fn serve_unix(
+    broker: Arc<Broker>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let handoffs = Handoffs::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (handoffs, broker) = (handoffs.clone(), broker.clone());
+                tokio::spawn(async move {
+                    let b = broker.clone();
+                    handoffs.take(broker, stream, move |d| serve_dealt(&b, d)).await
+                });
+            }
+        }
+    }
+}
+
+/// Serves a connection from the Unix socket on this runtime.
+fn serve_dealt(broker: &Arc<Broker>, dealt: Dealt) {
+    match dealt {
+        Dealt::Unix(s) => {
+            if let Ok(s) = tokio::net::UnixStream::from_std(s) {
+                tokio::spawn(serve_stream(broker.clone(), s));
+            }
+        }
+        Dealt::Handed(s, session) => {
+            if let Ok(s) = tokio::net::TcpStream::from_std(s) {
+                tokio::spawn(serve_handed(broker.clone(), s, session));
+            }
+        }
+    }
+}
+
 /// Binds the Unix socket at `path`: a stale socket file there (a broker that
 /// did not stop cleanly) is replaced, anything else is refused; the socket
 /// is made with no access for group and others.

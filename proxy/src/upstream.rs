@@ -215,7 +215,10 @@ impl Upstreams {
                 Err((None, e)) => return Err(e),
             }
         }
-        let sender = self.connect(host, port, addr, https, websocket).await?;
+        // Boxed: the connection's set-up (TLS, HTTP/2 handshake) is a large
+        // future, and every request's future would carry its size, moved
+        // (copied) as it is handed along.
+        let sender = Box::pin(self.connect(host, port, addr, https, websocket)).await?;
         self.send_on(key, sender, req, host, port, !websocket)
             .await
             .map_err(|(_, e)| e)

@@ -19,7 +19,7 @@ const USER: &str = "avt-isolate";
 
 /// The ordinary user the test runs as (made once), or `None` when the test
 /// already runs as one.
-fn user() -> Option<(u32, u32)> {
+pub(crate) fn user() -> Option<(u32, u32)> {
     static USER_IDS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
     *USER_IDS.get_or_init(|| {
         let me = Command::new("id").arg("-u").output().expect("id");
@@ -42,7 +42,7 @@ fn user() -> Option<(u32, u32)> {
 
 /// This binary, where the test user can run it (the checkout may sit
 /// under a directory only root enters).
-fn binary() -> &'static Path {
+pub(crate) fn binary() -> &'static Path {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
     COPY.get_or_init(|| {
         // Copies left by earlier runs (their process gone) are removed.

@@ -10,6 +10,7 @@ mod agent_tokens;
 mod audit_log;
 mod basics;
 mod broker;
+mod demo_isolated;
 mod faults;
 mod hook;
 mod hostile_broker;

@@ -2,12 +2,16 @@
 //! own key store, removed afterwards. An agent with a `use` grant cannot read
 //! the secret, yet a request it sends through the broker reaches an upstream
 //! with the real value, and the upstream's echo of it comes back scrubbed.
-//! Everything runs in this process, on 127.0.0.1: the upstream (an HTTPS echo
-//! API, `upstream.rs`), the broker, and the agent's HTTPS client.
+//! On 127.0.0.1, in this process: the upstream (an HTTPS echo API,
+//! `upstream.rs`) and the broker; the agent is a process of its own
+//! (`agent.rs`), isolated as `run --isolate` isolates a command where the
+//! machine allows it, and the demo says in one line how it ran.
 
+mod agent;
 mod upstream;
 
-use std::collections::BTreeMap;
+pub use agent::entry as agent_entry;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -76,7 +80,8 @@ fn steps(base: &Path) -> CliResult<ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
-    let ok = runtime.block_on(brokered(base, &vault, &owner, &path))?;
+    let ok = brokered(&runtime, base, &vault, &owner, &path)?;
+    drop(runtime);
 
     let report = agent_vault_core::check::check(&vault, None);
     line(format!(
@@ -93,15 +98,17 @@ fn steps(base: &Path) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Steps 6–8: the broker, the upstream, and the agent's request. True when
-/// the upstream received the real value and the agent saw none of it.
-async fn brokered(
+/// Steps 6–8: the broker, the upstream, and the agent's request, sent by a
+/// process of its own, isolated where this machine allows it. True when the
+/// upstream received the real value and the agent saw none of it.
+fn brokered(
+    runtime: &tokio::runtime::Runtime,
     base: &Path,
     vault: &Vault,
     owner: &KeySource,
     path: &SecretPath,
 ) -> CliResult<bool> {
-    let echo = upstream::start().await.map_err(fail)?;
+    let echo = runtime.block_on(upstream::start()).map_err(fail)?;
     let (ca_cert, ca_key) =
         agent_vault_proxy::ca::generate(vault.id()).map_err(|e| fail(format!("the CA: {e}")))?;
     let mut w = Writer::open(vault, owner)?;
@@ -118,60 +125,52 @@ async fn brokered(
         "6. broker init; service payments: requests to https://{host} get `Authorization: Bearer <payments/api-key>`"
     ))?;
 
-    let upstream_ca = base.join("upstream-ca.pem");
-    std::fs::write(&upstream_ca, &echo.ca_pem)
-        .map_err(|e| fail(format!("cannot write {}: {e}", upstream_ca.display())))?;
-    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let opts = agent_vault_proxy::Options {
-        listen,
-        upstream_ca: Some(upstream_ca),
-        allow_private_upstreams: true,
-        audit: None,
-        key: Some(broker_key),
+    let write = |name: &str, data: &[u8]| {
+        let file = base.join(name);
+        std::fs::write(&file, data)
+            .map_err(|e| fail(format!("cannot write {}: {e}", file.display())))
+            .map(|()| file)
     };
-    let broker = Arc::new(
-        agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
-    );
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(agent_vault_proxy::serve(broker, listener, async {
-        let _ = stopped.await;
-    }));
+    let upstream_ca = write("upstream-ca.pem", echo.ca_pem.as_bytes())?;
+    let broker_ca = write("broker-ca.pem", &vault.ca_cert()?)?;
+    let socket = base.join("broker.sock");
+    let served = serve(runtime, vault, broker_key, upstream_ca, &socket)?;
+    let addr = served.addr;
 
     let identity = vault.keys().load(owner, vault.id())?;
-    let (token, _) = agent_vault_core::broker::issue_token(
-        vault,
-        &identity,
-        &vault.manifest()?,
-        &"demo-bot".parse()?,
-        600,
-        &[],
-        None,
-    )?;
+    let manifest = vault.manifest()?;
+    let bot = "demo-bot".parse()?;
+    let mint = || -> CliResult<String> {
+        let (token, _) = agent_vault_core::broker::issue_token(
+            vault,
+            &identity,
+            &manifest,
+            &bot,
+            600,
+            &[],
+            None,
+        )?;
+        Ok(token)
+    };
     line(format!(
-        "7. broker on {addr}; token issued to demo-bot for 10 minutes"
+        "7. broker on {addr}; demo-bot's tokens (10 minutes) come from this process"
     ))?;
 
-    let client = agent_vault_mcp::request::Broker::new(
-        addr.to_string(),
-        "demo-bot",
-        &token,
-        vault.ca_cert()?.as_slice(),
-    )
-    .map_err(fail)?;
-    let target =
-        agent_vault_mcp::request::parse_url(&format!("https://{host}/v1/echo")).map_err(fail)?;
-    let seen =
-        agent_vault_mcp::request::send(&client, &target, "GET", &BTreeMap::new(), None, 64 * 1024)
-            .await
-            .map_err(fail)?;
-    let _ = stop.send(());
-    let _ = server.await;
+    let seen = agent::run(agent::Start {
+        url: format!("https://{host}/v1/echo"),
+        socket,
+        proxy_tcp: addr.to_string(),
+        env: crate::broker::ca_env(&broker_ca),
+        hide_dirs: vec![
+            vault.keys().root().to_path_buf(),
+            vault.dir().join(".local"),
+        ],
+        mint: Box::new(mint),
+    })?;
+    let _ = served.stop.send(true);
+    for task in served.tasks {
+        let _ = runtime.block_on(task);
+    }
 
     let expected = format!("Bearer {}", String::from_utf8_lossy(VALUE));
     let upstream_got = echo
@@ -184,9 +183,10 @@ async fn brokered(
         .body
         .contains(std::str::from_utf8(VALUE).unwrap_or_default());
     line(format!(
-        "8. demo-bot: GET https://{host}/v1/echo through the broker: {}",
+        "8. demo-bot, a process of its own: GET https://{host}/v1/echo through the broker: {}",
         seen.status
     ))?;
+    line(format!("   {}", seen.isolation))?;
     line(format!(
         "   the upstream received: Authorization: Bearer <{} bytes>, {}",
         VALUE.len(),
@@ -201,4 +201,69 @@ async fn brokered(
         seen.body.trim_end()
     ))?;
     Ok(seen.status == 200 && upstream_got && !leaked && seen.body.contains("[REDACTED:"))
+}
+
+/// The demo's broker, serving on the runtime.
+struct Served {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+/// Starts the broker on 127.0.0.1 and on the Unix socket `socket`.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    vault: &Vault,
+    broker_key: std::path::PathBuf,
+    upstream_ca: std::path::PathBuf,
+    socket: &Path,
+) -> CliResult<Served> {
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let opts = agent_vault_proxy::Options {
+        listen,
+        upstream_ca: Some(upstream_ca),
+        allow_private_upstreams: true,
+        audit: None,
+        key: Some(broker_key),
+    };
+    let broker = Arc::new(
+        agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
+    );
+    // On TCP, and on a Unix socket for the isolated agent's hand-off.
+    let (listener, unix) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await;
+        let unix = tokio::net::UnixListener::bind(socket);
+        (listener, unix)
+    });
+    let listener =
+        listener.map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
+    let unix = unix.map_err(|e| {
+        fail(format!(
+            "the broker cannot listen on {}: {e}",
+            socket.display()
+        ))
+    })?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| fail(format!("cannot protect {}: {e}", socket.display())))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail(format!("the broker cannot listen on 127.0.0.1: {e}")))?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp = agent_vault_proxy::serve(broker.clone(), listener, stopped(stopping.clone()));
+    let server = runtime.spawn(async move {
+        let _ = tcp.await;
+    });
+    let unix_server = runtime.spawn(agent_vault_proxy::serve_unix(
+        broker,
+        unix,
+        stopped(stopping),
+    ));
+    Ok(Served {
+        addr,
+        stop,
+        tasks: [server, unix_server],
+    })
 }

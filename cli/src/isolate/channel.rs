@@ -7,7 +7,9 @@
 //!   supervisor hands it to the broker and answers [`GO`] (or closes);
 //! - the set-up step, on the Landlock fallback, sends [`TOKEN`]; the
 //!   supervisor answers `AGENT:TOKEN` on a line (the fallback's only way to
-//!   the broker is its TCP port with a token in `HTTPS_PROXY`);
+//!   the broker is its TCP port with a token in `HTTPS_PROXY`), and the
+//!   set-up step says on a line what it enforced: `landlock`, or
+//!   `none: WHY` (see [`read_enforced`]);
 //! - nothing: the socketpair closes (a failure inside).
 
 use std::io::{BufRead, IoSlice, IoSliceMut, Read, Write};
@@ -39,6 +41,22 @@ pub fn stdin_channel() -> Result<UnixStream, String> {
         .try_clone_to_owned()
         .map(UnixStream::from)
         .map_err(|e| format!("the channel to the supervisor: {e}"))
+}
+
+/// The fallback's line after its token: what it enforced, or `None` when
+/// the set-up step ended without saying (CMD did not start).
+pub fn read_enforced(from: &UnixStream) -> Option<super::Enforced> {
+    let mut line = String::new();
+    std::io::BufReader::new(from)
+        .take(16 * 1024)
+        .read_line(&mut line)
+        .ok()?;
+    let line = line.strip_suffix('\n')?;
+    if line == "landlock" {
+        return Some(super::Enforced::LandlockOnly);
+    }
+    line.strip_prefix("none: ")
+        .map(|why| super::Enforced::Nothing(why.to_owned()))
 }
 
 /// Writes one plan frame.

@@ -113,10 +113,31 @@ pub struct Minter<'a> {
     pub ttl: Duration,
 }
 
+/// What an isolated command ran under, as the supervisor learnt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforced {
+    /// User, mount, PID and network namespaces (and Landlock where it is).
+    Namespaces,
+    /// No namespaces; Landlock alone.
+    LandlockOnly,
+    /// Neither: CMD ran as this user, for this reason.
+    Nothing(String),
+}
+
 /// The supervisor: starts the set-up step with `plan`, hands init's
 /// listener to the broker with a token from `minter`, renews it until CMD
 /// ends, and waits for it.
-pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
+pub fn supervise(plan: &Plan, minter: Minter<'_>) -> CliResult<ExitCode> {
+    supervise_with(plan, minter, Stdio::inherit()).map(|(code, _)| code)
+}
+
+/// [`supervise`], with CMD's stdout going to `stdout`; also says what was
+/// enforced (`None`: CMD did not start, the failure said on stderr).
+pub fn supervise_with(
+    plan: &Plan,
+    mut minter: Minter<'_>,
+    stdout: Stdio,
+) -> CliResult<(ExitCode, Option<Enforced>)> {
     let err = |what: &str, e: &dyn std::fmt::Display| CliError::Msg(format!("{what}: {e}"), None);
     let exe = std::env::current_exe().map_err(|e| err("cannot find this program", &e))?;
     let json = serde_json::to_vec(plan).map_err(|e| err("cannot pass the plan on", &e))?;
@@ -125,6 +146,7 @@ pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
     let mut child = Command::new(exe)
         .arg(SETUP)
         .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(stdout)
         .spawn()
         .map_err(|e| err("cannot start the isolation", &e))?;
     // Once for the set-up step, once for init.
@@ -133,6 +155,7 @@ pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
         .map_err(|e| err("cannot pass the plan on", &e))?;
     // Minted while the set-up step works.
     let token = (minter.mint)()?;
+    let mut enforced = None;
     let control = match channel::recv_fd(&ours) {
         Ok(Some((channel::LISTENER, Some(listener)))) => {
             let control = channel::hand_off(&plan.socket, &listener, &token);
@@ -157,6 +180,7 @@ pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
         Ok(Some((channel::TOKEN, _))) => {
             ours.write_all(format!("{}:{token}\n", minter.agent).as_bytes())
                 .map_err(|e| err("cannot pass the token on", &e))?;
+            enforced = channel::read_enforced(&ours);
             None
         }
         // A failure inside, said there.
@@ -167,8 +191,9 @@ pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
         let _ = done.send(child.wait());
     });
     let Some(mut control) = control else {
-        return wait(&status);
+        return wait(&status).map(|code| (code, enforced));
     };
+    enforced = Some(Enforced::Namespaces);
     // Renewed before the last token expires: at about 2/3 of its lifetime
     // (less a second, as tokens count whole seconds).
     let every =
@@ -178,8 +203,10 @@ pub fn supervise(plan: &Plan, mut minter: Minter<'_>) -> CliResult<ExitCode> {
     loop {
         match status.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(done) => return exited(done),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return wait(&status),
+            Ok(done) => return exited(done).map(|code| (code, enforced)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return wait(&status).map(|code| (code, enforced));
+            }
         }
         next = Instant::now() + every;
         if !renewing {

@@ -235,37 +235,48 @@ fn fallback(plan: Plan, why: &str) -> Result<ExitCode, String> {
         .chain(&plan.hide_files)
         .cloned()
         .collect();
-    let userinfo = fallback_token()?;
+    let (userinfo, mut channel) = fallback_token()?;
     let enforced = landlock::restrict(&hidden, port);
-    match &enforced {
-        Ok(what) => eprintln!(
-            "agent-vault: isolation: {why}; Landlock only: {what}; processes outside stay visible; the token is in HTTPS_PROXY and is not renewed"
-        ),
+    // Said to the supervisor too, on a line.
+    let said = match &enforced {
+        Ok(what) => {
+            eprintln!(
+                "agent-vault: isolation: {why}; Landlock only: {what}; processes outside stay visible; the token is in HTTPS_PROXY and is not renewed"
+            );
+            "landlock".to_owned()
+        }
         Err(e) if plan.level == Level::Required => {
             return Err(format!("{why}, and Landlock is unavailable ({e})"));
         }
-        Err(e) => eprintln!(
-            "agent-vault: isolation: NONE enforced: {why}, and Landlock is unavailable ({e})"
-        ),
-    }
+        Err(e) => {
+            eprintln!(
+                "agent-vault: isolation: NONE enforced: {why}, and Landlock is unavailable ({e})"
+            );
+            format!("none: {why}, and Landlock is unavailable ({e})").replace('\n', " ")
+        }
+    };
+    channel
+        .write_all(format!("{said}\n").as_bytes())
+        .map_err(|e| format!("cannot tell the supervisor: {e}"))?;
     let env = plan.proxy_env(&plan.proxy_tcp, Some(&userinfo));
     exec_command(&plan, env)
 }
 
-/// `AGENT:TOKEN` from the supervisor.
-fn fallback_token() -> Result<String, String> {
+/// `AGENT:TOKEN` from the supervisor, and the channel to it.
+fn fallback_token() -> Result<(String, std::os::unix::net::UnixStream), String> {
     let mut channel = channel::stdin_channel()?;
     // The plan's second copy (for an init that is not started) first.
     channel::read_frame(&mut channel)?;
     let err = |e: std::io::Error| format!("no token from the supervisor: {e}");
     channel.write_all(&[channel::TOKEN]).map_err(err)?;
     let mut line = String::new();
-    std::io::BufReader::new(channel)
+    // The supervisor sends nothing after the line until it reads ours.
+    std::io::BufReader::new(&channel)
         .take(16 * 1024)
         .read_line(&mut line)
         .map_err(err)?;
     match line.strip_suffix('\n') {
-        Some(userinfo) => Ok(userinfo.to_owned()),
+        Some(userinfo) => Ok((userinfo.to_owned(), channel)),
         None => Err("no token from the supervisor".into()),
     }
 }

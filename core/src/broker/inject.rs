@@ -298,6 +298,12 @@ impl Plan {
 
 /// The first `{{secret:…}}` left in `text`, if any.
 fn unlisted_placeholder(text: &[u8]) -> Option<String> {
+    // Most texts hold none: looked for in the bytes first, with no copy and
+    // a searcher made once (the placeholder is ASCII, so it is in the bytes
+    // exactly when it is in their lossy reading).
+    static OPEN: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"{{secret:"));
+    OPEN.find(text)?;
     let s = String::from_utf8_lossy(text);
     let start = s.find("{{secret:")?;
     let end = s[start..]

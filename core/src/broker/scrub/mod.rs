@@ -219,6 +219,27 @@ impl Scrubber {
         out
     }
 
+    /// Feeds the stream's last chunk and ends it: what [`Scrubber::push`]
+    /// then [`Scrubber::finish`] return, in one pass over a whole buffer
+    /// when nothing came before it (a body in one chunk).
+    pub fn push_last(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.is_fresh() {
+            return self.replace_all(chunk);
+        }
+        let mut out = self.push(chunk);
+        out.extend(self.finish());
+        out
+    }
+
+    /// Whether nothing has been fed since it was made or last finished.
+    fn is_fresh(&self) -> bool {
+        self.base == 0
+            && self.emitted == 0
+            && self.raw.is_empty()
+            && self.spans.is_empty()
+            && self.progress.iter().all(|p| p.pos == 0)
+    }
+
     /// Ends the stream; returns the rest. The scrubber is then fresh.
     pub fn finish(&mut self) -> Vec<u8> {
         let out = self.finish_inner();
@@ -278,10 +299,45 @@ impl Scrubber {
         if !self.may_match(input) {
             return (input.to_vec(), false);
         }
+        if input.len() <= SLICE {
+            return self.scan_at_once(input);
+        }
         let mut s = self.fresh();
         let mut out = s.push(input);
         out.extend(s.finish_inner());
         (out, s.found)
+    }
+
+    /// [`Scrubber::scan_whole`] of a buffer of at most [`SLICE`] bytes, in
+    /// one pass: each family reads it whole (`at_end`), straight from the
+    /// raw bytes where it reads them one for one (`quick.rs`), else through
+    /// its scanner; the matches are written out as streaming writes them.
+    /// Streaming finds the same matches, only some of them in two goes.
+    fn scan_at_once(&self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut spans = Vec::new();
+        for f in &self.set.families {
+            if quick::linear_spans(f, input, &mut spans) {
+                continue;
+            }
+            let mut p = Progress::default();
+            p.pos = f.family.scan(input, 0, true, &mut p.decoded) as u64;
+            search(f, &p, true, &mut spans);
+        }
+        if spans.is_empty() {
+            return (input.to_vec(), false);
+        }
+        let mut out = Vec::with_capacity(input.len());
+        let mut at = Emitted::default();
+        write_out(
+            &self.set,
+            input,
+            0,
+            &mut spans,
+            input.len() as u64,
+            &mut at,
+            &mut out,
+        );
+        (out, true)
     }
 
     /// Scans what has arrived with every family, writes out what no match
@@ -322,44 +378,80 @@ impl Scrubber {
     /// Writes out the raw bytes before `hold`, each match replaced (a match
     /// that starts before `hold` is replaced whole, even past it).
     fn emit(&mut self, hold: u64, out: &mut Vec<u8>) {
-        self.spans.sort_unstable();
-        self.spans.dedup();
-        let mut rest = Vec::new();
-        for sp in std::mem::take(&mut self.spans) {
-            if sp.start >= hold {
-                rest.push(sp);
-                continue;
-            }
-            if sp.end <= self.emitted {
-                continue;
-            }
-            let stars = self.set.redaction == Redaction::SameLength;
-            if sp.start <= self.emitted && self.marker_until == Some(self.emitted) {
-                // Overlaps (or touches) the marker just written: extend it.
-                if stars {
-                    out.resize(out.len() + (sp.end - self.emitted) as usize, b'*');
-                }
-            } else {
-                let start = sp.start.max(self.emitted);
-                out.extend_from_slice(self.raw_range(self.emitted, start));
-                if stars {
-                    out.resize(out.len() + (sp.end - start) as usize, b'*');
-                } else {
-                    out.extend_from_slice(&self.set.markers[sp.label]);
-                }
-            }
-            self.emitted = sp.end;
-            self.marker_until = Some(sp.end);
-        }
-        self.spans = rest;
-        if hold > self.emitted {
-            out.extend_from_slice(self.raw_range(self.emitted, hold));
-            self.emitted = hold;
-        }
+        let mut at = Emitted {
+            upto: self.emitted,
+            marker_until: self.marker_until,
+        };
+        write_out(
+            &self.set,
+            &self.raw,
+            self.base,
+            &mut self.spans,
+            hold,
+            &mut at,
+            out,
+        );
+        self.emitted = at.upto;
+        self.marker_until = at.marker_until;
     }
+}
 
-    fn raw_range(&self, from: u64, to: u64) -> &[u8] {
-        &self.raw[(from - self.base) as usize..(to - self.base) as usize]
+/// How far output has been written.
+#[derive(Default)]
+struct Emitted {
+    /// Raw offset up to which output has been produced.
+    upto: u64,
+    /// Where the last marker written ends, if output ends with one.
+    marker_until: Option<u64>,
+}
+
+/// Writes out `raw` (its first byte at offset `base`) from `at` up to
+/// `hold`, each match in `spans` replaced (a match that starts before
+/// `hold` is replaced whole, even past it; adjacent or overlapping ones by
+/// one marker); the matches that start at `hold` or later stay in `spans`.
+fn write_out(
+    set: &Set,
+    raw: &[u8],
+    base: u64,
+    spans: &mut Vec<Span>,
+    hold: u64,
+    at: &mut Emitted,
+    out: &mut Vec<u8>,
+) {
+    let range = |from: u64, to: u64| &raw[(from - base) as usize..(to - base) as usize];
+    spans.sort_unstable();
+    spans.dedup();
+    let mut rest = Vec::new();
+    for sp in std::mem::take(spans) {
+        if sp.start >= hold {
+            rest.push(sp);
+            continue;
+        }
+        if sp.end <= at.upto {
+            continue;
+        }
+        let stars = set.redaction == Redaction::SameLength;
+        if sp.start <= at.upto && at.marker_until == Some(at.upto) {
+            // Overlaps (or touches) the marker just written: extend it.
+            if stars {
+                out.resize(out.len() + (sp.end - at.upto) as usize, b'*');
+            }
+        } else {
+            let start = sp.start.max(at.upto);
+            out.extend_from_slice(range(at.upto, start));
+            if stars {
+                out.resize(out.len() + (sp.end - start) as usize, b'*');
+            } else {
+                out.extend_from_slice(&set.markers[sp.label]);
+            }
+        }
+        at.upto = sp.end;
+        at.marker_until = Some(sp.end);
+    }
+    *spans = rest;
+    if hold > at.upto {
+        out.extend_from_slice(range(at.upto, hold));
+        at.upto = hold;
     }
 }
 

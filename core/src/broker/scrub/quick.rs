@@ -11,9 +11,9 @@
 
 use memchr::{memchr, memchr3};
 
-use super::FamilyPatterns;
 use super::escapes;
-use super::family::Family;
+use super::family::{Family, is_base64};
+use super::{FamilyPatterns, Span};
 
 /// Whether `raw` holds a byte after which `f`'s scanner may read other
 /// than one byte for one byte.
@@ -67,20 +67,60 @@ pub(super) fn may_match(f: &FamilyPatterns, raw: &[u8]) -> bool {
         .any(|((p, _), &(r1, _))| occurs(f.family, raw, &p.bytes, r1))
 }
 
-/// Whether `p` occurs in `plain` of `raw`: candidates where its byte at
-/// `r1` may be (found with memchr), checked whole.
+/// Whether `p` occurs in `plain` of `raw`.
 fn occurs(f: Family, raw: &[u8], p: &[u8], r1: usize) -> bool {
-    let Some(last) = raw.len().checked_sub(p.len()) else {
-        return false;
+    occurrences(f, raw, p, r1).next().is_some()
+}
+
+/// Every place `p` occurs in `plain` of `raw` (overlapping ones too):
+/// candidates where its byte at `r1` may be (found with memchr), checked
+/// whole.
+fn occurrences<'a>(
+    f: Family,
+    raw: &'a [u8],
+    p: &'a [u8],
+    r1: usize,
+) -> impl Iterator<Item = usize> + 'a {
+    let region = match raw.len().checked_sub(p.len()) {
+        Some(last) => &raw[r1..=last + r1],
+        None => &[][..],
     };
-    let region = &raw[r1..=last + r1];
     let (a, b) = sources(f, p[r1]);
-    memchr::memchr2_iter(a, b, region).any(|s| {
+    memchr::memchr2_iter(a, b, region).filter(move |&s| {
         raw[s..s + p.len()]
             .iter()
             .zip(p)
             .all(|(&r, &q)| plain(f, r) == q)
     })
+}
+
+/// When `f`'s scanner reads all of `raw` one byte for one byte (no byte of
+/// [`has_special`] in it), adds the span of every match its search finds
+/// in `raw` read whole (`at_end`), raw offsets from 0, and returns `true`;
+/// else `false`, and adds nothing. As `search` does on the scanned stream,
+/// which is here `plain` of each byte at the byte's own offset.
+pub(super) fn linear_spans(f: &FamilyPatterns, raw: &[u8], spans: &mut Vec<Span>) -> bool {
+    if has_special(f.family, raw) {
+        return false;
+    }
+    let base64_at = |i: usize| is_base64(plain(f.family, raw[i]));
+    for ((pattern, label), &(r1, _)) in f.patterns.iter().zip(&f.rare) {
+        for m in occurrences(f.family, raw, &pattern.bytes, r1) {
+            let (mut s, mut e) = (m, m + pattern.bytes.len());
+            if pattern.left && s > 0 && base64_at(s - 1) {
+                s -= 1;
+            }
+            if pattern.right && e < raw.len() && base64_at(e) {
+                e += 1;
+            }
+            spans.push(Span {
+                start: s as u64,
+                end: e as u64,
+                label: *label,
+            });
+        }
+    }
+    true
 }
 
 #[cfg(test)]

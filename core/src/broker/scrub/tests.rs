@@ -436,3 +436,43 @@ proptest::proptest! {
         proptest::prop_assert_eq!(s.scrubbed(&input), found.then_some(streamed));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// A body in one chunk is scrubbed in one pass (`push_last`, and the
+    /// whole-buffer scan it uses): the same bytes as streaming it in any
+    /// chunks, with two values (overlapping ones too), either redaction,
+    /// and arbitrary bytes around them.
+    #[test]
+    fn one_pass_is_the_stream_for_two_values_and_any_bytes(
+        a in text(4..10),
+        b in text(4..10),
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        kind in 0u8..6,
+        seed in proptest::prelude::any::<u64>(),
+        stars in proptest::prelude::any::<bool>(),
+        cuts in proptest::collection::vec(0usize..300, 0..3),
+    ) {
+        let t = transform(seed, kind);
+        let mut inner = noise.clone();
+        inner.extend_from_slice(a.as_bytes());
+        inner.extend_from_slice(&a.as_bytes()[a.len() / 2..]);
+        inner.extend_from_slice(b.as_bytes());
+        inner.extend_from_slice(&noise);
+        let input = encode(t, &inner);
+        let redaction = if stars { Redaction::SameLength } else { Redaction::Marker };
+        let s = Scrubber::new([(a.as_bytes(), "g/a"), (b.as_bytes(), "g/b")], redaction);
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let streamed = scrub_split(&s, &input, &cuts);
+        proptest::prop_assert_eq!(&s.fresh().push_last(&input), &streamed);
+        proptest::prop_assert_eq!(&s.replace_all(&input), &streamed);
+        // After a first chunk, the last one goes through the stream.
+        let mut fed = s.fresh();
+        let half = input.len() / 2;
+        let mut out = fed.push(&input[..half]);
+        out.extend(fed.push_last(&input[half..]));
+        proptest::prop_assert_eq!(&out, &streamed);
+    }
+}
