@@ -19,11 +19,13 @@ use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::admin::Health;
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
+use crate::metrics::{Metrics, ServiceMeter};
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.
@@ -39,6 +41,9 @@ pub struct Options {
     pub audit: Option<PathBuf>,
     /// The broker's key file (default: the vault's in the key store).
     pub key: Option<PathBuf>,
+    /// Count requests, refusals and the rest in [`Broker::metrics`] (for
+    /// `proxy --admin`); off, counting costs nothing.
+    pub metrics: bool,
 }
 
 /// The vault as the broker last read it: core's reader on a manifest and
@@ -66,6 +71,8 @@ pub(crate) struct Prepared {
     pub(crate) scrub: Scrubber,
     /// Same-length masks, for WebSocket frames.
     pub(crate) mask: Scrubber,
+    /// The service's metric handles, looked up once with the plan.
+    pub(crate) meter: ServiceMeter,
 }
 
 impl std::ops::Deref for Prepared {
@@ -102,6 +109,8 @@ pub struct Broker {
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) allow_private: bool,
     pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    health: Health,
 }
 
 impl Broker {
@@ -137,6 +146,17 @@ impl Broker {
 
         let upstreams =
             Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
+        let metrics = if opts.metrics {
+            Metrics::on()
+        } else {
+            Metrics::off()
+        };
+        let audit = AuditLog::open(opts.audit.as_deref()).map_err(|source| {
+            ProxyError::AuditLog {
+                path: opts.audit.clone().unwrap_or_default(),
+                source,
+            }
+        })?;
         Ok(Broker {
             token_key,
             minter,
@@ -144,14 +164,11 @@ impl Broker {
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(AuditLog::open(opts.audit.as_deref()).map_err(|source| {
-                ProxyError::AuditLog {
-                    path: opts.audit.clone().unwrap_or_default(),
-                    source,
-                }
-            })?),
+            audit: Arc::new(audit.counted(metrics.clone())),
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
+            metrics,
+            health: Health::default(),
         })
     }
 
@@ -205,6 +222,7 @@ impl Broker {
         let plan = Arc::new(Prepared {
             scrub: Scrubber::for_plan(&plan, Redaction::Marker),
             mask: Scrubber::for_plan(&plan, Redaction::SameLength),
+            meter: self.metrics.for_service(name),
             plan,
         });
         if let Ok(mut plans) = snap.plans.lock() {
@@ -226,6 +244,18 @@ impl Broker {
         self.minter.minted()
     }
 
+    /// The broker's metrics (counting only if [`Options::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the broker can serve: what `GET /healthz` answers. A
+    /// feature that finds it cannot (a remote not reached for too long)
+    /// reports it here, and clears it when it can again.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The TLS configuration agents see for `host`: a leaf minted by the
     /// vault's CA, kept in a small cache.
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, LeafError> {
@@ -238,6 +268,7 @@ impl Broker {
             return Ok(c);
         }
         let (cert, key) = self.minter.leaf(host).map_err(LeafError::Mint)?;
+        self.metrics.leaf_minted();
         let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).map_err(LeafError::Pem)?];
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(LeafError::Pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod admin;
 pub mod audit;
 mod authority;
 pub mod body;
@@ -17,6 +18,7 @@ mod handoff;
 mod head;
 mod limits;
 pub mod lru;
+pub mod metrics;
 pub mod net;
 mod passthrough;
 pub mod problem;

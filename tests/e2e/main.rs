@@ -17,6 +17,7 @@ mod hostile_trust;
 mod hostile_vault;
 mod interop;
 mod isolation;
+mod metrics;
 mod owners;
 mod problems;
 mod remotes;

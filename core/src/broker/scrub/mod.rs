@@ -101,6 +101,9 @@ pub struct Scrubber {
     spans: Vec<Span>,
     /// Whether anything was found.
     found: bool,
+    /// Markers (or runs of masks) written since this scrubber was made,
+    /// over every stream it scrubbed (see [`Scrubber::redactions`]).
+    redactions: u64,
 }
 
 impl Scrubber {
@@ -191,6 +194,7 @@ impl Scrubber {
             progress,
             spans: Vec::new(),
             found: false,
+            redactions: 0,
         }
     }
 
@@ -202,6 +206,14 @@ impl Scrubber {
     /// Whether it looks for nothing at all.
     pub fn is_empty(&self) -> bool {
         self.set.families.is_empty()
+    }
+
+    /// How many replacements it has written since it was made (or made
+    /// [`fresh`](Scrubber::fresh)), over every stream it scrubbed: one per
+    /// marker, a run of adjacent or overlapping matches counting once.
+    /// Not reset by [`Scrubber::finish`]. A count, never what was replaced.
+    pub fn redactions(&self) -> u64 {
+        self.redactions
     }
 
     /// Feeds a chunk; returns what may be passed on now.
@@ -340,6 +352,7 @@ impl Scrubber {
                 }
             } else {
                 let start = sp.start.max(self.emitted);
+                self.redactions += 1;
                 out.extend_from_slice(self.raw_range(self.emitted, start));
                 if stars {
                     out.resize(out.len() + (sp.end - start) as usize, b'*');
