@@ -132,9 +132,10 @@ pub fn proxy(
         .parse()
         .map_err(|_| CliError::Msg(format!("--listen {:?} is not HOST:PORT", args.listen), None))?;
     let admin = match &args.admin {
-        Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
-            CliError::Msg(format!("--admin {a:?} is not HOST:PORT"), None)
-        })?),
+        Some(a) => Some(
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|_| CliError::Msg(format!("--admin {a:?} is not HOST:PORT"), None))?,
+        ),
         None => None,
     };
     let opts = agent_vault_proxy::Options {
@@ -165,7 +166,9 @@ pub fn proxy(
                 None => note(format!("broker listening on {bound}")),
             }
             if let Some(admin) = admin {
-                note(format!("admin listening on {admin} (GET /healthz, GET /metrics)"));
+                note(format!(
+                    "admin listening on {admin} (GET /healthz, GET /metrics)"
+                ));
             }
         },
     )

@@ -5,10 +5,9 @@
 //! format; any other path is 404 and any other method 405. It holds no
 //! token and shows no value: names and counts only.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -21,39 +20,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::broker::Broker;
 use crate::error::ProxyError;
+pub use crate::health::Health;
 use crate::limits::HEADER_TIMEOUT;
-
-/// Whether the broker can serve. It can once it has started (its vault
-/// loaded and verified) until some check reports that it cannot: each
-/// check is named, so several can report apart (the fleet's "remote not
-/// reached for too long", say) and `/healthz` lists every failing one.
-#[derive(Debug, Default)]
-pub struct Health {
-    failing: Mutex<BTreeMap<&'static str, String>>,
-}
-
-impl Health {
-    /// The check `check` fails, for this reason (one line; names, never
-    /// values): `/healthz` answers 503 until it passes again.
-    pub fn fail(&self, check: &'static str, reason: impl Into<String>) {
-        self.lock().insert(check, reason.into());
-    }
-
-    /// The check `check` passes (again).
-    pub fn pass(&self, check: &'static str) {
-        self.lock().remove(check);
-    }
-
-    /// The checks failing now, with their reasons; empty when healthy.
-    pub fn failing(&self) -> BTreeMap<&'static str, String> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
-        // A map replaced entry by entry: a poisoned one is still whole.
-        self.failing.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// Binds the admin listener at `addr` (port 0: any free one); returns it
 /// and the address it is bound to.
@@ -69,6 +37,10 @@ pub fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), Pro
 /// (one small runtime, apart from the proxy's), for as long as the process
 /// lives.
 pub fn spawn(broker: Arc<Broker>, listener: std::net::TcpListener) -> Result<(), ProxyError> {
+    // Every reason at 0 from the start.
+    broker
+        .metrics()
+        .reasons(crate::problem::Reason::ALL.iter().map(|r| r.name()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,24 +128,4 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
         HeaderValue::from_static("no-store"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks_fail_and_pass_apart() {
-        let h = Health::default();
-        assert!(h.failing().is_empty());
-        h.fail("remote", "not reached for 10m");
-        h.fail("other", "x");
-        h.pass("other");
-        assert_eq!(
-            h.failing().into_iter().collect::<Vec<_>>(),
-            vec![("remote", "not reached for 10m".to_owned())]
-        );
-        h.pass("remote");
-        assert!(h.failing().is_empty());
-    }
 }

@@ -106,7 +106,14 @@ impl AuditLog {
     /// line, so lines never interleave). A record that cannot be written
     /// (the disk full, the file gone bad) is counted as dropped.
     pub fn write(&self, r: &Record) {
-        self.metrics.record(r);
+        self.metrics.record(&crate::metrics::Seen {
+            service: &r.service,
+            status: r.status,
+            reason: r.reason.as_deref(),
+            secrets: &r.secrets,
+            tunnel: r.tunnel,
+            bytes: (r.bytes_in, r.bytes_out),
+        });
         let Some(f) = &self.file else { return };
         let written = serde_json::to_vec(r).ok().and_then(|mut line| {
             line.push(b'\n');

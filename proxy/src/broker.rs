@@ -19,10 +19,10 @@ use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::admin::Health;
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
+use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 use crate::metrics::{Metrics, ServiceMeter};
@@ -151,12 +151,12 @@ impl Broker {
         } else {
             Metrics::off()
         };
-        let audit = AuditLog::open(opts.audit.as_deref()).map_err(|source| {
-            ProxyError::AuditLog {
+        metrics.services(services.services.keys().map(String::as_str));
+        let audit =
+            AuditLog::open(opts.audit.as_deref()).map_err(|source| ProxyError::AuditLog {
                 path: opts.audit.clone().unwrap_or_default(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Broker {
             token_key,
             minter,

@@ -529,7 +529,8 @@ fn respond(audit: Audited, answered: Answered, host: &str) -> Response<ProxyBody
         // Sent on decoded.
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
-    plan.meter.scrubbed(scrub_head(&mut parts.headers, &scrub, switching));
+    plan.meter
+        .scrubbed(scrub_head(&mut parts.headers, &scrub, switching));
     scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();

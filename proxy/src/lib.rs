@@ -16,6 +16,7 @@ mod error;
 mod forward;
 mod handoff;
 mod head;
+mod health;
 mod limits;
 pub mod lru;
 pub mod metrics;

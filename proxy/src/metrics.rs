@@ -22,7 +22,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::audit::Record;
+/// What the metrics read off an audit record (`crate::audit::Record`).
+pub(crate) struct Seen<'a> {
+    /// The service (empty when none matched).
+    pub(crate) service: &'a str,
+    /// The status the agent got.
+    pub(crate) status: u16,
+    /// The reason, when the broker answered itself.
+    pub(crate) reason: Option<&'a str>,
+    /// The secrets injected, by name.
+    pub(crate) secrets: &'a [String],
+    /// A tunnel service's `CONNECT`.
+    pub(crate) tunnel: bool,
+    /// Bytes from the agent, and to it.
+    pub(crate) bytes: (u64, u64),
+}
 
 /// The `Content-Type` of what [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -194,6 +208,23 @@ impl Metrics {
         Metrics(Some(Arc::new(inner)))
     }
 
+    /// Shows each of these refusal reasons (and the token failures among
+    /// them) at 0 until they move, so a rate over one is defined before
+    /// its first refusal.
+    pub(crate) fn reasons<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        let Some(m) = &self.0 else { return };
+        for reason in reasons {
+            let _ = m.refusals.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+            if let Some(kind) = token_failure(reason) {
+                let _ = m
+                    .token_failures
+                    .get_or_create(&KindLabel { kind: kind.into() });
+            }
+        }
+    }
+
     /// Whether anything is counted.
     pub fn enabled(&self) -> bool {
         self.0.is_some()
@@ -211,30 +242,30 @@ impl Metrics {
 
     /// Counts one request, refusal or tunnel by its audit record: the one
     /// place every request ends (see `crate::audit`).
-    pub(crate) fn record(&self, r: &Record) {
+    pub(crate) fn record(&self, r: &Seen<'_>) {
         let Some(m) = &self.0 else { return };
         if r.tunnel {
             let service = ServiceLabel {
-                service: r.service.clone(),
+                service: r.service.to_owned(),
             };
             m.tunnels.get_or_create(&service).inc();
-            for (direction, n) in [("in", r.bytes_in), ("out", r.bytes_out)] {
+            for (direction, n) in [("in", r.bytes.0), ("out", r.bytes.1)] {
                 let labels = Direction {
-                    service: r.service.clone(),
+                    service: r.service.to_owned(),
                     direction,
                 };
                 m.tunnel_bytes.get_or_create(&labels).inc_by(n);
             }
         } else if !r.service.is_empty() {
             let labels = ServiceStatus {
-                service: r.service.clone(),
+                service: r.service.to_owned(),
                 status: r.status,
             };
             m.requests.get_or_create(&labels).inc();
         }
-        let Some(reason) = &r.reason else {
+        let Some(reason) = r.reason else {
             // The upstream answered: the secrets went with the request.
-            for secret in &r.secrets {
+            for secret in r.secrets {
                 let labels = SecretLabel {
                     secret: secret.clone(),
                 };
@@ -244,7 +275,7 @@ impl Metrics {
         };
         m.refusals
             .get_or_create(&ReasonLabel {
-                reason: reason.clone(),
+                reason: reason.to_owned(),
             })
             .inc();
         if let Some(kind) = token_failure(reason) {
@@ -252,7 +283,7 @@ impl Metrics {
                 .get_or_create(&KindLabel { kind: kind.into() })
                 .inc();
         } else if reason == RATE_LIMITED {
-            self.rate_limited(&r.service);
+            self.rate_limited(r.service);
         }
     }
 
@@ -288,6 +319,18 @@ impl Metrics {
     pub(crate) fn leaf_minted(&self) {
         if let Some(m) = &self.0 {
             m.leaves.inc();
+        }
+    }
+
+    /// Shows each of these services at 0 (their scrubbed values, upstream
+    /// latency and rate-limited requests) until they move.
+    pub(crate) fn services<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let Some(m) = &self.0 else { return };
+        for service in names {
+            let _ = self.for_service(service);
+            let _ = m.rate_limited.get_or_create(&ServiceLabel {
+                service: service.to_owned(),
+            });
         }
     }
 
@@ -345,23 +388,14 @@ impl ServiceMeter {
 mod tests {
     use super::*;
 
-    fn record(service: &str, status: u16, reason: Option<&str>) -> Record {
-        Record {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            agent: "bot".into(),
-            token_id: "t1".into(),
-            service: service.into(),
-            method: "GET".into(),
-            host: "agent-sent.example".into(),
-            path: "/agent/sent".into(),
+    fn record<'a>(service: &'a str, status: u16, reason: Option<&'a str>) -> Seen<'a> {
+        Seen {
+            service,
             status,
-            bytes_in: 3,
-            bytes_out: 5,
-            duration_ms: 1,
-            secrets: vec!["api/token".into()],
-            port: Some(443),
-            reason: reason.map(str::to_owned),
+            reason,
+            secrets: &[],
             tunnel: false,
+            bytes: (3, 5),
         }
     }
 
@@ -378,14 +412,19 @@ mod tests {
     #[test]
     fn a_record_moves_its_families_and_no_host_or_path_becomes_a_label() {
         let m = Metrics::on();
-        m.record(&record("api", 200, None));
+        let secrets = ["api/token".to_owned()];
+        m.record(&Seen {
+            secrets: &secrets,
+            ..record("api", 200, None)
+        });
         m.record(&record("api", 502, Some("upstream-unreachable")));
         m.record(&record("", 407, Some("token-expired")));
         m.record(&record("", 403, Some("host-not-covered")));
         m.record(&record("api", 429, Some("rate-limited")));
-        let mut tunnel = record("model", 200, None);
-        (tunnel.tunnel, tunnel.secrets) = (true, vec![]);
-        m.record(&tunnel);
+        m.record(&Seen {
+            tunnel: true,
+            ..record("model", 200, None)
+        });
         let meter = m.for_service("api");
         meter.scrubbed(2);
         meter.upstream_took(Duration::from_millis(30));
@@ -411,7 +450,6 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
-        assert!(!text.contains("agent-sent") && !text.contains("/agent/sent"));
         // A refusal before any service matched is counted by reason only.
         assert!(!text.contains("service=\"\""), "{text}");
     }

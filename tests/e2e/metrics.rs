@@ -72,8 +72,17 @@ fn setup() -> Setup {
     env.ok(&["broker", "init"]);
     let host = format!("127.0.0.1:{up_port}");
     env.ok(&[
-        "service", "add", "api", "--bearer", "api/token", "--host", &host, "--method", "GET",
-        "--path", "/v1",
+        "service",
+        "add",
+        "api",
+        "--bearer",
+        "api/token",
+        "--host",
+        &host,
+        "--method",
+        "GET",
+        "--path",
+        "/v1",
     ]);
     let broker_ca = env.tmp.path().join("broker-ca.pem");
     std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
@@ -156,7 +165,8 @@ impl Setup {
         );
         assert!(!text.contains(VALUE), "a value in /metrics:\n{text}");
         assert!(!text.contains(&self.token), "a token in /metrics");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/metrics_parse.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/metrics_parse.py");
         let mut py = Command::new("python3")
             .arg(script)
             .stdin(Stdio::piped())
@@ -204,15 +214,37 @@ fn healthz_and_metrics_on_the_admin_listener_only() {
     let (status, head, _) = http(&s.admin, "POST", "/metrics");
     assert_eq!(status, 405);
     assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
-    // Every family is there from the start, the Python parser reads it.
+    // The Python parser reads the page; the service's and the reasons'
+    // series are there at 0 from the start.
     let samples = s.scrape();
     let families: Vec<&str> = samples
         .iter()
         .filter_map(|s| s["family"].as_str())
         .collect();
-    for f in ["agent_vault_leaves_minted", "agent_vault_audit_records_written"] {
+    for f in [
+        "agent_vault_leaves_minted",
+        "agent_vault_audit_records_written",
+        "agent_vault_upstream_latency_seconds",
+    ] {
         assert!(families.contains(&f), "{f} missing: {families:?}");
     }
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        let found = samples
+            .iter()
+            .any(|x| x["name"] == name && labels.iter().all(|(k, v)| x["labels"][*k] == *v));
+        assert!(found, "no {name} {labels:?}");
+        assert_eq!(value(&samples, name, labels), 0.0);
+    };
+    zero(
+        "agent_vault_refusals_total",
+        &[("reason", "host-not-covered")],
+    );
+    zero("agent_vault_token_failures_total", &[("kind", "expired")]);
+    zero("agent_vault_scrubbed_total", &[("service", "api")]);
+    zero(
+        "agent_vault_upstream_latency_seconds_count",
+        &[("service", "api")],
+    );
     // The proxy's listener serves no metrics, with a token or without.
     let proxy = format!("127.0.0.1:{}", s.port);
     let (status, _, body) = http(&proxy, "GET", "/metrics");
@@ -225,7 +257,10 @@ fn healthz_and_metrics_on_the_admin_listener_only() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.starts_with("HTTP/1.1 200") && !out.contains("agent_vault_"), "{out}");
+    assert!(
+        !out.starts_with("HTTP/1.1 200") && !out.contains("agent_vault_"),
+        "{out}"
+    );
     // And the admin listener is no proxy.
     let (status, _, _) = http(&s.admin, "CONNECT", &format!("127.0.0.1:{}", s.up_port));
     assert_eq!(status, 404);
@@ -248,7 +283,10 @@ fn the_admin_listener_binds_only_where_told() {
     assert_ne!(http(&format!("127.0.0.1:{port}"), "GET", "/healthz").0, 200);
     // An address that is no HOST:PORT is refused at start.
     let err = env.fail(&["proxy", "--listen", "127.0.0.1:0", "--admin", "localhost"]);
-    assert!(err.contains("--admin \"localhost\" is not HOST:PORT"), "{err}");
+    assert!(
+        err.contains("--admin \"localhost\" is not HOST:PORT"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -266,7 +304,10 @@ fn counters_move_as_requests_go_through_and_hold_no_value() {
     // (in a header and in the body).
     let out = s.curl(&s.token, &s.api("/v1/x"));
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(out.contains("[REDACTED:api/token]") && !out.contains(VALUE), "{out}");
+    assert!(
+        out.contains("[REDACTED:api/token]") && !out.contains(VALUE),
+        "{out}"
+    );
     let after = s.scrape_until(|m| requests(m) == requests(&before) + 1.0);
     assert_eq!(requests(&after), requests(&before) + 1.0);
     let moved = |name: &str, labels: &[(&str, &str)]| {
@@ -277,10 +318,18 @@ fn counters_move_as_requests_go_through_and_hold_no_value() {
         1.0
     );
     assert_eq!(
-        moved("agent_vault_upstream_latency_seconds_count", &[("service", "api")]),
+        moved(
+            "agent_vault_upstream_latency_seconds_count",
+            &[("service", "api")]
+        ),
         1.0
     );
-    assert!(moved("agent_vault_upstream_latency_seconds_sum", &[("service", "api")]) > 0.0);
+    assert!(
+        moved(
+            "agent_vault_upstream_latency_seconds_sum",
+            &[("service", "api")]
+        ) > 0.0
+    );
     assert_eq!(
         moved("agent_vault_scrubbed_total", &[("service", "api")]),
         2.0,
@@ -296,11 +345,13 @@ fn counters_move_as_requests_go_through_and_hold_no_value() {
     let out = s.curl(&s.token, &s.api("/v2/agent-sent-path"));
     assert!(out.contains("agent-vault-error: path-not-allowed"), "{out}");
     let _ = s.curl(&s.token, "https://agent-sent-host.invalid/");
-    let refusals = |m: &[Value], reason: &str| {
-        value(m, "agent_vault_refusals_total", &[("reason", reason)])
-    };
+    let refusals =
+        |m: &[Value], reason: &str| value(m, "agent_vault_refusals_total", &[("reason", reason)]);
     let after = s.scrape_until(|m| refusals(m, "host-not-covered") == 1.0);
-    assert_eq!(refusals(&after, "path-not-allowed") - refusals(&before, "path-not-allowed"), 1.0);
+    assert_eq!(
+        refusals(&after, "path-not-allowed") - refusals(&before, "path-not-allowed"),
+        1.0
+    );
     assert_eq!(refusals(&after, "host-not-covered"), 1.0);
     assert_eq!(requests(&after), requests(&before), "no request brokered");
     let (_, _, text) = http(&s.admin, "GET", "/metrics");
