@@ -20,6 +20,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 /usr/bin/python3 -c 'import brotli' >/dev/null 2>&1 || need+=(python3-brotli)
 # SigV4 tests: boto3 is the agent's client, botocore checks signatures upstream.
 [ -x /usr/bin/python3 ] && { /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need+=(python3-boto3); }
+# Metrics tests parse /metrics with the Prometheus project's own Python parser.
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 command -v useradd >/dev/null 2>&1 || need+=(passwd)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 # ... and with Node's fetch (undici's ProxyAgent, from tests/e2e/node).
@@ -37,6 +39,7 @@ fi
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
 python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
+python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install -q prometheus-client
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

@@ -131,29 +131,45 @@ pub fn proxy(
         .listen
         .parse()
         .map_err(|_| CliError::Msg(format!("--listen {:?} is not HOST:PORT", args.listen), None))?;
+    let admin = match &args.admin {
+        Some(a) => Some(
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|_| CliError::Msg(format!("--admin {a:?} is not HOST:PORT"), None))?,
+        ),
+        None => None,
+    };
     let opts = agent_vault_proxy::Options {
         listen,
         upstream_ca: args.upstream_ca,
         allow_private_upstreams: args.allow_private_upstreams,
         audit: args.audit,
         key: key_flag,
+        metrics: admin.is_some(),
     };
     let broker = Arc::new(
         agent_vault_proxy::Broker::new(vault, &opts)
             .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
     );
+    let admin = admin.map(|a| start_admin(&broker, a)).transpose()?;
     let unix = args.unix.clone();
     agent_vault_proxy::run(
         broker.clone(),
         listen,
         args.unix.as_deref(),
         None,
-        |bound| match &unix {
-            Some(path) => note(format!(
-                "broker listening on {bound} and {}",
-                path.display()
-            )),
-            None => note(format!("broker listening on {bound}")),
+        |bound| {
+            match &unix {
+                Some(path) => note(format!(
+                    "broker listening on {bound} and {}",
+                    path.display()
+                )),
+                None => note(format!("broker listening on {bound}")),
+            }
+            if let Some(admin) = admin {
+                note(format!(
+                    "admin listening on {admin} (GET /healthz, GET /metrics)"
+                ));
+            }
         },
     )
     .map_err(|e| {
@@ -167,6 +183,24 @@ pub fn proxy(
         broker.leaves_minted()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `proxy --admin`'s listener and serves /healthz and /metrics on
+/// it; returns the bound address.
+fn start_admin(
+    broker: &Arc<agent_vault_proxy::Broker>,
+    addr: std::net::SocketAddr,
+) -> CliResult<std::net::SocketAddr> {
+    use agent_vault_proxy::admin;
+    let fail = |e: agent_vault_proxy::ProxyError| {
+        CliError::Msg(
+            e.to_string(),
+            Some("is something else listening there? pick another --admin".into()),
+        )
+    };
+    let (listener, bound) = admin::bind(addr).map_err(fail)?;
+    admin::spawn(broker.clone(), listener).map_err(fail)?;
+    Ok(bound)
 }
 
 /// `run`.

@@ -302,6 +302,9 @@ pub struct ProxyArgs {
     /// Append one JSON line per request to this file.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// Serve GET /healthz and GET /metrics (Prometheus text format) on this address, plain HTTP, apart from the proxy.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
 }
 
 /// Arguments of `mcp`.

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Metrics;
+
 /// One brokered or refused request: one line of the audit log, as written
 /// and as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,9 +65,11 @@ pub fn records(text: &str) -> impl Iterator<Item = Record> + '_ {
         .filter_map(|l| serde_json::from_str(l).ok())
 }
 
-/// An append-only audit file.
+/// An append-only audit file, and the metrics every record is counted in
+/// (see [`crate::metrics`]).
 pub struct AuditLog {
     file: Option<Mutex<std::fs::File>>,
+    metrics: Metrics,
 }
 
 impl AuditLog {
@@ -82,21 +86,43 @@ impl AuditLog {
             )),
             None => None,
         };
-        Ok(AuditLog { file })
+        Ok(AuditLog {
+            file,
+            metrics: Metrics::off(),
+        })
     }
 
-    /// Whether records go anywhere.
+    /// The same log, its records counted in `metrics` too.
+    pub fn counted(self, metrics: Metrics) -> Self {
+        AuditLog { metrics, ..self }
+    }
+
+    /// Whether records go anywhere (a file, or the metrics).
     pub fn enabled(&self) -> bool {
-        self.file.is_some()
+        self.file.is_some() || self.metrics.enabled()
     }
 
-    /// Writes one record (one `write` of one line, so lines never interleave).
+    /// Counts one record in the metrics and writes it (one `write` of one
+    /// line, so lines never interleave). A record that cannot be written
+    /// (the disk full, the file gone bad) is counted as dropped.
     pub fn write(&self, r: &Record) {
+        self.metrics.record(&crate::metrics::Seen {
+            service: &r.service,
+            status: r.status,
+            reason: r.reason.as_deref(),
+            secrets: &r.secrets,
+            tunnel: r.tunnel,
+            bytes: (r.bytes_in, r.bytes_out),
+        });
         let Some(f) = &self.file else { return };
-        let mut line = serde_json::to_vec(r).unwrap_or_default();
-        line.push(b'\n');
-        if let Ok(mut f) = f.lock() {
-            let _ = f.write_all(&line);
+        let written = serde_json::to_vec(r).ok().and_then(|mut line| {
+            line.push(b'\n');
+            let mut f = f.lock().ok()?;
+            f.write_all(&line).ok()
+        });
+        match written {
+            Some(()) => self.metrics.audit_written(),
+            None => self.metrics.audit_dropped(),
         }
     }
 }

@@ -15,6 +15,8 @@ use hyper::HeaderMap;
 use hyper::body::{Body, Frame};
 use hyper::header::HeaderValue;
 
+use crate::metrics::ServiceMeter;
+
 /// Called once when the body ends (or is dropped), with the bytes it carried.
 pub type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
 
@@ -52,12 +54,32 @@ impl Replace for StreamReplace {
 }
 
 /// A response body's way to the agent: decoded from its
-/// `Content-Encoding` (if it has one), then scrubbed.
+/// `Content-Encoding` (if it has one), then scrubbed; the values it
+/// replaced are counted when it is dropped.
 pub struct Scrub {
     /// The body's decoder, if it is encoded.
     pub decode: Option<Decompress>,
     /// The scrubbing engine.
     pub scrub: Scrubber,
+    /// Where its replacements are counted.
+    pub meter: ServiceMeter,
+}
+
+impl Scrub {
+    /// Decodes with `decode`, scrubs with `scrub`, counts in `meter`.
+    pub fn new(decode: Option<Decompress>, scrub: Scrubber, meter: ServiceMeter) -> Self {
+        Scrub {
+            decode,
+            scrub,
+            meter,
+        }
+    }
+}
+
+impl Drop for Scrub {
+    fn drop(&mut self) {
+        self.meter.scrubbed(self.scrub.redactions());
+    }
 }
 
 impl Replace for Scrub {

@@ -22,9 +22,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
+use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 use crate::ratelimit::RateLimits;
+use crate::metrics::{Metrics, ServiceMeter};
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.
@@ -40,6 +42,9 @@ pub struct Options {
     pub audit: Option<PathBuf>,
     /// The broker's key file (default: the vault's in the key store).
     pub key: Option<PathBuf>,
+    /// Count requests, refusals and the rest in [`Broker::metrics`] (for
+    /// `proxy --admin`); off, counting costs nothing.
+    pub metrics: bool,
 }
 
 /// The vault as the broker last read it: core's reader on a manifest and
@@ -74,6 +79,8 @@ pub(crate) struct Prepared {
     pub(crate) names: Scrubber,
     /// The plan's secrets by name, as each request's audit record lists them.
     pub(crate) secret_names: Vec<String>,
+    /// The service's metric handles, looked up once with the plan.
+    pub(crate) meter: ServiceMeter,
 }
 
 impl std::ops::Deref for Prepared {
@@ -113,6 +120,8 @@ pub struct Broker {
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) allow_private: bool,
     pub(crate) limits: Limits,
+    pub(crate) metrics: Metrics,
+    health: Health,
 }
 
 impl Broker {
@@ -148,6 +157,17 @@ impl Broker {
 
         let upstreams =
             Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
+        let metrics = if opts.metrics {
+            Metrics::on()
+        } else {
+            Metrics::off()
+        };
+        metrics.services(services.services.keys().map(String::as_str));
+        let audit =
+            AuditLog::open(opts.audit.as_deref()).map_err(|source| ProxyError::AuditLog {
+                path: opts.audit.clone().unwrap_or_default(),
+                source,
+            })?;
         Ok(Broker {
             token_key,
             minter,
@@ -155,14 +175,11 @@ impl Broker {
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(AuditLog::open(opts.audit.as_deref()).map_err(|source| {
-                ProxyError::AuditLog {
-                    path: opts.audit.clone().unwrap_or_default(),
-                    source,
-                }
-            })?),
+            audit: Arc::new(audit.counted(metrics.clone())),
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
+            metrics,
+            health: Health::default(),
         })
     }
 
@@ -219,6 +236,7 @@ impl Broker {
             scrub,
             mask: Scrubber::for_plan(&plan, Redaction::SameLength),
             secret_names: plan.secrets().iter().map(|s| s.to_string()).collect(),
+            meter: self.metrics.for_service(name),
             plan,
         });
         if let Ok(mut plans) = snap.plans.lock() {
@@ -240,6 +258,18 @@ impl Broker {
         self.minter.minted()
     }
 
+    /// The broker's metrics (counting only if [`Options::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether the broker can serve: what `GET /healthz` answers. A
+    /// feature that finds it cannot (a remote not reached for too long)
+    /// reports it here, and clears it when it can again.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// The TLS configuration agents see for `host`: a leaf minted by the
     /// vault's CA, kept in a small cache.
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, LeafError> {
@@ -252,6 +282,7 @@ impl Broker {
             return Ok(c);
         }
         let (cert, key) = self.minter.leaf(host).map_err(LeafError::Mint)?;
+        self.metrics.leaf_minted();
         let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).map_err(LeafError::Pem)?];
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(LeafError::Pem)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -319,8 +319,12 @@ async fn exchange(
     let response = b
         .upstreams
         .send(host, t.port, t.addr, t.https, websocket, upstream_req);
+    let sent = Instant::now();
     let upstream = match tokio::time::timeout(UPSTREAM_ANSWER, response).await {
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => {
+            plan.meter.upstream_took(sent.elapsed());
+            r
+        }
         Ok(Err(e)) => return Err(Refusal::Upstream(e)),
         Err(_) => {
             return Err(Refusal::Timeout {
@@ -513,7 +517,8 @@ fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<Proxy
     // An upgraded connection is audited when it closes.
     let audit = if switching && let Some(agent_upgrade) = agent_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut upstream);
-        splice(audit, agent_upgrade, upstream_upgrade, plan.mask.fresh());
+        let scrub = (plan.mask.fresh(), plan.meter.clone());
+        splice(audit, agent_upgrade, upstream_upgrade, scrub);
         None
     } else {
         Some(audit)
@@ -547,7 +552,8 @@ fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<Proxy
         // Sent on decoded.
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
-    scrub_head(&mut parts.headers, &scrub, &plan.names, switching);
+    plan.meter
+        .scrubbed(scrub_head(&mut parts.headers, &scrub, &plan.names, switching));
     scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
@@ -555,14 +561,19 @@ fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<Proxy
             audit.bytes(bytes_in.load(Ordering::Relaxed), n);
         })
     });
-    let body = Rewritten::new(body, Scrub { decode, scrub }, on_end);
+    let body = Rewritten::new(body, Scrub::new(decode, scrub, plan.meter.clone()), on_end);
     Response::from_parts(parts, body.boxed())
 }
 
 /// The response's headers: hop-by-hop ones out (but those of an upgrade),
 /// every injected value scrubbed (`names`: the same values lower-cased,
-/// for header names).
-fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, names: &Scrubber, switching: bool) {
+/// for header names); returns how many values were.
+fn scrub_head(
+    headers: &mut HeaderMap,
+    scrub: &Scrubber,
+    names: &Scrubber,
+    switching: bool,
+) -> u64 {
     // Only the broker's own answers carry it.
     headers.remove(crate::problem::ERROR_HEADER);
     // Edited in place: most responses carry no injected value, and their
@@ -580,12 +591,15 @@ fn scrub_head(headers: &mut HeaderMap, scrub: &Scrubber, names: &Scrubber, switc
     if !scrub.is_empty() {
         headers.remove(hyper::header::CONTENT_LENGTH);
     }
+    let mut scrubbed = 0;
     for v in headers.values_mut() {
         if let Some(clean) = scrub.scrubbed(v.as_bytes()) {
             *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
+            scrubbed += 1;
         }
     }
     drop_named(headers, names);
+    scrubbed
 }
 
 /// The most a compressed response body may decode to.

@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod admin;
 pub mod audit;
 mod authority;
 pub mod body;
@@ -15,8 +16,10 @@ mod error;
 mod forward;
 mod handoff;
 mod head;
+mod health;
 mod limits;
 pub mod lru;
+pub mod metrics;
 pub mod net;
 mod passthrough;
 pub mod problem;

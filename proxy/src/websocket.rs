@@ -10,15 +10,23 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::audit::Audited;
+use crate::metrics::ServiceMeter;
 
 /// Joins the two sides of an upgraded (WebSocket) connection once both
-/// have switched; the record (status 101, bytes each way) is written when
-/// they close.
-pub(crate) fn splice(mut audit: Audited, agent: OnUpgrade, upstream: OnUpgrade, scrub: Scrubber) {
+/// have switched, scrubbing with `scrub` (its replacements counted in the
+/// meter); the record (status 101, bytes each way) is written when they
+/// close.
+pub(crate) fn splice(
+    mut audit: Audited,
+    agent: OnUpgrade,
+    upstream: OnUpgrade,
+    (scrub, meter): (Scrubber, ServiceMeter),
+) {
     audit.record.status = 101;
     tokio::spawn(async move {
         if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
-            let (to_agent, to_upstream) = join(TokioIo::new(a), TokioIo::new(u), scrub).await;
+            let (to_agent, to_upstream) =
+                join(TokioIo::new(a), TokioIo::new(u), scrub, &meter).await;
             audit.bytes(to_upstream, to_agent);
         }
         drop(audit);
@@ -29,7 +37,7 @@ pub(crate) fn splice(mut audit: Audited, agent: OnUpgrade, upstream: OnUpgrade, 
 /// upstream pass as they are; frames to the agent are scrubbed (see
 /// [`frames`]), and a frame the broker cannot scrub ends the connection.
 /// Returns (to agent, to upstream).
-async fn join<A, U>(agent: A, upstream: U, scrub: Scrubber) -> (u64, u64)
+async fn join<A, U>(agent: A, upstream: U, scrub: Scrubber, meter: &ServiceMeter) -> (u64, u64)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -58,10 +66,12 @@ where
             };
             total += out.len() as u64;
             if agent_w.write_all(&out).await.is_err() {
+                meter.scrubbed(frames.redactions());
                 return total;
             }
         }
         let rest = frames.finish();
+        meter.scrubbed(frames.redactions());
         total += rest.len() as u64;
         let _ = agent_w.write_all(&rest).await;
         let _ = agent_w.shutdown().await;

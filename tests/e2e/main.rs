@@ -19,6 +19,7 @@ mod hostile_vault;
 mod interop;
 mod isolation;
 mod limits;
+mod metrics;
 mod owners;
 mod problems;
 mod remotes;

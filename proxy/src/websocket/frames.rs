@@ -71,6 +71,8 @@ pub(crate) struct Frames {
     queue: VecDeque<Outgoing>,
     /// Scrubbed payload bytes not yet placed in their frames.
     payload: VecDeque<u8>,
+    /// Runs masked in control frames (each scrubbed whole, apart).
+    control_redactions: u64,
 }
 
 impl Frames {
@@ -81,6 +83,7 @@ impl Frames {
             reading: Reading::Header(Vec::with_capacity(14)),
             queue: VecDeque::new(),
             payload: VecDeque::new(),
+            control_redactions: 0,
         }
     }
 
@@ -99,6 +102,11 @@ impl Frames {
         let rest = self.scrub.finish();
         self.payload.extend(rest);
         self.drain()
+    }
+
+    /// How many runs of matches were masked so far (control frames' too).
+    pub(crate) fn redactions(&self) -> u64 {
+        self.scrub.redactions() + self.control_redactions
     }
 
     /// Reads one step of `input`; returns what is left of it.
@@ -203,7 +211,9 @@ impl Frames {
     /// A control frame's payload has been read whole: scrubs it.
     fn end_control(&mut self, mut frame: Vec<u8>) -> Result<(), Violation> {
         let at = header_len(&frame);
-        let clean = self.scrub.fresh().replace_all(&frame[at..]);
+        let mut control = self.scrub.fresh();
+        let clean = control.push_last(&frame[at..]);
+        self.control_redactions += control.redactions();
         if clean.len() != frame.len() - at {
             return Err(Violation::Resized);
         }

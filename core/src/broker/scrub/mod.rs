@@ -100,8 +100,9 @@ pub struct Scrubber {
     progress: Vec<Progress>,
     /// Matches not yet written out.
     spans: Vec<Span>,
-    /// Whether anything was found.
-    found: bool,
+    /// Markers (or runs of masks) written since this scrubber was made,
+    /// over every stream it scrubbed (see [`Scrubber::redactions`]).
+    redactions: u64,
 }
 
 impl Scrubber {
@@ -191,7 +192,7 @@ impl Scrubber {
             marker_until: None,
             progress,
             spans: Vec::new(),
-            found: false,
+            redactions: 0,
         }
     }
 
@@ -203,6 +204,14 @@ impl Scrubber {
     /// Whether it looks for nothing at all.
     pub fn is_empty(&self) -> bool {
         self.set.families.is_empty()
+    }
+
+    /// How many replacements it has written since it was made (or made
+    /// [`fresh`](Scrubber::fresh)), over every stream it scrubbed: one per
+    /// marker, a run of adjacent or overlapping matches counting once.
+    /// Not reset by [`Scrubber::finish`]. A count, never what was replaced.
+    pub fn redactions(&self) -> u64 {
+        self.redactions
     }
 
     /// Feeds a chunk; returns what may be passed on now.
@@ -224,7 +233,9 @@ impl Scrubber {
     /// when nothing came before it (a body in one chunk).
     pub fn push_last(&mut self, chunk: &[u8]) -> Vec<u8> {
         if self.is_fresh() {
-            return self.replace_all(chunk);
+            let (out, redactions) = self.scan_whole(chunk);
+            self.redactions += redactions;
+            return out;
         }
         let mut out = self.push(chunk);
         out.extend(self.finish());
@@ -258,7 +269,6 @@ impl Scrubber {
             p.decoded.clear();
         }
         self.spans.clear();
-        self.found = false;
     }
 
     fn finish_inner(&mut self) -> Vec<u8> {
@@ -280,13 +290,14 @@ impl Scrubber {
         if !self.may_match(input) {
             return None;
         }
-        let (out, found) = self.scan_whole(input);
+        let (out, redactions) = self.scan_whole(input);
+        let found = redactions > 0;
         found.then_some(out)
     }
 
     /// Whether `input` holds any of the values, in any family.
     pub fn finds(&self, input: &[u8]) -> bool {
-        self.may_match(input) && self.scan_whole(input).1
+        self.may_match(input) && self.scan_whole(input).1 > 0
     }
 
     /// Whether some family may find something in `input` scanned whole:
@@ -295,9 +306,10 @@ impl Scrubber {
         self.set.families.iter().any(|f| quick::may_match(f, input))
     }
 
-    fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, bool) {
+    /// `input` scrubbed, and how many runs of matches were replaced.
+    fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, u64) {
         if !self.may_match(input) {
-            return (input.to_vec(), false);
+            return (input.to_vec(), 0);
         }
         if input.len() <= SLICE {
             return self.scan_at_once(input);
@@ -305,7 +317,7 @@ impl Scrubber {
         let mut s = self.fresh();
         let mut out = s.push(input);
         out.extend(s.finish_inner());
-        (out, s.found)
+        (out, s.redactions)
     }
 
     /// [`Scrubber::scan_whole`] of a buffer of at most [`SLICE`] bytes, in
@@ -313,7 +325,7 @@ impl Scrubber {
     /// raw bytes where it reads them one for one (`quick.rs`), else through
     /// its scanner; the matches are written out as streaming writes them.
     /// Streaming finds the same matches, only some of them in two goes.
-    fn scan_at_once(&self, input: &[u8]) -> (Vec<u8>, bool) {
+    fn scan_at_once(&self, input: &[u8]) -> (Vec<u8>, u64) {
         let mut spans = Vec::new();
         for f in &self.set.families {
             if quick::linear_spans(f, input, &mut spans) {
@@ -324,7 +336,7 @@ impl Scrubber {
             search(f, &p, true, &mut spans);
         }
         if spans.is_empty() {
-            return (input.to_vec(), false);
+            return (input.to_vec(), 0);
         }
         let mut out = Vec::with_capacity(input.len());
         let mut at = Emitted::default();
@@ -337,7 +349,7 @@ impl Scrubber {
             &mut at,
             &mut out,
         );
-        (out, true)
+        (out, at.redactions)
     }
 
     /// Scans what has arrived with every family, writes out what no match
@@ -363,7 +375,6 @@ impl Scrubber {
         if at_end {
             hold = end;
         }
-        self.found |= !self.spans.is_empty();
         self.emit(hold, out);
         let needed = self
             .progress
@@ -381,6 +392,7 @@ impl Scrubber {
         let mut at = Emitted {
             upto: self.emitted,
             marker_until: self.marker_until,
+            redactions: 0,
         };
         write_out(
             &self.set,
@@ -393,6 +405,7 @@ impl Scrubber {
         );
         self.emitted = at.upto;
         self.marker_until = at.marker_until;
+        self.redactions += at.redactions;
     }
 }
 
@@ -403,6 +416,8 @@ struct Emitted {
     upto: u64,
     /// Where the last marker written ends, if output ends with one.
     marker_until: Option<u64>,
+    /// Runs of matches replaced.
+    redactions: u64,
 }
 
 /// Writes out `raw` (its first byte at offset `base`) from `at` up to
@@ -438,6 +453,7 @@ fn write_out(
             }
         } else {
             let start = sp.start.max(at.upto);
+            at.redactions += 1;
             out.extend_from_slice(range(at.upto, start));
             if stars {
                 out.resize(out.len() + (sp.end - start) as usize, b'*');

@@ -186,6 +186,33 @@ fn two_values_overlapping_matches_become_one_marker() {
 }
 
 #[test]
+fn redactions_are_counted_across_streams_and_runs_count_once() {
+    let s = Scrubber::new(
+        [(&b"abcdef"[..], "a/one"), (&b"defghi"[..], "a/two")],
+        Redaction::Marker,
+    );
+    let mut one = s.fresh();
+    assert_eq!(one.redactions(), 0);
+    // Overlapping matches: one marker, one count; then a second marker
+    // split over two chunks.
+    let mut out = one.push(b"x abcdefghi y abc");
+    out.extend(one.push(b"def z"));
+    out.extend(one.finish());
+    assert_eq!(out, b"x [REDACTED:a/one] y [REDACTED:a/one] z");
+    assert_eq!(one.redactions(), 2);
+    // `finish` starts a new stream, not a new count.
+    let _ = one.push(b"defghi");
+    let _ = one.finish();
+    assert_eq!(one.redactions(), 3);
+    assert_eq!(one.fresh().redactions(), 0);
+    // Same-length masks count runs too.
+    let mut masks = Scrubber::new([(&b"tok-123456"[..], LABEL)], Redaction::SameLength);
+    let _ = masks.push(b"a tok-123456 b tok-123456");
+    let _ = masks.finish();
+    assert_eq!(masks.redactions(), 2);
+}
+
+#[test]
 fn every_family_every_offset_every_two_and_three_way_split() {
     // Exhaustive over cut points for one value and a spread of encoders.
     let value = b"Sk_l1ve/x+y z&%\"e";
