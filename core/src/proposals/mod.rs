@@ -106,6 +106,9 @@ pub struct Listing {
 /// How long proposals' git traffic may take.
 pub const TIMEOUT: Duration = crate::git::pull::DEFAULT_TIMEOUT;
 
+/// The verified proposals with their status, and the refused ones.
+type Gathered = (Vec<(Verified, Status)>, Vec<Refused>);
+
 /// A proposal as found, verified.
 struct Verified {
     proposal: Proposal,
@@ -122,7 +125,7 @@ fn open_repo(vault: &Vault) -> Result<VaultRepo> {
 
 /// Every proposal found, verified against `manifest`; the per-agent cap
 /// applies to pending ones (the oldest [`MAX_PENDING_PER_AGENT`] count).
-fn gather(vault: &Vault, manifest: &Manifest) -> Result<(Vec<(Verified, Status)>, Vec<Refused>)> {
+fn gather(vault: &Vault, manifest: &Manifest) -> Result<Gathered> {
     let repo = open_repo(vault)?;
     let (found, unreadable) = branch::found(&repo)?;
     let mut refused: Vec<Refused> = unreadable
