@@ -8,7 +8,7 @@ fn tool_schemas_match_the_snapshots() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemas");
     let update = std::env::var_os("AGENT_VAULT_UPDATE_SCHEMAS").is_some();
     let tools = agent_vault_mcp::tools();
-    assert_eq!(tools.len(), 4);
+    assert_eq!(tools.len(), 6);
     for tool in tools {
         let got = serde_json::Value::Object(tool.input_schema.as_ref().clone());
         let path = dir.join(format!("{}.json", tool.name));

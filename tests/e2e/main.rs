@@ -22,6 +22,7 @@ mod limits;
 mod metrics;
 mod owners;
 mod problems;
+mod proposals;
 mod remotes;
 mod scrub_transforms;
 mod services;
