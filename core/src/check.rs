@@ -368,7 +368,9 @@ fn oversize(vault: &Vault, p: &Path, r: &Path, f: &mut Findings) -> bool {
 /// manifest accounts for.
 fn known_dir(manifest: &Manifest, parts: &[&str]) -> bool {
     match parts {
-        ["agents"] | ["groups"] | ["secrets"] | ["broker"] => true,
+        ["agents"] | ["groups"] | ["secrets"] | ["broker"] | ["decisions"] => true,
+        // Owners' decisions on proposals, kept after an agent is removed.
+        ["decisions", a] => a.parse::<AgentName>().is_ok(),
         ["agents", a] => a
             .parse::<AgentName>()
             .map(|a| manifest.agents.contains_key(&a))
@@ -415,6 +417,9 @@ impl Found {
             | [".gitignore"]
             | [".gitattributes"] => true,
             ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
+            ["decisions", _, file] => file
+                .strip_suffix(".yaml")
+                .is_some_and(|id| id.parse::<crate::proposals::ProposalId>().is_ok()),
             [
                 "broker",
                 "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age" | "token.key.age",

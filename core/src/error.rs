@@ -122,6 +122,9 @@ pub enum Error {
     },
     /// A merge needs an owner key (an agent's clone only fast-forwards).
     Diverged(String),
+    /// A proposal is refused: forged, over a cap, expired, decided, or
+    /// not applicable to the vault as it is.
+    Proposal(String),
 }
 
 /// How a remote operation failed.
@@ -210,6 +213,11 @@ impl Error {
                     .into()
             }
             Error::Remote { hint, .. } => hint.clone(),
+            Error::Proposal(_) => {
+                "`agent-vault proposals list` shows the proposals and their state; an agent \
+                 proposes again with `agent-vault propose`"
+                    .into()
+            }
             _ => return None,
         })
     }
@@ -271,6 +279,7 @@ impl fmt::Display for Error {
                 ..
             } => write!(f, "remote {remote} ({url}): {message}"),
             Error::Diverged(m) => f.write_str(m),
+            Error::Proposal(m) => f.write_str(m),
         }
     }
 }

@@ -106,6 +106,10 @@ pub struct Txn {
     /// The new `services.yaml` (empty: none), signed with the manifest.
     #[serde(default)]
     pub services: Option<String>,
+    /// Further public files to write and commit, relative to `.agent-vault`
+    /// (a proposal's decision), with their contents.
+    #[serde(default)]
+    pub write_files: Vec<(String, String)>,
 }
 
 impl Txn {

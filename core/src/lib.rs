@@ -31,6 +31,7 @@ pub mod keystore;
 pub mod live;
 pub mod model;
 pub(crate) mod names;
+pub mod proposals;
 pub mod reader;
 pub mod sync;
 pub(crate) mod trace;

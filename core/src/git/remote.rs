@@ -232,6 +232,50 @@ pub fn push(workdir: &Path, up: &Upstream, timeout: Duration) -> Result<()> {
     Err(remote_error(up, classify(&err), &err))
 }
 
+/// The prefix of the branches proposals travel on:
+/// `agent-vault/proposals/<agent>`, never the vault's own branch.
+pub const PROPOSALS_PREFIX: &str = "agent-vault/proposals/";
+
+/// Fetches with one refspec (forced, as given); a remote that lacks the
+/// ref is not an error.
+pub fn fetch_refspec(
+    workdir: &Path,
+    up: &Upstream,
+    refspec: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let (ok, err) = git(
+        workdir,
+        &["fetch", "--quiet", "--no-tags", &up.remote, refspec],
+        timeout,
+    )?;
+    if ok || err.contains("couldn't find remote ref") {
+        return Ok(());
+    }
+    Err(remote_error(up, classify(&err), &err))
+}
+
+/// Brings every proposal branch of the remote to
+/// `refs/remotes/<remote>/agent-vault/proposals/<agent>`. What arrives there
+/// is never checked out or merged: proposals are read from it, each
+/// verified by its agent's signature.
+pub fn fetch_proposals(workdir: &Path, up: &Upstream, timeout: Duration) -> Result<()> {
+    let refspec = format!(
+        "+refs/heads/{PROPOSALS_PREFIX}*:refs/remotes/{}/{PROPOSALS_PREFIX}*",
+        up.remote
+    );
+    fetch_refspec(workdir, up, &refspec, timeout)
+}
+
+/// Pushes one refspec (never forced).
+pub fn push_refspec(workdir: &Path, up: &Upstream, refspec: &str, timeout: Duration) -> Result<()> {
+    let (ok, err) = git(workdir, &["push", "--quiet", &up.remote, refspec], timeout)?;
+    if ok {
+        return Ok(());
+    }
+    Err(remote_error(up, classify(&err), &err))
+}
+
 /// Whether `repo` names a git remote (a URL, or scp-like `user@host:path`)
 /// rather than a local directory.
 pub fn is_git_url(repo: &str) -> bool {

@@ -26,7 +26,7 @@ impl Writer<'_> {
     /// do without (group keys, escrows): a link, special file or oversize
     /// file among them refuses the operation here, naming it, instead of
     /// leaving a journal that cannot complete.
-    fn preflight(&self, txn: &Txn) -> Result<()> {
+    pub(super) fn preflight(&self, txn: &Txn) -> Result<()> {
         let (v, fs) = (self.vault, self.vault.fs());
         for g in txn.rotate.iter().map(|r| &r.group).chain(&txn.rewrap) {
             fs.read_optional(&v.group_key_path(g), Kind::GroupKey)?;
@@ -227,6 +227,24 @@ impl Writer<'_> {
     fn complete_signed(&mut self, txn: &Txn, touched: &mut Vec<PathBuf>) -> Result<()> {
         let v = self.vault;
         let fs = v.fs();
+        for (rel, text) in &txn.write_files {
+            if rel.starts_with(crate::vault::LOCAL_DIR)
+                || rel
+                    .split('/')
+                    .any(|c| c == ".." || c == "." || c.is_empty())
+            {
+                return Err(Error::corrupt(
+                    v.journal_path(),
+                    format!("names a file it may not write: {rel}"),
+                ));
+            }
+            let path = v.dir().join(rel);
+            if let Some(parent) = path.parent() {
+                fs.create_dir_all(parent, 0o755)?;
+            }
+            fs.write_atomic(&path, text.as_bytes(), fsutil::PUBLIC_FILE)?;
+            touched.push(path);
+        }
         if let Some(services) = &txn.services {
             let path = v.services_path();
             if services.is_empty() {

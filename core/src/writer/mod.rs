@@ -17,6 +17,7 @@ use crate::names::{AgentName, GroupName, OwnerName};
 use crate::vault::{Role, Vault};
 
 mod agents;
+mod apply;
 mod broker;
 mod complete;
 mod merge;
@@ -25,6 +26,7 @@ mod rotation;
 mod secrets;
 mod sync;
 
+pub use apply::Change;
 pub use sync::SyncOutcome;
 
 /// Options of `set`.

@@ -15,6 +15,9 @@ use crate::vfs::Batch;
 
 use super::{SetOptions, Writer};
 
+/// A value sealed for writing: its path, ciphertext and signed metadata.
+pub(super) type Sealed = (SecretPath, Vec<u8>, SecretMeta);
+
 impl Writer<'_> {
     /// Sets one secret.
     pub fn set(&mut self, path: &SecretPath, value: &[u8], opts: &SetOptions) -> Result<()> {
@@ -39,20 +42,7 @@ impl Writer<'_> {
                 crate::vfs::MAX_VALUE
             )));
         }
-        // Every directory the values go to is a real directory (made now,
-        // before the journal: a link there refuses the whole operation).
-        let dirs: BTreeSet<PathBuf> = items
-            .iter()
-            .filter_map(|(p, _, _)| self.vault.secret_age_path(p).parent().map(Path::to_owned))
-            .collect();
-        for d in &dirs {
-            self.vault.fs().create_dir_all(d, 0o755)?;
-        }
-        // And each value's two files are absent or regular files.
-        for (p, _, _) in &items {
-            self.vault.fs().is_file(&self.vault.secret_age_path(p))?;
-            self.vault.fs().is_file(&self.vault.secret_meta_path(p))?;
-        }
+        self.prepare_value_paths(items.iter().map(|(p, _, _)| p))?;
         let mut txn = Txn::new(op);
         let mut target = self.manifest.clone();
         let groups: BTreeSet<&GroupName> = items.iter().map(|(p, _, _)| p.group()).collect();
@@ -72,10 +62,29 @@ impl Writer<'_> {
         if !txn.rotate.is_empty() {
             txn.manifest = Some(target.clone());
         }
+        let sealed = self.seal(&target, &items)?;
+        txn.metas = sealed
+            .iter()
+            .map(|(p, _, m)| (p.clone(), m.clone()))
+            .collect();
+        let _t = crate::trace::phase("set: journal and ciphertext");
+        txn.write(self.vault, &self.signing)?;
+        self.write_sealed(sealed)?;
+        drop(_t);
+        self.complete(txn)
+    }
+
+    /// Encrypts values to their groups' keys in `target` and signs their
+    /// metadata (before the journal is written).
+    pub(super) fn seal(
+        &self,
+        target: &crate::model::Manifest,
+        items: &[(SecretPath, &[u8], SetOptions)],
+    ) -> Result<Vec<Sealed>> {
         let now = jiff::Timestamp::now();
         let vault = self.vault;
         let signing = &self.signing;
-        let sealed: Vec<(SecretPath, Vec<u8>, SecretMeta)> = items
+        items
             .par_iter()
             .map(|(path, value, opts)| {
                 let entry = target.group(path.group())?;
@@ -86,7 +95,7 @@ impl Writer<'_> {
                 let old = vault
                     .secret_meta(path)
                     .ok()
-                    .filter(|m| m.verify_signature(vault.id(), path, &target).is_ok());
+                    .filter(|m| m.verify_signature(vault.id(), path, target).is_ok());
                 let fields = MetaFields {
                     created: old.as_ref().map(|m| m.created).unwrap_or(now),
                     updated: now,
@@ -101,13 +110,11 @@ impl Writer<'_> {
                     SecretMeta::sign(fields, signing, vault.id(), path, &ct, entry.generation);
                 Ok((path.clone(), ct, meta))
             })
-            .collect::<Result<_>>()?;
-        txn.metas = sealed
-            .iter()
-            .map(|(p, _, m)| (p.clone(), m.clone()))
-            .collect();
-        let _t = crate::trace::phase("set: journal and ciphertext");
-        txn.write(self.vault, &self.signing)?;
+            .collect()
+    }
+
+    /// Writes sealed values' ciphertexts (after the journal is written).
+    pub(super) fn write_sealed(&self, sealed: Vec<Sealed>) -> Result<()> {
         let fs = self.vault.fs();
         if let [(p, ct, _)] = sealed.as_slice() {
             fs.write_atomic(&self.vault.secret_age_path(p), ct, fsutil::PUBLIC_FILE)?;
@@ -121,8 +128,28 @@ impl Writer<'_> {
             )?;
             batch.commit()?;
         }
-        drop(_t);
-        self.complete(txn)
+        Ok(())
+    }
+
+    /// Makes sure each value's directory is a real directory and its two
+    /// files are absent or regular files (before the journal is written:
+    /// a link there refuses the whole operation).
+    pub(super) fn prepare_value_paths<'a>(
+        &self,
+        paths: impl Iterator<Item = &'a SecretPath> + Clone,
+    ) -> Result<()> {
+        let dirs: BTreeSet<PathBuf> = paths
+            .clone()
+            .filter_map(|p| self.vault.secret_age_path(p).parent().map(Path::to_owned))
+            .collect();
+        for d in &dirs {
+            self.vault.fs().create_dir_all(d, 0o755)?;
+        }
+        for p in paths {
+            self.vault.fs().is_file(&self.vault.secret_age_path(p))?;
+            self.vault.fs().is_file(&self.vault.secret_meta_path(p))?;
+        }
+        Ok(())
     }
 
     /// Removes a secret.

@@ -33,7 +33,10 @@ impl Writer<'_> {
             return Ok(PullOutcome::NoRemote);
         };
         register_merge_driver(&repo)?;
-        let Some(theirs) = remote::fetch(repo.workdir(), repo.repo(), &up, timeout)? else {
+        let fetched = remote::fetch(repo.workdir(), repo.repo(), &up, timeout)?;
+        // The agents' proposals, beside (never into) the vault's branch.
+        remote::fetch_proposals(repo.workdir(), &up, timeout)?;
+        let Some(theirs) = fetched else {
             return Ok(PullOutcome::UpToDate);
         };
         let rel = vault_rel(self.vault, &repo)?;
