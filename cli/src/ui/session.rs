@@ -23,8 +23,8 @@ const MAX_SESSIONS: usize = 4;
 /// 32 random bytes, base64url without padding (43 characters).
 pub(crate) fn random_token() -> std::io::Result<Zeroizing<String>> {
     let mut raw = Zeroizing::new([0u8; 32]);
-    getrandom::fill(raw.as_mut()).map_err(std::io::Error::other)?;
-    Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_ref())))
+    getrandom::fill(raw.as_mut()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(&raw[..])))
 }
 
 fn same(a: &str, b: &str) -> bool {

@@ -158,7 +158,8 @@ pub(crate) async fn watch(app: Arc<App>, hook: Webhook) {
         let owner = app.owner.clone();
         let list = tokio::task::spawn_blocking(move || store::pending(&owner)).await;
         if let Ok(Ok(list)) = list {
-            for p in list.iter().filter(|p| !done.contains(&p.id)) {
+            let fresh: Vec<&Summary> = list.iter().filter(|p| !done.contains(&p.id)).collect();
+            for p in fresh {
                 match hook.post(message(p, &app.base())).await {
                     Ok(status) if (200..300).contains(&status) => {
                         done.insert(p.id.clone());
