@@ -11,7 +11,7 @@ use crate::error::Error as VaultError;
 use crate::fsutil;
 use crate::journal::Txn;
 use crate::model::{self, Manifest};
-use crate::names::{AgentName, GroupName, SecretPath};
+use crate::names::{AgentName, GroupName, ProposalId, SecretPath};
 use crate::vault::{LOCAL_DIR, Vault};
 use crate::vfs::{EntryType, Kind};
 
@@ -369,8 +369,7 @@ fn oversize(vault: &Vault, p: &Path, r: &Path, f: &mut Findings) -> bool {
 fn known_dir(manifest: &Manifest, parts: &[&str]) -> bool {
     match parts {
         ["agents"] | ["groups"] | ["secrets"] | ["broker"] | ["decisions"] => true,
-        // Owners' decisions on proposals, kept after an agent is removed.
-        ["decisions", a] => a.parse::<AgentName>().is_ok(),
+        ["decisions", a] => a.parse::<AgentName>().is_ok(), // proposals' decisions
         ["agents", a] => a
             .parse::<AgentName>()
             .map(|a| manifest.agents.contains_key(&a))
@@ -417,9 +416,7 @@ impl Found {
             | [".gitignore"]
             | [".gitattributes"] => true,
             ["agents", _, "public.key"] | ["agents", _, "private.key.escrow"] => true,
-            ["decisions", _, file] => file
-                .strip_suffix(".yaml")
-                .is_some_and(|id| id.parse::<crate::proposals::ProposalId>().is_ok()),
+            ["decisions", _, f] => ProposalId::of_yaml_file(f).is_some(),
             [
                 "broker",
                 "public.key" | "private.key.escrow" | "ca.crt" | "ca.key.age" | "token.key.age",

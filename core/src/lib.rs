@@ -45,6 +45,6 @@ pub use age::secrecy;
 pub use error::{Error, Result};
 pub use keystore::{KeySource, KeyStore};
 pub use model::Mode;
-pub use names::{AgentName, GroupName, OwnerName, SecretPath};
+pub use names::{AgentName, GroupName, OwnerName, ProposalId, SecretPath};
 pub use reader::Reader;
 pub use vault::{Role, SecretInfo, Vault};

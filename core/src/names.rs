@@ -204,6 +204,72 @@ impl<'de> Deserialize<'de> for SecretPath {
     }
 }
 
+/// A proposal's id: 12 lowercase hex digits, random.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProposalId(String);
+
+impl ProposalId {
+    /// A fresh random id.
+    pub fn generate() -> Result<Self> {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b)
+            .map_err(|e| Error::InvalidInput(format!("no randomness for a proposal id: {e}")))?;
+        Ok(ProposalId(hex::encode(b)))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id a file named `<id>.yaml` is for (a proposal, a decision).
+    pub fn of_yaml_file(name: &str) -> Option<Self> {
+        name.strip_suffix(".yaml")?.parse().ok()
+    }
+}
+
+impl FromStr for ProposalId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.len() == 12
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(ProposalId(s.to_owned()))
+        } else {
+            Err(Error::InvalidInput(format!(
+                "\"{}\" is not a proposal id (12 hex digits, as `agent-vault proposals list` shows)",
+                s.escape_debug()
+            )))
+        }
+    }
+}
+
+impl fmt::Display for ProposalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ProposalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl Serialize for ProposalId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProposalId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

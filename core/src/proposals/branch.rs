@@ -80,12 +80,7 @@ fn files_of(repo: &Repository, commit: Oid) -> Result<BTreeMap<ProposalId, Signe
         return Ok(out);
     };
     for e in dir.iter().take(MAX_FILES_PER_BRANCH) {
-        let Some(id) = e
-            .name()
-            .ok()
-            .and_then(|n| n.strip_suffix(".yaml"))
-            .and_then(|n| n.parse::<ProposalId>().ok())
-        else {
+        let Some(id) = e.name().ok().and_then(ProposalId::of_yaml_file) else {
             continue;
         };
         let yaml = capped_blob(repo, &tree, &format!("proposals/{id}.yaml"), MAX_FILE_BYTES);

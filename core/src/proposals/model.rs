@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::broker::services::{Service, Services};
 use crate::error::{Error, Result};
+pub use crate::names::ProposalId;
 use crate::names::{AgentName, SecretPath};
 
 /// The format of proposal files this build writes and reads.
@@ -33,67 +33,6 @@ pub const DEFAULT_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hour
 pub const MAX_EXPIRY: jiff::SignedDuration = jiff::SignedDuration::from_hours(30 * 24);
 /// How far in the future a proposal's creation time may lie (clock skew).
 pub const MAX_CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
-
-/// A proposal's id: 12 lowercase hex digits, random.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProposalId(String);
-
-impl ProposalId {
-    /// A fresh random id.
-    pub fn generate() -> Result<Self> {
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b)
-            .map_err(|e| Error::InvalidInput(format!("no randomness for a proposal id: {e}")))?;
-        Ok(ProposalId(hex::encode(b)))
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for ProposalId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        if s.len() == 12
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(ProposalId(s.to_owned()))
-        } else {
-            Err(Error::InvalidInput(format!(
-                "{:?} is not a proposal id (12 hex digits, as `agent-vault proposals list` shows)",
-                crate::model::printable(s)
-            )))
-        }
-    }
-}
-
-impl fmt::Display for ProposalId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ProposalId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
-}
-
-impl Serialize for ProposalId {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ProposalId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// What approving a slot does to the secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
