@@ -283,7 +283,12 @@ pub struct UiArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
     /// POST a Slack-compatible message here for each new proposal (default: ui.webhook in config.yaml).
-    #[arg(long, value_name = "URL", env = "AGENT_VAULT_UI_WEBHOOK", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AGENT_VAULT_UI_WEBHOOK",
+        hide_env_values = true
+    )]
     pub webhook: Option<String>,
     /// The broker's audit log (as given to `proxy --audit`), for the audit page.
     #[arg(long, value_name = "FILE")]

@@ -175,3 +175,188 @@ fn ui_refuses_a_non_loopback_address_and_a_non_owner_key() {
     let err = env.fail(&["ui", "--webhook", "ftp://example.com/x"]);
     assert!(err.contains("http:// or https://"), "{err}");
 }
+
+/// Proposes as `agent` (its key file `key`) through core's API, as
+/// `agent-vault propose` does: a bearer service on `host` and one `set` slot
+/// `slot`. Returns the proposal's id.
+fn propose(env: &Env, key: &Path, message: &str, host: &str, slot: &str) -> String {
+    use agent_vault_core::broker::services::{Auth, Service};
+    use agent_vault_core::proposals::{self, Action, Draft, ProposedService, Slot, SlotKind};
+    use agent_vault_core::{KeySource, KeyStore, Vault};
+    let vault = Vault::find(&env.vault, KeyStore::at(&env.home)).unwrap();
+    let id = vault
+        .keys()
+        .load(&KeySource::File(key.to_path_buf()), vault.id())
+        .unwrap();
+    let draft = Draft {
+        message: message.into(),
+        expires: None,
+        services: vec![ProposedService {
+            name: host.split('.').next().unwrap().into(),
+            service: Service::new(vec![host.into()], Auth::Bearer(slot.parse().unwrap())),
+        }],
+        slots: vec![Slot {
+            path: slot.parse().unwrap(),
+            description: "the API key <b>for</b> the service".into(),
+            obtain: "https://example.com/settings/keys".into(),
+            action: Action::Set,
+            kind: SlotKind::Static,
+            value: None,
+        }],
+    };
+    proposals::submit(&vault, &id, draft, proposals::Values::new())
+        .unwrap()
+        .proposal
+        .id
+        .to_string()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.html"))).unwrap()
+}
+
+#[test]
+fn ui_approve_in_chromium_sets_the_value_and_the_grant_and_never_shows_it() {
+    let env = Env::new();
+    let key = env.add_agent("bot");
+    let hostile = "Please <script>alert('pwned')</script> approve\nsecond line";
+    let pid = propose(&env, &key, hostile, "api.example.com", "example/key");
+    let ui = Ui::start(&env, &env.vault, &[]);
+    let out = env.tmp.path().join("pages");
+    std::fs::create_dir_all(&out).unwrap();
+    let value = "sk-live-TYPED-IN-THE-PAGE-31337";
+    let values = serde_json::json!([value]).to_string();
+    let r = drive(
+        &["approve", &ui.login, &pid, out.to_str().unwrap()],
+        &[("UI_VALUES", &values)],
+    );
+    assert_eq!(r["url"], format!("{}/", ui.base), "{r}");
+    // The list showed the proposal; the agent's markup is text, never a tag.
+    let list = read(&out, "list");
+    assert!(list.contains(&pid), "{list}");
+    let page = read(&out, "proposal");
+    assert!(page.contains("&lt;script&gt;alert"), "{page}");
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains("api.example.com"), "{page}");
+    assert!(page.contains("bearer"), "{page}");
+    assert!(page.contains("https://example.com/settings/keys"), "{page}");
+    assert!(page.contains("&lt;b&gt;for&lt;/b&gt;"), "{page}");
+    let after = read(&out, "after");
+    assert!(
+        after.contains(&format!("Approved proposal {pid}")),
+        "{after}"
+    );
+    // The vault has the value and the grant…
+    assert_eq!(env.get("example/key"), value.as_bytes());
+    let agents = env.json(&["list-agents"]);
+    assert_eq!(agents[0]["grants"]["example"], "use", "{agents}");
+    // …and no page, and nothing the server logged, has the value.
+    for name in ["list", "proposal", "after"] {
+        assert!(!read(&out, name).contains(value), "{name}");
+    }
+    let log = ui.stderr_text();
+    assert!(log.contains("POST /p/"), "{log}");
+    assert!(!log.contains(value), "{log}");
+}
+
+#[test]
+fn ui_deny_with_a_reason_the_agent_reads() {
+    let env = Env::new();
+    let key = env.add_agent("bot");
+    let pid = propose(&env, &key, "need it", "api.example.com", "example/key");
+    let ui = Ui::start(&env, &env.vault, &[]);
+    let out = env.tmp.path().join("pages");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = drive(
+        &[
+            "deny",
+            &ui.login,
+            &pid,
+            "use the sandbox key instead",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r["url"], format!("{}/", ui.base), "{r}");
+    let after = read(&out, "after");
+    assert!(after.contains(&format!("Denied proposal {pid}")), "{after}");
+    // The agent reads the reason; nothing was set or granted.
+    let status = agent_vault_core::proposals::load(
+        &agent_vault_core::Vault::find(&env.vault, agent_vault_core::KeyStore::at(&env.home))
+            .unwrap(),
+        &pid,
+    )
+    .unwrap()
+    .1;
+    match status {
+        agent_vault_core::proposals::Status::Denied { reason, .. } => {
+            assert_eq!(reason, "use the sandbox key instead")
+        }
+        s => panic!("{s:?}"),
+    }
+    assert!(env.fail(&["get", "example/key"]).contains("error"));
+}
+
+#[test]
+fn ui_webhook_gets_one_message_per_proposal_and_no_value() {
+    let env = Env::new();
+    let key = env.add_agent("bot");
+    let portfile = env.tmp.path().join("hook.port");
+    let log = env.tmp.path().join("hook.log");
+    let mut receiver = Command::new("python3")
+        .arg(driver())
+        .args(["webhook", portfile.to_str().unwrap(), log.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    for _ in 0..100 {
+        if let Ok(p) = std::fs::read_to_string(&portfile) {
+            port = p;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let first = propose(
+        &env,
+        &key,
+        "first <!channel> one\nmore",
+        "a.example.com",
+        "a/key",
+    );
+    let hook = format!("http://127.0.0.1:{port}/services/T0/B0/SECRETPATH");
+    let ui = Ui::start(&env, &env.vault, &["--webhook", &hook]);
+    let wait_for = |n: usize| {
+        for _ in 0..100 {
+            let lines = std::fs::read_to_string(&log).unwrap_or_default();
+            if lines.lines().count() >= n {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("webhook got fewer than {n}: {}", ui.stderr_text());
+    };
+    wait_for(1);
+    // A new proposal while the page runs: one more message, the first not again.
+    let second = propose(&env, &key, "second", "b.example.com", "b/key");
+    wait_for(2);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let msgs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(msgs.len(), 2, "{lines}");
+    let t0 = msgs[0]["text"].as_str().unwrap();
+    let t1 = msgs[1]["text"].as_str().unwrap();
+    assert!(t0.contains(&first) && t0.contains("bot"), "{t0}");
+    assert!(t0.contains(&format!("{}/p/{first}", ui.base)), "{t0}");
+    assert!(t0.contains("&lt;!channel&gt;"), "{t0}");
+    assert!(!t0.contains("more"), "only the first line: {t0}");
+    assert!(t1.contains(&second), "{t1}");
+    let token = ui.login.split("t=").nth(1).unwrap();
+    assert!(!lines.contains(token), "{lines}");
+    // The webhook URL's path (Slack's secret) is never printed.
+    assert!(!ui.stderr_text().contains("SECRETPATH"));
+}

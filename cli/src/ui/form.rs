@@ -35,8 +35,9 @@ pub(crate) async fn read_body(mut body: Incoming) -> Result<Zeroizing<Vec<u8>>, 
             }
             // Grow by hand so that no reallocation leaves an unzeroized copy.
             if buf.capacity() < buf.len() + data.remaining() {
-                let mut bigger =
-                    Zeroizing::new(Vec::with_capacity((buf.len() + data.remaining()).max(buf.capacity() * 2)));
+                let mut bigger = Zeroizing::new(Vec::with_capacity(
+                    (buf.len() + data.remaining()).max(buf.capacity() * 2),
+                ));
                 bigger.extend_from_slice(&buf);
                 buf = bigger;
             }

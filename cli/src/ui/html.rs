@@ -28,7 +28,11 @@ pub(crate) fn esc(s: &str) -> String {
 /// escaped. Line breaks are kept (each line cleaned alone).
 pub(crate) fn text(s: &str) -> String {
     s.split('\n')
-        .map(|l| esc(&agent_vault_core::model::printable(l.trim_end_matches('\r'))))
+        .map(|l| {
+            esc(&agent_vault_core::model::printable(
+                l.trim_end_matches('\r'),
+            ))
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -192,7 +192,11 @@ fn proposal_body(plan: &Plan, csrf: &str, error: Option<&str>) -> String {
                 b,
                 "<li><strong>{}</strong> ({}): hosts {}; authentication: {}{}{}</li>",
                 text(&sv.name),
-                if sv.replaces { "replaces the current one" } else { "new" },
+                if sv.replaces {
+                    "replaces the current one"
+                } else {
+                    "new"
+                },
                 codes(&sv.hosts),
                 text(&sv.auth),
                 if sv.secrets.is_empty() {
@@ -237,7 +241,11 @@ fn proposal_body(plan: &Plan, csrf: &str, error: Option<&str>) -> String {
         return b;
     }
     if let Some(e) = error {
-        let _ = write!(b, "<p class=\"error\" role=\"alert\" id=\"form-error\">{}</p>", text(e));
+        let _ = write!(
+            b,
+            "<p class=\"error\" role=\"alert\" id=\"form-error\">{}</p>",
+            text(e)
+        );
     }
     let _ = write!(
         b,

@@ -108,12 +108,18 @@ async fn handle(app: &App, req: Request<Incoming>) -> Answer {
 /// The headers every answer carries.
 fn secure(a: &mut Answer) {
     let h = a.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
@@ -157,14 +163,17 @@ async fn route(app: &App, req: Request<Incoming>) -> Answer {
         return pages::login_needed();
     };
     if method == Method::POST {
-        // A cross-origin form post names another origin: refused before
-        // the body is read (the CSRF token is checked after).
+        // A cross-origin form post that names another origin is refused
+        // before the body is read (the CSRF token is checked after).
+        // Browsers send `Origin: null` under `Referrer-Policy: no-referrer`:
+        // that says nothing, and the CSRF token decides.
         if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let ok = origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.strip_prefix("http://"))
-                .is_some_and(|h| app.host_ok(h));
+            let ok = origin.as_bytes() == b"null"
+                || origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| o.strip_prefix("http://"))
+                    .is_some_and(|h| app.host_ok(h));
             if !ok {
                 return pages::refused("The request came from another site.");
             }
@@ -253,7 +262,11 @@ pub(crate) fn html_page(status: StatusCode, page: String) -> Answer {
 
 /// A plain-text answer.
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Answer {
-    respond(status, "text/plain; charset=utf-8", Bytes::from_static(text.as_bytes()))
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(text.as_bytes()),
+    )
 }
 
 /// `303 See Other` to a path of ours.

@@ -117,11 +117,7 @@ pub(crate) fn pending(owner: &Owner) -> Result<Vec<Summary>, String> {
         .iter()
         .filter(|(_, s)| *s == Status::Pending)
         .map(|(p, _)| {
-            let shared = all
-                .iter()
-                .filter(|(q, _)| q.id == p.id)
-                .count()
-                > 1;
+            let shared = all.iter().filter(|(q, _)| q.id == p.id).count() > 1;
             let id = if shared {
                 format!("{}/{}", p.agent, p.id)
             } else {
@@ -139,9 +135,7 @@ pub(crate) fn plan(owner: &Owner, id: &str) -> Result<Plan, String> {
     let plan = proposals::plan(&vault, &p).map_err(err)?;
     let decided = match &status {
         Status::Approved { by, at } => Some(format!("approved by {by} at {at}")),
-        Status::Denied { reason, by, at } => {
-            Some(format!("denied by {by} at {at}: {reason}"))
-        }
+        Status::Denied { reason, by, at } => Some(format!("denied by {by} at {at}: {reason}")),
         _ => None,
     };
     Ok(Plan {

@@ -96,7 +96,10 @@ impl Webhook {
         let req = Request::post(path)
             .header(HOST, authority)
             .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("agent-vault/", env!("CARGO_PKG_VERSION")))
+            .header(
+                USER_AGENT,
+                concat!("agent-vault/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| "cannot build the request".to_owned())?;
         match &self.tls {
@@ -177,7 +180,11 @@ pub(crate) async fn watch(app: Arc<App>, hook: Webhook) {
                             "ui: webhook {} for proposal {}: {why}{}",
                             hook.describe(),
                             p.id,
-                            if last { "; giving up on it" } else { "; will retry" }
+                            if last {
+                                "; giving up on it"
+                            } else {
+                                "; will retry"
+                            }
                         ));
                         if last {
                             done.insert(p.id.clone());
