@@ -185,58 +185,7 @@ fn proposal_body(plan: &Plan, csrf: &str, error: Option<&str>) -> String {
     if plan.services.is_empty() && plan.grants.is_empty() && plan.slots.is_empty() {
         b.push_str("<p>Nothing.</p>");
     }
-    if !plan.services.is_empty() {
-        b.push_str("<h3>Services</h3><ul class=\"plain\">");
-        for sv in &plan.services {
-            let _ = write!(
-                b,
-                "<li><strong>{}</strong> ({}): hosts {}; authentication: {}{}{}</li>",
-                text(&sv.name),
-                if sv.replaces {
-                    "replaces the current one"
-                } else {
-                    "new"
-                },
-                codes(&sv.hosts),
-                text(&sv.auth),
-                if sv.secrets.is_empty() {
-                    String::new()
-                } else {
-                    format!("; injects {}", codes(&sv.secrets))
-                },
-                if sv.replaces {
-                    format!("; hosts now: {}", codes(&sv.old_hosts))
-                } else {
-                    String::new()
-                },
-            );
-        }
-        b.push_str("</ul>");
-    }
-    if !plan.grants.is_empty() {
-        b.push_str("<h3>Grants</h3><ul class=\"plain\">");
-        for g in &plan.grants {
-            let _ = write!(
-                b,
-                "<li>agent <strong>{}</strong> may <strong>{}</strong> group <code>{}</code>{}</li>",
-                text(&g.agent),
-                text(&g.mode),
-                text(&g.group),
-                if g.new_group { " (a new group)" } else { "" },
-            );
-        }
-        b.push_str("</ul>");
-    }
-    if let Some(d) = &plan.decided {
-        let _ = write!(b, "<p class=\"flash\">Decided: {}</p>", text(d));
-    }
-    if !plan.problems.is_empty() {
-        b.push_str("<div class=\"error\" role=\"alert\"><p>Approving would fail now:</p><ul class=\"plain\">");
-        for p in &plan.problems {
-            let _ = write!(b, "<li>{}</li>", text(p));
-        }
-        b.push_str("</ul></div>");
-    }
+    changes(plan, &mut b);
     if plan.status != "pending" {
         return b;
     }
@@ -305,6 +254,62 @@ fn proposal_body(plan: &Plan, csrf: &str, error: Option<&str>) -> String {
         csrf = esc(csrf)
     );
     b
+}
+
+/// Services, grants, the decision if any, and what would make approval fail.
+fn changes(plan: &Plan, b: &mut String) {
+    if !plan.services.is_empty() {
+        b.push_str("<h3>Services</h3><ul class=\"plain\">");
+        for sv in &plan.services {
+            let _ = write!(
+                b,
+                "<li><strong>{}</strong> ({}): hosts {}; authentication: {}{}{}</li>",
+                text(&sv.name),
+                if sv.replaces {
+                    "replaces the current one"
+                } else {
+                    "new"
+                },
+                codes(&sv.hosts),
+                text(&sv.auth),
+                if sv.secrets.is_empty() {
+                    String::new()
+                } else {
+                    format!("; injects {}", codes(&sv.secrets))
+                },
+                if sv.replaces {
+                    format!("; hosts now: {}", codes(&sv.old_hosts))
+                } else {
+                    String::new()
+                },
+            );
+        }
+        b.push_str("</ul>");
+    }
+    if !plan.grants.is_empty() {
+        b.push_str("<h3>Grants</h3><ul class=\"plain\">");
+        for g in &plan.grants {
+            let _ = write!(
+                b,
+                "<li>agent <strong>{}</strong> may <strong>{}</strong> group <code>{}</code>{}</li>",
+                text(&g.agent),
+                text(&g.mode),
+                text(&g.group),
+                if g.new_group { " (a new group)" } else { "" },
+            );
+        }
+        b.push_str("</ul>");
+    }
+    if let Some(d) = &plan.decided {
+        let _ = write!(b, "<p class=\"flash\">Decided: {}</p>", text(d));
+    }
+    if !plan.problems.is_empty() {
+        b.push_str("<div class=\"error\" role=\"alert\"><p>Approving would fail now:</p><ul class=\"plain\">");
+        for p in &plan.problems {
+            let _ = write!(b, "<li>{}</li>", text(p));
+        }
+        b.push_str("</ul></div>");
+    }
 }
 
 /// Names as a list of `<code>` items.
