@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod proposals;
+
+pub use proposals::{ProposalsCommand, ProposeArgs};
+
 /// Let AI agents use API keys, tokens and passwords without holding them.
 ///
 /// Secrets are age-encrypted in a git repository; each agent gets exactly the
@@ -213,6 +217,11 @@ pub enum Command {
     /// Broker services: which hosts a credential goes to, and how.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Ask the owners for a service or credential (agent key): prints the proposal's id.
+    Propose(Box<ProposeArgs>),
+    /// Owners decide on agents' proposals: list, show, approve, deny; status for agents.
+    #[command(subcommand)]
+    Proposals(ProposalsCommand),
     /// Git's merge driver for manifest.yaml (registered by init): merges entry by entry.
     #[command(hide = true)]
     MergeDriver {

@@ -61,7 +61,7 @@ fn from_template(t: &str, a: &ServiceAddArgs) -> CliResult<Service> {
     }
 }
 
-fn build(a: &ServiceAddArgs) -> CliResult<Service> {
+pub(crate) fn build(a: &ServiceAddArgs) -> CliResult<Service> {
     if (a.region.is_some() || a.access_key_id.is_some()) && !a.sigv4 && a.template.is_none() {
         return Err(CliError::Msg(
             "--region and the AWS keys are for --sigv4 and the s3 and bedrock templates".into(),
@@ -124,7 +124,7 @@ fn build(a: &ServiceAddArgs) -> CliResult<Service> {
     Ok(svc)
 }
 
-fn describe(svc: &Service) -> String {
+pub(crate) fn describe(svc: &Service) -> String {
     let auth = match &svc.auth {
         Auth::Bearer(s) => format!("bearer {s}"),
         Auth::Basic { user, pass } => match pass {

@@ -1,8 +1,10 @@
 //! The agent-vault MCP server: how Claude Desktop, Claude Code, Cursor and
-//! other MCP clients reach a vault. It speaks MCP over stdio and offers four
+//! other MCP clients reach a vault. It speaks MCP over stdio and offers six
 //! tools: `agent_vault_list`, `agent_vault_get` (values of `read` groups
 //! only), `agent_vault_request` (an HTTPS request through the broker, which
-//! injects what the agent may `use` but never see) and `agent_vault_whoami`.
+//! injects what the agent may `use` but never see), `agent_vault_whoami`, and
+//! `agent_vault_propose` / `agent_vault_proposal_status` (ask the owners for
+//! access; a human approves).
 //!
 //! The server holds the agent's key in memory; tool results never carry key
 //! material, and failures (not authorized, not found, host not allowed,
@@ -24,6 +26,7 @@
 
 pub mod audit;
 mod fail;
+mod propose;
 mod renew;
 pub mod request;
 pub mod tools;
@@ -174,6 +177,8 @@ impl Server {
                 (subject, self.request(args).await)
             }
             tools::WHOAMI => (None, self.whoami(args)),
+            tools::PROPOSE => (None, self.propose(args)),
+            tools::PROPOSAL_STATUS => (None, self.proposal_status(args)),
             other => (None, Err(Fail::NoTool(other.to_owned()))),
         };
         let key = if name == tools::REQUEST {
@@ -428,7 +433,8 @@ impl ServerHandler for Server {
                 "agent-vault holds this agent's secrets. Call agent_vault_whoami or \
                  agent_vault_list first. Read a value with agent_vault_get only when access is \
                  \"read\"; for \"use\" secrets call agent_vault_request, which sends the HTTPS \
-                 request through the broker that injects the credential.",
+                 request through the broker that injects the credential. When what you need is \
+                 not covered, ask with agent_vault_propose; a human approves.",
             )
     }
 

@@ -19,6 +19,7 @@ mod interop;
 mod isolation;
 mod owners;
 mod problems;
+mod proposals;
 mod remotes;
 mod scrub_transforms;
 mod services;

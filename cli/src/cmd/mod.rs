@@ -8,6 +8,8 @@ mod explain;
 mod history;
 mod maintenance;
 mod owners;
+mod proposals;
+mod propose;
 mod sync;
 mod vault;
 
@@ -121,6 +123,8 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Token(cmd) => broker::token(&ctx, cmd),
         Command::Ca(CaCommand::Cert) => broker::ca_cert(&ctx),
         Command::Service(cmd) => broker::service(&ctx, cmd),
+        Command::Propose(args) => propose::propose(&ctx, &args),
+        Command::Proposals(cmd) => proposals::run(&ctx, cmd),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { dir } => docs::man(&dir),
         Command::Demo => crate::demo::run(),
