@@ -29,6 +29,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # hostile-broker tests use nginx as a real upstream (a location /admin, gzip on).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+# `agent-vault ui` tests drive the owner's page with headless Chromium (Selenium).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -40,6 +43,7 @@ python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q reques
 python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install -q prometheus-client
+python3 -c 'import selenium' >/dev/null 2>&1 || python3 -m pip install -q selenium
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

@@ -206,6 +206,8 @@ pub enum Command {
         /// The URL: https://HOST/PATH?QUERY, with :PORT after the host if not 443 (or http:// for plain http).
         url: String,
     },
+    /// Serve the owner's page on 127.0.0.1: review, approve or deny agents' proposals (owner key).
+    Ui(UiArgs),
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -281,6 +283,25 @@ pub enum Command {
     },
     /// Run the main job end to end on a throwaway vault: init, an agent, a secret, a `use` grant, and a request through the broker whose value the agent never sees.
     Demo,
+}
+
+/// Arguments of `ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Where to listen: a loopback address and port (default: 127.0.0.1 and any free port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// POST a Slack-compatible message here for each new proposal (default: ui.webhook in config.yaml).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AGENT_VAULT_UI_WEBHOOK",
+        hide_env_values = true
+    )]
+    pub webhook: Option<String>,
+    /// The broker's audit log (as given to `proxy --audit`), for the audit page.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
 }
 
 /// `broker` subcommands.

@@ -9,6 +9,7 @@ mod demo;
 mod isolate;
 mod output;
 mod service;
+mod ui;
 
 use std::process::ExitCode;
 

@@ -63,6 +63,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         pull_interval_seconds: 60,
         pull_timeout_seconds: 5,
         token_max_ttl_seconds: crate::model::DEFAULT_MAX_TTL,
+        ui: None,
     };
     let signing = id.signing_key();
     let mut manifest = Manifest {

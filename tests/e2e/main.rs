@@ -28,3 +28,4 @@ mod scrub_transforms;
 mod services;
 mod sigv4;
 mod sync;
+mod ui;

@@ -119,6 +119,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             method,
             url,
         } => explain::explain(&ctx, &agent, &services, &method, &url),
+        Command::Ui(args) => ui(&ctx, args),
         Command::Token(cmd) => broker::token(&ctx, cmd),
         Command::Ca(CaCommand::Cert) => broker::ca_cert(&ctx),
         Command::Service(cmd) => broker::service(&ctx, cmd),
@@ -128,6 +129,18 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Man { dir } => docs::man(&dir),
         Command::Demo => crate::demo::run(),
     }
+}
+
+/// `ui`: the owner's page, served until Ctrl-C.
+fn ui(ctx: &Ctx, args: crate::cli::UiArgs) -> CliResult<ExitCode> {
+    let root = ctx.vault()?.root().to_path_buf();
+    crate::ui::run(crate::ui::UiOptions {
+        root,
+        key: ctx.key_source(),
+        listen: args.listen,
+        webhook: args.webhook,
+        audit: args.audit,
+    })
 }
 
 fn parse<T: std::str::FromStr<Err = agent_vault_core::Error>>(s: &str) -> CliResult<T> {

@@ -32,6 +32,21 @@ pub struct Config {
     /// The longest a broker token may live.
     #[serde(default = "default_max_ttl")]
     pub token_max_ttl_seconds: i64,
+    /// Settings of the owner's page (`agent-vault ui`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<UiConfig>,
+}
+
+/// `ui:` in `config.yaml`: the owner's page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Where to POST a Slack-compatible message for each new proposal
+    /// (`ui --webhook` wins). This file is in the repository every agent
+    /// clones: a webhook whose URL is itself a secret belongs on the
+    /// command line or in `AGENT_VAULT_UI_WEBHOOK` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// The longest a token may live unless `config.yaml` says otherwise.
