@@ -225,6 +225,7 @@ fn serve(
         allow_private_upstreams: true,
         audit: None,
         key: Some(broker_key),
+        metrics: false,
     };
     let broker = Arc::new(
         agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
