@@ -25,8 +25,8 @@ use crate::error::ProxyError;
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
-use crate::ratelimit::RateLimits;
 use crate::metrics::{Metrics, ServiceMeter};
+use crate::ratelimit::RateLimits;
 use crate::upstream::Upstreams;
 
 /// How the proxy is started.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agent_vault_core::broker::decide;
 use agent_vault_core::broker::inject::{Outgoing, Plan};
-use agent_vault_core::broker::scrub::{Decompress, Scrubber};
+use agent_vault_core::broker::scrub::Decompress;
 use agent_vault_core::broker::services::PathRefusal;
 use agent_vault_core::broker::token::{Claims, TokenError};
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
 use crate::broker::{Broker, Prepared};
-use crate::head::{body_codings, drop_named, scrub_reason};
+use crate::head::{HOP, body_codings, scrub_head, scrub_reason};
 use crate::problem::{Problem, Reason};
 use crate::ratelimit::{Admitted, Limited};
 use crate::reply::{ProxyBody, full};
@@ -552,8 +552,12 @@ fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<Proxy
         // Sent on decoded.
         parts.headers.remove(hyper::header::CONTENT_ENCODING);
     }
-    plan.meter
-        .scrubbed(scrub_head(&mut parts.headers, &scrub, &plan.names, switching));
+    plan.meter.scrubbed(scrub_head(
+        &mut parts.headers,
+        &scrub,
+        &plan.names,
+        switching,
+    ));
     scrub_reason(&mut parts.extensions, &scrub);
     let on_end = audit.map(|mut audit| -> OnEnd {
         audit.record.status = parts.status.as_u16();
@@ -565,59 +569,8 @@ fn respond(mut audit: Audited, answered: Answered, host: &str) -> Response<Proxy
     Response::from_parts(parts, body.boxed())
 }
 
-/// The response's headers: hop-by-hop ones out (but those of an upgrade),
-/// every injected value scrubbed (`names`: the same values lower-cased,
-/// for header names); returns how many values were.
-fn scrub_head(
-    headers: &mut HeaderMap,
-    scrub: &Scrubber,
-    names: &Scrubber,
-    switching: bool,
-) -> u64 {
-    // Only the broker's own answers carry it.
-    headers.remove(crate::problem::ERROR_HEADER);
-    // Edited in place: most responses carry no injected value, and their
-    // headers pass without a copy. `Trailer` stays: it names the trailers
-    // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
-    // gets trailers it announces.
-    for name in HOP.iter().filter(|n| **n != hyper::header::TRAILER) {
-        let keep_for_upgrade =
-            switching && (*name == hyper::header::UPGRADE || *name == hyper::header::CONNECTION);
-        if !keep_for_upgrade {
-            headers.remove(name);
-        }
-    }
-    // A scrubbed body changes length.
-    if !scrub.is_empty() {
-        headers.remove(hyper::header::CONTENT_LENGTH);
-    }
-    let mut scrubbed = 0;
-    for v in headers.values_mut() {
-        if let Some(clean) = scrub.scrubbed(v.as_bytes()) {
-            *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
-            scrubbed += 1;
-        }
-    }
-    drop_named(headers, names);
-    scrubbed
-}
-
 /// The most a compressed response body may decode to.
 const MAX_DECODED_BODY: u64 = 4 << 30;
 
 /// The largest request body rewritten for placeholders.
 const MAX_REWRITTEN_BODY: u64 = 16 * 1024 * 1024;
-
-/// Hop-by-hop headers: never forwarded. Names, not strings: a string is
-/// parsed into a name on every lookup.
-static HOP: [HeaderName; 9] = [
-    hyper::header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    hyper::header::PROXY_AUTHENTICATE,
-    hyper::header::PROXY_AUTHORIZATION,
-    hyper::header::TE,
-    hyper::header::TRAILER,
-    hyper::header::TRANSFER_ENCODING,
-    hyper::header::UPGRADE,
-];

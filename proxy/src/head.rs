@@ -1,11 +1,11 @@
-//! The parts of a response's head an injected value can hide in besides
-//! header values (which `forward.rs` scrubs): the codings its body is in,
-//! the status line's reason phrase, header names.
+//! A response's head on its way to the agent: hop-by-hop headers out, and
+//! every place an injected value can hide in scrubbed: header values, the
+//! status line's reason phrase, header names; and the codings its body is in.
 
 use agent_vault_core::broker::scrub::Scrubber;
 use hyper::HeaderMap;
 use hyper::ext::ReasonPhrase;
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, HeaderValue};
 use percent_encoding::percent_decode_str;
 
 /// Every coding the body still has, in the order applied: those of each
@@ -69,6 +69,57 @@ pub(crate) fn drop_named(headers: &mut HeaderMap, folded: &Scrubber) {
         headers.remove(name);
     }
 }
+
+/// The response's headers: hop-by-hop ones out (but those of an upgrade),
+/// every injected value scrubbed (`names`: the same values lower-cased,
+/// for header names); returns how many values were.
+pub(crate) fn scrub_head(
+    headers: &mut HeaderMap,
+    scrub: &Scrubber,
+    names: &Scrubber,
+    switching: bool,
+) -> u64 {
+    // Only the broker's own answers carry it.
+    headers.remove(crate::problem::ERROR_HEADER);
+    // Edited in place: most responses carry no injected value, and their
+    // headers pass without a copy. `Trailer` stays: it names the trailers
+    // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
+    // gets trailers it announces.
+    for name in HOP.iter().filter(|n| **n != hyper::header::TRAILER) {
+        let keep_for_upgrade =
+            switching && (*name == hyper::header::UPGRADE || *name == hyper::header::CONNECTION);
+        if !keep_for_upgrade {
+            headers.remove(name);
+        }
+    }
+    // A scrubbed body changes length.
+    if !scrub.is_empty() {
+        headers.remove(hyper::header::CONTENT_LENGTH);
+    }
+    let mut scrubbed = 0;
+    for v in headers.values_mut() {
+        if let Some(clean) = scrub.scrubbed(v.as_bytes()) {
+            *v = HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"));
+            scrubbed += 1;
+        }
+    }
+    drop_named(headers, names);
+    scrubbed
+}
+
+/// Hop-by-hop headers: never forwarded. Names, not strings: a string is
+/// parsed into a name on every lookup.
+pub(crate) static HOP: [HeaderName; 9] = [
+    hyper::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    hyper::header::PROXY_AUTHENTICATE,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::TE,
+    hyper::header::TRAILER,
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::UPGRADE,
+];
 
 #[cfg(test)]
 mod tests {

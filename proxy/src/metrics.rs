@@ -2,8 +2,8 @@
 //! listener (`crate::admin`). Off unless the broker was started with
 //! them ([`crate::Options::metrics`]); then each hook below is one branch.
 //!
-//! Most of them are read off the one audit [`Record`] every request, refusal
-//! and tunnel ends in ([`Metrics::record`], called by the audit log whether
+//! Most of them are read off the one audit `Record` every request, refusal
+//! and tunnel ends in (`Metrics::record`, called by the audit log whether
 //! or not it writes to a file), so no path through the broker is counted
 //! twice or forgotten. The rest are handles a service's injection plan
 //! takes once (`ServiceMeter`: scrubbed values, upstream latency), the
@@ -288,7 +288,7 @@ impl Metrics {
     }
 
     /// Counts a request refused over a rate limit for `service` (empty when
-    /// no service had matched yet). [`Metrics::record`] calls it for every
+    /// no service had matched yet). `Metrics::record` calls it for every
     /// audit record whose reason is `rate-limited` (which also counts it
     /// under the refusals): a limit that refuses through the problem path
     /// needs no call of its own.

@@ -47,11 +47,11 @@ impl Ui {
                 break;
             }
             seen.push_str(&line);
-            if let Some(i) = line.find("http://") {
-                if line.contains("/login?t=") {
-                    login = Some(line[i..].trim().to_owned());
-                    break;
-                }
+            if let Some(i) = line.find("http://")
+                && line.contains("/login?t=")
+            {
+                login = Some(line[i..].trim().to_owned());
+                break;
             }
         }
         let Some(login) = login else {

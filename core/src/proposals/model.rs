@@ -113,7 +113,7 @@ pub struct Slot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proposal {
-    /// The file's format ([`FORMAT`]).
+    /// The file's format (`FORMAT`).
     pub format: u32,
     /// The vault this proposal is for.
     pub vault_id: String,
