@@ -180,7 +180,8 @@ def test_initialize_and_tools_list(world):
     assert r["init"].server_info.name == "agent-vault"
     tools = {t.name: t for t in r["value"].tools}
     assert sorted(tools) == [
-        "agent_vault_get", "agent_vault_list", "agent_vault_request", "agent_vault_whoami",
+        "agent_vault_get", "agent_vault_list", "agent_vault_proposal_status",
+        "agent_vault_propose", "agent_vault_request", "agent_vault_whoami",
     ]
     for name, t in tools.items():
         assert len(t.description) > 80, name
@@ -321,3 +322,30 @@ def test_audit_lines(world):
     raw = world.audit.read_text()
     for v in (TOKEN_VALUE, USER_VALUE, DOCS_VALUE, OTHER_VALUE):
         assert v not in raw
+
+
+def test_propose_then_an_owner_approves(world):
+    # Last in the file: approving adds a service and a grant for bot.
+    wx = "wx-key-9f8e7d"
+    r = ok_json(call(world, "agent_vault_propose", {
+        "message": "I need the weather API <b>for the forecast task</b>",
+        "services": [{"name": "weather", "hosts": ["api.weather.test"],
+                      "auth": "bearer", "secret": "weather/key"}],
+        "slots": [{"secret": "weather/key", "description": "weather API key",
+                   "obtain": "https://weather.test/account/keys"}],
+    }))
+    assert r["status"] == "pending"
+    pid = r["id"]
+    assert ok_json(call(world, "agent_vault_proposal_status", {"id": pid}))["status"] == "pending"
+    assert pid in av(world, "proposals", "list").decode()
+    # Only an owner approves: the value on standard input, never in argv.
+    av(world, "proposals", "approve", pid, stdin=(wx + "\n").encode())
+    st = ok_json(call(world, "agent_vault_proposal_status", {"id": pid}))
+    assert st["status"] == "approved", st
+    v = ok_json(call(world, "agent_vault_whoami"))
+    assert v["groups"].get("weather") == "use", v
+    assert "weather" in [s["service"] for s in v["services"]]
+    # A use grant: the agent still cannot read the value.
+    t = err_text(call(world, "agent_vault_get", {"secret": "weather/key"}))
+    assert wx not in t
+    assert wx not in world.audit.read_text()
