@@ -63,8 +63,7 @@ fn world(max_ttl: Option<i64>) -> World {
         std::fs::write(&p, format!("{cfg}token_max_ttl_seconds: {max}\n")).unwrap();
         env.git(&["commit", "-qam", "short tokens"]);
     }
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     let mut w = World {
         env,

@@ -139,8 +139,7 @@ fn setup() -> Setup {
         "--substitute",
         "api/user",
     ]);
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     let (broker, port) = start_broker(
         &env,

@@ -145,6 +145,14 @@ impl Env {
             .join("owner.key")
     }
 
+    /// The vault CA's certificate (what agents trust for the broker's
+    /// leaves), written to `broker-ca.pem` in the test's directory.
+    pub fn broker_ca(&self) -> PathBuf {
+        let file = self.tmp.path().join("broker-ca.pem");
+        std::fs::write(&file, self.ok(&["ca", "cert"]).stdout).unwrap();
+        file
+    }
+
     /// Adds an agent and returns its key file.
     pub fn add_agent(&self, name: &str) -> PathBuf {
         let v = self.json(&["add-agent", name]);

@@ -65,8 +65,7 @@ fn setup(slow: bool, api_limits: &[&str]) -> Setup {
     ];
     add.extend_from_slice(api_limits);
     env.ok(&add);
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     let (broker, port) = start_broker_with(
         &env,

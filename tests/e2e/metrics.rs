@@ -84,8 +84,7 @@ fn setup() -> Setup {
         "--path",
         "/v1",
     ]);
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     let (broker, port, admin) = start(
         &env,

@@ -81,8 +81,7 @@ fn setup() -> Table {
         "--host",
         &host,
     ]);
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let (broker, port) = start_broker_with(
         &env,
         &[

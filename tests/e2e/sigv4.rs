@@ -87,8 +87,7 @@ fn aws() -> Aws {
         String::from_utf8_lossy(&added.stdout).trim(),
         format!("service s3local: {host} (sigv4 aws/id aws/secret, region us-east-1, service s3)")
     );
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     let (broker, port) = start_broker_with(
         &env,
@@ -494,8 +493,7 @@ fn tunnel_services_are_not_intercepted() {
     let before = std::fs::read_to_string(&services).unwrap();
     assert!(before.contains("tunnel: true"), "{before}");
 
-    let broker_ca = env.tmp.path().join("broker-ca.pem");
-    std::fs::write(&broker_ca, env.ok(&["ca", "cert"]).stdout).unwrap();
+    let broker_ca = env.broker_ca();
     let audit = env.tmp.path().join("audit.jsonl");
     // No --upstream-ca: the broker never speaks TLS to this upstream.
     let (_broker, port) = start_broker_with(
