@@ -924,7 +924,12 @@ mod inject_rules {
         let plan = Plan::new(&service(Auth::Bearer(path("g/k"))), &r).unwrap();
         let mut s = scrubber(&plan);
         // Nothing that could begin the value: all of it passes at once.
-        assert_eq!(s.push(b"hello world\n"), b"hello world\n");
+        assert_eq!(s.push(b"hello world.\n"), b"hello world.\n");
+        // A last base64 character whose bits could be the value's first
+        // ones waits, line break and all: wrapped base64 goes on on the
+        // next line ('d' ends in the two bits 'S' starts with).
+        assert_eq!(s.push(b"hello world\n"), b"hello worl");
+        assert_eq!(s.push(b"next.\n"), b"d\nnext.\n");
         // A tail that could: held back until the next chunk decides.
         assert_eq!(s.push(b"data: SEC"), b"data: ");
         let mut out = s.push(b"OND\n");

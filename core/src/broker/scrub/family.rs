@@ -56,8 +56,8 @@ impl Family {
     pub(super) fn patterns(self, value: &[u8]) -> Vec<Pattern> {
         let whole = |bytes: Vec<u8>| Pattern {
             bytes: Zeroizing::new(bytes),
-            left: false,
-            right: false,
+            left: None,
+            right: None,
         };
         let mut out = match self {
             Family::Literal | Family::Json | Family::Html => vec![whole(value.to_vec())],
@@ -69,12 +69,6 @@ impl Family {
         };
         out.retain(|p| !p.bytes.is_empty());
         out
-    }
-
-    /// Whether some of its patterns take a character before them (see
-    /// [`Pattern::left`]).
-    pub(super) fn left_context(self) -> bool {
-        self == Family::Base64
     }
 
     /// Scans `raw` (whose first byte is at absolute offset `pos`) into
@@ -104,11 +98,45 @@ pub(super) struct Pattern {
     /// The pattern (zeroized on drop).
     pub(super) bytes: Zeroizing<Vec<u8>>,
     /// Whether a match takes one more character before it, when it has
-    /// one: a base64 character that holds bits of the value and of what
-    /// comes before it both.
-    pub(super) left: bool,
+    /// one that fits: a base64 character that holds bits of the value and
+    /// of what comes before it both.
+    pub(super) left: Option<Edge>,
     /// The same after it.
-    pub(super) right: bool,
+    pub(super) right: Option<Edge>,
+}
+
+/// The bits of the value that a base64 character at a pattern's edge
+/// holds: a character there whose bits differ holds none of the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Edge {
+    /// Which of the character's six bits are the value's.
+    mask: u8,
+    /// What they are.
+    bits: u8,
+}
+
+impl Edge {
+    /// Any base64 character: for text whose case was folded, where a
+    /// character's bits are no longer known.
+    pub(super) const ANY: Edge = Edge { mask: 0, bits: 0 };
+
+    /// Whether `c` (a normalised scanned byte) is a base64 character
+    /// holding these bits.
+    pub(super) fn fits(self, c: u8) -> bool {
+        sextet(c).is_some_and(|v| v & self.mask == self.bits)
+    }
+}
+
+/// The six bits a character of the standard base64 alphabet stands for.
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
 }
 
 /// Whether `b` is a character of the (normalised, standard) base64 alphabet.
@@ -135,10 +163,23 @@ fn base64_runs(value: &[u8]) -> Vec<Pattern> {
             );
             let first = (8 * a).div_ceil(6);
             let end = (8 * a + 8 * n) / 6;
+            // The character before `first` holds the low bits of its six
+            // (the first byte's top ones); the one at `end`, the high bits
+            // (the last byte's low ones).
+            let lead = (6 - (8 * a) % 6) % 6;
+            let trail = (8 * a + 8 * n) % 6;
+            let left = (lead > 0).then(|| Edge {
+                mask: (1 << lead) - 1,
+                bits: value[0] >> (8 - lead),
+            });
+            let right = (trail > 0).then(|| Edge {
+                mask: ((1 << trail) - 1) << (6 - trail),
+                bits: (value[n - 1] & ((1 << trail) - 1)) << (6 - trail),
+            });
             (first < end).then(|| Pattern {
                 bytes: Zeroizing::new(encoded[first..end].to_vec()),
-                left: !(8 * a).is_multiple_of(6),
-                right: !(8 * a + 8 * n).is_multiple_of(6),
+                left,
+                right,
             })
         })
         .collect()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::family::Pattern;
+use super::family::{Edge, Pattern};
 use super::{FamilyPatterns, Scrubber, Set, rare_pair};
 
 impl Scrubber {
@@ -27,8 +27,9 @@ impl Scrubber {
                     .map(|(p, label)| {
                         let lower = Pattern {
                             bytes: Zeroizing::new(p.bytes.to_ascii_lowercase()),
-                            left: p.left,
-                            right: p.right,
+                            // Case is gone: an edge's bits cannot be read.
+                            left: p.left.map(|_| Edge::ANY),
+                            right: p.right.map(|_| Edge::ANY),
                         };
                         (lower, *label)
                     })

@@ -489,10 +489,10 @@ fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>)
     for ((pattern, label), &rare) in f.patterns.iter().zip(&f.rare) {
         for m in find_all(bytes, &pattern.bytes, rare) {
             let (mut s, mut e) = (m, m + pattern.bytes.len());
-            if pattern.left && s > 0 && family::is_base64(bytes[s - 1]) {
+            if s > 0 && pattern.left.is_some_and(|edge| edge.fits(bytes[s - 1])) {
                 s -= 1;
             }
-            if pattern.right && e < bytes.len() && family::is_base64(bytes[e]) {
+            if e < bytes.len() && pattern.right.is_some_and(|edge| edge.fits(bytes[e])) {
                 e += 1;
             }
             spans.push(Span {
@@ -510,7 +510,7 @@ fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>)
     let mut keep = bytes.len();
     for (pattern, _) in &f.patterns {
         let p = &pattern.bytes[..];
-        let longest_tail = p.len() - usize::from(!pattern.right);
+        let longest_tail = p.len() - usize::from(pattern.right.is_none());
         let lo = bytes.len().saturating_sub(longest_tail).min(keep);
         for i in memchr::memchr_iter(p[0], &bytes[lo..keep]) {
             let tail = &bytes[lo + i..];
@@ -520,13 +520,15 @@ fn search(f: &FamilyPatterns, p: &Progress, at_end: bool, spans: &mut Vec<Span>)
             }
         }
     }
-    // The character before a match to come may be part of it; but a last
-    // character with a line break after it is let go, so a stream of
-    // lines is passed on as it comes.
-    if f.family.left_context()
-        && keep > 0
-        && family::is_base64(bytes[keep - 1])
-        && (keep < bytes.len() || p.decoded.raw_end(keep - 1) == p.pos)
+    // The character before a match to come is part of it when it holds
+    // the value's first bits (a line break may come between them, as in
+    // wrapped base64): one that fits some pattern's left edge waits; one
+    // that fits none is let go, so a stream of lines is passed on as it
+    // comes but for about one line end in four.
+    if keep > 0
+        && f.patterns
+            .iter()
+            .any(|(pattern, _)| pattern.left.is_some_and(|edge| edge.fits(bytes[keep - 1])))
     {
         keep -= 1;
     }

@@ -12,7 +12,7 @@
 use memchr::{memchr, memchr3};
 
 use super::escapes;
-use super::family::{Family, is_base64};
+use super::family::{Edge, Family, is_base64};
 use super::{FamilyPatterns, Span};
 
 /// Whether `raw` holds a byte after which `f`'s scanner may read other
@@ -103,14 +103,14 @@ pub(super) fn linear_spans(f: &FamilyPatterns, raw: &[u8], spans: &mut Vec<Span>
     if has_special(f.family, raw) {
         return false;
     }
-    let base64_at = |i: usize| is_base64(plain(f.family, raw[i]));
+    let fits = |edge: Option<Edge>, i: usize| edge.is_some_and(|e| e.fits(plain(f.family, raw[i])));
     for ((pattern, label), &(r1, _)) in f.patterns.iter().zip(&f.rare) {
         for m in occurrences(f.family, raw, &pattern.bytes, r1) {
             let (mut s, mut e) = (m, m + pattern.bytes.len());
-            if pattern.left && s > 0 && base64_at(s - 1) {
+            if s > 0 && fits(pattern.left, s - 1) {
                 s -= 1;
             }
-            if pattern.right && e < raw.len() && base64_at(e) {
+            if e < raw.len() && fits(pattern.right, e) {
                 e += 1;
             }
             spans.push(Span {
