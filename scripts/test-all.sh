@@ -44,6 +44,8 @@ python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install -q prometheus-client
 python3 -c 'import selenium' >/dev/null 2>&1 || python3 -m pip install -q selenium
+# The proposal loop's agent drives its MCP server with the Python `mcp` client.
+python3 -c 'import mcp' >/dev/null 2>&1 || python3 -m pip install -q mcp
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

@@ -23,6 +23,7 @@ mod metrics;
 mod owners;
 mod problems;
 mod proposals;
+mod proposals_loop;
 mod remotes;
 mod scrub_transforms;
 mod services;
