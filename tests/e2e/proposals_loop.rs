@@ -129,6 +129,7 @@ fn proposal_loop_mcp_propose_sync_approve_in_chromium_pull_and_brokered_request(
         &[("UI_VALUES", &values)],
     );
     assert_eq!(r["url"], format!("{}/", ui.base), "{r}");
+    assert_eq!(r["fits_phone_width"], true, "{r}");
     let after = std::fs::read_to_string(pages.join("after.html")).unwrap();
     assert!(
         after.contains(&format!("Approved proposal {pid}")),

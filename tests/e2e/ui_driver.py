@@ -122,6 +122,9 @@ def approve(login_url, pid, out):
     d = browser()
     try:
         open_proposal(d, login_url, pid, out)
+        # At phone width (the window is 390 px wide) nothing runs off the side.
+        fits = d.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth")
         fields = d.find_elements(By.CSS_SELECTOR, "input[type=password]")
         assert len(fields) == len(values), f"{len(fields)} fields for {len(values)} values"
         # Keyboard only: focus the first field, type, Tab on.
@@ -131,7 +134,7 @@ def approve(login_url, pid, out):
         approve_button = d.find_element(By.ID, "approve")
         approve_button.send_keys(Keys.ENTER)
         save(d, out, "after")
-        print(json.dumps({"url": d.current_url, "title": d.title}))
+        print(json.dumps({"url": d.current_url, "title": d.title, "fits_phone_width": fits}))
     finally:
         d.quit()
 
