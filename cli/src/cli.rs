@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod oauth;
 mod proposals;
 
+pub use oauth::{OauthCommand, OauthSetArgs};
 pub use proposals::{ProposalsCommand, ProposeArgs};
 
 /// Let AI agents use API keys, tokens and passwords without holding them.
@@ -208,6 +210,9 @@ pub enum Command {
     },
     /// Serve the owner's page on 127.0.0.1: review, approve or deny agents' proposals (owner key).
     Ui(UiArgs),
+    /// OAuth credentials the broker refreshes itself: set one (its refresh token tried at once), list the provider presets.
+    #[command(subcommand)]
+    Oauth(OauthCommand),
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
