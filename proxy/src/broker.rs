@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use agent_vault_core::broker::inject::Plan;
 use agent_vault_core::broker::oauth::OAuthCredential;
-use agent_vault_core::crypto::SecretValue;
-use agent_vault_core::secrecy::{ExposeSecret, SecretBox};
 use agent_vault_core::broker::scrub::{Redaction, Scrubber};
 use agent_vault_core::broker::services::Services;
 use agent_vault_core::broker::token::TokenKey;
+use agent_vault_core::crypto::SecretValue;
 use agent_vault_core::live::{LiveReader, RECHECK};
 use agent_vault_core::model::{Manifest, Mode};
 use agent_vault_core::reader::Reader;
+use agent_vault_core::secrecy::{ExposeSecret, SecretBox};
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -273,7 +273,10 @@ impl Broker {
                 && let Ok(mut f) = found.lock()
                 && !f.iter().any(|(q, _)| q == p)
             {
-                f.push((p.clone(), SecretBox::new(Box::new(v.expose_secret().clone()))));
+                f.push((
+                    p.clone(),
+                    SecretBox::new(Box::new(v.expose_secret().clone())),
+                ));
             }
             Ok(v)
         };

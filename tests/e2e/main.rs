@@ -20,6 +20,7 @@ mod interop;
 mod isolation;
 mod limits;
 mod metrics;
+mod oauth;
 mod owners;
 mod problems;
 mod proposals;

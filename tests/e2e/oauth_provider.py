@@ -13,7 +13,7 @@ Flask integration) and served over HTTPS on 127.0.0.1:
 Usage: oauth_provider.py CERT KEY LOG; prints its port, serves until killed.
 Client: id "agent-vault-test", secret "test-client-secret", any redirect URI
 on 127.0.0.1 or localhost."""
-import json, secrets, ssl, sys, threading, time
+import json, logging, secrets, ssl, sys, threading, time, warnings
 from urllib.parse import urlparse
 
 from flask import Flask, request, jsonify
@@ -22,6 +22,7 @@ from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7636 import CodeChallenge
 
+warnings.simplefilter("ignore")  # Authlib's deprecation notices, not ours
 cert, key, log_path = sys.argv[1], sys.argv[2], sys.argv[3]
 CLIENT_ID, CLIENT_SECRET = "agent-vault-test", "test-client-secret"
 
@@ -240,6 +241,7 @@ def revoke_all():
 
 if __name__ == "__main__":
     from werkzeug.serving import make_server
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     srv = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=ctx)

@@ -51,11 +51,10 @@ fn read_secret(what: &str, file: Option<&Path>) -> CliResult<Zeroizing<String>> 
                 .map_err(|e| CliError::Msg(format!("cannot read standard input: {e}"), None))?;
         }
         Some(f) => {
-            buf = Zeroizing::new(
-                std::fs::read(f).map_err(|e| {
+            buf =
+                Zeroizing::new(std::fs::read(f).map_err(|e| {
                     CliError::Msg(format!("cannot read {}: {e}", f.display()), None)
-                })?,
-            );
+                })?);
         }
     }
     let mut end = buf.len();
@@ -88,8 +87,7 @@ fn set(ctx: &Ctx, args: OauthSetArgs) -> CliResult<ExitCode> {
     let preset = args.provider.as_deref().map(preset).transpose()?;
     let client = Client {
         client_id: args.client_id.clone(),
-        client_secret: (*read_secret("client secret", args.client_secret_file.as_deref())?)
-            .clone(),
+        client_secret: (*read_secret("client secret", args.client_secret_file.as_deref())?).clone(),
         token_url: args
             .token_url
             .clone()
@@ -116,12 +114,14 @@ fn set(ctx: &Ctx, args: OauthSetArgs) -> CliResult<ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Msg(format!("cannot start the runtime: {e}"), None))?;
-    let granted = rt.block_on(tokens.refresh(&client, &refresh)).map_err(|e| {
-        CliError::Msg(
-            format!("{path}: {e}; nothing was stored"),
-            Some("check the refresh token, client id and secret, or connect again".into()),
-        )
-    })?;
+    let granted = rt
+        .block_on(tokens.refresh(&client, &refresh))
+        .map_err(|e| {
+            CliError::Msg(
+                format!("{path}: {e}; nothing was stored"),
+                Some("check the refresh token, client id and secret, or connect again".into()),
+            )
+        })?;
     let cred = OAuthCredential::new(
         &client,
         granted

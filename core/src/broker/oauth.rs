@@ -264,7 +264,10 @@ mod tests {
         ] {
             let mut c = client();
             c.token_url = bad.into();
-            assert!(OAuthCredential::new(&c, "rt".into(), None, None).is_err(), "{bad}");
+            assert!(
+                OAuthCredential::new(&c, "rt".into(), None, None).is_err(),
+                "{bad}"
+            );
         }
     }
 

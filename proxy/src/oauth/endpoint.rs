@@ -85,7 +85,10 @@ impl std::fmt::Display for OAuthError {
         match self {
             OAuthError::Endpoint(why) => f.write_str(why),
             OAuthError::Unreachable { host, why } => {
-                write!(f, "the token endpoint at {host} could not be reached: {why}")
+                write!(
+                    f,
+                    "the token endpoint at {host} could not be reached: {why}"
+                )
             }
             OAuthError::Refused {
                 host,
@@ -141,16 +144,17 @@ impl TokenClient {
         })
     }
 
-    /// Uses a refresh token (RFC 6749 §6).
-    pub async fn refresh(&self, client: &Client, refresh_token: &str) -> Result<Granted, OAuthError> {
-        let mut form = vec![
+    /// Uses a refresh token (RFC 6749 §6). No `scope`: the grant keeps the
+    /// scopes it was given (asking for them again can only be refused).
+    pub async fn refresh(
+        &self,
+        client: &Client,
+        refresh_token: &str,
+    ) -> Result<Granted, OAuthError> {
+        let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
         ];
-        let scope = client.scopes.join(" ");
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
-        }
         self.post(client, &form).await
     }
 
@@ -178,7 +182,11 @@ impl TokenClient {
             .token_url
             .parse()
             .map_err(|_| OAuthError::Endpoint("the token URL does not parse".into()))?;
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let unreachable = |why: String| OAuthError::Unreachable {
             host: host.clone(),

@@ -118,7 +118,8 @@ impl Refresher {
             credential: path.to_string(),
             why,
         };
-        let cred = OAuthCredential::parse(&path.to_string(), owner).map_err(|e| fail(e.to_string()))?;
+        let cred =
+            OAuthCredential::parse(&path.to_string(), owner).map_err(|e| fail(e.to_string()))?;
         let cell = self.cells.entry(path.clone()).or_default().clone();
         let mut c = cell.lock().await;
         let base = agent_vault_core::crypto::sha256_hex(owner);
@@ -149,7 +150,11 @@ impl Refresher {
                 },
             }
         }
-        let access = c.access.as_deref().map(|a| secret(a)).ok_or_else(|| fail("no access token".into()))?;
+        let access = c
+            .access
+            .as_deref()
+            .map(|a| secret(a))
+            .ok_or_else(|| fail("no access token".into()))?;
         Ok(Current {
             access,
             earlier: c.earlier.iter().map(|t| secret(t)).collect(),
@@ -184,7 +189,13 @@ fn remember(c: &mut Cell, token: Zeroizing<String>) {
 
 /// (Re)starts a cell from the owner's value, then the broker's state if it
 /// continues from that same value. Tokens injected before stay remembered.
-fn start(c: &mut Cell, base: String, cred: &OAuthCredential, path: &SecretPath, ctx: &StateCtx<'_>) {
+fn start(
+    c: &mut Cell,
+    base: String,
+    cred: &OAuthCredential,
+    path: &SecretPath,
+    ctx: &StateCtx<'_>,
+) {
     if let Some(old) = c.access.take() {
         remember(c, old);
     }
@@ -205,7 +216,9 @@ fn start(c: &mut Cell, base: String, cred: &OAuthCredential, path: &SecretPath, 
             c.expires_at = s.expires_at;
         }
         Ok(_) => {}
-        Err(e) => eprintln!("agent-vault proxy: the OAuth state of {path} is unreadable ({e}); using the owner's value"),
+        Err(e) => eprintln!(
+            "agent-vault proxy: the OAuth state of {path} is unreadable ({e}); using the owner's value"
+        ),
     }
     c.base = base;
 }
