@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 #[derive(Debug, Subcommand)]
 pub enum OauthCommand {
     /// Store an OAuth credential; its refresh token is tried at the token endpoint at once and refused if the provider refuses it.
-    Set(OauthSetArgs),
+    Set(Box<OauthSetArgs>),
     /// The provider presets (--provider) and their endpoints.
     Presets,
 }

@@ -18,7 +18,7 @@ use crate::output::{self, CliError, CliResult, line};
 /// `oauth …`.
 pub(super) fn run(ctx: &Ctx, cmd: OauthCommand) -> CliResult<ExitCode> {
     match cmd {
-        OauthCommand::Set(args) => set(ctx, args),
+        OauthCommand::Set(args) => set(ctx, *args),
         OauthCommand::Presets => presets(ctx),
     }
 }
