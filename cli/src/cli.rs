@@ -307,6 +307,12 @@ pub struct UiArgs {
     /// The broker's audit log (as given to `proxy --audit`), for the audit page.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for OAuth token endpoints (connecting on the page).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Allow OAuth token endpoints on private, loopback or link-local addresses.
+    #[arg(long)]
+    pub allow_private_endpoints: bool,
 }
 
 /// `broker` subcommands.

@@ -142,6 +142,8 @@ fn ui(ctx: &Ctx, args: crate::cli::UiArgs) -> CliResult<ExitCode> {
         listen: args.listen,
         webhook: args.webhook,
         audit: args.audit,
+        upstream_ca: args.upstream_ca,
+        allow_private_endpoints: args.allow_private_endpoints,
     })
 }
 

@@ -16,7 +16,7 @@ use super::session::Authed;
 use super::store::{self, Owner, Plan};
 
 /// Runs a blocking vault call on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     owner: &Arc<Owner>,
     f: impl FnOnce(&Owner) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
