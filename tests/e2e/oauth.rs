@@ -559,3 +559,79 @@ fn oauth_readers_refuse_a_broker_signed_value() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not an owner's"), "{}", stderr(&out));
 }
+
+#[test]
+fn oauth_connect_on_the_owners_page_with_pkce_and_state() {
+    use crate::ui::{Ui, drive};
+    if !have("chromium") && !Path::new("/usr/bin/chromium").exists() {
+        panic!("chromium is needed (scripts/test-all.sh installs it)");
+    }
+    let s = setup();
+    let ca = s.ca.to_str().unwrap().to_owned();
+    let ui = Ui::start(
+        &s.env,
+        &s.env.vault,
+        &["--upstream-ca", &ca, "--allow-private-endpoints"],
+    );
+    let out = s.env.tmp.path().join("pages");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = drive(
+        &[
+            "connect",
+            &ui.login,
+            "api/gh",
+            &s.base(),
+            out.to_str().unwrap(),
+        ],
+        &[("UI_CLIENT_SECRET", CLIENT_SECRET)],
+    );
+    assert_eq!(r["title"], "Connected · agent-vault", "{r}");
+    assert!(r["text"].as_str().unwrap().contains("api/gh"), "{r}");
+    // The provider saw an S256 challenge at its authorization endpoint and a
+    // verifier that matched it at its token endpoint.
+    let stats = s.stats();
+    assert_eq!(count(&stats, "code_exchanges"), 1, "{stats}");
+    assert_eq!(count(&stats, "pkce_verified"), 1, "{stats}");
+    let log = std::fs::read_to_string(s.env.tmp.path().join("provider.log")).unwrap();
+    assert!(log.contains("\"code_challenge_method\": \"S256\""), "{log}");
+    assert!(log.contains("\"scope\": \"repo read:user\""), "{log}");
+
+    // The tokens went into the vault, owner-signed, as an OAuth credential.
+    let stored: Value = serde_json::from_slice(&s.env.get("api/gh")).unwrap();
+    assert_eq!(stored["type"], "oauth");
+    assert_eq!(
+        Some(stored["refresh_token"].clone()),
+        s.stats()["refresh"].as_array().unwrap().last().cloned()
+    );
+
+    // The callback again (same code and state): the state was used once.
+    let callback = r["url"].as_str().unwrap();
+    assert!(callback.contains("/oauth/callback?"), "{callback}");
+    let again = python(
+        "import sys, urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen(sys.argv[1]).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)",
+        &[callback],
+    );
+    assert_eq!(again.trim(), "403");
+    // A state the page never made, with a code: refused, nothing exchanged.
+    let forged = format!("{}/oauth/callback?code=x&state=forged", ui.base);
+    let forged = python(
+        "import sys, urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen(sys.argv[1]).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)",
+        &[&forged],
+    );
+    assert_eq!(forged.trim(), "403");
+    assert_eq!(count(&s.stats(), "code_exchanges"), 1);
+
+    // The page's log names paths, never a code, a state or a token.
+    let text = ui.stderr_text();
+    for t in s.all_tokens() {
+        assert!(!text.contains(&t), "a token in the page's log");
+    }
+    assert!(!text.contains("code="), "{text}");
+    for page in std::fs::read_dir(&out).unwrap() {
+        let html = std::fs::read_to_string(page.unwrap().path()).unwrap();
+        for t in s.all_tokens() {
+            assert!(!html.contains(&t), "a token on a page");
+        }
+        assert!(!html.contains(CLIENT_SECRET), "the client secret on a page");
+    }
+}

@@ -193,11 +193,21 @@ pub(crate) fn start(app: &App, authed: &Authed, mut form: Form) -> Answer {
     }
     let description = Some(field(&form, "description")).filter(|d| !d.is_empty());
     let Ok(mut flows) = app.connect.flows.lock() else {
-        return self::form(app, authed, None, Some("the page's state is unusable; restart it"));
+        return self::form(
+            app,
+            authed,
+            None,
+            Some("the page's state is unusable; restart it"),
+        );
     };
     flows.retain(|_, f| f.started.elapsed() < FLOW_LIFETIME);
     if flows.len() >= MAX_FLOWS {
-        return self::form(app, authed, None, Some("too many connections under way; finish one"));
+        return self::form(
+            app,
+            authed,
+            None,
+            Some("too many connections under way; finish one"),
+        );
     }
     flows.insert(
         state.to_string(),
@@ -209,12 +219,30 @@ pub(crate) fn start(app: &App, authed: &Authed, mut form: Form) -> Answer {
             started: Instant::now(),
         },
     );
-    // 303 to another site: `redirect` is for our own paths, so by hand.
-    let mut a = super::server::redirect("/");
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&url) {
-        a.headers_mut().insert(hyper::header::LOCATION, v);
-    }
-    a
+    // A page with a link rather than a redirect: the page's CSP allows
+    // forms to post only here (`form-action 'self'`, which covers a
+    // redirect after the post), and the owner sees which host the browser
+    // is sent to before it goes.
+    let host = auth
+        .strip_prefix("https://")
+        .and_then(|r| r.split(['/', '?', '#']).next())
+        .unwrap_or("");
+    html_page(
+        StatusCode::OK,
+        html::page(
+            "Continue at the provider",
+            Some(&authed.csrf),
+            None,
+            &format!(
+                "<h1>Continue at the provider</h1><p>Sign in at <code>{}</code> and approve; \
+                 the browser then comes back here.</p>\
+                 <p><a id=\"continue\" class=\"button\" href=\"{}\">Continue to {}</a></p>",
+                esc(host),
+                esc(&url),
+                esc(host)
+            ),
+        ),
+    )
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -252,7 +280,11 @@ pub(crate) async fn callback(app: &App, query: Option<&str>) -> Answer {
         );
     };
     if let Some(e) = query_param(query, "error") {
-        let e: String = e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+        let e: String = e
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(64)
+            .collect();
         return done(
             StatusCode::BAD_REQUEST,
             "Not connected",
@@ -294,7 +326,13 @@ pub(crate) async fn callback(app: &App, query: Option<&str>) -> Answer {
         granted.expires_at,
     ) {
         Ok(c) => c,
-        Err(e) => return done(StatusCode::BAD_REQUEST, "Not connected", &esc(&e.to_string())),
+        Err(e) => {
+            return done(
+                StatusCode::BAD_REQUEST,
+                "Not connected",
+                &esc(&e.to_string()),
+            );
+        }
     };
     let path = flow.path.clone();
     let opts = SetOptions {

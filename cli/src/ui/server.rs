@@ -211,7 +211,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Answer {
             let path = req.uri().query().and_then(|q| {
                 q.split('&')
                     .find_map(|kv| kv.strip_prefix("path="))
-                    .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+                    .map(|p| {
+                        percent_encoding::percent_decode_str(p)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
             });
             super::connect::form(app, &authed, path.as_deref(), None)
         }
