@@ -635,3 +635,86 @@ fn oauth_connect_on_the_owners_page_with_pkce_and_state() {
         assert!(!html.contains(CLIENT_SECRET), "the client secret on a page");
     }
 }
+
+#[test]
+fn oauth_approving_a_proposal_with_an_oauth_slot_leads_to_the_connect_flow() {
+    use agent_vault_core::broker::services::{Auth, Service};
+    use agent_vault_core::proposals::{self, Action, Draft, ProposedService, Slot, SlotKind};
+    use agent_vault_core::{KeySource, KeyStore, Vault};
+
+    use crate::ui::{Ui, drive};
+    let s = setup();
+    let key = s.env.add_agent("bot");
+    s.env.ok(&["broker", "init"]);
+    // The agent asks for a service on the provider's API, authenticated by
+    // an OAuth credential it names but cannot obtain itself.
+    let vault = Vault::find(&s.env.vault, KeyStore::at(&s.env.home)).unwrap();
+    let id = vault
+        .keys()
+        .load(&KeySource::File(key), vault.id())
+        .unwrap();
+    let host = format!("127.0.0.1:{}", s.port);
+    let service = Service::new(vec![host], Auth::Bearer("api/gh".parse().unwrap()));
+    let draft = Draft {
+        message: "I need the provider's API".into(),
+        expires: None,
+        services: vec![ProposedService {
+            name: "api".into(),
+            service,
+        }],
+        slots: vec![Slot {
+            path: "api/gh".parse().unwrap(),
+            description: "the provider account".into(),
+            obtain: "connect it at the provider".into(),
+            action: Action::Set,
+            kind: SlotKind::Oauth,
+            value: None,
+        }],
+    };
+    let pid = proposals::submit(&vault, &id, draft, proposals::Values::new())
+        .unwrap()
+        .proposal
+        .id
+        .to_string();
+
+    let ca = s.ca.to_str().unwrap().to_owned();
+    let ui = Ui::start(
+        &s.env,
+        &s.env.vault,
+        &["--upstream-ca", &ca, "--allow-private-endpoints"],
+    );
+    let out = s.env.tmp.path().join("pages");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = drive(
+        &[
+            "approve-connect",
+            &ui.login,
+            &pid,
+            &s.base(),
+            out.to_str().unwrap(),
+        ],
+        &[("UI_CLIENT_SECRET", CLIENT_SECRET)],
+    );
+    // Approving led to the connect form, the slot's name filled in.
+    assert_eq!(
+        r["form_url"],
+        format!("{}/oauth?path=api/gh", ui.base),
+        "{r}"
+    );
+    assert_eq!(r["path"], "api/gh", "{r}");
+    assert_eq!(r["title"], "Connected · agent-vault", "{r}");
+    assert_eq!(count(&s.stats(), "pkce_verified"), 1);
+
+    // The proposal's service and grant are in place, and the connected
+    // credential works through the broker.
+    let log = s.env.tmp.path().join("broker.log");
+    let (_broker, port) = s.broker(&log);
+    let token = s.token();
+    let answers = s.through_broker(port, &token, 1);
+    assert_eq!(answers[0].0, 200, "{}", answers[0].1);
+    assert!(
+        answers[0].1.contains("[REDACTED:api/gh]"),
+        "{}",
+        answers[0].1
+    );
+}

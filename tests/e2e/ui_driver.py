@@ -173,27 +173,50 @@ def page(login_url, pid, out):
 
 
 def connect(login_url, path, provider, out):
-    from selenium.webdriver.common.by import By
-
     d = browser(insecure=True)
     try:
         d.get(login_url)
         base = login_url.split("/login")[0]
         d.get(f"{base}/oauth?path={path}")
-        save(d, out, "connect")
-        d.find_element(By.NAME, "client_id").send_keys("agent-vault-test")
-        d.find_element(By.NAME, "client_secret").send_keys(os.environ["UI_CLIENT_SECRET"])
-        d.find_element(By.NAME, "authorization_url").send_keys(provider + "/authorize")
-        d.find_element(By.NAME, "token_url").send_keys(provider + "/token")
-        d.find_element(By.NAME, "scopes").send_keys("repo read:user")
-        d.find_element(By.CSS_SELECTOR, "form[action='/oauth/start'] button").click()
-        save(d, out, "continue")
-        d.find_element(By.ID, "continue").click()
-        save(d, out, "connected")
-        print(json.dumps({"url": d.current_url, "title": d.title,
-                          "text": d.find_element("tag name", "body").text}))
+        fill_connect(d, provider, out)
     finally:
         d.quit()
+
+
+def approve_connect(login_url, pid, provider, out):
+    """Approves proposal PID (no values to type: its slot is OAuth), which
+    leads to the connect form for the slot; connects there."""
+    from selenium.webdriver.common.by import By
+
+    d = browser(insecure=True)
+    try:
+        open_proposal(d, login_url, pid, out)
+        d.find_element(By.ID, "approve").click()
+        fill_connect(d, provider, out)
+    finally:
+        d.quit()
+
+
+def fill_connect(d, provider, out):
+    from selenium.webdriver.common.by import By
+
+    save(d, out, "connect")
+    form_url = d.current_url
+    fields = d.find_elements(By.NAME, "path")
+    if not fields:
+        raise SystemExit("no connect form at %s: %s" % (form_url, d.find_element("tag name", "body").text))
+    path = fields[0].get_attribute("value")
+    d.find_element(By.NAME, "client_id").send_keys("agent-vault-test")
+    d.find_element(By.NAME, "client_secret").send_keys(os.environ["UI_CLIENT_SECRET"])
+    d.find_element(By.NAME, "authorization_url").send_keys(provider + "/authorize")
+    d.find_element(By.NAME, "token_url").send_keys(provider + "/token")
+    d.find_element(By.NAME, "scopes").send_keys("repo read:user")
+    d.find_element(By.CSS_SELECTOR, "form[action='/oauth/start'] button").click()
+    save(d, out, "continue")
+    d.find_element(By.ID, "continue").click()
+    save(d, out, "connected")
+    print(json.dumps({"url": d.current_url, "title": d.title, "form_url": form_url,
+                      "path": path, "text": d.find_element("tag name", "body").text}))
 
 
 def webhook(portfile, log):
@@ -221,4 +244,5 @@ def webhook(portfile, log):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"attacks": attacks, "approve": approve, "deny": deny, "page": page, "connect": connect,
+     "approve-connect": approve_connect,
      "webhook": webhook}[cmd](*args)

@@ -112,7 +112,7 @@ pub(crate) fn form(app: &App, authed: &Authed, path: Option<&str>, error: Option
         } else {
             StatusCode::OK
         },
-        html::page("Connect", Some(&authed.csrf), None, &b),
+        html::page("Connect", Some(&authed.csrf), authed.flash.as_deref(), &b),
     )
 }
 
