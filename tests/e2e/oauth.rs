@@ -396,6 +396,13 @@ fn oauth_fifty_requests_at_expiry_refresh_once_and_the_newest_refresh_token_surv
     // state, encrypted (no token in the clear on disk).
     let state = s.env.vault.join(".agent-vault/broker/state/api/gh.age");
     assert!(state.is_file() && state.with_extension("sig").is_file());
+    // The vault stays healthy with the broker's state in it, and the owner's
+    // value still reads (the broker never rewrites it).
+    s.env.ok(&["check"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&s.env.get("api/gh")).unwrap()["refresh_token"],
+        owner_refresh.as_str()
+    );
     drop(broker);
 
     // The owner-set refresh token was rotated away: the provider refuses it.
