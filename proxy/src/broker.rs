@@ -309,7 +309,7 @@ impl Broker {
             };
             plan = Plan::new(service, &with_tokens).map_err(PlanFailure::Core)?;
             for (p, cur) in &tokens {
-                for t in &cur.earlier {
+                for t in &cur.scrub_also {
                     plan.also_scrub(p, t.expose_secret());
                 }
             }

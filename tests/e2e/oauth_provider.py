@@ -6,7 +6,8 @@ Flask integration) and served over HTTPS on 127.0.0.1:
 - POST /token      authorization_code and refresh_token grants; every refresh
                    rotates the refresh token and revokes the old one.
 - GET  /api/echo   accepts only the newest access token, and echoes it back
-                   with every earlier one (an upstream that reflects tokens).
+                   with every earlier one, the newest refresh token and the
+                   client secret (an upstream that reflects what it can).
 - /control/...     for the test: counts, the tokens issued, the lifetime of
                    the next access tokens, revoking everything.
 
@@ -214,9 +215,12 @@ def api_echo():
         state["api_calls"] += 1
         current = state["current"]
         earlier = [t for t in state["access"] if t != current]
+        refresh = state["refresh"][-1] if state["refresh"] else ""
     if not current or not secrets.compare_digest(auth, "Bearer " + current):
         return jsonify(error="invalid_token"), 401
-    return jsonify(token=current, authorization=auth, earlier=earlier)
+    # A hostile echo: the newest refresh token and the client secret too.
+    return jsonify(token=current, authorization=auth, earlier=earlier, refresh=refresh,
+                   client_secret=CLIENT_SECRET)
 
 
 @app.get("/control/stats")

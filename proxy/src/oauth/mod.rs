@@ -41,8 +41,10 @@ pub(crate) struct StateCtx<'a> {
 pub(crate) struct Current {
     /// The access token to inject.
     pub(crate) access: SecretValue,
-    /// Every access token injected before it (to scrub).
-    pub(crate) earlier: Vec<SecretValue>,
+    /// What to scrub besides it: every access token held before, the
+    /// refresh token and the client secret (never injected, but a token
+    /// endpoint on the service's own host could be made to echo them).
+    pub(crate) scrub_also: Vec<SecretValue>,
     /// When the access token is due for a refresh (Unix seconds).
     pub(crate) refresh_at: Option<i64>,
 }
@@ -157,7 +159,12 @@ impl Refresher {
             .ok_or_else(|| fail("no access token".into()))?;
         Ok(Current {
             access,
-            earlier: c.earlier.iter().map(|t| secret(t)).collect(),
+            scrub_also: c
+                .earlier
+                .iter()
+                .map(|t| secret(t))
+                .chain([secret(&c.refresh), secret(&cred.client_secret)])
+                .collect(),
             refresh_at: c.expires_at.map(|e| e - REFRESH_MARGIN),
         })
     }
