@@ -159,6 +159,54 @@ pub fn read(vault: &Vault, broker: &Identity, path: &SecretPath) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keystore::KeyStore;
+
+    fn state(refresh: &str) -> OAuthState {
+        OAuthState {
+            base: "b".into(),
+            refresh_token: refresh.into(),
+            access_token: "at".into(),
+            expires_at: Some(1),
+            earlier: vec!["old".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_forgeries_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = KeyStore::at(tmp.path().join("home"));
+        let made =
+            crate::init::init(&tmp.path().join("v"), "alice".parse().unwrap(), keys).unwrap();
+        let (vault, broker) = (&made.vault, Identity::generate());
+        let owner = Identity::read_file(&made.owner_key).unwrap();
+        let manifest = crate::reader::Reader::open(
+            vault,
+            &crate::keystore::KeySource::File(made.owner_key.clone()),
+        )
+        .unwrap()
+        .manifest()
+        .clone();
+        let path: SecretPath = "api/gh".parse().unwrap();
+        assert!(read(vault, &broker, &path).unwrap().is_none());
+        write(vault, &broker, &manifest, &path, &state("r1")).unwrap();
+        let back = read(vault, &broker, &path).unwrap().unwrap();
+        assert_eq!(back.refresh_token, "r1");
+        assert_eq!(back.earlier, ["old"]);
+        // Encrypted to the owners too (an owner can recover it with age).
+        let ct = std::fs::read(state_path(vault, &path)).unwrap();
+        assert!(crypto::decrypt(&[&owner], &ct, &state_path(vault, &path)).is_ok());
+
+        // State written (and signed) by another key: not this broker's.
+        let other = Identity::generate();
+        write(vault, &other, &manifest, &path, &state("r-evil")).unwrap();
+        assert!(read(vault, &broker, &path).unwrap().is_none());
+        // This broker's signature on other bytes: refused.
+        write(vault, &broker, &manifest, &path, &state("r2")).unwrap();
+        let sig = std::fs::read(sig_path(vault, &path)).unwrap();
+        write(vault, &other, &manifest, &path, &state("r-evil")).unwrap();
+        std::fs::write(sig_path(vault, &path), sig).unwrap();
+        assert!(read(vault, &broker, &path).unwrap().is_none());
+    }
 
     #[test]
     fn a_state_signature_is_not_an_owner_signature() {
