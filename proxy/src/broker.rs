@@ -313,7 +313,10 @@ impl Broker {
                     plan.also_scrub(p, t.expose_secret());
                 }
             }
-            oauth = Some((generation.max(self.oauth.generation()), due));
+            // The generation from before the tokens were taken: a refresh
+            // since (this plan's own included) retires the plan at once, so
+            // it never outlives a token the provider has replaced.
+            oauth = Some((generation, due));
         }
         let scrub = Scrubber::for_plan(&plan, Redaction::Marker);
         let plan = Arc::new(Prepared {

@@ -144,7 +144,15 @@ impl Refresher {
                         self.granted(&mut c, g);
                         persist(&c, path, ctx);
                     }
-                    Err(e) if still_valid => c.failed = Some((Instant::now(), e.to_string())),
+                    Err(e) if still_valid => {
+                        // Said by name, never a token: the operator learns
+                        // before requests start failing.
+                        eprintln!(
+                            "agent-vault proxy: refreshing the OAuth credential {path} failed ({e}); \
+                             its access token is used until it expires"
+                        );
+                        c.failed = Some((Instant::now(), e.to_string()));
+                    }
                     Err(e) => {
                         c.failed = Some((Instant::now(), e.to_string()));
                         return Err(fail(e.to_string()));
