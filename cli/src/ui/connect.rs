@@ -91,7 +91,7 @@ pub(crate) fn form(app: &App, authed: &Authed, path: Option<&str>, error: Option
         "<p>Your browser goes to the provider to sign in and approve; it comes back here, \
          and the tokens go straight into the vault. Register <code>{redirect}</code> as the \
          client's redirect URI.</p>\
-         <form method=\"post\" action=\"/oauth/start\">\
+         <form method=\"post\" action=\"/oauth/start\" class=\"connect\" autocomplete=\"off\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <label>Credential (GROUP/NAME) <input name=\"path\" required value=\"{path}\"></label>\
          <label>Provider <select name=\"provider\"><option value=\"\">other (give the URLs)</option>{options}</select></label>\
