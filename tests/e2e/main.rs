@@ -21,6 +21,7 @@ mod isolation;
 mod limits;
 mod metrics;
 mod oauth;
+mod oauth_connect;
 mod owners;
 mod problems;
 mod proposals;
