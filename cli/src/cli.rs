@@ -210,7 +210,7 @@ pub enum Command {
     },
     /// Serve the owner's page on 127.0.0.1: review, approve or deny agents' proposals (owner key).
     Ui(UiArgs),
-    /// OAuth credentials the broker refreshes itself: set one (its refresh token tried at once), list the provider presets.
+    /// OAuth credentials the broker refreshes itself: set one (its refresh token tried at once), its status, the provider presets.
     #[command(subcommand)]
     Oauth(OauthCommand),
     /// Short-lived broker tokens for agents.

@@ -441,6 +441,29 @@ fn oauth_fifty_requests_at_expiry_refresh_once_and_the_newest_refresh_token_surv
         }
     }
 
+    // The owner sees the broker's state, its signature checked against the
+    // broker the manifest names (key opened from its escrow), never a token.
+    let out = s.env.ok(&["--json", "oauth", "status", "api/gh"]);
+    s.outputs.extend_from_slice(&out.stdout);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["broker_state"]["verified"], true, "{st}");
+    assert_eq!(st["broker_state"]["continues_owner_value"], true, "{st}");
+    assert!(
+        st["broker_state"]["earlier_access_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{st}"
+    );
+    // A signature file someone else made: the state is not the broker's.
+    let sig = state.with_extension("sig");
+    let good = std::fs::read(&sig).unwrap();
+    std::fs::write(&sig, br#"{"signing_key":"AAAA","signature":"AAAA"}"#).unwrap();
+    let out = s.env.ok(&["--json", "oauth", "status", "api/gh"]);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(st["broker_state"].is_null(), "{st}");
+    std::fs::write(&sig, good).unwrap();
+
     // No token in the audit log, the brokers' logs, the CLI's output, or
     // any vault file (in the clear).
     let tokens = s.all_tokens();

@@ -11,6 +11,11 @@ pub enum OauthCommand {
     Set(Box<OauthSetArgs>),
     /// The provider presets (--provider) and their endpoints.
     Presets,
+    /// What is known of an OAuth credential (owner key): its client, and the broker's state (verified), never a token.
+    Status {
+        /// GROUP/NAME.
+        path: String,
+    },
 }
 
 /// Arguments of `oauth set`. Secrets come from files or standard input,

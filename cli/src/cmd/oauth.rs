@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use agent_vault_core::SecretPath;
 use agent_vault_core::broker::oauth::{Client, OAuthCredential, PRESETS, preset};
+use agent_vault_core::broker::oauth_state;
 use agent_vault_core::writer::{SetOptions, Writer};
 use agent_vault_proxy::oauth::TokenClient;
 use serde_json::json;
@@ -20,7 +21,80 @@ pub(super) fn run(ctx: &Ctx, cmd: OauthCommand) -> CliResult<ExitCode> {
     match cmd {
         OauthCommand::Set(args) => set(ctx, *args),
         OauthCommand::Presets => presets(ctx),
+        OauthCommand::Status { path } => status(ctx, &path),
     }
+}
+
+/// A Unix time as RFC 3339, or `-`.
+fn when(t: Option<i64>) -> String {
+    t.and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `oauth status`: the owner's value, then the broker's state as an owner
+/// reads it (its signature checked against the broker the manifest names).
+fn status(ctx: &Ctx, path: &str) -> CliResult<ExitCode> {
+    let path: SecretPath = parse(path)?;
+    let vault = ctx.vault()?;
+    let reader = agent_vault_core::reader::Reader::open(&vault, &ctx.key_source())?;
+    let value = reader.get(&path)?;
+    let raw = agent_vault_core::secrecy::ExposeSecret::expose_secret(&value);
+    if !OAuthCredential::is_oauth(raw) {
+        return Err(CliError::Msg(
+            format!("{path} is not an OAuth credential"),
+            Some(format!("set one with `agent-vault oauth set {path} …`")),
+        ));
+    }
+    let cred = OAuthCredential::parse(&path.to_string(), raw)?;
+    let state = oauth_state::read_as_owner(&vault, reader.identity(), reader.manifest(), &path)?;
+    let base = agent_vault_core::crypto::sha256_hex(raw);
+    let (state_json, state_line) = match &state {
+        None => (
+            json!(null),
+            "broker state: none (the broker starts from the owner's value)".to_owned(),
+        ),
+        Some(s) => (
+            json!({
+                "verified": true,
+                "continues_owner_value": s.base == base,
+                "access_token_expires": when(s.expires_at),
+                "earlier_access_tokens": s.earlier.len(),
+            }),
+            format!(
+                "broker state: signed by the broker; access token expires {}; {} earlier access token(s) scrubbed{}",
+                when(s.expires_at),
+                s.earlier.len(),
+                if s.base == base {
+                    ""
+                } else {
+                    "; stale (the owner set the credential since)"
+                }
+            ),
+        ),
+    };
+    if ctx.json {
+        output::json(&json!({
+            "path": path.to_string(),
+            "client_id": cred.client_id,
+            "token_url": cred.token_url,
+            "authorization_url": cred.authorization_url,
+            "scopes": cred.scopes,
+            "owner_access_token_expires": when(cred.expires_at),
+            "broker_state": state_json,
+        }))?;
+    } else {
+        line(format!(
+            "{path}: client {} at {}",
+            cred.client_id, cred.token_url
+        ))?;
+        line(format!(
+            "owner's value: access token expires {}",
+            when(cred.expires_at)
+        ))?;
+        line(state_line)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `oauth presets`.

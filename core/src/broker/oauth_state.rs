@@ -128,6 +128,40 @@ pub fn write(
 /// or when it does not verify as signed by this broker's key (a state
 /// someone else wrote is never used; the owner's value is).
 pub fn read(vault: &Vault, broker: &Identity, path: &SecretPath) -> Result<Option<OAuthState>> {
+    read_with(vault, &broker.broker_signing_key().public(), broker, path)
+}
+
+/// Reads the state as an owner: the broker's key is opened from its escrow
+/// (`broker/private.key.escrow`, encrypted to the owners) and must be the
+/// broker the signed manifest names; its derived key must have signed the
+/// state. `None` when there is no state or it does not verify.
+pub fn read_as_owner(
+    vault: &Vault,
+    owner: &Identity,
+    manifest: &Manifest,
+    path: &SecretPath,
+) -> Result<Option<OAuthState>> {
+    let Some(entry) = &manifest.broker else {
+        return Ok(None);
+    };
+    let escrow = vault.broker_dir().join("private.key.escrow");
+    let ct = vault.fs().read(&escrow, Kind::KeyFile)?;
+    let broker = crypto::decrypt_identity(&[owner], &ct, &escrow)?;
+    if broker.recipient().as_string() != entry.recipient {
+        return Err(Error::corrupt(
+            &escrow,
+            "not the key of the broker the manifest names",
+        ));
+    }
+    read_with(vault, &broker.broker_signing_key().public(), owner, path)
+}
+
+fn read_with(
+    vault: &Vault,
+    signer: &str,
+    reader: &Identity,
+    path: &SecretPath,
+) -> Result<Option<OAuthState>> {
     let fs = vault.fs();
     let age = state_path(vault, path);
     let (Some(ct), Some(sig)) = (
@@ -139,10 +173,9 @@ pub fn read(vault: &Vault, broker: &Identity, path: &SecretPath) -> Result<Optio
     let Ok(sig) = serde_json::from_slice::<StateSig>(&sig) else {
         return Ok(None);
     };
-    let expected = broker.broker_signing_key().public();
-    if sig.signing_key != expected
+    if sig.signing_key != signer
         || !crypto::verify(
-            &expected,
+            signer,
             STATE_DOMAIN,
             &message(vault.id(), path, &ct),
             &sig.signature,
@@ -150,7 +183,7 @@ pub fn read(vault: &Vault, broker: &Identity, path: &SecretPath) -> Result<Optio
     {
         return Ok(None);
     }
-    let plain = crypto::decrypt(&[broker], &ct, &age)?;
+    let plain = crypto::decrypt(&[reader], &ct, &age)?;
     serde_json::from_slice(plain.expose_secret())
         .map(Some)
         .map_err(|_| Error::corrupt(&age, "not OAuth state"))
