@@ -40,6 +40,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 python3 -c 'import requests' >/dev/null 2>&1 || python3 -m pip install -q requests
+# OAuth tests: a real OAuth 2.0 provider built with Authlib's Flask integration.
+python3 -c 'import flask' >/dev/null 2>&1 || python3 -m pip install -q flask
+python3 -c 'import authlib' >/dev/null 2>&1 || python3 -m pip install -q authlib
 python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install -q prometheus-client

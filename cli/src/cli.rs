@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod oauth;
 mod proposals;
 
+pub use oauth::{OauthCommand, OauthSetArgs};
 pub use proposals::{ProposalsCommand, ProposeArgs};
 
 /// Let AI agents use API keys, tokens and passwords without holding them.
@@ -208,6 +210,9 @@ pub enum Command {
     },
     /// Serve the owner's page on 127.0.0.1: review, approve or deny agents' proposals (owner key).
     Ui(UiArgs),
+    /// OAuth credentials the broker refreshes itself: set one (its refresh token tried at once), its status, the provider presets.
+    #[command(subcommand)]
+    Oauth(OauthCommand),
     /// Short-lived broker tokens for agents.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -302,6 +307,12 @@ pub struct UiArgs {
     /// The broker's audit log (as given to `proxy --audit`), for the audit page.
     #[arg(long, value_name = "FILE")]
     pub audit: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for OAuth token endpoints (connecting on the page).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Allow OAuth token endpoints on private, loopback or link-local addresses.
+    #[arg(long)]
+    pub allow_private_endpoints: bool,
 }
 
 /// `broker` subcommands.

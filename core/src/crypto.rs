@@ -84,6 +84,13 @@ impl Identity {
         AgentSigningKey(self.derive_ed25519(AGENT_SIGNING_LABEL))
     }
 
+    /// The broker's Ed25519 signing key (for the OAuth state it writes,
+    /// `broker/state/`), derived from the broker's identity under a label
+    /// of its own, so it never equals an owner's or an agent's key.
+    pub fn broker_signing_key(&self) -> AgentSigningKey {
+        AgentSigningKey(self.derive_ed25519(BROKER_SIGNING_LABEL))
+    }
+
     fn derive_ed25519(&self, label: &[u8]) -> SigningKey {
         let ikm = self.0.to_string();
         let hk =
@@ -97,6 +104,7 @@ impl Identity {
 
 const OWNER_SIGNING_LABEL: &[u8] = b"agent-vault/v1/owner-signing-key/ed25519";
 const AGENT_SIGNING_LABEL: &[u8] = b"agent-vault/v1/agent-signing-key/ed25519";
+const BROKER_SIGNING_LABEL: &[u8] = b"agent-vault/v1/broker-signing-key/ed25519";
 
 /// An age X25519 recipient (a public key).
 #[derive(Clone, PartialEq, Eq)]
@@ -145,7 +153,8 @@ impl OwnerSigningKey {
     }
 }
 
-/// An agent's Ed25519 signing key (see [`Identity::agent_signing_key`]).
+/// An agent's Ed25519 signing key (see [`Identity::agent_signing_key`]);
+/// the broker's is of the same kind ([`Identity::broker_signing_key`]).
 pub struct AgentSigningKey(SigningKey);
 
 impl AgentSigningKey {

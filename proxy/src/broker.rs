@@ -9,12 +9,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use agent_vault_core::broker::inject::Plan;
+use agent_vault_core::broker::oauth::OAuthCredential;
 use agent_vault_core::broker::scrub::{Redaction, Scrubber};
 use agent_vault_core::broker::services::Services;
 use agent_vault_core::broker::token::TokenKey;
+use agent_vault_core::crypto::SecretValue;
 use agent_vault_core::live::{LiveReader, RECHECK};
 use agent_vault_core::model::{Manifest, Mode};
 use agent_vault_core::reader::Reader;
+use agent_vault_core::secrecy::{ExposeSecret, SecretBox};
 use agent_vault_core::{KeySource, SecretPath, Vault};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -26,6 +29,7 @@ use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 use crate::metrics::{Metrics, ServiceMeter};
+use crate::oauth::{RefreshFailed, Refresher, StateCtx, TokenClient};
 use crate::ratelimit::RateLimits;
 use crate::upstream::Upstreams;
 
@@ -62,8 +66,22 @@ pub(crate) struct Snapshot {
     plans: Mutex<HashMap<String, HashMap<String, MadePlan>>>,
 }
 
-/// A plan and when it was made.
-type MadePlan = (Instant, Arc<Prepared>);
+/// A plan, when it was made, and for a plan with OAuth credentials the
+/// refresh generation it was made at and when its first token is due.
+struct MadePlan {
+    at: Instant,
+    plan: Arc<Prepared>,
+    oauth: Option<(u64, Option<i64>)>,
+}
+
+/// Why no plan could be made.
+#[derive(Debug)]
+pub(crate) enum PlanFailure {
+    /// Core's refusal (a grant, a missing or unsigned secret).
+    Core(agent_vault_core::Error),
+    /// An OAuth credential could not be refreshed.
+    OAuth(RefreshFailed),
+}
 
 /// A plan and the scrubbers for its values, made once with it (a scrubber's
 /// patterns cost microseconds to build; each response takes a fresh copy
@@ -122,6 +140,8 @@ pub struct Broker {
     pub(crate) limits: Limits,
     pub(crate) metrics: Metrics,
     health: Health,
+    /// OAuth credentials' access tokens, refreshed when due.
+    oauth: Refresher,
 }
 
 impl Broker {
@@ -157,6 +177,12 @@ impl Broker {
 
         let upstreams =
             Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
+        // Token endpoints are reached like upstreams: the same roots, the
+        // same rule for private addresses.
+        let oauth = Refresher::new(
+            TokenClient::new(opts.upstream_ca.as_deref(), opts.allow_private_upstreams)
+                .map_err(ProxyError::Upstream)?,
+        );
         let metrics = if opts.metrics {
             Metrics::on()
         } else {
@@ -180,6 +206,7 @@ impl Broker {
             limits: Limits::from_env(),
             metrics,
             health: Health::default(),
+            oauth,
         })
     }
 
@@ -212,24 +239,85 @@ impl Broker {
     /// The injection plan for `service` on behalf of `agent`: made from the
     /// vault's values (only those the agent's grants cover), then kept for
     /// [`RECHECK`], so a warm request reads no file and decrypts nothing.
-    pub(crate) fn plan(
+    /// An OAuth credential gives its current access token (refreshed first
+    /// when due), and the plan scrubs every earlier one too; such a plan is
+    /// made again once any credential was refreshed or its own is due.
+    pub(crate) async fn plan(
         &self,
         snap: &Snapshot,
         name: &str,
         service: &agent_vault_core::broker::services::Service,
         agent: &str,
-    ) -> Result<Arc<Prepared>, agent_vault_core::Error> {
+    ) -> Result<Arc<Prepared>, PlanFailure> {
+        let now = jiff::Timestamp::now().as_second();
+        let generation = self.oauth.generation();
         if let Ok(plans) = snap.plans.lock()
-            && let Some((made, plan)) = plans.get(name).and_then(|by_agent| by_agent.get(agent))
-            && made.elapsed() < RECHECK
+            && let Some(made) = plans.get(name).and_then(|by_agent| by_agent.get(agent))
+            && made.at.elapsed() < RECHECK
+            && made
+                .oauth
+                .is_none_or(|(g, due)| g == generation && due.is_none_or(|d| now < d))
         {
-            return Ok(plan.clone());
+            return Ok(made.plan.clone());
         }
-        let resolve = |p: &SecretPath| {
+        let read = |p: &SecretPath| {
             agent_vault_core::access::check_agent(snap.manifest(), agent, p.group(), Mode::Use)?;
             snap.reader.get(p)
         };
-        let plan = Plan::new(service, &resolve)?;
+        // First the owners' values; an OAuth credential among them is
+        // noted, and the plan made again with its access token.
+        let found = std::sync::Mutex::new(Vec::<(SecretPath, SecretValue)>::new());
+        let noting = |p: &SecretPath| {
+            let v = read(p)?;
+            if OAuthCredential::is_oauth(v.expose_secret())
+                && let Ok(mut f) = found.lock()
+                && !f.iter().any(|(q, _)| q == p)
+            {
+                f.push((
+                    p.clone(),
+                    SecretBox::new(Box::new(v.expose_secret().clone())),
+                ));
+            }
+            Ok(v)
+        };
+        let mut plan = Plan::new(service, &noting).map_err(PlanFailure::Core)?;
+        let found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut oauth = None;
+        if !found.is_empty() {
+            let ctx = StateCtx {
+                vault: snap.reader.vault(),
+                identity: snap.reader.identity(),
+                manifest: snap.manifest(),
+            };
+            let mut tokens = Vec::new();
+            let mut due: Option<i64> = None;
+            for (p, v) in &found {
+                let cur = self
+                    .oauth
+                    .current(p, v.expose_secret(), &ctx)
+                    .await
+                    .map_err(PlanFailure::OAuth)?;
+                due = match (due, cur.refresh_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                tokens.push((p.clone(), cur));
+            }
+            let with_tokens = |p: &SecretPath| match tokens.iter().find(|(q, _)| q == p) {
+                Some((_, cur)) => Ok(SecretBox::new(Box::new(cur.access.expose_secret().clone()))),
+                None => read(p),
+            };
+            plan = Plan::new(service, &with_tokens).map_err(PlanFailure::Core)?;
+            for (p, cur) in &tokens {
+                for t in &cur.scrub_also {
+                    plan.also_scrub(p, t.expose_secret());
+                }
+            }
+            // The generation from before the tokens were taken: a refresh
+            // since (this plan's own included) retires the plan at once, so
+            // it never outlives a token the provider has replaced.
+            oauth = Some((generation, due));
+        }
         let scrub = Scrubber::for_plan(&plan, Redaction::Marker);
         let plan = Arc::new(Prepared {
             names: scrub.folded(),
@@ -240,10 +328,14 @@ impl Broker {
             plan,
         });
         if let Ok(mut plans) = snap.plans.lock() {
-            plans
-                .entry(name.to_owned())
-                .or_default()
-                .insert(agent.to_owned(), (Instant::now(), plan.clone()));
+            plans.entry(name.to_owned()).or_default().insert(
+                agent.to_owned(),
+                MadePlan {
+                    at: Instant::now(),
+                    plan: plan.clone(),
+                    oauth,
+                },
+            );
         }
         Ok(plan)
     }

@@ -25,7 +25,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use crate::audit::{Audited, Record};
 use crate::authority::{AuthorityError, pinned_authority};
 use crate::body::{OnEnd, Rewritten, Scrub};
-use crate::broker::{Broker, Prepared};
+use crate::broker::{Broker, PlanFailure, Prepared};
 use crate::head::{HOP, body_codings, scrub_head, scrub_reason};
 use crate::problem::{Problem, Reason};
 use crate::ratelimit::{Admitted, Limited};
@@ -50,6 +50,8 @@ pub(crate) enum Refusal {
     Route(decide::Refusal),
     /// No injection plan (a secret missing, or not signed).
     Plan(agent_vault_core::Error),
+    /// An OAuth credential of the service could not be refreshed.
+    OAuth(crate::oauth::RefreshFailed),
     /// The request carries what the injection refuses (an unlisted
     /// placeholder, a credential where none may go).
     Injection(agent_vault_core::Error),
@@ -88,7 +90,9 @@ impl Refusal {
             Refusal::Plan(_) | Refusal::Injection(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Upstream(_) | Refusal::Compressed { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::Upstream(_) | Refusal::Compressed { .. } | Refusal::OAuth(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Sigv4(e) => e.status(),
         }
@@ -102,6 +106,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Authority(e) => write!(f, "{e}"),
             Refusal::Route(why) => write!(f, "{why}"),
             Refusal::Plan(e) | Refusal::Injection(e) => write!(f, "{e}"),
+            Refusal::OAuth(e) => write!(f, "{e}"),
             Refusal::TooLarge => f.write_str("a body with placeholders may be at most 16 MiB"),
             Refusal::Limited(l) => write!(f, "{l}"),
             Refusal::Body(e) => write!(f, "cannot read the request body: {e}"),
@@ -120,16 +125,17 @@ impl std::fmt::Display for Refusal {
 impl Refusal {
     /// A plan that could not be made: core's refusal when the agent may not
     /// use the service's secrets (what `explain` says too), else the error.
-    pub(crate) fn plan(service: &str, e: agent_vault_core::Error) -> Self {
+    pub(crate) fn plan(service: &str, e: PlanFailure) -> Self {
         match e {
-            agent_vault_core::Error::NotGranted { agent, group } => {
+            PlanFailure::OAuth(e) => Refusal::OAuth(e),
+            PlanFailure::Core(agent_vault_core::Error::NotGranted { agent, group }) => {
                 Refusal::Route(decide::Refusal::NotGranted {
                     agent,
                     service: service.to_owned(),
                     group,
                 })
             }
-            e => Refusal::Plan(e),
+            PlanFailure::Core(e) => Refusal::Plan(e),
         }
     }
 
@@ -144,6 +150,7 @@ impl Refusal {
             Refusal::Authority(_) => Reason::AuthorityMismatch,
             Refusal::Route(r) => Reason::of(r),
             Refusal::Plan(_) => Reason::SecretUnavailable,
+            Refusal::OAuth(_) => Reason::OAuthRefreshFailed,
             Refusal::Injection(_) => Reason::PlaceholderRefused,
             Refusal::TooLarge => Reason::BodyTooLarge,
             Refusal::Limited(_) => Reason::RateLimited,
@@ -301,6 +308,7 @@ async fn exchange(
     let admitted = admitted.map_err(Refusal::Limited)?;
     let plan = b
         .plan(&snap, name, service, &t.token.agent)
+        .await
         .map_err(|e| Refusal::plan(name, e))?;
     record.secrets = plan.secret_names.clone();
     // A WebSocket upgrade (HTTP/1.1): the handshake is brokered like any

@@ -21,6 +21,7 @@ mod limits;
 pub mod lru;
 pub mod metrics;
 pub mod net;
+pub mod oauth;
 mod passthrough;
 pub mod problem;
 mod ratelimit;

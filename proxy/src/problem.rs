@@ -80,6 +80,9 @@ pub enum Reason {
     /// 502: the broker could not sign the request (SigV4: no region or
     /// service for the host, a key that is not text).
     SigningFailed,
+    /// 502: an OAuth credential the service injects could not be
+    /// refreshed (the provider refused, or could not be reached).
+    OAuthRefreshFailed,
 }
 
 impl Reason {
@@ -111,6 +114,7 @@ impl Reason {
         Reason::UpstreamEncoding,
         Reason::UpstreamTimeout,
         Reason::SigningFailed,
+        Reason::OAuthRefreshFailed,
     ];
 
     /// The reason's stable name: the end of its type, the header's value,
@@ -164,6 +168,10 @@ impl Reason {
             ),
             Reason::UpstreamTimeout => ("upstream-timeout", "Upstream did not answer in time"),
             Reason::SigningFailed => ("signing-failed", "The broker could not sign the request"),
+            Reason::OAuthRefreshFailed => (
+                "oauth-refresh-failed",
+                "An OAuth credential could not be refreshed",
+            ),
         }
     }
 

@@ -20,6 +20,8 @@ mod interop;
 mod isolation;
 mod limits;
 mod metrics;
+mod oauth;
+mod oauth_connect;
 mod owners;
 mod problems;
 mod proposals;

@@ -10,6 +10,12 @@
                                           saved in OUT/*.html
   ui_driver.py deny LOGIN_URL ID REASON OUT
   ui_driver.py page LOGIN_URL ID OUT      saves the proposal's page source
+  ui_driver.py connect LOGIN_URL PATH PROVIDER_BASE OUT
+                                          headless Chromium: log in, fill the
+                                          OAuth connect form (client secret from
+                                          $UI_CLIENT_SECRET), follow the provider
+                                          and back; prints the final URL, title
+                                          and text
   ui_driver.py webhook PORTFILE LOG       a receiver on 127.0.0.1 port 0 that
                                           appends each POST body (one line) to
                                           LOG; its port written to PORTFILE
@@ -84,11 +90,14 @@ def attacks(login_url):
     print(json.dumps(found))
 
 
-def browser():
+def browser(insecure=False):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
+    if insecure:
+        # The test provider's certificate is from a CA of the test's own.
+        opts.set_capability("acceptInsecureCerts", True)
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=390,844", "--no-proxy-server"):
@@ -166,6 +175,53 @@ def page(login_url, pid, out):
         d.quit()
 
 
+def connect(login_url, path, provider, out):
+    d = browser(insecure=True)
+    try:
+        d.get(login_url)
+        base = login_url.split("/login")[0]
+        d.get(f"{base}/oauth?path={path}")
+        fill_connect(d, provider, out)
+    finally:
+        d.quit()
+
+
+def approve_connect(login_url, pid, provider, out):
+    """Approves proposal PID (no values to type: its slot is OAuth), which
+    leads to the connect form for the slot; connects there."""
+    from selenium.webdriver.common.by import By
+
+    d = browser(insecure=True)
+    try:
+        open_proposal(d, login_url, pid, out)
+        d.find_element(By.ID, "approve").click()
+        fill_connect(d, provider, out)
+    finally:
+        d.quit()
+
+
+def fill_connect(d, provider, out):
+    from selenium.webdriver.common.by import By
+
+    save(d, out, "connect")
+    form_url = d.current_url
+    fields = d.find_elements(By.NAME, "path")
+    if not fields:
+        raise SystemExit("no connect form at %s: %s" % (form_url, d.find_element("tag name", "body").text))
+    path = fields[0].get_attribute("value")
+    d.find_element(By.NAME, "client_id").send_keys("agent-vault-test")
+    d.find_element(By.NAME, "client_secret").send_keys(os.environ["UI_CLIENT_SECRET"])
+    d.find_element(By.NAME, "authorization_url").send_keys(provider + "/authorize")
+    d.find_element(By.NAME, "token_url").send_keys(provider + "/token")
+    d.find_element(By.NAME, "scopes").send_keys("repo read:user")
+    d.find_element(By.CSS_SELECTOR, "form[action='/oauth/start'] button").click()
+    save(d, out, "continue")
+    d.find_element(By.ID, "continue").click()
+    save(d, out, "connected")
+    print(json.dumps({"url": d.current_url, "title": d.title, "form_url": form_url,
+                      "path": path, "text": d.find_element("tag name", "body").text}))
+
+
 def webhook(portfile, log):
     class H(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -190,4 +246,6 @@ def webhook(portfile, log):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"attacks": attacks, "approve": approve, "deny": deny, "page": page, "webhook": webhook}[cmd](*args)
+    {"attacks": attacks, "approve": approve, "deny": deny, "page": page, "connect": connect,
+     "approve-connect": approve_connect,
+     "webhook": webhook}[cmd](*args)

@@ -7,6 +7,7 @@ mod docs;
 mod explain;
 mod history;
 mod maintenance;
+mod oauth;
 mod owners;
 mod proposals;
 mod propose;
@@ -120,6 +121,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             url,
         } => explain::explain(&ctx, &agent, &services, &method, &url),
         Command::Ui(args) => ui(&ctx, args),
+        Command::Oauth(cmd) => oauth::run(&ctx, cmd),
         Command::Token(cmd) => broker::token(&ctx, cmd),
         Command::Ca(CaCommand::Cert) => broker::ca_cert(&ctx),
         Command::Service(cmd) => broker::service(&ctx, cmd),
@@ -140,6 +142,8 @@ fn ui(ctx: &Ctx, args: crate::cli::UiArgs) -> CliResult<ExitCode> {
         listen: args.listen,
         webhook: args.webhook,
         audit: args.audit,
+        upstream_ca: args.upstream_ca,
+        allow_private_endpoints: args.allow_private_endpoints,
     })
 }
 

@@ -257,13 +257,14 @@ fn approve(ctx: &Ctx, id: &str, specs: &[String]) -> CliResult<ExitCode> {
     let p = proposals::verify(&vault, id)?;
     let plan = proposals::plan(&vault, &p)?;
     let values = values(&plan, specs)?;
+    let values_given: Vec<_> = values.keys().cloned().collect();
     let applied = proposals::approve(&vault, &ctx.key_source(), id, values)?;
     let set = applied
         .slots
         .iter()
         .filter(|s| s.action == proposals::Action::Set)
         .count();
-    let msg = format!(
+    let mut msg = format!(
         "approved proposal {} of {}: {set} secret(s) set, {} deleted, {} service(s), {} grant(s); \
          `agent-vault sync` sends it to the agent",
         p.id,
@@ -272,6 +273,13 @@ fn approve(ctx: &Ctx, id: &str, specs: &[String]) -> CliResult<ExitCode> {
         applied.services.len(),
         applied.grants.len()
     );
+    for path in plan.to_connect() {
+        if !values_given.contains(path) {
+            msg.push_str(&format!(
+                "\nconnect the OAuth credential {path}: `agent-vault oauth set {path} …` or on the page (`agent-vault ui`)"
+            ));
+        }
+    }
     super::done(ctx, &msg)
 }
 

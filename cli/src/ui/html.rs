@@ -52,7 +52,7 @@ pub(crate) fn page(title: &str, nav: Option<&str>, flash: Option<&str>, body: &s
     if let Some(csrf) = nav {
         let _ = write!(
             out,
-            "<nav aria-label=\"main\"><a href=\"/\">Proposals</a> <a href=\"/audit\">Audit</a> \
+            "<nav aria-label=\"main\"><a href=\"/\">Proposals</a> <a href=\"/oauth\">Connect</a> <a href=\"/audit\">Audit</a> \
              <form method=\"post\" action=\"/logout\" class=\"inline\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\" class=\"link\">Log out</button></form></nav>",

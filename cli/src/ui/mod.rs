@@ -6,10 +6,13 @@
 //! - `form.rs`: a form body read into zeroized buffers
 //! - `html.rs`, `pages.rs`, `audit.rs`: server-rendered HTML, everything from
 //!   an agent escaped; `style.css` is served from the binary
+//! - `connect.rs`: connecting an OAuth credential (Authorization Code with
+//!   PKCE through a loopback redirect to this page)
 //! - `store.rs`: the vault side (core's proposals API), blocking calls
 //! - `webhook.rs`: a Slack-compatible POST for each new proposal
 
 mod audit;
+mod connect;
 mod form;
 mod html;
 mod pages;
@@ -41,6 +44,10 @@ pub(crate) struct UiOptions {
     pub(crate) webhook: Option<String>,
     /// The broker's audit log, for the audit page.
     pub(crate) audit: Option<PathBuf>,
+    /// Extra CA certificates to trust for OAuth token endpoints.
+    pub(crate) upstream_ca: Option<PathBuf>,
+    /// Allow OAuth token endpoints on private addresses.
+    pub(crate) allow_private_endpoints: bool,
 }
 
 /// Serves the page until Ctrl-C.
@@ -87,11 +94,17 @@ pub(crate) fn run(opts: UiOptions) -> CliResult<ExitCode> {
         .map_err(|e| CliError::Msg(format!("cannot set up the listener: {e}"), None))?;
     let (sessions, login) = session::Sessions::new()
         .map_err(|e| CliError::Msg(format!("no randomness for the login token: {e}"), None))?;
+    let tokens = agent_vault_proxy::oauth::TokenClient::new(
+        opts.upstream_ca.as_deref(),
+        opts.allow_private_endpoints,
+    )
+    .map_err(|e| CliError::Msg(e.to_string(), None))?;
     let app = Arc::new(server::App {
         addr,
         sessions,
         owner: Arc::new(owner),
         audit: opts.audit,
+        connect: connect::Connect::new(tokens),
     });
     {
         let mut out = std::io::stdout().lock();

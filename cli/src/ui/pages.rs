@@ -16,7 +16,7 @@ use super::session::Authed;
 use super::store::{self, Owner, Plan};
 
 /// Runs a blocking vault call on tokio's blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     owner: &Arc<Owner>,
     f: impl FnOnce(&Owner) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -239,6 +239,11 @@ fn proposal_body(plan: &Plan, csrf: &str, error: Option<&str>) -> String {
             );
         } else if slot.agent_value {
             b.push_str("<p class=\"muted\">The agent supplied this value itself (encrypted to the owners).</p>");
+        } else if slot.kind == "oauth" && slot.action == "set" {
+            b.push_str(
+                "<p class=\"muted\">An OAuth credential: after approving, you connect it at \
+                 the provider (sign in and approve there).</p>",
+            );
         }
         b.push_str("</fieldset>");
     }
@@ -348,11 +353,20 @@ pub(crate) async fn approve(app: &App, authed: &Authed, id: &str, mut form: Form
         }
     }
     drop(form);
+    // The first OAuth slot to connect, where approving leads.
+    let connect = plan
+        .slots
+        .iter()
+        .find(|s| s.kind == "oauth" && s.action == "set" && !s.agent_value)
+        .map(|s| s.path.clone());
     let id_owned = id.to_owned();
     match blocking(&app.owner, move |o| store::approve(o, &id_owned, values)).await {
         Ok(done) => {
             app.sessions.flash(&authed.cookie, done);
-            redirect("/")
+            match connect {
+                Some(path) => redirect(&format!("/oauth?path={path}")),
+                None => redirect("/"),
+            }
         }
         Err(e) => proposal(app, authed, id, Some(e)).await,
     }

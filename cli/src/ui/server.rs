@@ -40,6 +40,8 @@ pub(crate) struct App {
     pub(crate) owner: Arc<Owner>,
     /// The broker's audit log, when given.
     pub(crate) audit: Option<std::path::PathBuf>,
+    /// OAuth connections under way.
+    pub(crate) connect: super::connect::Connect,
 }
 
 impl App {
@@ -153,6 +155,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Answer {
             return respond(StatusCode::OK, "text/css; charset=utf-8", html::CSS.into());
         }
         (&Method::GET, "/login") => return login(app, req.uri().query()),
+        // Authenticated by its one-time `state`, not the cookie (which a
+        // browser coming back from the provider does not send).
+        (&Method::GET, "/oauth/callback") => {
+            return super::connect::callback(app, req.uri().query()).await;
+        }
         _ => {}
     }
     let cookie = req
@@ -200,6 +207,18 @@ async fn route(app: &App, req: Request<Incoming>) -> Answer {
     match path.as_str() {
         "/" => pages::list(app, &authed).await,
         "/audit" => pages::audit(app, &authed).await,
+        "/oauth" => {
+            let path = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("path="))
+                    .map(|p| {
+                        percent_encoding::percent_decode_str(p)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+            });
+            super::connect::form(app, &authed, path.as_deref(), None)
+        }
         p => match p.strip_prefix("/p/") {
             Some(id) => pages::proposal(app, &authed, id, None).await,
             None => pages::not_found(&authed),
@@ -219,6 +238,9 @@ async fn post(app: &App, authed: &Authed, path: &str, form: Form) -> Answer {
     }
     if path == "/sync" {
         return pages::sync(app, authed).await;
+    }
+    if path == "/oauth/start" {
+        return super::connect::start(app, authed, form);
     }
     let Some(rest) = path.strip_prefix("/p/") else {
         return pages::not_found(authed);

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use agent_vault_core::proposals::{self, Action, Proposal, Status};
+use agent_vault_core::proposals::{self, Action, Proposal, SlotKind, Status};
 use agent_vault_core::secrecy::SecretBox;
 use agent_vault_core::writer::Writer;
 use agent_vault_core::{KeySource, KeyStore, SecretPath, Vault};
@@ -175,7 +175,8 @@ pub(crate) fn plan(owner: &Owner, id: &str) -> Result<Plan, String> {
                 action: s.action.to_string(),
                 kind: s.kind.to_string(),
                 exists: s.exists,
-                needs_value: s.action == Action::Set && !s.agent_value,
+                // An OAuth slot is connected after approval, not typed.
+                needs_value: s.action == Action::Set && !s.agent_value && s.kind != SlotKind::Oauth,
                 agent_value: s.agent_value,
             })
             .collect(),

@@ -207,6 +207,15 @@ impl Plan {
         &self.secrets
     }
 
+    /// Scrubs `value` from responses as if `path` had injected it, though
+    /// this plan does not inject it: an OAuth credential's earlier access
+    /// tokens, which an upstream may still reflect.
+    pub fn also_scrub(&mut self, path: &SecretPath, value: &[u8]) {
+        for e in encodings(value) {
+            self.scrub.push((secret(&e), path.clone()));
+        }
+    }
+
     /// Strips the agent's credentials, injects the real one, and fills in
     /// placeholders in headers, path and query. A `{{secret:…}}` placeholder
     /// the service does not list is an error, never passed on.

@@ -7,6 +7,8 @@ pub mod agent_token;
 pub mod decide;
 pub mod identity;
 pub mod inject;
+pub mod oauth;
+pub mod oauth_state;
 pub mod scrub;
 pub mod services;
 pub mod token;

@@ -58,6 +58,10 @@ pub fn approve(vault: &Vault, key: &KeySource, id: &str, mut values: Values) -> 
                     s.path, p.id
                 )),
             )?,
+            // An OAuth slot is connected after approval (the owner's page
+            // leads to its connect flow; `oauth set` does it in a terminal):
+            // nothing to set now.
+            (None, None) if s.kind == super::model::SlotKind::Oauth => continue,
             (None, None) => {
                 return Err(Error::InvalidInput(format!(
                     "slot {} needs a value: {} (give it on standard input, from a file, or on the page)",
@@ -94,6 +98,13 @@ pub fn approve(vault: &Vault, key: &KeySource, id: &str, mut values: Values) -> 
         w.signing_key(),
     );
     let change = Change {
+        to_connect: p
+            .slots
+            .iter()
+            .filter(|s| s.kind == super::model::SlotKind::Oauth && s.action == Action::Set)
+            .filter(|s| !held.iter().any(|(h, _, _)| *h == s.path))
+            .map(|s| s.path.clone())
+            .collect(),
         op: format!("approve proposal {} of {}", p.id, p.agent),
         set: held
             .iter()

@@ -84,7 +84,17 @@ impl Plan {
     pub fn values_needed(&self) -> Vec<&SecretPath> {
         self.slots
             .iter()
-            .filter(|s| s.action == Action::Set && !s.agent_value)
+            .filter(|s| s.action == Action::Set && !s.agent_value && s.kind != SlotKind::Oauth)
+            .map(|s| &s.path)
+            .collect()
+    }
+
+    /// The OAuth credentials to connect once approved (`oauth set`, or
+    /// the owner's page, which leads there from the approval).
+    pub fn to_connect(&self) -> Vec<&SecretPath> {
+        self.slots
+            .iter()
+            .filter(|s| s.action == Action::Set && !s.agent_value && s.kind == SlotKind::Oauth)
             .map(|s| &s.path)
             .collect()
     }

@@ -28,6 +28,10 @@ pub struct Change<'a> {
     pub grants: Vec<(AgentName, GroupName)>,
     /// Public files to write and commit, relative to `.agent-vault`.
     pub files: Vec<(String, String)>,
+    /// Secrets a service may name though they are not set yet: OAuth
+    /// credentials the owner connects right after (until then the broker
+    /// answers that the secret is unavailable).
+    pub to_connect: Vec<SecretPath>,
 }
 
 impl Writer<'_> {
@@ -65,6 +69,7 @@ impl Writer<'_> {
             for (name, svc) in &services.services {
                 for p in svc.all_secrets() {
                     let present = setting.contains(&p)
+                        || change.to_connect.contains(&p)
                         || (self.manifest.groups.contains_key(p.group())
                             && !change.remove.contains(&p)
                             && self.vault.fs().is_file(&self.vault.secret_age_path(&p))?);
@@ -97,11 +102,13 @@ impl Writer<'_> {
                 .cloned()
                 .collect();
         }
-        // New groups: their first key, encrypted to the target's readers.
+        // New groups: their first key, encrypted to the target's readers
+        // (a group of a credential to connect too, so that it can be set).
         let new_groups: BTreeSet<&GroupName> = change
             .set
             .iter()
             .map(|(p, _, _)| p.group())
+            .chain(change.to_connect.iter().map(SecretPath::group))
             .filter(|g| !self.manifest.groups.contains_key(*g))
             .collect();
         for g in new_groups {
