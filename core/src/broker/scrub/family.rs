@@ -139,11 +139,6 @@ fn sextet(c: u8) -> Option<u8> {
     }
 }
 
-/// Whether `b` is a character of the (normalised, standard) base64 alphabet.
-pub(super) fn is_base64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
-}
-
 /// The base64 characters that depend on the value's bytes alone, for each
 /// of the three offsets (modulo 3) the value can have in the encoded text.
 ///

@@ -12,7 +12,7 @@
 use memchr::{memchr, memchr3};
 
 use super::escapes;
-use super::family::{Edge, Family, is_base64};
+use super::family::{Edge, Family};
 use super::{FamilyPatterns, Span};
 
 /// Whether `raw` holds a byte after which `f`'s scanner may read other
