@@ -27,6 +27,7 @@ pub mod git;
 pub mod history;
 pub mod init;
 pub(crate) mod journal;
+pub mod keyring;
 pub mod keystore;
 pub mod live;
 pub mod model;

@@ -187,7 +187,7 @@ fn print_exposure_text(e: &Exposure) -> CliResult<()> {
         e.group, e.agent
     ))?;
     line(format!(
-        "{} could read these values, and may have kept them — rotate them upstream (revocation cannot un-leak a value):",
+        "{} could read these values, and may have kept them: they are exposed until you rotate them upstream and `set` them again (revocation cannot un-leak a value; `agent-vault check` lists every exposed value):",
         e.agent
     ))?;
     for s in &e.secrets {

@@ -178,11 +178,11 @@ pub(crate) fn verify_incoming(
         let meta: SecretMeta = blob_at(repo, &new_tree, Path::new(&format!("{stem}.meta.yaml")))
             .and_then(|b| model::parse_yaml(Path::new("meta"), &b).ok())
             .ok_or_else(|| fail("missing or malformed metadata"))?;
-        let generation = manifest
+        let generations = manifest
             .group(path.group())
-            .map(|g| g.generation)
+            .map(|g| g.generations())
             .map_err(|_| fail("its group is not in the manifest"))?;
-        meta.verify(vault.id(), &path, &ct, &manifest, &[generation])?;
+        meta.verify(vault.id(), &path, &ct, &manifest, &generations)?;
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ impl Writer<'_> {
         let groups: BTreeSet<&GroupName> = items.iter().map(|(p, _, _)| p.group()).collect();
         for g in groups {
             if !target.groups.contains_key(g) {
-                let rot = self.prepare_rotation(&target, g, 1)?;
+                let rot = self.prepare_rotation(&target, g, 1, Default::default())?;
                 target.groups.insert(
                     g.clone(),
                     GroupEntry {
