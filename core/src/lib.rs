@@ -32,6 +32,7 @@ pub mod keystore;
 pub mod live;
 pub mod model;
 pub(crate) mod names;
+pub mod progress;
 pub mod proposals;
 pub mod reader;
 pub mod sync;

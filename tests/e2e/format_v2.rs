@@ -447,3 +447,44 @@ fn a_keyring_is_one_age_identity_file() {
     );
     let _ = bot;
 }
+
+/// Runs the binary under a pseudo-terminal (`script`), returning what the
+/// terminal showed.
+fn on_a_terminal(env: &Env, args: &str) -> String {
+    let out = Command::new("script")
+        .args(["-qec", &format!("'{BIN}' {args}"), "/dev/null"])
+        .current_dir(&env.vault)
+        .env("AGENT_VAULT_HOME", &env.home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", env.tmp.path().join("gitconfig"))
+        .env_remove("AGENT_VAULT_KEY")
+        .env_remove("AGENT_VAULT_DIR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn progress_bars_only_on_a_terminal_and_never_with_quiet() {
+    assert!(have("script"), "`script` (util-linux) is needed");
+    let env = Env::new();
+    let dotenv: String = (0..3000).map(|i| format!("K{i}=value-{i}\n")).collect();
+    let f = env.tmp.path().join("seed.env");
+    std::fs::write(&f, dotenv).unwrap();
+    // Not a terminal: nothing on stderr.
+    let out = env.ok(&["import", "grp", f.to_str().unwrap()]);
+    assert_eq!(stderr(&out), "");
+    let out = env.ok(&["rekey"]);
+    assert_eq!(stderr(&out), "");
+    // A terminal: a bar, and no value in it.
+    let shown = on_a_terminal(&env, "rekey");
+    assert!(shown.contains("re-encrypting group grp"), "{shown:?}");
+    assert!(!shown.contains("value-"), "{shown:?}");
+    let shown = on_a_terminal(&env, "--quiet rekey");
+    assert!(!shown.contains("re-encrypting"), "{shown:?}");
+    let shown = on_a_terminal(&env, "rekey -q");
+    assert!(!shown.contains("re-encrypting"), "{shown:?}");
+    assert_eq!(env.get("grp/K2999"), b"value-2999");
+}

@@ -111,7 +111,7 @@ fn check_incoming_entries(
 /// Verifies what a commit would bring: nothing but regular files and
 /// directories (see [`check_incoming_entries`]), its manifest signed by a
 /// trusted owner, and every secret that differs from `from` signed by one of
-/// its owners at its group's generation.
+/// its owners at one of its group's generations.
 pub(crate) fn verify_incoming(
     vault: &Vault,
     repo: &Repository,
@@ -162,7 +162,9 @@ pub(crate) fn verify_incoming(
             changed.insert(stem.to_owned());
         }
     }
+    let bar = crate::progress::Task::begin("verifying incoming secrets", changed.len());
     for stem in changed {
+        bar.step();
         let Some((g, name)) = stem.split_once('/') else {
             continue;
         };

@@ -100,10 +100,12 @@ impl Writer<'_> {
     fn complete_metadata(&self, txn: &Txn, touched: &mut Vec<PathBuf>) -> Result<()> {
         let v = self.vault;
         let fs = v.fs();
+        let bar = crate::progress::Task::begin("signing metadata", txn.metas.len());
         let ready: Vec<Option<(PathBuf, Vec<u8>)>> = txn
             .metas
             .par_iter()
             .map(|(p, meta)| {
+                bar.step();
                 // A value that is not (or no longer) a regular file of ours is
                 // not ready: its metadata is not written.
                 let ct = match fs.read_optional(&v.secret_age_path(p), Kind::Secret) {

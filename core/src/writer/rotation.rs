@@ -15,6 +15,7 @@ use crate::journal::{Rotation, Txn};
 use crate::keyring::Keyring;
 use crate::model::{self, GroupEntry, Manifest, MetaFields, SecretMeta};
 use crate::names::{GroupName, SecretPath};
+use crate::progress::Task;
 use crate::vault::Vault;
 use crate::vfs::{Batch, Kind};
 
@@ -148,9 +149,11 @@ impl Writer<'_> {
         };
         let (signing, manifest) = (&self.signing, &self.manifest);
         let t = crate::trace::phase("rotation: re-encrypt");
+        let bar = Task::begin(&format!("re-encrypting group {g}"), paths.len());
         let rewritten: Vec<Rewrite> = paths
             .par_iter()
             .map(|p| {
+                bar.step();
                 let keys = RotationKeys {
                     new_id,
                     old_ids,
@@ -161,7 +164,7 @@ impl Writer<'_> {
                 reencrypt(v, signing, manifest, &keys, p)
             })
             .collect::<Result<_>>()?;
-        drop(t);
+        drop((t, bar));
         let _t = crate::trace::phase("rotation: write batch");
         let mut files = Vec::new();
         let mut skipped = Vec::new();
