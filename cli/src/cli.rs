@@ -40,6 +40,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub offline: bool,
 
+    /// No progress bars (they are drawn on standard error only when it is a terminal).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

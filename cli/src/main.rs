@@ -8,6 +8,7 @@ mod cmd;
 mod demo;
 mod isolate;
 mod output;
+mod progress;
 mod service;
 mod ui;
 
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = cli::Cli::parse();
+    progress::install(cli.quiet, cli.json);
     match cmd::run(cli) {
         Ok(code) => code,
         Err(e) => output::report_error(&e),

@@ -31,7 +31,7 @@ pub struct Finding {
     /// Error or warning.
     pub severity: Severity,
     /// A stable code: `manifest-signature`, `unsigned-secret`, `expired`,
-    /// `expiring`, `orphan`, `mismatch`, `missing`, `loose-permissions`,
+    /// `expiring`, `exposed` (set before a revocation: rotate it), `orphan`, `mismatch`, `missing`, `loose-permissions`,
     /// `half-finished`, `group-key`, `unsafe-file` (a link or special file
     /// below `.agent-vault`), `oversize`, `tracked-local` (git tracks an
     /// entry under `.agent-vault/.local/`), `foreign-journal`.
@@ -501,11 +501,12 @@ fn secret(
             return out.0;
         }
     };
-    let gens = manifest
-        .groups
-        .get(sp.group())
-        .map(|g| vec![g.generation])
-        .unwrap_or_default();
+    let group = manifest.groups.get(sp.group());
+    let gens = group.map(|g| g.generations()).unwrap_or_default();
+    if group.is_some_and(|g| meta.generation < g.generation) {
+        let why = "set before a revocation of its group: rotate it upstream, then `set` it again";
+        out.push(Warning, "exposed", sp, why);
+    }
     match meta.verify(vault.id(), sp, &ct, manifest, &gens) {
         Err(e) => out.push(
             Error,

@@ -159,7 +159,7 @@ pub fn log(vault: &Vault, path: Option<&SecretPath>) -> Result<Vec<LogEntry>> {
 pub fn exposure(vault: &Vault, agent: &AgentName) -> Result<Vec<Exposed>> {
     let h = History::open(vault)?;
     let commits = h.commits()?;
-    // 1. The (group, generation) keys the agent held.
+    // 1. The (group, generation) keyrings the agent held.
     let mut held: BTreeSet<(GroupName, u64)> = BTreeSet::new();
     let mut seen_manifests = BTreeSet::new();
     for oid in &commits {
@@ -221,7 +221,14 @@ pub fn exposure(vault: &Vault, agent: &AgentName) -> Result<Vec<Exposed>> {
                 let Some(generation) = generation else {
                     continue;
                 };
-                if held.contains(&((*g).clone(), generation)) {
+                // A keyring of generation N holds every one before it
+                // (format 2; for format 1 this over-reports, never under).
+                let g_at = |n: u64| ((*g).clone(), n);
+                if held
+                    .range(g_at(generation)..=g_at(u64::MAX))
+                    .next()
+                    .is_some()
+                {
                     let short = oid.to_string()[..12].to_owned();
                     found
                         .entry(secret.clone())

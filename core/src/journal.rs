@@ -56,9 +56,9 @@ fn manifest_sha256(vault: &Vault) -> Result<String> {
         .unwrap_or_default())
 }
 
-/// A group key rotation: a new group identity (waiting, encrypted to its
-/// readers, in `groups/<group>.key.age.next`) to which every secret of the
-/// group is re-encrypted.
+/// A group key rotation: a new keyring (waiting, encrypted to its readers,
+/// in `groups/<group>.key.age.next`), and the values re-encrypted to its
+/// newest key (every one, or when lazy those named).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rotation {
     /// The group.
@@ -71,6 +71,13 @@ pub struct Rotation {
     /// merge: the other side's), relative to `.agent-vault/.local`.
     #[serde(default)]
     pub extra_keys: Vec<String>,
+    /// Format 2's lazy revocation: only the values in `reencrypt` move to
+    /// the new key (false in a journal written before it: every value).
+    #[serde(default)]
+    pub lazy: bool,
+    /// The values a lazy rotation re-encrypts (a merge's, set since the base).
+    #[serde(default)]
+    pub reencrypt: Vec<SecretPath>,
 }
 
 /// One operation on the vault, as a description that can be completed from
@@ -110,6 +117,10 @@ pub struct Txn {
     /// (a proposal's decision), with their contents.
     #[serde(default)]
     pub write_files: Vec<(String, String)>,
+    /// Moves the vault to the current format (`config.yaml`'s version; the
+    /// target manifest carries its own).
+    #[serde(default)]
+    pub migrate: bool,
 }
 
 impl Txn {

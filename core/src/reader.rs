@@ -18,6 +18,7 @@ use sha2::Digest;
 use crate::broker::services::Services;
 use crate::crypto::{self, Identity, SecretValue};
 use crate::error::{Error, Result};
+use crate::keyring::Keyring;
 use crate::keystore::KeySource;
 use crate::model::{Manifest, Mode};
 use crate::names::{GroupName, SecretPath};
@@ -89,12 +90,22 @@ struct OpenedGroup {
     keys: std::sync::Arc<GroupKeys>,
 }
 
-/// The identities that may decrypt a group's secrets right now, with the
-/// generations they belong to. Normally one; two while a rotation is
-/// half-finished (the rotated key waits in `.key.age.next`).
+/// The identities that may decrypt a group's secrets right now (the
+/// keyring's, and while a rotation is half-finished the rotated key waiting
+/// in `.key.age.next`), and the generations a value may be signed at.
 struct GroupKeys {
-    pub ids: Vec<Identity>,
-    pub generations: Vec<u64>,
+    ring: Keyring,
+    next: Option<Keyring>,
+    generations: Vec<u64>,
+}
+
+impl GroupKeys {
+    /// The identities to try, the newest first.
+    fn ids(&self) -> Vec<&Identity> {
+        let mut ids: Vec<&Identity> = self.next.iter().map(Keyring::newest).collect();
+        ids.extend(self.ring.all());
+        ids
+    }
 }
 
 impl Reader {
@@ -208,14 +219,18 @@ impl Reader {
         {
             return Ok(g.keys.clone());
         }
+        // Every generation in the keyring opens values; a rotation half-way
+        // has the next keyring (a superset) waiting in `.next`.
+        let ring = Keyring::open(&[&*self.id], &ct, &path)?;
         let mut keys = GroupKeys {
-            ids: vec![crypto::decrypt_identity(&[&*self.id], &ct, &path)?],
-            generations: vec![entry.generation],
+            ring,
+            next: None,
+            generations: entry.generations(),
         };
         if let Some(nct) = &next_ct
-            && let Ok(nid) = crypto::decrypt_identity(&[&*self.id], nct, &next)
+            && let Ok(next_ring) = Keyring::open(&[&*self.id], nct, &next)
         {
-            keys.ids.push(nid);
+            keys.next = Some(next_ring);
             keys.generations.push(entry.generation + 1);
         }
         let keys = std::sync::Arc::new(keys);
@@ -301,7 +316,7 @@ impl Reader {
                 c.verified.insert(seen);
             }
         }
-        let ids: Vec<&Identity> = keys.ids.iter().collect();
+        let ids = keys.ids();
         let value = crypto::decrypt(&ids, &ct, &age_path)?;
         if let Ok(mut c) = self.cache.lock() {
             #[cfg(test)]

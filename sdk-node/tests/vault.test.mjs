@@ -7,7 +7,7 @@ import path from 'node:path'
 import { test } from 'node:test'
 import { pathToFileURL } from 'node:url'
 
-import { makeVault, freshHome } from './helpers.mjs'
+import { makeVault, freshHome, cli, REPO } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const sdk = require('..')
@@ -154,4 +154,36 @@ test('a git URL vault is cloned under AGENT_VAULT_HOME and pulled', async () => 
 test('a bad URL is a VaultNotFoundError', () => {
   const { dir } = freshHome()
   assert.throws(() => new Vault({ repoPath: pathToFileURL(path.join(dir, 'none.git')).href }), VaultNotFoundError)
+})
+
+test('a format 1 vault (tests/vectors/v1) reads as it is and after an owner write migrates it', async () => {
+  const { dir, home } = freshHome()
+  const v1 = path.join(REPO, 'tests', 'vectors', 'v1')
+  const root = path.join(dir, 'vault')
+  fs.cpSync(path.join(v1, 'vault'), root, { recursive: true })
+  fs.cpSync(path.join(v1, 'home'), home, { recursive: true })
+  const [id] = fs.readdirSync(path.join(home, 'keys'))
+  const keyOf = (who) => (who === 'owner' ? path.join(home, 'keys', id, 'owner.key') : path.join(home, 'keys', id, 'agents', `${who}.key`))
+  for (const f of [keyOf('owner'), keyOf('reader'), keyOf('gone')]) fs.chmodSync(f, 0o600)
+  const expected = JSON.parse(fs.readFileSync(path.join(v1, 'expected.json'), 'utf8'))
+  const format = () => fs.readFileSync(path.join(root, '.agent-vault', 'config.yaml'), 'utf8').match(/^format: (\d+)$/m)[1]
+  const readsAlike = async () => {
+    for (const [p, b64] of Object.entries(expected.values)) {
+      const v = new Vault({ repoPath: root, keyPath: keyOf('owner'), autoPull: false })
+      assert.equal((await v.getBuffer(p)).toString('base64'), b64, p)
+      v.close()
+    }
+    const r = new Vault({ repoPath: root, keyPath: keyOf('reader'), autoPull: false })
+    for (const p of expected.reader_may_read) assert.equal((await r.getBuffer(p)).toString('base64'), expected.values[p], p)
+    r.close()
+    const g = new Vault({ repoPath: root, keyPath: keyOf('gone'), autoPull: false })
+    for (const p of expected.gone_may_not_read) await assert.rejects(g.getBuffer(p), NotAuthorizedError)
+    g.close()
+  }
+  assert.equal(format(), '1')
+  await readsAlike()
+  assert.equal(format(), '1')
+  cli(['--vault', root, '--key', keyOf('owner'), '--offline', 'set', 'ops/after'], { input: 'after' })
+  assert.equal(format(), '2')
+  await readsAlike()
 })

@@ -160,13 +160,20 @@ fn revoke_rotates_and_lists_exposure_including_history() {
     assert_eq!(e["could_read"], true);
     assert_eq!(e["secrets"], serde_json::json!(["stripe/live"]));
     assert_eq!(e["in_history"], serde_json::json!(["stripe/old"]));
+    // Lazy revocation (format 2): the group has a new key generation, and
+    // the value stays at the one it was set at (exposed until set again).
+    assert_eq!(
+        env.json(&["list"])[0]["generation"].as_u64().unwrap(),
+        gen_before
+    );
+    env.set("stripe/live", b"v2");
     assert_eq!(
         env.json(&["list"])[0]["generation"].as_u64().unwrap(),
         gen_before + 1
     );
     // The agent is out, the owner still reads everything.
     assert!(stderr(&env.get_as(&bot, "stripe/live")).contains("not granted"));
-    assert_eq!(env.get("stripe/live"), b"v1");
+    assert_eq!(env.get("stripe/live"), b"v2");
     // Even with a forged grant, the old agent key opens nothing new: the
     // group key was rotated and is not encrypted to it.
     let key_file = env.vault.join(".agent-vault/groups/stripe.key.age");

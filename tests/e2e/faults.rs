@@ -4,6 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use agent_vault_core::crypto::{self, Identity};
+use agent_vault_core::keyring::Keyring;
 use agent_vault_core::secrecy::ExposeSecret;
 
 use crate::harness::*;
@@ -177,8 +178,8 @@ fn eight_concurrent_sets_all_land() {
 }
 
 /// Every secret decrypts for the owner with nothing but the files: the group
-/// key (or the rotated one waiting beside it) opened with the owner key.
-fn owner_can_decrypt_everything(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>>>) {
+/// keyring (or the rotated one waiting beside it) opened with the owner key.
+pub fn owner_can_decrypt_everything(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>>>) {
     let owner = Identity::read_file(&env.owner_key()).unwrap();
     let root = env.vault.join(".agent-vault");
     for (path, allowed) in expect {
@@ -189,14 +190,14 @@ fn owner_can_decrypt_everything(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>
             assert!(allowed.iter().any(Vec::is_empty), "{path} is missing");
             continue;
         };
-        let mut group_ids = Vec::new();
+        let mut rings = Vec::new();
         for f in [format!("{group}.key.age"), format!("{group}.key.age.next")] {
             let p = root.join("groups").join(f);
             if let Ok(b) = std::fs::read(&p) {
-                group_ids.push(crypto::decrypt_identity(&[&owner], &b, &p).unwrap());
+                rings.push(Keyring::open(&[&owner], &b, &p).unwrap());
             }
         }
-        let ids: Vec<&Identity> = group_ids.iter().collect();
+        let ids: Vec<&Identity> = rings.iter().flat_map(Keyring::all).collect();
         let value = crypto::decrypt(&ids, &ct, &age).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(
             allowed.contains(value.expose_secret()),
@@ -205,7 +206,7 @@ fn owner_can_decrypt_everything(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>
     }
 }
 
-fn kill_at(env: &Env, args: &[&str], delay: Duration) -> bool {
+pub fn kill_at(env: &Env, args: &[&str], delay: Duration) -> bool {
     let mut child = env
         .cmd(args)
         .stdout(Stdio::null())

@@ -149,6 +149,12 @@ fn exposure_lists_every_version_an_agent_could_decrypt() {
         .map(|e| e["secret"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["g/cur", "g/old"]);
+    // Lazy revocation: g/cur is still at the generation bot held until it
+    // is set again.
+    assert_eq!(v[0]["at_head"], true);
+    env.set("g/cur", b"rotated");
+    let v = env.json(&["exposure", "bot"]);
+    assert_eq!(v[0]["secret"], "g/cur");
     assert_eq!(v[0]["at_head"], false);
     let text = String::from_utf8(env.ok(&["exposure", "nobody-yet"]).stdout).unwrap();
     assert!(text.contains("could never decrypt"));

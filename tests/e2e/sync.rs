@@ -7,7 +7,7 @@ use std::process::Output;
 use crate::harness::*;
 use crate::remotes;
 
-fn ok(out: Output, what: &str) -> Output {
+pub fn ok(out: Output, what: &str) -> Output {
     assert!(
         out.status.success(),
         "{what} failed:\n{}{}",
@@ -18,14 +18,14 @@ fn ok(out: Output, what: &str) -> Output {
 }
 
 /// A second clone of the vault: an owner's or an agent's machine.
-struct Clone {
+pub struct Clone {
     dir: PathBuf,
     home: PathBuf,
     key: PathBuf,
 }
 
 impl Clone {
-    fn run(&self, env: &Env, args: &[&str]) -> Output {
+    pub fn run(&self, env: &Env, args: &[&str]) -> Output {
         let mut a = args.to_vec();
         let key = self.key.to_str().unwrap().to_owned();
         a.extend(["--key", &key]);
@@ -34,7 +34,7 @@ impl Clone {
 }
 
 /// Alice's vault pushed to a bare repository served at `url`.
-fn team(env: &Env, url: &str, git_ssh: Option<&str>) {
+pub fn team(env: &Env, url: &str, git_ssh: Option<&str>) {
     let bare = env.tmp.path().join("srv/vault.git");
     std::fs::create_dir_all(&bare).unwrap();
     ok(
@@ -61,7 +61,7 @@ fn clone(env: &Env, url: &str, name: &str, key: PathBuf) -> Clone {
     }
 }
 
-fn add_bob(env: &Env, url: &str) -> Clone {
+pub fn add_bob(env: &Env, url: &str) -> Clone {
     let key = env.tmp.path().join("bob.key");
     let v = env.json(&["keygen", "--out", key.to_str().unwrap()]);
     env.ok(&[
@@ -75,7 +75,7 @@ fn add_bob(env: &Env, url: &str) -> Clone {
     clone(env, url, "bob", key)
 }
 
-fn file_url(env: &Env) -> String {
+pub fn file_url(env: &Env) -> String {
     format!("file://{}", env.tmp.path().join("srv/vault.git").display())
 }
 

@@ -182,35 +182,30 @@ fn print_exposure_text(e: &Exposure) -> CliResult<()> {
             e.agent, e.group
         ));
     }
-    line(format!(
-        "group {}'s key was rotated: values set from now on are out of {}'s reach.",
-        e.group, e.agent
-    ))?;
-    line(format!(
-        "{} could read these values, and may have kept them — rotate them upstream (revocation cannot un-leak a value):",
-        e.agent
-    ))?;
-    for s in &e.secrets {
-        line(format!("  {s}"))?;
-    }
+    // Written at once: a revoke on a big group lists thousands of values.
+    let mut out = vec![
+        format!(
+            "group {}'s key was rotated: values set from now on are out of {}'s reach.",
+            e.group, e.agent
+        ),
+        format!(
+            "{} could read these values, and may have kept them: they are exposed until you rotate them upstream and `set` them again (revocation cannot un-leak a value; `agent-vault check` lists every exposed value):",
+            e.agent
+        ),
+    ];
+    out.extend(e.secrets.iter().map(|s| format!("  {s}")));
     if !e.in_history.is_empty() {
-        line("and these, removed since but still readable in git history:")?;
-        for s in &e.in_history {
-            line(format!("  {s}"))?;
-        }
+        out.push("and these, removed since but still readable in git history:".into());
+        out.extend(e.in_history.iter().map(|s| format!("  {s}")));
     }
     if e.secrets.is_empty() && e.in_history.is_empty() {
-        line("  (none: the group holds no secrets)")?;
+        out.push("  (none: the group holds no secrets)".into());
     }
     if !e.skipped.is_empty() {
-        line(
-            "left as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):",
-        )?;
-        for s in &e.skipped {
-            line(format!("  {s}"))?;
-        }
+        out.push("left as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):".into());
+        out.extend(e.skipped.iter().map(|s| format!("  {s}")));
     }
-    Ok(())
+    line(out.join("\n"))
 }
 
 fn print_exposures(ctx: &Ctx, exposures: &[Exposure], headline: &str) -> CliResult<ExitCode> {

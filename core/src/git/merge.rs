@@ -130,7 +130,7 @@ pub fn merge_manifests(base: Option<&Manifest>, ours: &Manifest, theirs: &Manife
             .collect()
     };
     let mut merged = Manifest {
-        format: ours.format,
+        format: ours.format.max(theirs.format),
         vault_id: ours.vault_id.clone(),
         owners: merge_map(&base.owners, &ours.owners, &theirs.owners),
         agents: merge_map(&base.agents, &ours.agents, &theirs.agents),

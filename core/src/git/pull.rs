@@ -111,7 +111,7 @@ fn check_incoming_entries(
 /// Verifies what a commit would bring: nothing but regular files and
 /// directories (see [`check_incoming_entries`]), its manifest signed by a
 /// trusted owner, and every secret that differs from `from` signed by one of
-/// its owners at its group's generation.
+/// its owners at one of its group's generations.
 pub(crate) fn verify_incoming(
     vault: &Vault,
     repo: &Repository,
@@ -162,7 +162,9 @@ pub(crate) fn verify_incoming(
             changed.insert(stem.to_owned());
         }
     }
+    let bar = crate::progress::Task::begin("verifying incoming secrets", changed.len());
     for stem in changed {
+        bar.step();
         let Some((g, name)) = stem.split_once('/') else {
             continue;
         };
@@ -178,11 +180,11 @@ pub(crate) fn verify_incoming(
         let meta: SecretMeta = blob_at(repo, &new_tree, Path::new(&format!("{stem}.meta.yaml")))
             .and_then(|b| model::parse_yaml(Path::new("meta"), &b).ok())
             .ok_or_else(|| fail("missing or malformed metadata"))?;
-        let generation = manifest
+        let generations = manifest
             .group(path.group())
-            .map(|g| g.generation)
+            .map(|g| g.generations())
             .map_err(|_| fail("its group is not in the manifest"))?;
-        meta.verify(vault.id(), &path, &ct, &manifest, &[generation])?;
+        meta.verify(vault.id(), &path, &ct, &manifest, &generations)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::yaml::parse_yaml;
 
-use super::FORMAT_VERSION;
+use super::{FORMAT_VERSION, format_supported};
 
 /// `config.yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,11 +85,11 @@ impl Config {
     /// Parses and validates `config.yaml`.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let c: Config = parse_yaml(path, bytes)?;
-        if c.format != FORMAT_VERSION {
+        if !format_supported(c.format) {
             return Err(Error::corrupt(
                 path,
                 format!(
-                    "format version {} is not supported by this agent-vault (it reads {FORMAT_VERSION})",
+                    "format version {} is not supported by this agent-vault (it reads up to {FORMAT_VERSION})",
                     c.format
                 ),
             ));

@@ -9,7 +9,7 @@ use crate::crypto::{self, OwnerSigningKey};
 use crate::error::{Error, Result};
 use crate::names::{AgentName, GroupName, OwnerName};
 
-use super::{FORMAT_VERSION, Mode};
+use super::{Mode, format_supported};
 
 const MANIFEST_DOMAIN: &str = "agent-vault/v1/manifest";
 
@@ -45,6 +45,15 @@ pub struct GroupEntry {
     pub recipient: String,
     /// Incremented each time the group key is rotated.
     pub generation: u64,
+}
+
+impl GroupEntry {
+    /// The generations a value of the group may be signed at: every one up
+    /// to the newest (the keyring holds them all; an older one is exposed,
+    /// not invalid).
+    pub fn generations(&self) -> Vec<u64> {
+        (1..=self.generation).collect()
+    }
 }
 
 /// `manifest.yaml`: who is who and who may do what.
@@ -172,7 +181,7 @@ impl Manifest {
 
     /// Checks internal consistency: names referenced by grants exist, keys parse.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        if self.format != FORMAT_VERSION {
+        if !format_supported(self.format) {
             return Err(Error::corrupt(path, "unsupported format version"));
         }
         if self.owners.is_empty() {

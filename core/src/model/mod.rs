@@ -14,8 +14,18 @@ pub use manifest::{
 };
 pub use meta::{MetaFields, MetaTrust, SecretMeta};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes: 2, group keyrings and lazy
+/// revocation (see [`crate::keyring`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format this build reads. An owner's first write moves a
+/// version 1 vault to [`FORMAT_VERSION`] (`writer::migrate`).
+pub const OLDEST_FORMAT: u32 = 1;
+
+/// Whether this build reads format `v`.
+pub fn format_supported(v: u32) -> bool {
+    (OLDEST_FORMAT..=FORMAT_VERSION).contains(&v)
+}
 
 /// What an agent may do with a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

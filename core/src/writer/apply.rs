@@ -112,7 +112,7 @@ impl Writer<'_> {
             .filter(|g| !self.manifest.groups.contains_key(*g))
             .collect();
         for g in new_groups {
-            let rot = self.prepare_rotation(&target, g, 1)?;
+            let rot = self.prepare_rotation(&target, g, 1, Default::default())?;
             target.groups.insert(
                 g.clone(),
                 GroupEntry {

@@ -10,6 +10,7 @@ use crate::crypto::{self, Recipient};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::Txn;
+use crate::keyring::Keyring;
 use crate::model::{self, Manifest, ManifestSig};
 use crate::vfs::{Batch, Kind};
 
@@ -62,6 +63,9 @@ impl Writer<'_> {
         let mut touched: Vec<PathBuf> = Vec::new();
         self.skipped.clear();
 
+        // 0. A version 1 vault's move to the current format.
+        self.complete_migration(&txn, &mut touched)?;
+
         // 1. Metadata of new values, once their ciphertext is in place.
         let t = crate::trace::phase("complete: metadata");
         self.complete_metadata(&txn, &mut touched)?;
@@ -96,10 +100,12 @@ impl Writer<'_> {
     fn complete_metadata(&self, txn: &Txn, touched: &mut Vec<PathBuf>) -> Result<()> {
         let v = self.vault;
         let fs = v.fs();
+        let bar = crate::progress::Task::begin("signing metadata", txn.metas.len());
         let ready: Vec<Option<(PathBuf, Vec<u8>)>> = txn
             .metas
             .par_iter()
             .map(|(p, meta)| {
+                bar.step();
                 // A value that is not (or no longer) a regular file of ours is
                 // not ready: its metadata is not written.
                 let ct = match fs.read_optional(&v.secret_age_path(p), Kind::Secret) {
@@ -122,7 +128,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Re-encrypts group key files to their groups' new reader sets.
+    /// Re-encrypts group keyrings (every generation) to their groups' new reader sets.
     fn complete_rewrap(
         &self,
         txn: &Txn,
@@ -134,16 +140,17 @@ impl Writer<'_> {
         for g in &txn.rewrap {
             let path = v.group_key_path(g);
             let ct = fs.read(&path, Kind::GroupKey)?;
-            let gid = crypto::decrypt_identity(&[&self.id], &ct, &path)?;
-            // A key file is not signed: only the manifest's recipient vouches for it.
-            if gid.recipient().as_string() != target.group(g)?.recipient {
+            let ring = Keyring::open(&[&self.id], &ct, &path)?;
+            // A key file is not signed: only the manifest's recipient vouches
+            // for its newest key (the one new values are encrypted to).
+            if ring.newest().recipient().as_string() != target.group(g)?.recipient {
                 return Err(Error::corrupt(
                     &path,
                     "holds a key that is not the group's (its recipient differs from the manifest's)",
                 ));
             }
             let recipients = target.group_key_recipients(g)?;
-            let new = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &gid)?;
+            let new = ring.seal(&recipients.iter().collect::<Vec<_>>())?;
             fs.write_atomic(&path, &new, fsutil::PUBLIC_FILE)?;
             touched.push(path);
         }

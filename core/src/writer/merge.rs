@@ -8,6 +8,7 @@ use std::path::Path;
 use git2::{Index, Oid, Repository, Tree, build::CheckoutBuilder};
 
 use super::Writer;
+use super::rotation::Plan;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::git::VaultRepo;
@@ -16,7 +17,7 @@ use crate::git::pull::blob_at;
 use crate::git::remote::Upstream;
 use crate::journal::Txn;
 use crate::model::{self, Manifest};
-use crate::names::GroupName;
+use crate::names::{GroupName, SecretPath};
 
 /// The three trees of a merge (the common base, ours and theirs) in the
 /// repository, and the vault directory's path inside it.
@@ -51,7 +52,8 @@ impl Writer<'_> {
         };
         let mut index = r.merge_trees(&sides.base, &sides.ours, &sides.theirs, None)?;
         let conflicted_secrets = settle_conflicts(&mut index, &sides.ours, rel)?;
-        let merged_files = checkout_merged(r, &mut index, up, &sides.ours, rel)?;
+        let (merged_tree, merged_files) = checkout_merged(r, &mut index, up, &sides.ours, rel)?;
+        let changed = secrets_changed(r, &sides.base, merged_tree, rel)?;
 
         // The manifest, entry by entry.
         let parse = |t: &Tree<'_>| -> Option<Manifest> {
@@ -69,8 +71,8 @@ impl Writer<'_> {
         self.reconcile_group_keys(
             &sides,
             (&our_m, &their_m),
-            &mut target,
-            &mut txn,
+            (&mut target, &mut txn),
+            &changed,
             &merge_dir,
         )?;
         if our_m.owners != their_m.owners {
@@ -94,16 +96,18 @@ impl Writer<'_> {
     }
 
     /// Group keys: a group whose key differs between the sides was rotated
-    /// on one of them (someone lost access there): rotate it again, from
-    /// whichever key each value is encrypted to (each side's key file is set
-    /// aside in `merge_dir`). Otherwise re-encrypt the key to the merged
-    /// readers.
+    /// on one of them (someone lost access there): rotate it again, into a
+    /// keyring holding both sides' generations (each side's key file is set
+    /// aside in `merge_dir`), and re-encrypt to the new key every value of
+    /// the group set on either side since the base: one side set it to a
+    /// key the other side's revoked agent may hold. Otherwise re-encrypt
+    /// the keyring to the merged readers.
     fn reconcile_group_keys(
         &self,
         sides: &Sides<'_>,
         (our_m, their_m): (&Manifest, &Manifest),
-        target: &mut Manifest,
-        txn: &mut Txn,
+        (target, txn): (&mut Manifest, &mut Txn),
+        changed: &[SecretPath],
         merge_dir: &Path,
     ) -> Result<()> {
         let (r, rel) = (sides.repo, sides.rel);
@@ -131,10 +135,12 @@ impl Writer<'_> {
                             extra.push(format!("merge/{name}"));
                         }
                     }
-                    self.rotate_into(target, txn, g)?;
-                    if let Some(rot) = txn.rotate.last_mut() {
-                        rot.extra_keys = extra;
-                    }
+                    let plan = Plan {
+                        eager: false,
+                        reencrypt: changed.iter().filter(|p| p.group() == g).cloned().collect(),
+                        extra_keys: extra,
+                    };
+                    self.rotate_with(target, txn, g, plan)?;
                 }
                 _ => txn.rewrap.push(g.clone()),
             }
@@ -208,15 +214,36 @@ fn settle_conflicts(
     Ok(conflicted_secrets)
 }
 
+/// The secrets whose value differs between the base and the merged tree:
+/// those set (on either side) since the sides diverged.
+fn secrets_changed(
+    r: &Repository,
+    base: &Tree<'_>,
+    merged: Oid,
+    rel: &Path,
+) -> Result<Vec<SecretPath>> {
+    let merged = r.find_tree(merged)?;
+    let diff = r.diff_tree_to_tree(Some(base), Some(&merged), None)?;
+    let secrets = rel.join("secrets");
+    Ok(diff
+        .deltas()
+        .filter_map(|d| d.new_file().path())
+        .filter_map(|p| p.strip_prefix(&secrets).ok())
+        .filter_map(|p| p.to_str()?.strip_suffix(".age")?.parse().ok())
+        .collect::<BTreeSet<SecretPath>>()
+        .into_iter()
+        .collect())
+}
+
 /// Checks the merged tree out (safely: a change of the user's is never
-/// overwritten) and returns every vault file the merge brought in.
+/// overwritten) and returns it and every vault file the merge brought in.
 fn checkout_merged(
     r: &Repository,
     index: &mut Index,
     up: &Upstream,
     our_tree: &Tree<'_>,
     rel: &Path,
-) -> Result<Vec<String>> {
+) -> Result<(Oid, Vec<String>)> {
     let merged_tree_id = index.write_tree_to(r)?;
     let merged_tree = r.find_tree(merged_tree_id)?;
     let mut co = CheckoutBuilder::new();
@@ -240,5 +267,5 @@ fn checkout_merged(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    Ok(merged_files)
+    Ok((merged_tree_id, merged_files))
 }

@@ -21,6 +21,7 @@ mod apply;
 mod broker;
 mod complete;
 mod merge;
+mod migrate;
 mod owners;
 mod rotation;
 mod secrets;
@@ -168,6 +169,7 @@ impl<'v> Writer<'v> {
         }
         // Whatever we hold now must be the signed manifest.
         w.manifest = vault.manifest()?;
+        w.migrate_if_old()?;
         Ok(w)
     }
 

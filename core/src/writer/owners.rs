@@ -75,7 +75,7 @@ impl Writer<'_> {
         }
         let groups: Vec<GroupName> = target.groups.keys().cloned().collect();
         for g in &groups {
-            self.rotate_into(&mut target, &mut txn, g)?;
+            self.rotate_with(&mut target, &mut txn, g, super::rotation::Plan::eager())?;
         }
         txn.manifest = Some(target);
         self.run(txn)?;
@@ -96,7 +96,7 @@ impl Writer<'_> {
         let mut txn = Txn::new("rekey");
         let groups: Vec<GroupName> = target.groups.keys().cloned().collect();
         for g in &groups {
-            self.rotate_into(&mut target, &mut txn, g)?;
+            self.rotate_with(&mut target, &mut txn, g, super::rotation::Plan::eager())?;
         }
         txn.manifest = Some(target);
         self.run(txn)?;

@@ -1,5 +1,7 @@
-//! Group key rotation: a new key for the next generation, and every secret
-//! of the group re-encrypted to it.
+//! Group key rotation: a new key for the next generation in front of the
+//! group's keyring. Lazy (revocation, format 2): no value is rewritten, and
+//! values of older generations are *exposed* until set again. Eager
+//! (`rekey`, `remove-owner`): every value of the group re-encrypted to it.
 
 use std::path::PathBuf;
 
@@ -10,23 +12,62 @@ use crate::crypto::{self, Identity, OwnerSigningKey, Recipient};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::{Rotation, Txn};
+use crate::keyring::Keyring;
 use crate::model::{self, GroupEntry, Manifest, MetaFields, SecretMeta};
 use crate::names::{GroupName, SecretPath};
+use crate::progress::Task;
 use crate::vault::Vault;
 use crate::vfs::{Batch, Kind};
 
 use super::Writer;
 
+/// How a rotation treats the group's values.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Re-encrypt every value to the new key (`rekey`, `remove-owner`);
+    /// otherwise only those in `reencrypt` (format 2's lazy revocation).
+    pub eager: bool,
+    /// Values to move to the new key even when lazy (after a merge: those
+    /// set on either side since the common base).
+    pub reencrypt: Vec<SecretPath>,
+    /// Further keyring files whose generations join the new keyring (after
+    /// a merge: each side's), relative to `.agent-vault/.local`.
+    pub extra_keys: Vec<String>,
+}
+
+impl Plan {
+    /// Every value re-encrypted.
+    pub(crate) fn eager() -> Self {
+        Plan {
+            eager: true,
+            ..Plan::default()
+        }
+    }
+}
+
 impl Writer<'_> {
-    /// Adds a rotation of `group` to the next generation to `txn` and `target`.
+    /// Adds a lazy rotation of `group` to the next generation to `txn` and
+    /// `target`: a new key in front of the keyring, no value rewritten. What
+    /// revocation does.
     pub(crate) fn rotate_into(
         &self,
         target: &mut Manifest,
         txn: &mut Txn,
         group: &GroupName,
     ) -> Result<()> {
+        self.rotate_with(target, txn, group, Plan::default())
+    }
+
+    /// Adds a rotation of `group` to the next generation, as `plan` says.
+    pub(crate) fn rotate_with(
+        &self,
+        target: &mut Manifest,
+        txn: &mut Txn,
+        group: &GroupName,
+        plan: Plan,
+    ) -> Result<()> {
         let generation = target.group(group)?.generation + 1;
-        let rot = self.prepare_rotation(target, group, generation)?;
+        let rot = self.prepare_rotation(target, group, generation, plan)?;
         target.groups.insert(
             group.clone(),
             GroupEntry {
@@ -38,77 +79,84 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Makes a new group identity for `group` at `generation`, encrypted to
-    /// the readers that `target` gives the group, and leaves it in
-    /// `groups/<group>.key.age.next`. Must run before the journal is written.
+    /// Makes a new group identity for `group` at `generation`, puts it in
+    /// front of the group's keyring (with every older generation, and the
+    /// plan's extra keyrings), encrypted to the readers that `target` gives
+    /// the group, and leaves it in `groups/<group>.key.age.next`. Must run
+    /// before the journal is written.
     pub(super) fn prepare_rotation(
         &self,
         target: &Manifest,
         group: &GroupName,
         generation: u64,
+        plan: Plan,
     ) -> Result<Rotation> {
-        let id = Identity::generate();
+        let (v, fs) = (self.vault, self.vault.fs());
+        let mut ring = Keyring::generate();
+        let key_path = v.group_key_path(group);
+        let older = std::iter::once(key_path)
+            .filter(|_| generation > 1)
+            .chain(plan.extra_keys.iter().map(|k| v.local_dir().join(k)));
+        for path in older {
+            if let Some(ct) = fs.read_optional(&path, Kind::GroupKey)? {
+                ring.absorb(Keyring::open(&[&self.id], &ct, &path)?);
+            }
+        }
+        let recipient = ring.newest().recipient().as_string();
         let recipients = target.group_key_recipients(group)?;
-        let ct = crypto::encrypt_identity(&recipients.iter().collect::<Vec<_>>(), &id)?;
+        let ct = ring.seal(&recipients.iter().collect::<Vec<_>>())?;
         let next = self.vault.group_next_key_path(group);
-        self.vault
-            .fs()
-            .write_atomic(&next, &ct, fsutil::PUBLIC_FILE)?;
+        fs.write_atomic(&next, &ct, fsutil::PUBLIC_FILE)?;
         Ok(Rotation {
             group: group.clone(),
-            recipient: id.recipient().as_string(),
+            recipient,
             generation,
-            extra_keys: Vec::new(),
+            extra_keys: plan.extra_keys,
+            lazy: !plan.eager,
+            reencrypt: plan.reencrypt,
         })
     }
 
-    /// Re-encrypts every secret of the group to the rotated key, then puts
-    /// the key in place. Returns the files it changed, and the secrets it
-    /// left alone because no owner signed them or they cannot be read
-    /// safely (a rotation never stops half-way over planted files).
+    /// Re-encrypts the group's values the rotation moves (all, or when lazy
+    /// only those it names) to the rotated key, then puts the new keyring
+    /// in place. Returns the files it changed, and the secrets it left
+    /// alone because no owner signed them or they cannot be read safely (a
+    /// rotation never stops half-way over planted files).
     pub(super) fn complete_rotation(&self, rot: &Rotation) -> Result<(Vec<PathBuf>, Vec<String>)> {
         let v = self.vault;
         let fs = v.fs();
         let g = &rot.group;
         let key_path = v.group_key_path(g);
         let next_path = v.group_next_key_path(g);
-        let next_ct = fs.read_optional(&next_path, Kind::GroupKey)?;
         let mut touched = vec![key_path.clone()];
-        let new_id = match &next_ct {
-            Some(ct) => crypto::decrypt_identity(&[&self.id], ct, &next_path)?,
-            // The key is in place already: every secret was re-encrypted.
-            None => return Ok((touched, Vec::new())),
+        // No `.next`: the keyring is in place already, every value moved.
+        let Some(next_ct) = fs.read_optional(&next_path, Kind::GroupKey)? else {
+            return Ok((touched, Vec::new()));
         };
-        // The keys the group's values may be encrypted to now: the current
-        // one, and after a merge the other sides' (kept in `.local`).
-        let mut old: Vec<Identity> = Vec::new();
-        for path in std::iter::once(key_path.clone())
-            .chain(rot.extra_keys.iter().map(|k| v.local_dir().join(k)))
-        {
-            if let Some(ct) = fs.read_optional(&path, Kind::GroupKey)? {
-                old.push(crypto::decrypt_identity(&[&self.id], &ct, &path)?);
-            }
-        }
-        let old_ids: Vec<&Identity> = old.iter().collect();
-        let old_gens: Vec<u64> = if rot.extra_keys.is_empty() {
-            rot.generation
-                .checked_sub(1)
-                .filter(|g| *g > 0)
-                .into_iter()
-                .collect()
-        } else {
-            (1..rot.generation).collect()
-        };
+        let ring = Keyring::open(&[&self.id], &next_ct, &next_path)?;
+        let ids = ring.all();
+        let (new_id, old_ids) = (ids[0], &ids[1..]);
+        // Every older generation is in the keyring: a value signed at any
+        // of them opens.
+        let old_gens: Vec<u64> = (1..rot.generation).collect();
         let new_recipient: Recipient = rot.recipient.parse()?;
-        let paths = v.secret_paths(Some(g))?;
+        let paths: Vec<SecretPath> = if rot.lazy {
+            let mut only = rot.reencrypt.clone();
+            only.retain(|p| p.group() == g && fs.is_file(&v.secret_age_path(p)).unwrap_or(false));
+            only
+        } else {
+            v.secret_paths(Some(g))?
+        };
         let (signing, manifest) = (&self.signing, &self.manifest);
         let t = crate::trace::phase("rotation: re-encrypt");
+        let bar = Task::begin(&format!("re-encrypting group {g}"), paths.len());
         let rewritten: Vec<Rewrite> = paths
             .par_iter()
             .map(|p| {
+                bar.step();
                 let keys = RotationKeys {
-                    new_id: &new_id,
-                    old_ids: &old_ids,
+                    new_id,
+                    old_ids,
                     old_gens: &old_gens,
                     new_recipient: &new_recipient,
                     generation: rot.generation,
@@ -116,7 +164,7 @@ impl Writer<'_> {
                 reencrypt(v, signing, manifest, &keys, p)
             })
             .collect::<Result<_>>()?;
-        drop(t);
+        drop((t, bar));
         let _t = crate::trace::phase("rotation: write batch");
         let mut files = Vec::new();
         let mut skipped = Vec::new();

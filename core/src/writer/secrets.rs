@@ -11,6 +11,7 @@ use crate::fsutil;
 use crate::journal::Txn;
 use crate::model::{GroupEntry, MetaFields, SecretMeta};
 use crate::names::{GroupName, SecretPath};
+use crate::progress::Task;
 use crate::vfs::Batch;
 
 use super::{SetOptions, Writer};
@@ -48,7 +49,7 @@ impl Writer<'_> {
         let groups: BTreeSet<&GroupName> = items.iter().map(|(p, _, _)| p.group()).collect();
         for g in groups {
             if !target.groups.contains_key(g) {
-                let rot = self.prepare_rotation(&target, g, 1)?;
+                let rot = self.prepare_rotation(&target, g, 1, Default::default())?;
                 target.groups.insert(
                     g.clone(),
                     GroupEntry {
@@ -84,9 +85,11 @@ impl Writer<'_> {
         let now = jiff::Timestamp::now();
         let vault = self.vault;
         let signing = &self.signing;
+        let bar = Task::begin("encrypting", items.len());
         items
             .par_iter()
             .map(|(path, value, opts)| {
+                bar.step();
                 let entry = target.group(path.group())?;
                 let recipient: Recipient = entry.recipient.parse()?;
                 // Only fields an owner signed (or legacy metadata whose value

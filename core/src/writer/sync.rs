@@ -132,20 +132,17 @@ impl Writer<'_> {
             let their_m: Manifest = blob_at(r, &tree, &rel.join("manifest.yaml"))
                 .and_then(|b| model::parse_yaml(Path::new("manifest.yaml"), &b).ok())
                 .ok_or_else(|| Error::Git("their manifest is unreadable".into()))?;
-            let generation = their_m.group(path.group())?.generation;
-            meta.verify(self.vault.id(), path, &ct, &their_m, &[generation])?;
+            let generations = their_m.group(path.group())?.generations();
+            meta.verify(self.vault.id(), path, &ct, &their_m, &generations)?;
             let key_ct = blob_at(
                 r,
                 &tree,
                 &rel.join("groups").join(format!("{}.key.age", path.group())),
             )
             .ok_or_else(|| Error::Git("their group key is missing".into()))?;
-            let gid = crate::crypto::decrypt_identity(
-                &[&self.id],
-                &key_ct,
-                Path::new("their group key"),
-            )?;
-            let value = crate::crypto::decrypt(&[&gid], &ct, Path::new(&key))?;
+            let ring =
+                crate::keyring::Keyring::open(&[&self.id], &key_ct, Path::new("their group key"))?;
+            let value = crate::crypto::decrypt(&ring.all(), &ct, Path::new(&key))?;
             use age::secrecy::ExposeSecret;
             let opts = SetOptions {
                 expires: meta.expires,

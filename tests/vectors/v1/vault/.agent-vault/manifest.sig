@@ -1,0 +1,3 @@
+signer: vector-owner
+signing_key: qUfsIIQEqyHa+e7ePH0Mne7SW+lirpBcS8USQvd78O0=
+signature: HK2a2hxx0HmWjjD3G/V3XTgHyna4wqwbE4NSqiBmp4oXzsbswITuybeTXPQTEBoiLsX5lRi40ys9+MyrFprOCw==
