@@ -80,6 +80,9 @@ pub enum Reason {
     /// 502: the broker could not sign the request (SigV4: no region or
     /// service for the host, a key that is not text).
     SigningFailed,
+    /// 503: the broker has not been up to date with the vault's remote for
+    /// longer than `--max-stale` (it fails closed).
+    VaultStale,
 }
 
 impl Reason {
@@ -111,6 +114,7 @@ impl Reason {
         Reason::UpstreamEncoding,
         Reason::UpstreamTimeout,
         Reason::SigningFailed,
+        Reason::VaultStale,
     ];
 
     /// The reason's stable name: the end of its type, the header's value,
@@ -164,6 +168,10 @@ impl Reason {
             ),
             Reason::UpstreamTimeout => ("upstream-timeout", "Upstream did not answer in time"),
             Reason::SigningFailed => ("signing-failed", "The broker could not sign the request"),
+            Reason::VaultStale => (
+                "vault-stale",
+                "The broker is not up to date with the vault's remote",
+            ),
         }
     }
 

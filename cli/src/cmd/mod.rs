@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             agent,
             ttl,
             proxy,
+            proxy_ca,
             isolate,
             socket,
             command,
@@ -105,7 +106,8 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
                 required: level == "required",
                 socket,
             });
-            broker::run(&ctx, &agent, &ttl, &proxy, isolate, &command)
+            let proxy = (proxy.as_str(), proxy_ca.as_deref());
+            broker::run(&ctx, &agent, &ttl, proxy, isolate, &command)
         }
         Command::Audit {
             file,

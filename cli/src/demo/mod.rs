@@ -226,6 +226,8 @@ fn serve(
         audit: None,
         key: Some(broker_key),
         metrics: false,
+        follow: None,
+        tls: None,
     };
     let broker = Arc::new(
         agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
