@@ -146,7 +146,10 @@ fn agent_env(
         let proxy_ca_path = match proxy_ca {
             Some(file) => {
                 let theirs = std::fs::read(file).map_err(|e| {
-                    CliError::Msg(format!("cannot read --proxy-ca {}: {e}", file.display()), None)
+                    CliError::Msg(
+                        format!("cannot read --proxy-ca {}: {e}", file.display()),
+                        None,
+                    )
                 })?;
                 let mut bundle = vault.ca_cert()?;
                 if !bundle.ends_with(b"\n") {
@@ -286,10 +289,7 @@ fn span(flag: &str, text: &str) -> CliResult<std::time::Duration> {
 }
 
 /// `--pull-interval` and `--max-stale`, else `broker:` in `config.yaml`.
-fn follow(
-    vault: &Vault,
-    args: &ProxyArgs,
-) -> CliResult<Option<agent_vault_proxy::follow::Follow>> {
+fn follow(vault: &Vault, args: &ProxyArgs) -> CliResult<Option<agent_vault_proxy::follow::Follow>> {
     let cfg = vault.config().broker.clone().unwrap_or_default();
     let secs = |s: Option<u64>| s.filter(|s| *s > 0).map(std::time::Duration::from_secs);
     let interval = match &args.pull_interval {

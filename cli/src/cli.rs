@@ -345,7 +345,12 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SPAN")]
     pub max_stale: Option<String>,
     /// Speak TLS on the listener with this certificate chain (PEM; with --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_name")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_name"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]

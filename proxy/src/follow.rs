@@ -39,8 +39,10 @@ impl Follow {
     /// core's default (30 s). A hung remote does not delay failing closed:
     /// staleness is measured by the clock, not by the pulls.
     fn timeout(&self) -> Duration {
-        self.interval
-            .clamp(Duration::from_secs(5), agent_vault_core::sync::DEFAULT_TIMEOUT)
+        self.interval.clamp(
+            Duration::from_secs(5),
+            agent_vault_core::sync::DEFAULT_TIMEOUT,
+        )
     }
 }
 
@@ -95,7 +97,11 @@ impl Freshness {
             }
             return None;
         }
-        let why = self.why.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let why = self
+            .why
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let why = if why.is_empty() {
             "no pull has finished yet".to_owned()
         } else {
@@ -103,12 +109,13 @@ impl Freshness {
         };
         let reason = format!(
             "not up to date with the vault's remote for over {}s (--max-stale); last failure: {why}",
-            max.as_secs()
+            max.as_secs_f64()
         );
         let detail = format!(
-            "the broker has not been up to date with the vault's remote for {}s: refusing rather \
-             than use grants that may have been revoked ({reason})",
-            age.as_secs()
+            "the broker has not been up to date with the vault's remote for {}s (--max-stale {}s) and \
+             refuses rather than use grants that may have been revoked; last failure: {why}",
+            age.as_secs(),
+            max.as_secs_f64()
         );
         if !self.reported.swap(true, Ordering::Relaxed) {
             health.fail(CHECK, reason);

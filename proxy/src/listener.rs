@@ -95,7 +95,8 @@ fn mint(minter: &Minter, names: &[String]) -> Result<Arc<CertifiedKey>, ProxyErr
     let (cert, key) = minter.mint(names).map_err(|e| err(e.to_string()))?;
     let cert = CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| err(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| err(e.to_string()))?;
-    let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| err(e.to_string()))?;
+    let key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| err(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(vec![cert], key)))
 }
 

@@ -12,6 +12,7 @@ mod basics;
 mod broker;
 mod demo_isolated;
 mod faults;
+mod fleet;
 mod hook;
 mod hostile_broker;
 mod hostile_trust;
