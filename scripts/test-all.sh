@@ -32,6 +32,10 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # `agent-vault ui` tests drive the owner's page with headless Chromium (Selenium).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Fleet tests: two brokers behind HAProxy (deploy/haproxy.cfg); the systemd
+# unit checked with systemd-analyze verify.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -13,6 +13,8 @@ mod broker;
 mod demo_isolated;
 mod faults;
 mod fleet;
+mod fleet_lb;
+mod fleet_tls;
 mod hook;
 mod hostile_broker;
 mod hostile_trust;
