@@ -36,6 +36,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # unit checked with systemd-analyze verify.
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Audit export tests: Debian's rsyslog receives RFC 5424 over UDP, TCP and a Unix socket.
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -48,6 +50,8 @@ python3 -c 'import brotli' >/dev/null 2>&1 || python3 -m pip install -q brotli
 python3 -c 'import boto3' >/dev/null 2>&1 || python3 -m pip install -q boto3
 python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install -q prometheus-client
 python3 -c 'import selenium' >/dev/null 2>&1 || python3 -m pip install -q selenium
+# Audit export tests: an OTLP/HTTP receiver built on the OpenTelemetry protobufs.
+python3 -c 'import opentelemetry.proto' >/dev/null 2>&1 || python3 -m pip install -q opentelemetry-proto
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

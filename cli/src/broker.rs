@@ -204,6 +204,7 @@ pub fn proxy(
     };
     let follow = follow(&vault, &args)?;
     let tls = listener_tls(&args);
+    let exports = exports(&args)?;
     let opts = agent_vault_proxy::Options {
         listen,
         upstream_ca: args.upstream_ca,
@@ -213,6 +214,7 @@ pub fn proxy(
         metrics: admin.is_some(),
         follow,
         tls: tls.clone(),
+        exports,
     };
     let cannot = |e: agent_vault_proxy::ProxyError| {
         CliError::Msg(format!("cannot start the broker: {e}"), None)
@@ -262,6 +264,18 @@ pub fn proxy(
             .then(|| "is another broker running there? pick another --listen".to_owned());
         CliError::Msg(e.to_string(), hint)
     })?;
+    // Every exported record delivered or counted dropped, and said so.
+    for (sink, t) in broker.close_exports(std::time::Duration::from_secs(5)) {
+        let why = t
+            .last_failure
+            .filter(|_| t.dropped > 0)
+            .map(|w| format!(" (last failure: {w})"))
+            .unwrap_or_default();
+        note(format!(
+            "audit export {sink}: {} delivered, {} dropped{why}",
+            t.delivered, t.dropped
+        ));
+    }
     // A host's leaf is minted once and cached: this counts them.
     note(format!(
         "broker stopped ({} leaf certificate(s) minted)",
@@ -319,6 +333,17 @@ fn follow(vault: &Vault, args: &ProxyArgs) -> CliResult<Option<agent_vault_proxy
             }))
         }
     }
+}
+
+/// `--audit-otlp` and `--audit-syslog`.
+fn exports(args: &ProxyArgs) -> CliResult<Vec<agent_vault_proxy::export::Sink>> {
+    use agent_vault_proxy::export::{Sink, syslog::Target};
+    let bad = |e: agent_vault_proxy::ProxyError| CliError::Msg(e.to_string(), None);
+    let mut sinks: Vec<Sink> = args.audit_otlp.iter().cloned().map(Sink::Otlp).collect();
+    for t in &args.audit_syslog {
+        sinks.push(Sink::Syslog(Target::parse(t).map_err(bad)?));
+    }
+    Ok(sinks)
 }
 
 /// `--tls-cert`/`--tls-key`, or `--tls-name`.

@@ -358,6 +358,12 @@ pub struct ProxyArgs {
     /// Speak TLS on the listener with a certificate the vault's CA mints for this name or IP address (repeatable).
     #[arg(long, value_name = "NAME")]
     pub tls_name: Vec<String>,
+    /// Also send audit records as OpenTelemetry logs over OTLP/HTTP (JSON) to this URL (http://collector:4318/v1/logs).
+    #[arg(long, value_name = "URL")]
+    pub audit_otlp: Option<String>,
+    /// Also send audit records as RFC 5424 syslog to udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH (repeatable).
+    #[arg(long, value_name = "TARGET")]
+    pub audit_syslog: Vec<String>,
 }
 
 /// Arguments of `mcp`.

@@ -70,6 +70,8 @@ pub fn records(text: &str) -> impl Iterator<Item = Record> + '_ {
 pub struct AuditLog {
     file: Option<Mutex<std::fs::File>>,
     metrics: Metrics,
+    /// Log pipelines the records go to as well (`crate::export`).
+    exports: Vec<crate::export::Exporter>,
 }
 
 impl AuditLog {
@@ -89,7 +91,18 @@ impl AuditLog {
         Ok(AuditLog {
             file,
             metrics: Metrics::off(),
+            exports: Vec::new(),
         })
+    }
+
+    /// The same log, its records exported to these pipelines too.
+    pub fn exporting(self, exports: Vec<crate::export::Exporter>) -> Self {
+        AuditLog { exports, ..self }
+    }
+
+    /// The pipelines records are exported to.
+    pub fn exports(&self) -> &[crate::export::Exporter] {
+        &self.exports
     }
 
     /// The same log, its records counted in `metrics` too.
@@ -97,9 +110,9 @@ impl AuditLog {
         AuditLog { metrics, ..self }
     }
 
-    /// Whether records go anywhere (a file, or the metrics).
+    /// Whether records go anywhere (a file, a pipeline, or the metrics).
     pub fn enabled(&self) -> bool {
-        self.file.is_some() || self.metrics.enabled()
+        self.file.is_some() || self.metrics.enabled() || !self.exports.is_empty()
     }
 
     /// Counts one record in the metrics and writes it (one `write` of one
@@ -114,6 +127,9 @@ impl AuditLog {
             tunnel: r.tunnel,
             bytes: (r.bytes_in, r.bytes_out),
         });
+        for e in &self.exports {
+            e.send(r);
+        }
         let Some(f) = &self.file else { return };
         let written = serde_json::to_vec(r).ok().and_then(|mut line| {
             line.push(b'\n');

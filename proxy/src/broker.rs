@@ -51,6 +51,9 @@ pub struct Options {
     pub follow: Option<crate::follow::Follow>,
     /// TLS on the listener (`--tls-cert`/`--tls-key`, `--tls-name`).
     pub tls: Option<crate::listener::ListenerTls>,
+    /// Log pipelines the audit records go to as well (`--audit-otlp`,
+    /// `--audit-syslog`).
+    pub exports: Vec<crate::export::Sink>,
 }
 
 /// The vault as the broker last read it: core's reader on a manifest and
@@ -184,6 +187,13 @@ impl Broker {
                 path: opts.audit.clone().unwrap_or_default(),
                 source,
             })?;
+        let exports = opts
+            .exports
+            .iter()
+            .map(|sink| {
+                crate::export::Exporter::start(sink.clone(), opts.upstream_ca.as_deref(), &metrics)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Broker {
             token_key,
             minter,
@@ -191,7 +201,7 @@ impl Broker {
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(audit.counted(metrics.clone())),
+            audit: Arc::new(audit.counted(metrics.clone()).exporting(exports)),
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
             metrics,
@@ -223,6 +233,19 @@ impl Broker {
     /// not been up to date with its remote for longer than `--max-stale`).
     pub(crate) fn stale(&self) -> Option<String> {
         self.freshness.as_ref()?.stale(&self.health)
+    }
+
+    /// Stops the audit exports, giving each until `deadline` to send what
+    /// it holds; each sink's final totals (see [`crate::export`]).
+    pub fn close_exports(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Vec<(&'static str, crate::export::Totals)> {
+        self.audit
+            .exports()
+            .iter()
+            .map(|e| (e.sink().name(), e.close(deadline)))
+            .collect()
     }
 
     /// The listener's TLS configuration, if it speaks TLS.

@@ -67,6 +67,9 @@ pub enum ProxyError {
     /// The listener's TLS (`--tls-cert`/`--tls-key`, `--tls-name`) could not
     /// be set up; the message names the file or the name.
     ListenerTls(String),
+    /// An audit export (`--audit-otlp`, `--audit-syslog`) could not be set
+    /// up; the message names the flag.
+    Export(String),
 }
 
 impl std::fmt::Display for ProxyError {
@@ -98,6 +101,7 @@ impl std::fmt::Display for ProxyError {
                 "--pull-interval: the vault's repository has no remote to follow (add one with `git remote add`)",
             ),
             ProxyError::ListenerTls(e) => write!(f, "the listener's TLS: {e}"),
+            ProxyError::Export(e) => f.write_str(e),
         }
     }
 }
@@ -119,7 +123,10 @@ impl std::error::Error for ProxyError {
             | ProxyError::Listen { source, .. }
             | ProxyError::ListenUnix { source, .. } => Some(source),
             ProxyError::Runtime(e) | ProxyError::Thread(e) | ProxyError::Signal(e) => Some(e),
-            ProxyError::Panicked | ProxyError::NoRemote | ProxyError::ListenerTls(_) => None,
+            ProxyError::Panicked
+            | ProxyError::NoRemote
+            | ProxyError::ListenerTls(_)
+            | ProxyError::Export(_) => None,
         }
     }
 }

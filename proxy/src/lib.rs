@@ -13,6 +13,7 @@ pub mod body;
 mod broker;
 pub mod ca;
 mod error;
+pub mod export;
 pub mod follow;
 mod forward;
 mod handoff;

@@ -247,11 +247,16 @@ fn raw_connect(team: &Team, port: u16) -> (u16, String, String) {
 
 /// `GET /healthz` on the admin listener: status and body.
 pub(crate) fn healthz(admin: &str) -> (u16, String) {
+    admin_get(admin, "/healthz")
+}
+
+/// `GET path` on the admin listener: status and body.
+pub(crate) fn admin_get(admin: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

@@ -13,6 +13,7 @@ mod broker;
 mod demo_isolated;
 mod faults;
 mod fleet;
+mod fleet_audit;
 mod fleet_lb;
 mod fleet_tls;
 mod hook;

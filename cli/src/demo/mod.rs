@@ -228,6 +228,7 @@ fn serve(
         metrics: false,
         follow: None,
         tls: None,
+        exports: Vec::new(),
     };
     let broker = Arc::new(
         agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,
