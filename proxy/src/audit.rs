@@ -71,7 +71,14 @@ pub struct AuditLog {
     file: Option<Mutex<std::fs::File>>,
     metrics: Metrics,
     /// Log pipelines the records go to as well (`crate::export`).
-    exports: Vec<crate::export::Exporter>,
+    exports: Vec<Arc<dyn Forward>>,
+}
+
+/// Somewhere records go besides the file: a log pipeline's queue
+/// (`crate::export::Exporter`). Must not wait: it runs on the request's path.
+pub trait Forward: Send + Sync {
+    /// Takes a copy of the record (or counts it dropped).
+    fn send(&self, r: &Record);
 }
 
 impl AuditLog {
@@ -95,14 +102,9 @@ impl AuditLog {
         })
     }
 
-    /// The same log, its records exported to these pipelines too.
-    pub fn exporting(self, exports: Vec<crate::export::Exporter>) -> Self {
+    /// The same log, its records forwarded to these pipelines too.
+    pub fn exporting(self, exports: Vec<Arc<dyn Forward>>) -> Self {
         AuditLog { exports, ..self }
-    }
-
-    /// The pipelines records are exported to.
-    pub fn exports(&self) -> &[crate::export::Exporter] {
-        &self.exports
     }
 
     /// The same log, its records counted in `metrics` too.

@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
-use crate::follow::Freshness;
+use crate::freshness::Freshness;
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
@@ -48,7 +48,7 @@ pub struct Options {
     pub metrics: bool,
     /// Follow the vault's remote (`--pull-interval`, `--max-stale`); started
     /// by [`crate::follow::start`].
-    pub follow: Option<crate::follow::Follow>,
+    pub follow: Option<crate::freshness::Follow>,
     /// TLS on the listener (`--tls-cert`/`--tls-key`, `--tls-name`).
     pub tls: Option<crate::listener::ListenerTls>,
     /// Log pipelines the audit records go to as well (`--audit-otlp`,
@@ -136,6 +136,8 @@ pub struct Broker {
     freshness: Option<Freshness>,
     /// The listener's TLS, if it speaks TLS.
     listener_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The audit exports (also in `audit`), closed when the broker stops.
+    exports: Vec<Arc<crate::export::Exporter>>,
 }
 
 impl Broker {
@@ -192,8 +194,13 @@ impl Broker {
             .iter()
             .map(|sink| {
                 crate::export::Exporter::start(sink.clone(), opts.upstream_ca.as_deref(), &metrics)
+                    .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let forwards = exports
+            .iter()
+            .map(|e| e.clone() as Arc<dyn crate::audit::Forward>)
+            .collect();
         Ok(Broker {
             token_key,
             minter,
@@ -201,7 +208,8 @@ impl Broker {
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(audit.counted(metrics.clone()).exporting(exports)),
+            audit: Arc::new(audit.counted(metrics.clone()).exporting(forwards)),
+            exports,
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
             metrics,
@@ -241,10 +249,13 @@ impl Broker {
         &self,
         deadline: std::time::Duration,
     ) -> Vec<(&'static str, crate::export::Totals)> {
-        self.audit
-            .exports()
+        // All stop taking records first, so they send what they hold at
+        // the same time.
+        self.exports.iter().for_each(|e| e.stop());
+        let until = Instant::now() + deadline;
+        self.exports
             .iter()
-            .map(|e| (e.sink().name(), e.close(deadline)))
+            .map(|e| (e.sink().name(), e.close(until)))
             .collect()
     }
 

@@ -16,6 +16,7 @@ mod error;
 pub mod export;
 pub mod follow;
 mod forward;
+mod freshness;
 mod handoff;
 mod head;
 mod health;

@@ -117,8 +117,7 @@ fn stop(r: Replica) -> String {
         .unwrap();
     proc.0.wait().unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let text = log.lock().unwrap().clone();
-    text
+    log.lock().unwrap().clone()
 }
 
 /// Three brokered requests and one refusal (a host no service covers).

@@ -145,10 +145,12 @@ impl Exporter {
     pub fn sink(&self) -> &Sink {
         &self.sink
     }
+}
 
+impl crate::audit::Forward for Exporter {
     /// Queues a record; never waits. A full queue (or a stopped exporter)
     /// drops it, counted.
-    pub fn send(&self, r: &Record) {
+    fn send(&self, r: &Record) {
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(q) = queue.as_ref() else {
             self.dropped.inc();
@@ -163,7 +165,9 @@ impl Exporter {
             }
         }
     }
+}
 
+impl Exporter {
     /// Delivered and dropped so far.
     pub fn totals(&self) -> Totals {
         Totals {
@@ -177,23 +181,28 @@ impl Exporter {
         }
     }
 
-    /// Stops taking records and gives the thread until `deadline` to send
-    /// what is queued; what it has not delivered or dropped by then is
-    /// counted as dropped. The final totals.
-    pub fn close(&self, deadline: Duration) -> Totals {
+    /// Stops taking records: the thread sends what is queued, then ends.
+    pub fn stop(&self) {
         drop(
             self.queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
+    }
+
+    /// Stops taking records and gives the thread until `until` to send
+    /// what is queued; what it has not delivered or dropped by then is
+    /// counted as dropped. The final totals.
+    pub fn close(&self, until: Instant) -> Totals {
+        self.stop();
         if let Some(done) = self
             .done
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         {
-            let _ = done.recv_timeout(deadline);
+            let _ = done.recv_timeout(until.saturating_duration_since(Instant::now()));
         }
         let settled = self.delivered.get() + self.dropped.get();
         // Accepted into the queue, but neither delivered nor dropped yet.
