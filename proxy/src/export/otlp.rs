@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Deliver, Failure};
@@ -146,8 +147,7 @@ impl Otlp {
 
 impl Deliver for Otlp {
     fn deliver(&mut self, batch: &[Record]) -> Result<(), (usize, Failure)> {
-        let body = request(&self.resource, batch);
-        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let body = Bytes::from(request(&self.resource, batch));
         // One request: all of the batch or none of it.
         self.rt.block_on(self.post(body)).map_err(|f| (0, f))
     }
@@ -157,67 +157,133 @@ fn attr(key: &str, value: Value) -> Value {
     json!({"key": key, "value": value})
 }
 
-fn text(key: &str, v: &str) -> Value {
-    attr(key, json!({"stringValue": v}))
+/// An OTLP `AnyValue` in the JSON mapping (`{"stringValue": …}`), borrowed
+/// from the record: serialised straight into the body, no tree built.
+#[derive(Serialize)]
+enum Any<'a> {
+    #[serde(rename = "stringValue")]
+    Str(&'a str),
+    /// OTLP/JSON writes 64-bit integers as decimal strings.
+    #[serde(rename = "intValue")]
+    Int(String),
+    #[serde(rename = "boolValue")]
+    Bool(bool),
+    #[serde(rename = "arrayValue")]
+    Array { values: Vec<Any<'a>> },
 }
 
-fn int(key: &str, v: u64) -> Value {
-    // OTLP/JSON writes 64-bit integers as decimal strings.
-    attr(key, json!({"intValue": v.to_string()}))
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'static str,
+    value: Any<'a>,
+}
+
+#[derive(Serialize)]
+struct Body {
+    #[serde(rename = "stringValue")]
+    string_value: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LogRecord<'a> {
+    time_unix_nano: String,
+    observed_time_unix_nano: String,
+    severity_number: u8,
+    severity_text: &'static str,
+    body: Body,
+    attributes: Vec<KeyValue<'a>>,
+}
+
+fn kv<'a>(key: &'static str, value: Any<'a>) -> KeyValue<'a> {
+    KeyValue { key, value }
 }
 
 /// One log record of an audit record.
-fn log_record(r: &Record) -> Value {
+fn log_record(r: &Record) -> LogRecord<'_> {
     let nanos = r.time.as_nanosecond().max(0).to_string();
-    let (severity, severity_text) = if r.reason.is_some() {
+    let (severity_number, severity_text) = if r.reason.is_some() {
         (13, "WARN")
     } else {
         (9, "INFO")
     };
+    let int = |v: u64| Any::Int(v.to_string());
     let mut attributes = vec![
-        text("agent_vault.agent", &r.agent),
-        text("agent_vault.token_id", &r.token_id),
-        text("agent_vault.service", &r.service),
-        text("http.request.method", &r.method),
-        text("server.address", &r.host),
-        text("url.path", &r.path),
-        int("http.response.status_code", u64::from(r.status)),
-        int("agent_vault.bytes_in", r.bytes_in),
-        int("agent_vault.bytes_out", r.bytes_out),
-        int("agent_vault.duration_ms", r.duration_ms),
-        attr(
+        kv("agent_vault.agent", Any::Str(&r.agent)),
+        kv("agent_vault.token_id", Any::Str(&r.token_id)),
+        kv("agent_vault.service", Any::Str(&r.service)),
+        kv("http.request.method", Any::Str(&r.method)),
+        kv("server.address", Any::Str(&r.host)),
+        kv("url.path", Any::Str(&r.path)),
+        kv("http.response.status_code", int(u64::from(r.status))),
+        kv("agent_vault.bytes_in", int(r.bytes_in)),
+        kv("agent_vault.bytes_out", int(r.bytes_out)),
+        kv("agent_vault.duration_ms", int(r.duration_ms)),
+        kv(
             "agent_vault.secrets",
-            json!({"arrayValue": {"values": r.secrets.iter().map(|s| json!({"stringValue": s})).collect::<Vec<_>>()}}),
+            Any::Array {
+                values: r.secrets.iter().map(|s| Any::Str(s)).collect(),
+            },
         ),
     ];
     if let Some(port) = r.port {
-        attributes.push(int("server.port", u64::from(port)));
+        attributes.push(kv("server.port", int(u64::from(port))));
     }
     if let Some(reason) = &r.reason {
-        attributes.push(text("agent_vault.reason", reason));
+        attributes.push(kv("agent_vault.reason", Any::Str(reason)));
     }
     if r.tunnel {
-        attributes.push(attr("agent_vault.tunnel", json!({"boolValue": true})));
+        attributes.push(kv("agent_vault.tunnel", Any::Bool(true)));
     }
-    json!({
-        "timeUnixNano": nanos,
-        "observedTimeUnixNano": nanos,
-        "severityNumber": severity,
-        "severityText": severity_text,
-        "body": {"stringValue": serde_json::to_string(r).unwrap_or_default()},
-        "attributes": attributes,
-    })
+    LogRecord {
+        observed_time_unix_nano: nanos.clone(),
+        time_unix_nano: nanos,
+        severity_number,
+        severity_text,
+        body: Body {
+            string_value: serde_json::to_string(r).unwrap_or_default(),
+        },
+        attributes,
+    }
 }
 
-/// An `ExportLogsServiceRequest` (OTLP/JSON) for a batch.
-fn request(resource: &Value, batch: &[Record]) -> Value {
-    json!({"resourceLogs": [{
-        "resource": resource,
-        "scopeLogs": [{
-            "scope": {"name": "agent-vault.audit", "version": env!("CARGO_PKG_VERSION")},
-            "logRecords": batch.iter().map(log_record).collect::<Vec<_>>(),
+/// An `ExportLogsServiceRequest` (OTLP/JSON) for a batch, as bytes.
+fn request(resource: &Value, batch: &[Record]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Scope {
+        name: &'static str,
+        version: &'static str,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ScopeLogs<'a> {
+        scope: Scope,
+        log_records: Vec<LogRecord<'a>>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResourceLogs<'a> {
+        resource: &'a Value,
+        scope_logs: [ScopeLogs<'a>; 1],
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request<'a> {
+        resource_logs: [ResourceLogs<'a>; 1],
+    }
+    let req = Request {
+        resource_logs: [ResourceLogs {
+            resource,
+            scope_logs: [ScopeLogs {
+                scope: Scope {
+                    name: "agent-vault.audit",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+                log_records: batch.iter().map(log_record).collect(),
+            }],
         }],
-    }]})
+    };
+    serde_json::to_vec(&req).unwrap_or_default()
 }
 
 #[cfg(test)]
