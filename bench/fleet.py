@@ -156,17 +156,23 @@ def revocations(b, ports, rounds):
 
 
 def throughput(b, named, a):
-    """Alternating rounds of oha through each proxy; the median per name."""
+    """Alternating rounds of oha through each proxy (label: (port, the
+    process whose CPU to count)); per label the median req/s and the median
+    CPU that process spent per request (us)."""
     got = {n: [] for n in named}
+    cpu = {n: [] for n in named}
     for _ in range(a.tp_rounds):
-        for name, port in named.items():
+        for name, (port, proc) in named.items():
             r = b.oha(b.proxy(port), a.conns, duration=a.duration)
             errs = B.errors(r)
             if errs or set(B.status_dist(r)) - {"200"}:
                 raise RuntimeError(f"{name}: {B.status_dist(r)} {errs}")
             got[name].append(B.ok_rps(r))
-            B.log(f"  {name}: {got[name][-1]:.0f} req/s")
-    return {n: statistics.median(v) for n, v in got.items()}
+            n = r["summary"]["requestsPerSec"] * r["_cpu"]["_wall"]
+            cpu[name].append(1e6 * r["_cpu"][proc] / n if n else 0)
+            B.log(f"  {name}: {got[name][-1]:.0f} req/s, {proc} {cpu[name][-1]:.0f} us/request")
+    return ({n: statistics.median(v) for n, v in got.items()},
+            {n: statistics.median(v) for n, v in cpu.items()})
 
 
 def main():
@@ -197,9 +203,11 @@ def main():
         B.log("revocation latency:")
         took = revocations(b, [r1[0], r2[0]], a.rounds)
         B.log("throughput, HAProxy vs direct:")
-        lb_tp = throughput(b, {"haproxy -> 2 replicas": lb, "1 broker direct": r1[0]}, a)
+        lb_tp, _ = throughput(b, {"haproxy -> 2 replicas": (lb, "haproxy"),
+                                  "1 broker direct": (r1[0], "replica-1")}, a)
         B.log("throughput, OTLP export on vs off:")
-        otlp_tp = throughput(b, {"otlp off": r1[0], "otlp on": r3}, a)
+        otlp_tp, otlp_cpu = throughput(b, {"otlp off": (r1[0], "replica-1"),
+                                           "otlp on": (r3, "replica-otlp")}, a)
         time.sleep(1)  # the last batch
 
         print(f"== revocation, owner push -> both replicas refuse (pull interval 1 s, "
@@ -213,10 +221,12 @@ def main():
         ratio = lb_tp["haproxy -> 2 replicas"] / lb_tp["1 broker direct"]
         print(f"   haproxy / direct: {ratio:.1%}")
         for n, v in otlp_tp.items():
-            print(f"   {n:24} {v:8.0f} req/s")
+            print(f"   {n:24} {v:8.0f} req/s, broker CPU {otlp_cpu[n]:.0f} us/request")
         ratio = otlp_tp["otlp on"] / otlp_tp["otlp off"]
         print(f"   otlp on / off: {ratio:.1%} (target >= 95%: "
-              f"{'PASS' if ratio >= 0.95 else 'FAIL'}); records the sink got: {Sink.records}")
+              f"{'PASS' if ratio >= 0.95 else 'FAIL'}); broker CPU per request on / off: "
+              f"{otlp_cpu['otlp on'] / otlp_cpu['otlp off']:.1%}; records the sink got: "
+              f"{Sink.records} (the sink runs in this script, on the same 2 cores)")
     finally:
         b.close()
 

@@ -16,7 +16,7 @@
 pub mod otlp;
 pub mod syslog;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -222,21 +222,32 @@ fn drain(
     why: &Mutex<Option<String>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    // The first record of a batch: wait as long as it takes.
+    // The first record of a batch: wait as long as it takes. Then take
+    // what is queued; if that is no full batch, sleep once for the rest
+    // to arrive. The thread is not woken per record (a request's `send`
+    // wakes nobody while the thread sleeps), only once per batch.
     while let Ok(first) = incoming.recv() {
         batch.push(first);
-        let until = Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match incoming.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(r) => batch.push(r),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
+        take_queued(&incoming, &mut batch);
+        if batch.len() < BATCH {
+            std::thread::sleep(LINGER);
+            take_queued(&incoming, &mut batch);
         }
         let n = batch.len() as u64;
         let lost_now = send_with_retries(deliver.as_mut(), &batch, why).min(n);
         ok.inc_by(n - lost_now);
         lost.inc_by(lost_now);
         batch.clear();
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`BATCH`] records.
+fn take_queued(incoming: &Receiver<Record>, batch: &mut Vec<Record>) {
+    while batch.len() < BATCH {
+        match incoming.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => return,
+        }
     }
 }
 
