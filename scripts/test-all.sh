@@ -32,6 +32,12 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # `agent-vault ui` tests drive the owner's page with headless Chromium (Selenium).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Fleet tests: two brokers behind HAProxy (deploy/haproxy.cfg); the systemd
+# unit checked with systemd-analyze verify.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Audit export tests: Debian's rsyslog receives RFC 5424 over UDP, TCP and a Unix socket.
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -49,6 +55,8 @@ python3 -c 'import prometheus_client' >/dev/null 2>&1 || python3 -m pip install 
 python3 -c 'import selenium' >/dev/null 2>&1 || python3 -m pip install -q selenium
 # The proposal loop's agent drives its MCP server with the Python `mcp` client.
 python3 -c 'import mcp' >/dev/null 2>&1 || python3 -m pip install -q mcp
+# Audit export tests: an OTLP/HTTP receiver built on the OpenTelemetry protobufs.
+python3 -c 'import opentelemetry.proto' >/dev/null 2>&1 || python3 -m pip install -q opentelemetry-proto
 (cd tests/e2e/node && npm install --no-audit --no-fund)
 
 cargo fmt --all -- --check

@@ -88,19 +88,51 @@ pub(crate) fn ca_env(ca_path: &std::path::Path) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The broker's address as `proxy env` and `run` take it: `HOST:PORT`
+/// (plain HTTP) or `https://HOST:PORT` (a broker started with TLS).
+/// Returns the URL scheme and the address.
+fn proxy_address(proxy: &str) -> CliResult<(&'static str, &str)> {
+    let (scheme, addr) = match proxy.split_once("://") {
+        None => ("http", proxy),
+        Some(("http", a)) => ("http", a),
+        Some(("https", a)) => ("https", a),
+        Some((other, _)) => {
+            return Err(CliError::Msg(
+                format!("--proxy {proxy:?}: the scheme {other:?} is neither http nor https"),
+                Some("give HOST:PORT, or https://HOST:PORT for a broker started with TLS".into()),
+            ));
+        }
+    };
+    let addr = addr.trim_end_matches('/');
+    if addr.is_empty() || addr.contains(['/', '@']) {
+        return Err(CliError::Msg(
+            format!("--proxy {proxy:?} is not HOST:PORT"),
+            Some("give HOST:PORT, or https://HOST:PORT for a broker started with TLS".into()),
+        ));
+    }
+    Ok((scheme, addr))
+}
+
 /// The environment an agent's processes need: the proxy with the token,
-/// and the CA in every variable common clients read.
+/// and the CA in every variable common clients read. With an https proxy,
+/// `AGENT_VAULT_PROXY_CA` names the CA that verifies the broker itself
+/// (`proxy_ca`, else the vault's CA, which minted the listener's
+/// certificate); the bundle in the common variables holds it too, so
+/// clients that take one bundle for both (Python requests) verify both.
 fn agent_env(
     vault: &Vault,
     key: &agent_vault_core::KeySource,
     agent: &str,
     ttl: &str,
     proxy: &str,
+    proxy_ca: Option<&std::path::Path>,
 ) -> CliResult<Vec<(String, String)>> {
+    let (scheme, addr) = proxy_address(proxy)?;
     let token = issue(vault, key, agent, ttl)?;
     // The CA goes to a file of its own, beside the vault's local state.
-    let ca_path = write_ca(vault, &vault.dir().join(".local"))?;
-    let url = format!("http://{agent}:{token}@{proxy}");
+    let local = vault.dir().join(".local");
+    let mut ca_path = write_ca(vault, &local)?;
+    let url = format!("{scheme}://{agent}:{token}@{addr}");
     let mut env = vec![
         ("HTTPS_PROXY".into(), url.clone()),
         ("https_proxy".into(), url.clone()),
@@ -110,6 +142,32 @@ fn agent_env(
         ("no_proxy".into(), String::new()),
         ("NODE_USE_ENV_PROXY".into(), "1".into()),
     ];
+    if scheme == "https" {
+        let proxy_ca_path = match proxy_ca {
+            Some(file) => {
+                let theirs = std::fs::read(file).map_err(|e| {
+                    CliError::Msg(
+                        format!("cannot read --proxy-ca {}: {e}", file.display()),
+                        None,
+                    )
+                })?;
+                let mut bundle = vault.ca_cert()?;
+                if !bundle.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+                bundle.extend_from_slice(&theirs);
+                ca_path = local.join("broker-ca-bundle.pem");
+                std::fs::write(&ca_path, &bundle)
+                    .map_err(|e| CliError::Msg(format!("cannot write the CA file: {e}"), None))?;
+                file.to_path_buf()
+            }
+            None => ca_path.clone(),
+        };
+        env.push((
+            "AGENT_VAULT_PROXY_CA".into(),
+            proxy_ca_path.display().to_string(),
+        ));
+    }
     env.extend(ca_env(&ca_path));
     Ok(env)
 }
@@ -121,8 +179,14 @@ pub fn proxy(
     key_flag: Option<std::path::PathBuf>,
     args: ProxyArgs,
 ) -> CliResult<ExitCode> {
-    if let Some(ProxySub::Env { agent, ttl, proxy }) = args.sub {
-        for (k, v) in agent_env(&vault, key, &agent, &ttl, &proxy)? {
+    if let Some(ProxySub::Env {
+        agent,
+        ttl,
+        proxy,
+        proxy_ca,
+    }) = args.sub
+    {
+        for (k, v) in agent_env(&vault, key, &agent, &ttl, &proxy, proxy_ca.as_deref())? {
             line(format!("export {k}='{v}'"))?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -138,6 +202,9 @@ pub fn proxy(
         ),
         None => None,
     };
+    let follow = follow(&vault, &args)?;
+    let tls = listener_tls(&args);
+    let exports = exports(&args)?;
     let opts = agent_vault_proxy::Options {
         listen,
         upstream_ca: args.upstream_ca,
@@ -145,11 +212,15 @@ pub fn proxy(
         audit: args.audit,
         key: key_flag,
         metrics: admin.is_some(),
+        follow,
+        tls: tls.clone(),
+        exports,
     };
-    let broker = Arc::new(
-        agent_vault_proxy::Broker::new(vault, &opts)
-            .map_err(|e| CliError::Msg(format!("cannot start the broker: {e}"), None))?,
-    );
+    let cannot = |e: agent_vault_proxy::ProxyError| {
+        CliError::Msg(format!("cannot start the broker: {e}"), None)
+    };
+    let broker = Arc::new(agent_vault_proxy::Broker::new(vault, &opts).map_err(cannot)?);
+    let first_pull = agent_vault_proxy::follow::start(&broker).map_err(cannot)?;
     let admin = admin.map(|a| start_admin(&broker, a)).transpose()?;
     let unix = args.unix.clone();
     agent_vault_proxy::run(
@@ -158,16 +229,32 @@ pub fn proxy(
         args.unix.as_deref(),
         None,
         |bound| {
+            let with = if tls.is_some() { " with TLS" } else { "" };
             match &unix {
                 Some(path) => note(format!(
-                    "broker listening on {bound} and {}",
+                    "broker listening{with} on {bound} and {}",
                     path.display()
                 )),
-                None => note(format!("broker listening on {bound}")),
+                None => note(format!("broker listening{with} on {bound}")),
             }
             if let Some(admin) = admin {
                 note(format!(
                     "admin listening on {admin} (GET /healthz, GET /metrics)"
+                ));
+            }
+            if let Some(f) = follow {
+                let closed = f.max_stale.map_or(
+                    "never failing closed: set --max-stale".to_owned(),
+                    |m| format!("failing closed after {}s without it", m.as_secs_f64()),
+                );
+                note(format!(
+                    "following the vault's remote every {}s ({closed})",
+                    f.interval.as_secs_f64()
+                ));
+            }
+            if let Some(why) = &first_pull {
+                note(format!(
+                    "cannot bring the vault up to date from its remote now, serving the local clone: {why}"
                 ));
             }
         },
@@ -177,12 +264,99 @@ pub fn proxy(
             .then(|| "is another broker running there? pick another --listen".to_owned());
         CliError::Msg(e.to_string(), hint)
     })?;
+    // Every exported record delivered or counted dropped, and said so.
+    for (sink, t) in broker.close_exports(std::time::Duration::from_secs(5)) {
+        let why = t
+            .last_failure
+            .filter(|_| t.dropped > 0)
+            .map(|w| format!(" (last failure: {w})"))
+            .unwrap_or_default();
+        note(format!(
+            "audit export {sink}: {} delivered, {} dropped{why}",
+            t.delivered, t.dropped
+        ));
+    }
     // A host's leaf is minted once and cached: this counts them.
     note(format!(
         "broker stopped ({} leaf certificate(s) minted)",
         broker.leaves_minted()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A span like 30s or 500ms as a duration.
+fn span(flag: &str, text: &str) -> CliResult<std::time::Duration> {
+    text.parse::<jiff::Span>()
+        .ok()
+        .and_then(|s| {
+            s.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                .ok()
+        })
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CliError::Msg(
+                format!("{flag} {text:?} is not a span of time"),
+                Some("use a span like 500ms, 30s or 5m".into()),
+            )
+        })
+}
+
+/// `--pull-interval` and `--max-stale`, else `broker:` in `config.yaml`.
+fn follow(vault: &Vault, args: &ProxyArgs) -> CliResult<Option<agent_vault_proxy::follow::Follow>> {
+    let cfg = vault.config().broker.clone().unwrap_or_default();
+    let secs = |s: Option<u64>| s.filter(|s| *s > 0).map(std::time::Duration::from_secs);
+    let interval = match &args.pull_interval {
+        Some(t) => Some(span("--pull-interval", t)?),
+        None => secs(cfg.pull_interval_seconds),
+    };
+    let max_stale = match &args.max_stale {
+        Some(t) => Some(span("--max-stale", t)?),
+        None => secs(cfg.max_stale_seconds),
+    };
+    match (interval, max_stale) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(CliError::Msg(
+            "--max-stale needs --pull-interval: a broker that does not follow its remote is never up to date with it".into(),
+            Some("add --pull-interval 30s (or broker.pull_interval_seconds in config.yaml)".into()),
+        )),
+        (Some(interval), max_stale) => {
+            if max_stale.is_some_and(|m| m < interval) {
+                return Err(CliError::Msg(
+                    "--max-stale is shorter than --pull-interval: the broker would refuse between two pulls".into(),
+                    Some("give --max-stale a few pull intervals".into()),
+                ));
+            }
+            Ok(Some(agent_vault_proxy::follow::Follow {
+                interval,
+                max_stale,
+            }))
+        }
+    }
+}
+
+/// `--audit-otlp` and `--audit-syslog`.
+fn exports(args: &ProxyArgs) -> CliResult<Vec<agent_vault_proxy::export::Sink>> {
+    use agent_vault_proxy::export::{Sink, syslog::Target};
+    let bad = |e: agent_vault_proxy::ProxyError| CliError::Msg(e.to_string(), None);
+    let mut sinks: Vec<Sink> = args.audit_otlp.iter().cloned().map(Sink::Otlp).collect();
+    for t in &args.audit_syslog {
+        sinks.push(Sink::Syslog(Target::parse(t).map_err(bad)?));
+    }
+    Ok(sinks)
+}
+
+/// `--tls-cert`/`--tls-key`, or `--tls-name`.
+fn listener_tls(args: &ProxyArgs) -> Option<agent_vault_proxy::listener::ListenerTls> {
+    use agent_vault_proxy::listener::ListenerTls;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ListenerTls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ if !args.tls_name.is_empty() => Some(ListenerTls::Minted(args.tls_name.clone())),
+        _ => None,
+    }
 }
 
 /// Binds `proxy --admin`'s listener and serves /healthz and /metrics on
@@ -209,10 +383,10 @@ pub fn run(
     key: &agent_vault_core::KeySource,
     agent: &str,
     ttl: &str,
-    proxy: &str,
+    (proxy, proxy_ca): (&str, Option<&std::path::Path>),
     command: &[String],
 ) -> CliResult<ExitCode> {
-    let env = agent_env(&vault, key, agent, ttl, proxy)?;
+    let env = agent_env(&vault, key, agent, ttl, proxy, proxy_ca)?;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| CliError::Msg("run needs a command".into(), None))?;

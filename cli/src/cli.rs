@@ -49,6 +49,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: a large variant (`proxy`'s flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a vault: git repository (if none), owner key, pre-commit hook, .gitignore lines.
@@ -171,9 +173,12 @@ pub enum Command {
         /// The token's lifetime.
         #[arg(long, default_value = "15m")]
         ttl: String,
-        /// The broker's address.
+        /// The broker's address (https://HOST:PORT for a broker started with TLS).
         #[arg(long, default_value = "127.0.0.1:14322")]
         proxy: String,
+        /// The CA that signed the broker's own certificate (`proxy --tls-cert`); default: the vault's CA.
+        #[arg(long, value_name = "FILE")]
+        proxy_ca: Option<PathBuf>,
         /// Run the command where the only way out is the broker and no key is in reach
         /// (namespaces and Landlock; `required`: refuse to start without both).
         #[arg(long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "required"])]
@@ -350,6 +355,32 @@ pub struct ProxyArgs {
     /// Serve GET /healthz and GET /metrics (Prometheus text format) on this address, plain HTTP, apart from the proxy.
     #[arg(long, value_name = "HOST:PORT")]
     pub admin: Option<String>,
+    /// Fetch and fast-forward the vault's clone from its remote this often (e.g. 30s), verified as every reader does [config.yaml: broker.pull_interval_seconds].
+    #[arg(long, value_name = "SPAN")]
+    pub pull_interval: Option<String>,
+    /// Refuse requests (fail closed) after this long without being up to date with the remote (needs --pull-interval) [config.yaml: broker.max_stale_seconds].
+    #[arg(long, value_name = "SPAN")]
+    pub max_stale: Option<String>,
+    /// Speak TLS on the listener with this certificate chain (PEM; with --tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_name"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Speak TLS on the listener with a certificate the vault's CA mints for this name or IP address (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Vec<String>,
+    /// Also send audit records as OpenTelemetry logs over OTLP/HTTP (JSON) to this URL (http://collector:4318/v1/logs).
+    #[arg(long, value_name = "URL")]
+    pub audit_otlp: Option<String>,
+    /// Also send audit records as RFC 5424 syslog to udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH (repeatable).
+    #[arg(long, value_name = "TARGET")]
+    pub audit_syslog: Vec<String>,
 }
 
 /// Arguments of `mcp`.
@@ -380,9 +411,12 @@ pub enum ProxySub {
         /// The token's lifetime.
         #[arg(long, default_value = "15m")]
         ttl: String,
-        /// The broker's address.
+        /// The broker's address (https://HOST:PORT for a broker started with TLS).
         #[arg(long, default_value = "127.0.0.1:14322")]
         proxy: String,
+        /// The CA that signed the broker's own certificate (`proxy --tls-cert`); default: the vault's CA.
+        #[arg(long, value_name = "FILE")]
+        proxy_ca: Option<PathBuf>,
     },
 }
 

@@ -64,6 +64,7 @@ pub fn init(dir: &Path, owner: OwnerName, keys: KeyStore) -> Result<InitReport> 
         pull_timeout_seconds: 5,
         token_max_ttl_seconds: crate::model::DEFAULT_MAX_TTL,
         ui: None,
+        broker: None,
     };
     let signing = id.signing_key();
     let mut manifest = Manifest {

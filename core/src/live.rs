@@ -116,6 +116,14 @@ impl LiveReader {
         wait_for_writer(&self.vault, |again| self.look(again))
     }
 
+    /// The reader on the files as they are now, looked at whatever the
+    /// `recheck` (waiting out a writer's operation): for a caller that
+    /// knows the files just changed (the broker after it pulled), so the
+    /// change is seen at once rather than at the next look.
+    pub fn refresh(&self) -> Result<Arc<Reader>> {
+        wait_for_writer(&self.vault, |_| self.look(true))
+    }
+
     /// A reader other than `seen`, if the files are due to be looked at and
     /// the live reader's current one is not `seen` (the files changed, or
     /// another caller saw them change). Between two looks this touches no

@@ -70,6 +70,15 @@ pub fn records(text: &str) -> impl Iterator<Item = Record> + '_ {
 pub struct AuditLog {
     file: Option<Mutex<std::fs::File>>,
     metrics: Metrics,
+    /// Log pipelines the records go to as well (`crate::export`).
+    exports: Vec<Arc<dyn Forward>>,
+}
+
+/// Somewhere records go besides the file: a log pipeline's queue
+/// (`crate::export::Exporter`). Must not wait: it runs on the request's path.
+pub trait Forward: Send + Sync {
+    /// Takes a copy of the record (or counts it dropped).
+    fn send(&self, r: &Record);
 }
 
 impl AuditLog {
@@ -89,7 +98,13 @@ impl AuditLog {
         Ok(AuditLog {
             file,
             metrics: Metrics::off(),
+            exports: Vec::new(),
         })
+    }
+
+    /// The same log, its records forwarded to these pipelines too.
+    pub fn exporting(self, exports: Vec<Arc<dyn Forward>>) -> Self {
+        AuditLog { exports, ..self }
     }
 
     /// The same log, its records counted in `metrics` too.
@@ -97,9 +112,9 @@ impl AuditLog {
         AuditLog { metrics, ..self }
     }
 
-    /// Whether records go anywhere (a file, or the metrics).
+    /// Whether records go anywhere (a file, a pipeline, or the metrics).
     pub fn enabled(&self) -> bool {
-        self.file.is_some() || self.metrics.enabled()
+        self.file.is_some() || self.metrics.enabled() || !self.exports.is_empty()
     }
 
     /// Counts one record in the metrics and writes it (one `write` of one
@@ -114,6 +129,9 @@ impl AuditLog {
             tunnel: r.tunnel,
             bytes: (r.bytes_in, r.bytes_out),
         });
+        for e in &self.exports {
+            e.send(r);
+        }
         let Some(f) = &self.file else { return };
         let written = serde_json::to_vec(r).ok().and_then(|mut line| {
             line.push(b'\n');

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::audit::AuditLog;
 use crate::ca::{CaError, Minter};
 use crate::error::ProxyError;
+use crate::freshness::Freshness;
 use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
@@ -49,6 +50,14 @@ pub struct Options {
     /// Count requests, refusals and the rest in [`Broker::metrics`] (for
     /// `proxy --admin`); off, counting costs nothing.
     pub metrics: bool,
+    /// Follow the vault's remote (`--pull-interval`, `--max-stale`); started
+    /// by [`crate::follow::start`].
+    pub follow: Option<crate::freshness::Follow>,
+    /// TLS on the listener (`--tls-cert`/`--tls-key`, `--tls-name`).
+    pub tls: Option<crate::listener::ListenerTls>,
+    /// Log pipelines the audit records go to as well (`--audit-otlp`,
+    /// `--audit-syslog`).
+    pub exports: Vec<crate::export::Sink>,
 }
 
 /// The vault as the broker last read it: core's reader on a manifest and
@@ -142,6 +151,13 @@ pub struct Broker {
     health: Health,
     /// OAuth credentials' access tokens, refreshed when due.
     oauth: Refresher,
+    /// When the broker was last up to date with its remote (`None`: it
+    /// does not follow one).
+    freshness: Option<Freshness>,
+    /// The listener's TLS, if it speaks TLS.
+    listener_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The audit exports (also in `audit`), closed when the broker stops.
+    exports: Vec<Arc<crate::export::Exporter>>,
 }
 
 impl Broker {
@@ -174,6 +190,11 @@ impl Broker {
         let ca_cert = String::from_utf8(vault.ca_cert().map_err(ProxyError::CaCert)?)
             .map_err(ProxyError::CaCertText)?;
         let minter = Minter::new(&ca_cert, &ca_key).map_err(ProxyError::Ca)?;
+        let listener_tls = opts
+            .tls
+            .as_ref()
+            .map(|t| crate::listener::server_config(t, &ca_cert, &ca_key))
+            .transpose()?;
 
         let upstreams =
             Upstreams::new(opts.upstream_ca.as_deref()).map_err(ProxyError::Upstream)?;
@@ -194,6 +215,18 @@ impl Broker {
                 path: opts.audit.clone().unwrap_or_default(),
                 source,
             })?;
+        let exports = opts
+            .exports
+            .iter()
+            .map(|sink| {
+                crate::export::Exporter::start(sink.clone(), opts.upstream_ca.as_deref(), &metrics)
+                    .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let forwards = exports
+            .iter()
+            .map(|e| e.clone() as Arc<dyn crate::audit::Forward>)
+            .collect();
         Ok(Broker {
             token_key,
             minter,
@@ -201,13 +234,61 @@ impl Broker {
             live,
             upstreams,
             leaf_configs: Mutex::new(Lru::new(LEAF_CACHE, LEAF_MAX_AGE)),
-            audit: Arc::new(audit.counted(metrics.clone())),
+            audit: Arc::new(audit.counted(metrics.clone()).exporting(forwards)),
+            exports,
             allow_private: opts.allow_private_upstreams,
             limits: Limits::from_env(),
             metrics,
             health: Health::default(),
             oauth,
+            freshness: opts.follow.map(Freshness::new),
+            listener_tls,
         })
+    }
+
+    /// The vault the broker serves (its clone, when it follows a remote).
+    pub(crate) fn vault(&self) -> &Vault {
+        self.live.vault()
+    }
+
+    /// Takes the vault's files as they are now (the follower just moved
+    /// them), rather than at the next look.
+    pub(crate) fn refresh(&self) {
+        if let Ok(reader) = self.live.refresh() {
+            self.install(reader);
+        }
+    }
+
+    /// When the broker was last up to date with its remote, if it follows one.
+    pub(crate) fn freshness(&self) -> Option<&Freshness> {
+        self.freshness.as_ref()
+    }
+
+    /// Why every request must be refused now (fail closed: the broker has
+    /// not been up to date with its remote for longer than `--max-stale`).
+    pub(crate) fn stale(&self) -> Option<String> {
+        self.freshness.as_ref()?.stale(&self.health)
+    }
+
+    /// Stops the audit exports, giving each until `deadline` to send what
+    /// it holds; each sink's final totals (see [`crate::export`]).
+    pub fn close_exports(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Vec<(&'static str, crate::export::Totals)> {
+        // All stop taking records first, so they send what they hold at
+        // the same time.
+        self.exports.iter().for_each(|e| e.stop());
+        let until = Instant::now() + deadline;
+        self.exports
+            .iter()
+            .map(|e| (e.sink().name(), e.close(until)))
+            .collect()
+    }
+
+    /// The listener's TLS configuration, if it speaks TLS.
+    pub fn listener_tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.listener_tls.as_ref()
     }
 
     /// The current grants, services and revocations: the live reader's,
@@ -226,14 +307,18 @@ impl Broker {
         let Ok(Some(reader)) = self.live.changed_since(&current.reader) else {
             return current;
         };
-        let Ok(services) = reader.services().cloned() else {
-            return current;
-        };
+        self.install(reader).unwrap_or(current)
+    }
+
+    /// Makes `reader` the current snapshot (if its services list verifies
+    /// and it is not the current one already); the snapshot now.
+    fn install(&self, reader: Arc<Reader>) -> Option<Arc<Snapshot>> {
+        let services = reader.services().cloned().ok()?;
         let mut slot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
         if !Arc::ptr_eq(&slot.reader, &reader) {
             *slot = Arc::new(Snapshot::new(reader, services, Some(&**slot)));
         }
-        slot.clone()
+        Some(slot.clone())
     }
 
     /// The injection plan for `service` on behalf of `agent`: made from the

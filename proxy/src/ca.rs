@@ -45,6 +45,9 @@ impl From<rcgen::Error> for CaError {
     }
 }
 
+/// How long a leaf the CA mints is valid.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// A new CA for a vault: the certificate (public) and its private key, PEM.
 /// The key is returned in a zeroizing buffer for the caller to encrypt.
 pub fn generate(vault_id: &str) -> Result<(String, zeroize::Zeroizing<String>), CaError> {
@@ -108,14 +111,31 @@ impl Minter {
         if let Some(hit) = cache.get(&host) {
             return Ok(hit);
         }
+        let pair = self.mint(std::slice::from_ref(&host))?;
+        self.minted.fetch_add(1, Ordering::Relaxed);
+        cache.insert(host, pair.clone());
+        Ok(pair)
+    }
+
+    /// A leaf for all of `names` (host names or IP addresses), valid for a
+    /// day, with a key of its own, not cached: (certificate PEM, key PEM).
+    /// The broker's own listener (`proxy --tls-name`) takes one, and a new
+    /// one before it expires.
+    pub fn mint(&self, names: &[String]) -> Result<(String, String), CaError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(host.clone().try_into()?),
-        }];
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.to_ascii_lowercase().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, host.clone());
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         params.distinguished_name = dn;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -124,12 +144,9 @@ impl Minter {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = time_now();
         params.not_before = now - Duration::from_secs(300);
-        params.not_after = now + Duration::from_secs(24 * 3600);
+        params.not_after = now + LEAF_LIFETIME;
         let cert = params.signed_by(&key, &self.issuer)?;
-        let pair = (cert.pem(), key.serialize_pem());
-        self.minted.fetch_add(1, Ordering::Relaxed);
-        cache.insert(host, pair.clone());
-        Ok(pair)
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// How many leaves were minted (not served from the cache).

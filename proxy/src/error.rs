@@ -62,6 +62,14 @@ pub enum ProxyError {
     Signal(std::io::Error),
     /// A broker thread panicked.
     Panicked,
+    /// `--pull-interval` on a vault whose repository has no remote.
+    NoRemote,
+    /// The listener's TLS (`--tls-cert`/`--tls-key`, `--tls-name`) could not
+    /// be set up; the message names the file or the name.
+    ListenerTls(String),
+    /// An audit export (`--audit-otlp`, `--audit-syslog`) could not be set
+    /// up; the message names the flag.
+    Export(String),
 }
 
 impl std::fmt::Display for ProxyError {
@@ -89,6 +97,11 @@ impl std::fmt::Display for ProxyError {
             }
             ProxyError::Signal(e) => write!(f, "cannot wait for SIGTERM: {e}"),
             ProxyError::Panicked => f.write_str("a broker thread panicked"),
+            ProxyError::NoRemote => f.write_str(
+                "--pull-interval: the vault's repository has no remote to follow (add one with `git remote add`)",
+            ),
+            ProxyError::ListenerTls(e) => write!(f, "the listener's TLS: {e}"),
+            ProxyError::Export(e) => f.write_str(e),
         }
     }
 }
@@ -110,7 +123,10 @@ impl std::error::Error for ProxyError {
             | ProxyError::Listen { source, .. }
             | ProxyError::ListenUnix { source, .. } => Some(source),
             ProxyError::Runtime(e) | ProxyError::Thread(e) | ProxyError::Signal(e) => Some(e),
-            ProxyError::Panicked => None,
+            ProxyError::Panicked
+            | ProxyError::NoRemote
+            | ProxyError::ListenerTls(_)
+            | ProxyError::Export(_) => None,
         }
     }
 }

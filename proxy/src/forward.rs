@@ -77,6 +77,8 @@ pub(crate) enum Refusal {
         /// The tunnel's host.
         host: String,
     },
+    /// The broker is not up to date with the vault's remote (fail closed).
+    Stale(String),
 }
 
 impl Refusal {
@@ -95,6 +97,7 @@ impl Refusal {
             }
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Sigv4(e) => e.status(),
+            Refusal::Stale(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -114,6 +117,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Upstream(e) => write!(f, "{e}"),
             Refusal::Timeout { host } => write!(f, "{host} did not answer"),
             Refusal::Sigv4(e) => write!(f, "{e}"),
+            Refusal::Stale(why) => f.write_str(why),
             Refusal::Compressed { host } => write!(
                 f,
                 "{host} sent a body in an encoding the broker cannot decode; a body it cannot read cannot be scrubbed, so it is not passed on"
@@ -160,6 +164,7 @@ impl Refusal {
             Refusal::Upstream(_) => Reason::UpstreamFailed,
             Refusal::Timeout { .. } => Reason::UpstreamTimeout,
             Refusal::Compressed { .. } => Reason::UpstreamEncoding,
+            Refusal::Stale(_) => Reason::VaultStale,
             Refusal::Sigv4(e) => match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => Reason::BodyTooLarge,
                 StatusCode::BAD_REQUEST => Reason::BadRequest,
@@ -277,6 +282,10 @@ async fn exchange(
     record: &mut Record,
 ) -> Result<Answered, Refusal> {
     let host = &*t.host;
+    // Fail closed in open tunnels too.
+    if let Some(why) = b.stale() {
+        return Err(Refusal::Stale(why));
+    }
     // The token is checked again on every request: a revocation reaches
     // tunnels that are already open.
     let snap = b.snapshot();

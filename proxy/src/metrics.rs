@@ -48,6 +48,12 @@ struct ServiceStatus {
     status: u16,
 }
 
+/// An audit export's sink (`crate::export::Sink::name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
 /// A service (a name from the signed services list).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
@@ -99,6 +105,8 @@ struct Inner {
     leaves: Counter,
     audit_written: Counter,
     audit_dropped: Counter,
+    exported: Family<SinkLabel, Counter>,
+    export_dropped: Family<SinkLabel, Counter>,
     latency: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     tunnels: Family<ServiceLabel, Counter>,
     tunnel_bytes: Family<Direction, Counter>,
@@ -139,6 +147,8 @@ impl Metrics {
             leaves: Counter::default(),
             audit_written: Counter::default(),
             audit_dropped: Counter::default(),
+            exported: Family::default(),
+            export_dropped: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             tunnels: Family::default(),
             tunnel_bytes: Family::default(),
@@ -188,6 +198,16 @@ impl Metrics {
             "audit_records_dropped",
             "Audit records that could not be written to the audit log",
             inner.audit_dropped.clone(),
+        );
+        r.register(
+            "audit_exported",
+            "Audit records delivered to a log pipeline, by sink (otlp, syslog-udp, syslog-tcp, syslog-unix)",
+            inner.exported.clone(),
+        );
+        r.register(
+            "audit_export_dropped",
+            "Audit records a log pipeline did not get (queue full, refused, retries exhausted, queued at shutdown), by sink",
+            inner.export_dropped.clone(),
         );
         r.register_with_unit(
             "upstream_latency",
@@ -299,6 +319,20 @@ impl Metrics {
                 service: service.to_owned(),
             })
             .inc();
+    }
+
+    /// The counters of an audit export to `sink`: delivered, dropped.
+    /// They count whether or not the metrics are on (the broker prints
+    /// them when it stops); on, `/metrics` shows them.
+    pub(crate) fn export_counters(&self, sink: &str) -> (Counter, Counter) {
+        let Some(m) = &self.0 else {
+            return (Counter::default(), Counter::default());
+        };
+        let label = SinkLabel { sink: sink.into() };
+        (
+            m.exported.get_or_create(&label).clone(),
+            m.export_dropped.get_or_create(&label).clone(),
+        )
     }
 
     /// An audit record written to the audit log.

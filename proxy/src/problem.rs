@@ -83,6 +83,9 @@ pub enum Reason {
     /// 502: an OAuth credential the service injects could not be
     /// refreshed (the provider refused, or could not be reached).
     OAuthRefreshFailed,
+    /// 503: the broker has not been up to date with the vault's remote for
+    /// longer than `--max-stale` (it fails closed).
+    VaultStale,
 }
 
 impl Reason {
@@ -115,6 +118,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::SigningFailed,
         Reason::OAuthRefreshFailed,
+        Reason::VaultStale,
     ];
 
     /// The reason's stable name: the end of its type, the header's value,
@@ -171,6 +175,10 @@ impl Reason {
             Reason::OAuthRefreshFailed => (
                 "oauth-refresh-failed",
                 "An OAuth credential could not be refreshed",
+            ),
+            Reason::VaultStale => (
+                "vault-stale",
+                "The broker is not up to date with the vault's remote",
             ),
         }
     }

@@ -134,11 +134,19 @@ pub async fn serve(
     }
 }
 
-/// Serves one agent's TCP connection to the proxy until it closes.
+/// Serves one agent's TCP connection to the proxy until it closes: inside
+/// TLS when the listener speaks it (`crate::listener`), the handshake
+/// within the same limit as a tunnel's.
 pub async fn serve_agent(broker: Arc<Broker>, stream: TcpStream) {
     // Requests are small writes: no waiting for delayed ACKs.
     let _ = stream.set_nodelay(true);
-    serve_stream(broker, stream).await
+    let Some(cfg) = broker.listener_tls().cloned() else {
+        return serve_stream(broker, stream).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    if let Ok(Ok(tls)) = tokio::time::timeout(broker.limits.handshake, accept).await {
+        serve_stream(broker, tls).await
+    }
 }
 
 /// Serves one agent's connection, TCP or Unix socket, until it closes.
@@ -190,6 +198,11 @@ async fn handle_proxy(
         Ok(c) => c,
         Err(e) => return Ok(refuse_early(&b, &req, None, e.problem())),
     };
+    // Fail closed: grants not known to be current are not used.
+    if let Some(why) = b.stale() {
+        let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, Reason::VaultStale, why);
+        return Ok(refuse_early(&b, &req, Some(&claims), problem));
+    }
     if req.method() != Method::CONNECT {
         return plain_http(b, claims, req).await;
     }

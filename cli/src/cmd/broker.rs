@@ -69,14 +69,14 @@ pub(super) fn run(
     ctx: &Ctx,
     agent: &str,
     ttl: &str,
-    proxy: &str,
+    (proxy, proxy_ca): (&str, Option<&Path>),
     isolate: Option<crate::broker::Isolate>,
     command: &[String],
 ) -> CliResult<ExitCode> {
     let vault = ctx.vault()?;
     let key = ctx.key_source();
     match isolate {
-        None => crate::broker::run(vault, &key, agent, ttl, proxy, command),
+        None => crate::broker::run(vault, &key, agent, ttl, (proxy, proxy_ca), command),
         Some(isolate) => crate::broker::run_isolated(
             vault,
             &key,

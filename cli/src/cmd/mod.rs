@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
             agent,
             ttl,
             proxy,
+            proxy_ca,
             isolate,
             socket,
             command,
@@ -106,7 +107,8 @@ pub fn run(cli: Cli) -> CliResult<ExitCode> {
                 required: level == "required",
                 socket,
             });
-            broker::run(&ctx, &agent, &ttl, &proxy, isolate, &command)
+            let proxy = (proxy.as_str(), proxy_ca.as_deref());
+            broker::run(&ctx, &agent, &ttl, proxy, isolate, &command)
         }
         Command::Audit {
             file,

@@ -226,6 +226,9 @@ fn serve(
         audit: None,
         key: Some(broker_key),
         metrics: false,
+        follow: None,
+        tls: None,
+        exports: Vec::new(),
     };
     let broker = Arc::new(
         agent_vault_proxy::Broker::new(vault.clone(), &opts).map_err(|e| fail(e.to_string()))?,

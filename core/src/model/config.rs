@@ -35,6 +35,25 @@ pub struct Config {
     /// Settings of the owner's page (`agent-vault ui`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ui: Option<UiConfig>,
+    /// Settings of the broker (`agent-vault proxy`); its flags win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerConfig>,
+}
+
+/// `broker:` in `config.yaml`: how a broker on another machine follows the
+/// vault's remote. `proxy --pull-interval` and `--max-stale` win. This file
+/// is not signed: someone with push access can change it, so a broker that
+/// must fail closed whatever the repository says takes its flags.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// How often the broker fetches and fast-forwards its clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_interval_seconds: Option<u64>,
+    /// After this long without reaching the remote, the broker refuses
+    /// requests (fails closed) until it reaches it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stale_seconds: Option<u64>,
 }
 
 /// `ui:` in `config.yaml`: the owner's page.

@@ -8,7 +8,7 @@ mod manifest;
 mod meta;
 
 pub use crate::yaml::{MAX_YAML_BYTES, MAX_YAML_DEPTH, check_yaml_shape, parse_yaml, to_yaml};
-pub use config::{Config, DEFAULT_MAX_TTL, UiConfig, valid_vault_id};
+pub use config::{BrokerConfig, Config, DEFAULT_MAX_TTL, UiConfig, valid_vault_id};
 pub use manifest::{
     AgentEntry, BrokerEntry, GroupEntry, Manifest, ManifestSig, OwnerEntry, Revocations,
 };
