@@ -457,6 +457,9 @@ fn on_a_terminal(env: &Env, args: &str) -> String {
         .env("AGENT_VAULT_HOME", &env.home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", env.tmp.path().join("gitconfig"))
+        // A terminal has a type; without one (or with TERM=dumb) indicatif
+        // draws nothing, as it should.
+        .env("TERM", "xterm")
         .env_remove("AGENT_VAULT_KEY")
         .env_remove("AGENT_VAULT_DIR")
         .stdin(std::process::Stdio::null())
