@@ -813,16 +813,8 @@ fn start_up_errors_are_clear_and_sigterm_stops_the_broker() {
 /// tests/e2e/node (`npm install` there; scripts/test-all.sh does it).
 #[test]
 fn node_fetch_through_the_broker() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("tests/e2e/node");
-    let modules = dir.join("node_modules");
-    assert!(
-        modules.join("undici/package.json").is_file(),
-        "undici is not installed in {}: run scripts/test-all.sh (or `npm install --no-audit --no-fund` there) first",
-        dir.display()
-    );
+    let modules = node_modules();
+    let dir = modules.parent().unwrap().to_owned();
     let s = setup();
     let script = r#"
 const fs = require('fs');

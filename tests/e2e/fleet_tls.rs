@@ -3,7 +3,6 @@
 //! curl (`--proxy https://…`, `--proxy-cacert`), Python requests (through
 //! `agent-vault run --proxy https://…`) and Node (undici's `ProxyAgent`).
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::fleet::{Team, VALUE, curl_status, team};
@@ -110,15 +109,8 @@ fn tls_listener_minted_by_the_vault_ca_with_curl_python_and_node() {
     assert_eq!(stdout.trim(), "200 Bearer [REDACTED:api/token] False");
 
     // Node: undici's ProxyAgent to an https proxy.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("tests/e2e/node");
-    let modules = dir.join("node_modules");
-    assert!(
-        modules.join("undici/package.json").is_file(),
-        "undici is not installed: run scripts/test-all.sh"
-    );
+    let modules = node_modules();
+    let dir = modules.parent().unwrap().to_owned();
     let script = r#"
 const fs = require('fs');
 const { ProxyAgent } = require('undici');

@@ -221,3 +221,15 @@ pub fn found_in_files(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 pub fn have(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok()
 }
+
+/// `tests/e2e/node/node_modules`, where undici is (scripts/test-all.sh runs
+/// `npm install` there); fails the test clearly when it is missing.
+pub fn node_modules() -> PathBuf {
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/node/node_modules");
+    assert!(
+        modules.join("undici/package.json").is_file(),
+        "undici is not installed in {}: run scripts/test-all.sh (or `npm install --no-audit --no-fund` in tests/e2e/node) first",
+        modules.display()
+    );
+    modules
+}

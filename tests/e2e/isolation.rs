@@ -282,11 +282,7 @@ echo done
 
 #[test]
 fn node_fetch_works_inside_isolation() {
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/node/node_modules");
-    assert!(
-        modules.join("undici/package.json").is_file(),
-        "run scripts/test-all.sh first"
-    );
+    let modules = node_modules();
     let s = setup();
     // node_modules where the test user can read it.
     let copy = s.env.tmp.path().join("node_modules");

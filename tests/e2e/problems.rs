@@ -4,7 +4,7 @@
 //! (`audit --denied`), and `explain` agreeing with the broker.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -134,16 +134,6 @@ impl Setup {
 fn body_of(curl_out: &str) -> Value {
     let body = curl_out.rsplit("\r\n\r\n").next().unwrap_or("");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {curl_out}"))
-}
-
-fn node_modules() -> PathBuf {
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/node/node_modules");
-    assert!(
-        modules.join("undici/package.json").is_file(),
-        "undici is not installed in {}: run scripts/test-all.sh (or `npm install --no-audit --no-fund` in tests/e2e/node) first",
-        modules.display()
-    );
-    modules
 }
 
 #[test]
