@@ -12,6 +12,7 @@
 
 use age::secrecy::{ExposeSecret, SecretString};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 use crate::crypto::{self, Identity, Recipient};
 use crate::error::{Error, Result};
@@ -84,26 +85,31 @@ impl Keyring {
     /// Adds the identities of `other` this keyring lacks, after its own (a
     /// merge: the other side's generations).
     pub fn absorb(&mut self, other: Keyring) {
+        // Each recipient derived once: a keyring can hold thousands.
+        let mut have: std::collections::HashSet<String> =
+            self.0.iter().map(|k| k.recipient().as_string()).collect();
         for id in other.0 {
-            let r = id.recipient().as_string();
-            if !self.0.iter().any(|k| k.recipient().as_string() == r) {
+            if have.insert(id.recipient().as_string()) {
                 self.0.push(id);
             }
         }
     }
 
-    /// The keyring as an age identity file.
-    fn to_text(&self) -> SecretString {
-        let mut s = String::new();
-        for id in &self.0 {
-            s.push_str(id.to_file_contents().expose_secret());
+    /// The keyring as an age identity file, in one buffer wiped on drop
+    /// (sized first, so no grown-out-of copy is left unwiped).
+    fn to_text(&self) -> Zeroizing<String> {
+        let parts: Vec<SecretString> = self.0.iter().map(Identity::to_file_contents).collect();
+        let len = parts.iter().map(|p| p.expose_secret().len()).sum();
+        let mut s = Zeroizing::new(String::with_capacity(len));
+        for p in &parts {
+            s.push_str(p.expose_secret());
         }
-        SecretString::from(s)
+        s
     }
 
     /// Encrypts the keyring to `recipients`.
     pub fn seal(&self, recipients: &[&Recipient]) -> Result<Vec<u8>> {
-        crypto::encrypt(recipients, self.to_text().expose_secret().as_bytes())
+        crypto::encrypt(recipients, self.to_text().as_bytes())
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) mod yaml;
 
 pub use age;
 pub use age::secrecy;
-pub use error::{Error, Result};
+pub use error::{Error, RemoteFailure, Result};
 pub use keystore::{KeySource, KeyStore};
 pub use model::Mode;
 pub use names::{AgentName, GroupName, OwnerName, ProposalId, SecretPath};

@@ -226,7 +226,7 @@ impl OAuthCredential {
 /// at `now` (both Unix seconds): unknown expiry, or within
 /// [`REFRESH_MARGIN`] of it.
 pub fn due(expires_at: Option<i64>, now: i64) -> bool {
-    expires_at.is_none_or(|e| e - REFRESH_MARGIN <= now)
+    expires_at.is_none_or(|e| e.saturating_sub(REFRESH_MARGIN) <= now)
 }
 
 #[cfg(test)]

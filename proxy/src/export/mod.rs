@@ -96,6 +96,17 @@ pub struct Exporter {
     dropped: Counter,
     last_failure: Arc<Mutex<Option<String>>>,
     done: Mutex<Option<Receiver<()>>>,
+    /// What the thread settled of the accepted records (see [`Settled`]).
+    settled: Arc<Mutex<Settled>>,
+}
+
+/// The accepted records the thread has counted, delivered or dropped (a
+/// record refused at a full queue was never accepted); once `closed`, the
+/// thread counts no more, so a record is counted once whatever the timing.
+#[derive(Default)]
+struct Settled {
+    count: u64,
+    closed: bool,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -122,11 +133,13 @@ impl Exporter {
         let (queue, incoming) = std::sync::mpsc::sync_channel(QUEUE);
         let (finished, done) = std::sync::mpsc::channel();
         let last_failure = Arc::new(Mutex::new(None));
+        let settled = Arc::new(Mutex::new(Settled::default()));
         let (d, x, why) = (delivered.clone(), dropped.clone(), last_failure.clone());
+        let s = settled.clone();
         std::thread::Builder::new()
             .name(format!("audit-{}", sink.name()))
             .spawn(move || {
-                drain(incoming, deliver, (&d, &x), &why);
+                drain(incoming, deliver, (&d, &x, &s), &why);
                 let _ = finished.send(());
             })
             .map_err(crate::ProxyError::Thread)?;
@@ -138,6 +151,7 @@ impl Exporter {
             dropped,
             last_failure,
             done: Mutex::new(Some(done)),
+            settled,
         })
     }
 
@@ -204,10 +218,14 @@ impl Exporter {
         {
             let _ = done.recv_timeout(until.saturating_duration_since(Instant::now()));
         }
-        let settled = self.delivered.get() + self.dropped.get();
-        // Accepted into the queue, but neither delivered nor dropped yet.
-        let stranded = self.accepted.get().saturating_sub(settled);
-        self.dropped.inc_by(stranded);
+        let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+        if !settled.closed {
+            // Accepted into the queue, but neither delivered nor dropped yet.
+            let stranded = self.accepted.get().saturating_sub(settled.count);
+            self.dropped.inc_by(stranded);
+            settled.closed = true;
+        }
+        drop(settled);
         self.totals()
     }
 }
@@ -218,7 +236,7 @@ impl Exporter {
 fn drain(
     incoming: Receiver<Record>,
     mut deliver: Box<dyn Deliver>,
-    (ok, lost): (&Counter, &Counter),
+    (ok, lost, settled): (&Counter, &Counter, &Mutex<Settled>),
     why: &Mutex<Option<String>>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -235,8 +253,13 @@ fn drain(
         }
         let n = batch.len() as u64;
         let lost_now = send_with_retries(deliver.as_mut(), &batch, why).min(n);
-        ok.inc_by(n - lost_now);
-        lost.inc_by(lost_now);
+        let mut s = settled.lock().unwrap_or_else(PoisonError::into_inner);
+        if !s.closed {
+            ok.inc_by(n - lost_now);
+            lost.inc_by(lost_now);
+            s.count += n;
+        }
+        drop(s);
         batch.clear();
     }
 }

@@ -20,6 +20,10 @@ use crate::audit::Record;
 use crate::error::ProxyError;
 use crate::upstream::Upstreams;
 
+/// The most of a collector's answer read (it says only how many records it
+/// rejected).
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// The collector's logs URL, taken apart.
 #[derive(Debug, Clone)]
 struct Endpoint {
@@ -117,10 +121,13 @@ impl Otlp {
             .map_err(|_| retry("the collector did not answer in 10 s".into()))?
             .map_err(|e| retry(e.to_string()))?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
+        // The collector's answer is read bounded in size and time: a broken
+        // one must not grow memory or stall the exporter.
+        let collected = http_body_util::Limited::new(response.into_body(), MAX_ANSWER).collect();
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), collected)
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if status.is_success() {

@@ -29,6 +29,12 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
 /// The most a token response may hold.
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// An access token's lifetime when the provider gives none (seconds).
+const DEFAULT_LIFETIME: i64 = 3600;
+
+/// The longest lifetime taken from a provider (a year, in seconds).
+const MAX_LIFETIME: i64 = 366 * 24 * 3600;
+
 /// How long the provider has to answer.
 const ANSWER: Duration = Duration::from_secs(20);
 
@@ -38,7 +44,8 @@ pub struct Granted {
     pub access_token: String,
     /// A new refresh token, if the provider rotated it.
     pub refresh_token: Option<String>,
-    /// When the access token expires (Unix seconds), if the provider said.
+    /// When the access token expires (Unix seconds): as the provider said,
+    /// or an hour from now when it did not.
     pub expires_at: Option<i64>,
 }
 
@@ -237,7 +244,9 @@ impl TokenClient {
             .to_bytes();
         let bytes = Zeroizing::new(bytes.to_vec());
         let parsed: Option<TokenResponse> = serde_json::from_slice(&bytes).ok();
-        if !status.is_success() {
+        // Some providers (GitHub, Slack) refuse with 200 and an `error`.
+        let refused = parsed.as_ref().is_some_and(|p| p.error.is_some());
+        if !status.is_success() || refused {
             let error = parsed
                 .as_ref()
                 .and_then(|p| p.error.as_deref())
@@ -257,15 +266,24 @@ impl TokenClient {
             return Err(OAuthError::Malformed { host });
         };
         // A number, or (some providers) a number in a string.
+        // Without one, the token is taken to last DEFAULT_LIFETIME (an
+        // unknown expiry would be due at once: a refresh per request). A
+        // lifetime from the network is bounded before any arithmetic.
         let expires_in = match &p.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_i64(),
             Some(serde_json::Value::String(s)) => s.parse().ok(),
             _ => None,
-        };
+        }
+        .unwrap_or(DEFAULT_LIFETIME)
+        .clamp(0, MAX_LIFETIME);
         Ok(Granted {
             access_token,
             refresh_token: p.refresh_token.take().filter(|r| !r.is_empty()),
-            expires_at: expires_in.map(|s| jiff::Timestamp::now().as_second() + s),
+            expires_at: Some(
+                jiff::Timestamp::now()
+                    .as_second()
+                    .saturating_add(expires_in),
+            ),
         })
     }
 }
