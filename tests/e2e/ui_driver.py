@@ -108,6 +108,20 @@ def browser(insecure=False):
     return d
 
 
+def navigate(d, act):
+    """Does `act` (a click or key that submits or follows a link) and waits
+    until the next page has loaded: a click returns as soon as it is sent, and
+    reading the URL or the page before the old one is gone races it."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = d.find_element("tag name", "html")
+    act()
+    wait = WebDriverWait(d, 30)
+    wait.until(ec.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def save(d, out, name):
     with open(os.path.join(out, name + ".html"), "w") as f:
         f.write(d.page_source)
@@ -119,7 +133,7 @@ def open_proposal(d, login_url, pid, out):
     d.get(login_url)
     save(d, out, "list")
     # Open the proposal from the list, as a person would.
-    d.find_element(By.LINK_TEXT, pid).click()
+    navigate(d, d.find_element(By.LINK_TEXT, pid).click)
     save(d, out, "proposal")
 
 
@@ -141,7 +155,7 @@ def approve(login_url, pid, out):
         for f, v in zip(fields, values):
             f.send_keys(v)
         approve_button = d.find_element(By.ID, "approve")
-        approve_button.send_keys(Keys.ENTER)
+        navigate(d, lambda: approve_button.send_keys(Keys.ENTER))
         save(d, out, "after")
         print(json.dumps({"url": d.current_url, "title": d.title, "fits_phone_width": fits}))
     finally:
@@ -155,7 +169,7 @@ def deny(login_url, pid, reason, out):
     try:
         open_proposal(d, login_url, pid, out)
         d.find_element(By.ID, "reason").send_keys(reason)
-        d.find_element(By.ID, "deny").click()
+        navigate(d, d.find_element(By.ID, "deny").click)
         save(d, out, "after")
         print(json.dumps({"url": d.current_url, "title": d.title}))
     finally:
@@ -194,7 +208,7 @@ def approve_connect(login_url, pid, provider, out):
     d = browser(insecure=True)
     try:
         open_proposal(d, login_url, pid, out)
-        d.find_element(By.ID, "approve").click()
+        navigate(d, d.find_element(By.ID, "approve").click)
         fill_connect(d, provider, out)
     finally:
         d.quit()
@@ -214,9 +228,9 @@ def fill_connect(d, provider, out):
     d.find_element(By.NAME, "authorization_url").send_keys(provider + "/authorize")
     d.find_element(By.NAME, "token_url").send_keys(provider + "/token")
     d.find_element(By.NAME, "scopes").send_keys("repo read:user")
-    d.find_element(By.CSS_SELECTOR, "form[action='/oauth/start'] button").click()
+    navigate(d, d.find_element(By.CSS_SELECTOR, "form[action='/oauth/start'] button").click)
     save(d, out, "continue")
-    d.find_element(By.ID, "continue").click()
+    navigate(d, d.find_element(By.ID, "continue").click)
     save(d, out, "connected")
     print(json.dumps({"url": d.current_url, "title": d.title, "form_url": form_url,
                       "path": path, "text": d.find_element("tag name", "body").text}))
