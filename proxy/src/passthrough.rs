@@ -8,7 +8,9 @@
 //! duration.
 //!
 //! A tunnel is closed when no byte has passed either way for the idle
-//! limit, or when its token expires or is revoked (checked every second).
+//! limit, when its token expires or is revoked, when the broker goes stale
+//! (`--max-stale`), or when no tunnel service covers its host any more
+//! (each checked every second).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,8 +32,8 @@ use crate::handoff::Session;
 use crate::problem::{Problem, Reason, refuse_early};
 use crate::reply::{ProxyBody, empty};
 
-/// How often an open tunnel's token is checked again.
-const RECHECK_TOKEN: Duration = Duration::from_secs(1);
+/// How often an open tunnel is checked again (see [`still_admitted`]).
+const RECHECK_ADMISSION: Duration = Duration::from_secs(1);
 
 /// The tunnel service a `CONNECT` to `host:port` is passed through for,
 /// if any (see [`agent_vault_core::broker::services::Services::tunnel_for`]).
@@ -176,7 +178,7 @@ impl Passthrough {
         let mut upstream = Counted::new(upstream, received.clone(), last.clone(), started);
         let copy = tokio::io::copy_bidirectional(&mut agent, &mut upstream);
         tokio::pin!(copy);
-        let mut tick = tokio::time::interval(RECHECK_TOKEN);
+        let mut tick = tokio::time::interval(RECHECK_ADMISSION);
         loop {
             tokio::select! {
                 _ = &mut copy => break,
@@ -187,13 +189,7 @@ impl Passthrough {
                         Some(s) => s.claims(),
                         None => Some(claims.clone()),
                     };
-                    let snap = b.snapshot();
-                    let valid = current.is_some_and(|c| {
-                        b.token_key
-                            .verify_claims(&c, jiff::Timestamp::now().as_second(), &snap.manifest().revoked)
-                            .is_ok()
-                    });
-                    if idle >= b.limits.idle || !valid {
+                    if idle >= b.limits.idle || !still_admitted(&b, current.as_deref(), &audit) {
                         break;
                     }
                 }
@@ -204,6 +200,28 @@ impl Passthrough {
             received.load(Ordering::Relaxed),
         );
     }
+}
+
+/// Whether an open tunnel may go on: its token (the session's newest, for a
+/// hand-off) still verifies, the broker is not stale (a broker that fails
+/// closed cuts what it already let through too), and a tunnel service the
+/// token may use still covers the host (an owner who removed the service
+/// or narrowed it ends the tunnels it allowed).
+fn still_admitted(b: &Broker, claims: Option<&Claims>, audit: &Audited) -> bool {
+    let Some(claims) = claims else {
+        return false;
+    };
+    let snap = b.snapshot();
+    let now = jiff::Timestamp::now().as_second();
+    let (host, port) = (&audit.record.host, audit.record.port.unwrap_or(443));
+    b.token_key
+        .verify_claims(claims, now, &snap.manifest().revoked)
+        .is_ok()
+        && b.stale().is_none()
+        && snap
+            .services
+            .tunnel_for(host, port, |n| claims.may_use(n))
+            .is_some_and(|s| s == audit.record.service)
 }
 
 /// A stream that counts the bytes read from it and notes when it last

@@ -405,3 +405,121 @@ fn follow_flags_are_checked() {
     let err = lone.fail(&["proxy", "--listen", "127.0.0.1:0", "--pull-interval", "1s"]);
     assert!(err.contains("has no remote"), "{err}");
 }
+
+/// A TLS connection held open by Python's http.client through a tunnel
+/// service (the broker passes the bytes through): one request per line on
+/// stdin, its status (or `closed: …` when the held connection fails) on
+/// stdout. The upstream's CA is trusted; its certificate names 127.0.0.1,
+/// and the tunnel goes to `localhost`, so the name is not checked.
+fn held_tunnel(
+    t: &Team,
+    port: u16,
+) -> (
+    Proc,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let script = format!(
+        r#"
+import base64, http.client, ssl, sys
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.check_hostname = False
+c = http.client.HTTPSConnection("127.0.0.1", {port}, context=ctx, timeout=10)
+auth = base64.b64encode(b"bot:" + {token:?}.encode()).decode()
+c.set_tunnel("localhost", {up}, headers={{"Proxy-Authorization": "Basic " + auth}})
+c.connect()
+c.auto_open = 0  # a request after the cut fails, never opens a new tunnel
+for line in sys.stdin:
+    try:
+        c.request("GET", "/held")
+        r = c.getresponse()
+        r.read()
+        print(r.status, flush=True)
+    except Exception as e:
+        print("closed:", type(e).__name__, flush=True)
+"#,
+        ca = t.upstream_ca.to_str().unwrap(),
+        token = t.token,
+        up = t.up_port,
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let stdin = child.stdin.take().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    (Proc(child), stdin, out)
+}
+
+fn request_on(
+    stdin: &mut std::process::ChildStdin,
+    out: &mut BufReader<std::process::ChildStdout>,
+) -> String {
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// A broker that fails closed cuts the tunnels it already passed through,
+/// and an owner who removes a tunnel service ends the tunnels it allowed:
+/// neither goes on carrying bytes the broker would no longer admit.
+#[test]
+fn open_tunnels_are_cut_when_the_broker_goes_stale_or_the_service_goes() {
+    let t = team();
+    let tunnel_host = format!("localhost:{}", t.up_port);
+    t.owner(&[
+        "service",
+        "add",
+        "model",
+        "--tunnel",
+        "--host",
+        &tunnel_host,
+    ]);
+    let r = t.replica(
+        "replica-a",
+        &["--pull-interval", "300ms", "--max-stale", "2s"],
+    );
+
+    // Fresh: the held connection carries request after request.
+    let (_py, mut stdin, mut out) = held_tunnel(&t, r.port);
+    for _ in 0..3 {
+        assert_eq!(request_on(&mut stdin, &mut out), "200");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The remote goes away: once the broker is stale, the held connection
+    // is cut (the next request on it fails), within a second of the check.
+    let gone = t.bare.with_file_name("moved.git");
+    std::fs::rename(&t.bare, &gone).unwrap();
+    let mut last = String::new();
+    let took = wait_until(Duration::from_secs(10), || {
+        last = request_on(&mut stdin, &mut out);
+        last.starts_with("closed")
+    });
+    assert!(
+        last.starts_with("closed"),
+        "the tunnel outlived --max-stale: {last}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(healthz(&r.admin).0, 503);
+
+    // Back: new tunnels work; then the owner removes the service, and the
+    // tunnel open at that moment is cut too.
+    std::fs::rename(&gone, &t.bare).unwrap();
+    wait_until(Duration::from_secs(10), || healthz(&r.admin).0 == 200);
+    let (_py, mut stdin, mut out) = held_tunnel(&t, r.port);
+    assert_eq!(request_on(&mut stdin, &mut out), "200");
+    t.owner(&["service", "rm", "model"]);
+    let took = wait_until(Duration::from_secs(10), || {
+        last = request_on(&mut stdin, &mut out);
+        last.starts_with("closed")
+    });
+    assert!(
+        last.starts_with("closed"),
+        "the tunnel outlived its service: {last}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
