@@ -222,11 +222,23 @@ impl OAuthCredential {
     }
 }
 
-/// Whether an access token that expires at `expires_at` must be refreshed
-/// at `now` (both Unix seconds): unknown expiry, or within
-/// [`REFRESH_MARGIN`] of it.
-pub fn due(expires_at: Option<i64>, now: i64) -> bool {
-    expires_at.is_none_or(|e| e.saturating_sub(REFRESH_MARGIN) <= now)
+/// When an access token that expires at `expires_at` is due for a refresh
+/// (Unix seconds; `None`: its expiry is unknown, so it is due now).
+/// [`REFRESH_MARGIN`] before it expires; for a token granted at
+/// `granted_at` that lives less than twice the margin, halfway through its
+/// life instead, so a five-minute token is not due the moment it arrives
+/// (which would refresh it on every request). `granted_at` is `None` for a
+/// token read back from the vault, whose lifetime is not known.
+pub fn refresh_at(expires_at: Option<i64>, granted_at: Option<i64>) -> Option<i64> {
+    let e = expires_at?;
+    let lifetime = granted_at.map_or(i64::MAX, |g| e.saturating_sub(g));
+    Some(e.saturating_sub(REFRESH_MARGIN.min(lifetime / 2)))
+}
+
+/// Whether a token due at `refresh_at` (see [`refresh_at`]) must be
+/// refreshed at `now`.
+pub fn due(refresh_at: Option<i64>, now: i64) -> bool {
+    refresh_at.is_none_or(|r| r <= now)
 }
 
 #[cfg(test)]
@@ -282,8 +294,20 @@ mod tests {
 
     #[test]
     fn refresh_is_due_within_five_minutes() {
-        assert!(due(None, 0));
-        assert!(due(Some(1000), 700));
-        assert!(!due(Some(1000), 699));
+        assert!(due(refresh_at(None, None), 0));
+        assert!(due(refresh_at(Some(1000), None), 700));
+        assert!(!due(refresh_at(Some(1000), None), 699));
+        // An hour's token granted at 0: five minutes before it expires.
+        assert_eq!(refresh_at(Some(3600), Some(0)), Some(3300));
+    }
+
+    #[test]
+    fn a_short_lived_token_is_due_halfway_not_at_once() {
+        // Five minutes: due after two and a half, not the moment it came.
+        assert_eq!(refresh_at(Some(1300), Some(1000)), Some(1150));
+        assert!(!due(refresh_at(Some(1300), Some(1000)), 1000));
+        assert!(due(refresh_at(Some(1300), Some(1000)), 1150));
+        // Already expired when granted (a provider's clock): due at once.
+        assert!(due(refresh_at(Some(900), Some(1000)), 1000));
     }
 }

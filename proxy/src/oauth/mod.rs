@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_vault_core::broker::oauth::{OAuthCredential, REFRESH_MARGIN, due};
+use agent_vault_core::broker::oauth::{OAuthCredential, due, refresh_at};
 use agent_vault_core::broker::oauth_state::{self, EARLIER_KEPT, OAuthState};
 use agent_vault_core::crypto::{Identity, SecretValue};
 use agent_vault_core::model::Manifest;
@@ -58,6 +58,9 @@ struct Cell {
     refresh: Zeroizing<String>,
     access: Option<Zeroizing<String>>,
     expires_at: Option<i64>,
+    /// When this broker was granted the access token (`None` for one read
+    /// back from the vault): a short-lived token is due halfway.
+    granted_at: Option<i64>,
     earlier: Vec<Zeroizing<String>>,
     /// The last failed refresh, and why.
     failed: Option<(Instant, String)>,
@@ -135,7 +138,7 @@ impl Refresher {
             .as_ref()
             .filter(|(at, _)| at.elapsed() < RETRY_AFTER_FAILURE)
             .map(|(_, why)| why.clone());
-        if c.access.is_none() || due(c.expires_at, now) {
+        if c.access.is_none() || due(refresh_at(c.expires_at, c.granted_at), now) {
             match recently_failed {
                 Some(why) if !still_valid => return Err(fail(why)),
                 Some(_) => {}
@@ -173,7 +176,7 @@ impl Refresher {
                 .map(|t| secret(t))
                 .chain([secret(&c.refresh), secret(&cred.client_secret)])
                 .collect(),
-            refresh_at: c.expires_at.map(|e| e - REFRESH_MARGIN),
+            refresh_at: refresh_at(c.expires_at, c.granted_at),
         })
     }
 
@@ -184,6 +187,7 @@ impl Refresher {
         }
         c.access = Some(Zeroizing::new(g.access_token.clone()));
         c.expires_at = g.expires_at;
+        c.granted_at = Some(jiff::Timestamp::now().as_second());
         if let Some(r) = &g.refresh_token {
             c.refresh = Zeroizing::new(r.clone());
         }
@@ -217,6 +221,7 @@ fn start(
     c.refresh = Zeroizing::new(cred.refresh_token.clone());
     c.access = cred.access_token.clone().map(Zeroizing::new);
     c.expires_at = cred.expires_at;
+    c.granted_at = None;
     c.failed = None;
     match oauth_state::read(ctx.vault, ctx.identity, path) {
         Ok(Some(s)) if s.base == base => {
