@@ -336,6 +336,18 @@ fn oauth_paste_mode_accepts_a_good_refresh_token_and_refuses_a_bad_one() {
     assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
     assert_eq!(count(&s.stats(), "refreshes"), before);
 
+    // Without an owner key the vault cannot be written: the provider is not
+    // asked (it would rotate the token away), and the token stays good.
+    let fresh = s.refresh_token_from_the_provider();
+    let before = count(&s.stats(), "refreshes");
+    let away = s.env.tmp.path().join("owner.key.away");
+    std::fs::rename(s.env.owner_key(), &away).unwrap();
+    let out = s.oauth_set("api/nokey", &fresh);
+    std::fs::rename(&away, s.env.owner_key()).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(count(&s.stats(), "refreshes"), before);
+    assert!(s.oauth_set("api/nokey", &fresh).status.success());
+
     // A secret never comes from the command line: there is no flag for it.
     let out = s
         .env

@@ -182,6 +182,12 @@ fn set(ctx: &Ctx, args: OauthSetArgs) -> CliResult<ExitCode> {
     }
     // Checked before the network is asked anything.
     OAuthCredential::new(&client, (*refresh).clone(), None, None)?;
+    // The writer is opened (the vault found, the key loaded, the lock
+    // taken) before the provider is asked: a provider that rotates refresh
+    // tokens has spent the old one once it answers, and the new one must
+    // not be lost to a vault that cannot be written.
+    let vault = ctx.vault()?;
+    let mut writer = Writer::open(&vault, &ctx.key_source())?;
     let tokens = TokenClient::new(args.upstream_ca.as_deref(), args.allow_private_endpoints)
         .map_err(|e| CliError::Msg(e.to_string(), None))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -209,8 +215,7 @@ fn set(ctx: &Ctx, args: OauthSetArgs) -> CliResult<ExitCode> {
         expires: None,
         description: args.description,
     };
-    let vault = ctx.vault()?;
-    Writer::open(&vault, &ctx.key_source())?.set(&path, &cred.to_value()?, &opts)?;
+    writer.set(&path, &cred.to_value()?, &opts)?;
     done(
         ctx,
         &format!("set OAuth credential {path} (the provider accepted its refresh token)"),
