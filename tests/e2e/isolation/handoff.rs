@@ -146,6 +146,62 @@ const dispatcher = new ProxyAgent({{
     assert!(!text.contains("tok_REAL"), "{text}");
 }
 
+/// A tunnel service (bytes passed through, not intercepted) from inside
+/// isolation: the broker re-checks an open tunnel every second against the
+/// session's newest token, so one connection held for 8 s on tokens that
+/// live 3 s carries every request; the agent's TLS reaches the upstream's
+/// own certificate.
+#[test]
+fn a_held_pass_through_tunnel_outlives_its_token() {
+    let s = setup();
+    let host = format!("localhost:{}", s.up_port);
+    s.ok(&["service", "add", "model", "--tunnel", "--host", &host]);
+    // The running broker looks at the services again within RECHECK (250 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let ca = s.env.tmp.path().join("up-ca.pem");
+    let script = format!(
+        r#"python3 -c '
+import http.client, os, ssl, time, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+ctx = ssl.create_default_context(cafile="{ca}")
+ctx.check_hostname = False  # the certificate names 127.0.0.1
+c = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx, timeout=10)
+c.set_tunnel("localhost", {up})
+c.connect()
+c.auto_open = 0  # one connection: a cut is a failure, not a new tunnel
+ok, bad = 0, []
+end = time.time() + 8
+while time.time() < end:
+    try:
+        c.request("GET", "/held")
+        r = c.getresponse()
+        r.read()
+        ok += r.status == 200
+    except Exception as e:
+        bad.append(type(e).__name__)
+        break
+    time.sleep(0.3)
+print("ok=%d bad=%d %s" % (ok, len(bad), bad))
+'"#,
+        ca = ca.display(),
+        up = s.up_port,
+    );
+    let o = s.isolated(&["--ttl", "3s", "--isolate"], &script);
+    let text = out(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains(" bad=0"), "{text}");
+    let ok: usize = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ok="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(ok >= 15, "{text}");
+    // Passed through: the upstream saw the agent's requests, no credential.
+    let saw = s.upstream_saw();
+    assert_eq!(saw.matches("/held").count(), ok, "{saw}");
+    assert!(!saw.contains("tok_REAL"), "{saw}");
+}
+
 #[test]
 fn a_stopped_supervisor_renews_nothing_and_nothing_inside_can() {
     let s = setup();
