@@ -25,6 +25,7 @@ pub use crate::git::merge::{
     GITATTRIBUTES, git_merged_manifest, merge_driver, merge_manifests, register_merge_driver,
     unresolved,
 };
+pub use crate::git::publish::{Published, publish_state};
 pub use crate::git::pull::{DEFAULT_TIMEOUT, PullOutcome, pull_fast_forward};
 pub use crate::writer::SyncOutcome;
 

@@ -30,7 +30,7 @@ use crate::health::Health;
 use crate::limits::Limits;
 use crate::lru::{LEAF_CACHE, LEAF_MAX_AGE, Lru};
 use crate::metrics::{Metrics, ServiceMeter};
-use crate::oauth::{RefreshFailed, Refresher, StateCtx, TokenClient};
+use crate::oauth::{Publisher, RefreshFailed, Refresher, StateCtx, TokenClient};
 use crate::ratelimit::RateLimits;
 use crate::upstream::Upstreams;
 
@@ -373,6 +373,9 @@ impl Broker {
                 vault: snap.reader.vault(),
                 identity: snap.reader.identity(),
                 manifest: snap.manifest(),
+                publish: self
+                    .freshness()
+                    .map(|f| Publisher::new(f.clone_lock.clone(), f.follow.timeout())),
             };
             let mut tokens = Vec::new();
             let mut due: Option<i64> = None;

@@ -20,6 +20,10 @@ pub use crate::freshness::{CHECK, Follow};
 /// One pull: fetch, verify, fast-forward; the broker takes a change at
 /// once. `Err`: why the clone is not up to date with the remote.
 fn pull_once(b: &Broker, follow: &Follow) -> Result<(), String> {
+    let lock = b.freshness().map(|f| f.clone_lock.clone());
+    let _clone = lock
+        .as_ref()
+        .map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     match pull_fast_forward(b.vault(), follow.timeout()) {
         Ok(PullOutcome::UpToDate) => Ok(()),
         Ok(PullOutcome::FastForward) => {
@@ -28,27 +32,7 @@ fn pull_once(b: &Broker, follow: &Follow) -> Result<(), String> {
         }
         Ok(PullOutcome::NoRemote) => Err(NO_REMOTE.into()),
         Ok(PullOutcome::Merged { .. }) => Err("a pull merged, which a broker never does".into()),
-        Err(e) => Err(reason(&e)),
-    }
-}
-
-/// Why a pull failed, as agents may read it (it goes into the stale
-/// refusal's detail and `/healthz`): a remote's failure by its kind only,
-/// never its URL (which can hold a credential) or git's own output.
-fn reason(e: &agent_vault_core::Error) -> String {
-    use agent_vault_core::RemoteFailure;
-    match e {
-        agent_vault_core::Error::Remote {
-            remote, failure, ..
-        } => {
-            let kind = match failure {
-                RemoteFailure::Auth => "refused the broker's credentials",
-                RemoteFailure::Unreachable => "could not be reached",
-                _ => "failed",
-            };
-            format!("the remote {remote} {kind}")
-        }
-        other => other.to_string(),
+        Err(e) => Err(crate::freshness::reason(&e)),
     }
 }
 

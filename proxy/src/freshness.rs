@@ -7,7 +7,7 @@
 //! later change too, so it counts as not reached.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The `/healthz` check that fails while the broker is stale.
@@ -46,6 +46,9 @@ pub(crate) struct Freshness {
     why: Mutex<String>,
     /// Whether `/healthz` was told the broker is stale.
     reported: AtomicBool,
+    /// Held by whatever runs git in the broker's clone (a pull, the
+    /// publishing of OAuth state), so one never sees the other's half.
+    pub(crate) clone_lock: Arc<Mutex<()>>,
 }
 
 impl Freshness {
@@ -56,6 +59,7 @@ impl Freshness {
             synced_ms: AtomicU64::new(0),
             why: Mutex::new(String::new()),
             reported: AtomicBool::new(false),
+            clone_lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -110,6 +114,26 @@ impl Freshness {
             health.fail(CHECK, reason);
         }
         Some(detail)
+    }
+}
+
+/// Why a pull failed, as agents may read it (it goes into the stale
+/// refusal's detail and `/healthz`): a remote's failure by its kind only,
+/// never its URL (which can hold a credential) or git's own output.
+pub(crate) fn reason(e: &agent_vault_core::Error) -> String {
+    use agent_vault_core::RemoteFailure;
+    match e {
+        agent_vault_core::Error::Remote {
+            remote, failure, ..
+        } => {
+            let kind = match failure {
+                RemoteFailure::Auth => "refused the broker's credentials",
+                RemoteFailure::Unreachable => "could not be reached",
+                _ => "failed",
+            };
+            format!("the remote {remote} {kind}")
+        }
+        other => other.to_string(),
     }
 }
 

@@ -27,6 +27,7 @@ mod limits;
 mod metrics;
 mod oauth;
 mod oauth_connect;
+mod oauth_replicas;
 mod owners;
 mod problems;
 mod proposals;

@@ -82,7 +82,7 @@ impl Setup {
 
     /// A control call to the provider (`GET /control/stats`, `POST
     /// /control/ttl/N`, …).
-    fn control(&self, method: &str, path: &str) -> Value {
+    pub(crate) fn control(&self, method: &str, path: &str) -> Value {
         let out = python(
             "import requests, sys\nr = requests.request(sys.argv[1], sys.argv[2], verify=sys.argv[3])\nprint(r.text)",
             &[
@@ -100,7 +100,7 @@ impl Setup {
 
     /// A refresh token obtained the way a user's browser would: the
     /// authorization endpoint (PKCE), then the code at the token endpoint.
-    fn refresh_token_from_the_provider(&self) -> String {
+    pub(crate) fn refresh_token_from_the_provider(&self) -> String {
         python(
             r#"
 import base64, hashlib, requests, secrets, sys
@@ -125,7 +125,7 @@ print(t.json()["refresh_token"])
     }
 
     /// `oauth set PATH` with the refresh token on standard input.
-    fn oauth_set(&mut self, path: &str, refresh: &str) -> std::process::Output {
+    pub(crate) fn oauth_set(&mut self, path: &str, refresh: &str) -> std::process::Output {
         let token_url = format!("{}/token", self.base());
         let out = self.env.run(
             &[
@@ -153,7 +153,7 @@ print(t.json()["refresh_token"])
 
     /// The service `api` (bearer from `api/gh`) to the provider's API, an
     /// agent `bot` that may use it, the broker's keys.
-    fn service(&self) {
+    pub(crate) fn service(&self) {
         self.env.add_agent("bot");
         self.env.ok(&["grant", "bot", "api", "--mode", "use"]);
         self.env.ok(&["broker", "init"]);

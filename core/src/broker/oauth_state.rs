@@ -82,6 +82,12 @@ fn sig_path(vault: &Vault, path: &SecretPath) -> PathBuf {
     state_path(vault, path).with_extension("sig")
 }
 
+/// Both files of a credential's state (`.age` and `.sig`): what a broker
+/// replica commits and pushes.
+pub fn state_files(vault: &Vault, path: &SecretPath) -> [PathBuf; 2] {
+    [state_path(vault, path), sig_path(vault, path)]
+}
+
 fn message(vault_id: &str, path: &SecretPath, ciphertext: &[u8]) -> Vec<u8> {
     format!("{vault_id}\0{path}\0{}", crypto::sha256_hex(ciphertext)).into_bytes()
 }

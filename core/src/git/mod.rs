@@ -7,6 +7,7 @@
 
 pub(crate) mod merge;
 pub(crate) mod pack;
+pub(crate) mod publish;
 pub(crate) mod pull;
 pub mod remote;
 

@@ -10,6 +10,7 @@
 //! scrubbed of it after it is replaced.
 
 mod endpoint;
+mod replicas;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +20,13 @@ use agent_vault_core::broker::oauth::{OAuthCredential, due, refresh_at};
 use agent_vault_core::broker::oauth_state::{self, EARLIER_KEPT, OAuthState};
 use agent_vault_core::crypto::{Identity, SecretValue};
 use agent_vault_core::model::Manifest;
+use agent_vault_core::sync::Published;
 use agent_vault_core::{SecretPath, Vault};
 use dashmap::DashMap;
 use zeroize::Zeroizing;
 
 pub use endpoint::{Granted, OAuthError, TokenClient};
+pub(crate) use replicas::Publisher;
 
 /// After a failed refresh, the provider is not asked again for this long
 /// (the requests meanwhile get the same answer, or the still-valid token).
@@ -35,6 +38,8 @@ pub(crate) struct StateCtx<'a> {
     pub(crate) vault: &'a Vault,
     pub(crate) identity: &'a Identity,
     pub(crate) manifest: &'a Manifest,
+    /// Set when the broker follows its remote: new state is pushed.
+    pub(crate) publish: Option<Publisher>,
 }
 
 /// A credential's tokens now.
@@ -129,7 +134,7 @@ impl Refresher {
         let mut c = cell.lock().await;
         let base = agent_vault_core::crypto::sha256_hex(owner);
         if c.base != base {
-            start(&mut c, base, &cred, path, ctx);
+            start(&mut c, base.clone(), &cred, path, ctx);
         }
         let now = jiff::Timestamp::now().as_second();
         let still_valid = c.access.is_some() && c.expires_at.is_none_or(|e| e > now + 5);
@@ -142,10 +147,11 @@ impl Refresher {
             match recently_failed {
                 Some(why) if !still_valid => return Err(fail(why)),
                 Some(_) => {}
-                None => match self.client.refresh(&cred.client(), &c.refresh).await {
-                    Ok(g) => {
-                        self.granted(&mut c, g);
-                        persist(&c, path, ctx);
+                None => match self.refresh(&mut c, &cred, path, &base, ctx).await {
+                    Ok(granted) => {
+                        if granted && let Some(p) = ctx.publish.clone() {
+                            publish_later(p, ctx.vault.clone(), path.clone(), cell.clone());
+                        }
                     }
                     Err(e) if still_valid => {
                         // Said by name, never a token: the operator learns
@@ -178,6 +184,59 @@ impl Refresher {
                 .collect(),
             refresh_at: refresh_at(c.expires_at, c.granted_at),
         })
+    }
+
+    /// Asks the provider for a new access token; whether it granted one
+    /// (`false`: the remote's state had one that is not due). A broker
+    /// following its remote that is refused `invalid_grant` pulls first:
+    /// another replica may have spent this refresh token and published what
+    /// it was given, and that newer state is used (refreshed again only if
+    /// it is due too).
+    async fn refresh(
+        &self,
+        c: &mut Cell,
+        cred: &OAuthCredential,
+        path: &SecretPath,
+        base: &str,
+        ctx: &StateCtx<'_>,
+    ) -> Result<bool, OAuthError> {
+        let refused = match self.client.refresh(&cred.client(), &c.refresh).await {
+            Ok(g) => {
+                self.granted(c, g);
+                persist(c, path, ctx);
+                return Ok(true);
+            }
+            Err(e) => e,
+        };
+        let (Some(p), OAuthError::Refused { error, .. }) = (&ctx.publish, &refused) else {
+            return Err(refused);
+        };
+        if error != "invalid_grant" {
+            return Err(refused);
+        }
+        // The replica that spent it pushes what it was given moments after
+        // the provider answered it: pull until that arrives, for a while.
+        let spent = c.refresh.clone();
+        for pause in [0, 250, 500, 1000] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if p.pull(ctx.vault.clone()).await.is_ok() {
+                start(c, base.to_owned(), cred, path, ctx);
+            }
+            if *c.refresh != *spent {
+                break;
+            }
+        }
+        if *c.refresh == *spent {
+            return Err(refused);
+        }
+        let now = jiff::Timestamp::now().as_second();
+        if c.access.is_some() && !due(refresh_at(c.expires_at, c.granted_at), now) {
+            return Ok(false);
+        }
+        let g = self.client.refresh(&cred.client(), &c.refresh).await?;
+        self.granted(c, g);
+        persist(c, path, ctx);
+        Ok(true)
     }
 
     /// Takes in what the provider granted.
@@ -241,6 +300,28 @@ fn start(
         ),
     }
     c.base = base;
+}
+
+/// Pushes the state just written, in the background (requests go on with
+/// the new token meanwhile). Another replica's push landing first means
+/// this one lost the swap: the cell starts again from the state pulled, at
+/// the next request (the token it was given stays scrubbed).
+fn publish_later(
+    p: replicas::Publisher,
+    vault: Vault,
+    path: SecretPath,
+    cell: Arc<tokio::sync::Mutex<Cell>>,
+) {
+    tokio::spawn(async move {
+        match p.publish(vault, &path).await {
+            Ok(Published::Lost) => cell.lock().await.base.clear(),
+            Ok(_) => {}
+            Err(why) => eprintln!(
+                "agent-vault proxy: the OAuth state of {path} was not pushed ({why}); \
+                 this broker goes on with it and pushes at its next refresh"
+            ),
+        }
+    });
 }
 
 /// Writes the cell as the broker's state; a failure is said (by name) and
