@@ -111,15 +111,24 @@ def browser(insecure=False):
 def navigate(d, act):
     """Does `act` (a click or key that submits or follows a link) and waits
     until the next page has loaded: a click returns as soon as it is sent, and
-    reading the URL or the page before the old one is gone races it."""
-    from selenium.webdriver.support import expected_conditions as ec
+    reading the URL or the page before the old one is gone races it. The old
+    page is marked with a script variable, which the new page does not have
+    (chromedriver reports an element of the old page in several ways, not
+    only as stale)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = d.find_element("tag name", "html")
+    d.execute_script("window.__agentVaultOldPage = true")
     act()
-    wait = WebDriverWait(d, 30)
-    wait.until(ec.staleness_of(old))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def loaded(d):
+        try:
+            return d.execute_script(
+                "return window.__agentVaultOldPage === undefined && document.readyState === 'complete'")
+        except WebDriverException:
+            return False  # between two pages
+
+    WebDriverWait(d, 30).until(loaded)
 
 
 def save(d, out, name):
