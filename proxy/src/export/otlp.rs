@@ -378,14 +378,17 @@ mod tests {
     #[test]
     fn a_batch_is_one_otlp_json_request_with_each_record_whole() {
         let resource = json!({"attributes": [attr("service.name", json!({"stringValue": "x"}))]});
-        let records = [record(Some("not-granted")), record(None)];
+        let mut tunnel = record(None);
+        tunnel.tunnel = true;
+        tunnel.port = None;
+        let records = [record(Some("not-granted")), record(None), tunnel];
         let body: Value = serde_json::from_slice(&request(&head(&resource), &records)).unwrap();
         let rl = &body["resourceLogs"][0];
         assert_eq!(rl["resource"], resource);
         let scope = &rl["scopeLogs"][0];
         assert_eq!(scope["scope"]["name"], "agent-vault.audit");
         let logs = scope["logRecords"].as_array().unwrap();
-        assert_eq!(logs.len(), 2);
+        assert_eq!(logs.len(), 3);
         let (warn, info) = (&logs[0], &logs[1]);
         assert_eq!(warn["timeUnixNano"], "1767323045678901234");
         assert_eq!(warn["observedTimeUnixNano"], "1767323045678901234");
@@ -438,5 +441,11 @@ mod tests {
         assert_eq!(attrs.len(), 13);
         let info_keys = info["attributes"].as_array().unwrap().len();
         assert_eq!(info_keys, 12, "no reason when the upstream answered");
+        let last = logs[2]["attributes"].as_array().unwrap();
+        assert_eq!(last.len(), 12, "a tunnel, no port: {last:?}");
+        assert_eq!(
+            last[11],
+            json!({"key": "agent_vault.tunnel", "value": {"boolValue": true}})
+        );
     }
 }
