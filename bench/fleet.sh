@@ -4,6 +4,7 @@
 # broker direct, and throughput with OTLP audit export on vs off.
 #
 #   bench/fleet.sh [fleet.py options]     e.g. --rounds 20 --duration 6
+#   bench/fleet.sh --only otlp --tp-rounds 5    (one part: revocation, haproxy, otlp)
 #
 # Needs: nginx, haproxy, openssl, git, python3. Installs oha once under
 # bench/out/ (gitignored), as bench/broker.sh does.

@@ -64,8 +64,13 @@ pub(crate) struct Otlp {
     rt: tokio::runtime::Runtime,
     client: Upstreams,
     to: Endpoint,
-    resource: Value,
+    /// The request's JSON up to its first log record (the resource and
+    /// the scope, the same in every batch), and what closes it.
+    head: Vec<u8>,
 }
+
+/// What closes an `ExportLogsServiceRequest` after its log records.
+const TAIL: &[u8] = b"]}]}]}";
 
 impl Otlp {
     pub(crate) fn new(
@@ -90,7 +95,7 @@ impl Otlp {
             rt,
             client,
             to,
-            resource,
+            head: head(&resource),
         })
     }
 
@@ -154,7 +159,7 @@ impl Otlp {
 
 impl Deliver for Otlp {
     fn deliver(&mut self, batch: &[Record]) -> Result<(), (usize, Failure)> {
-        let body = Bytes::from(request(&self.resource, batch));
+        let body = Bytes::from(request(&self.head, batch));
         // One request: all of the batch or none of it.
         self.rt.block_on(self.post(body)).map_err(|f| (0, f))
     }
@@ -164,19 +169,53 @@ fn attr(key: &str, value: Value) -> Value {
     json!({"key": key, "value": value})
 }
 
+/// A number written in decimal into a buffer on the stack (OTLP/JSON
+/// writes 64-bit integers as strings), serialised as a string.
+struct Decimal {
+    digits: [u8; 40],
+    len: usize,
+}
+
+impl Decimal {
+    fn new(v: impl std::fmt::Display) -> Self {
+        use std::io::Write;
+        let mut digits = [0u8; 40];
+        let mut cursor = std::io::Cursor::new(&mut digits[..]);
+        let _ = write!(cursor, "{v}");
+        let len = cursor.position() as usize;
+        Decimal { digits, len }
+    }
+}
+
+impl Serialize for Decimal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Only ASCII digits and '-' are written.
+        s.serialize_str(std::str::from_utf8(&self.digits[..self.len]).unwrap_or("0"))
+    }
+}
+
 /// An OTLP `AnyValue` in the JSON mapping (`{"stringValue": …}`), borrowed
-/// from the record: serialised straight into the body, no tree built.
+/// from the record.
 #[derive(Serialize)]
 enum Any<'a> {
     #[serde(rename = "stringValue")]
     Str(&'a str),
     /// OTLP/JSON writes 64-bit integers as decimal strings.
     #[serde(rename = "intValue")]
-    Int(String),
+    Int(Decimal),
     #[serde(rename = "boolValue")]
     Bool(bool),
     #[serde(rename = "arrayValue")]
-    Array { values: Vec<Any<'a>> },
+    Array { values: Strings<'a> },
+}
+
+/// A list of strings as `AnyValue`s.
+struct Strings<'a>(&'a [String]);
+
+impl Serialize for Strings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| Any::Str(v)))
+    }
 }
 
 #[derive(Serialize)]
@@ -186,111 +225,117 @@ struct KeyValue<'a> {
 }
 
 #[derive(Serialize)]
-struct Body {
+struct Body<'a> {
     #[serde(rename = "stringValue")]
-    string_value: String,
+    string_value: &'a str,
+}
+
+/// A record's fields as attributes.
+struct Attributes<'a>(&'a Record);
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let kv = |key, value| KeyValue { key, value };
+        let int = |v: u64| Any::Int(Decimal::new(v));
+        let fields = [
+            kv("agent_vault.agent", Any::Str(&r.agent)),
+            kv("agent_vault.token_id", Any::Str(&r.token_id)),
+            kv("agent_vault.service", Any::Str(&r.service)),
+            kv("http.request.method", Any::Str(&r.method)),
+            kv("server.address", Any::Str(&r.host)),
+            kv("url.path", Any::Str(&r.path)),
+            kv("http.response.status_code", int(u64::from(r.status))),
+            kv("agent_vault.bytes_in", int(r.bytes_in)),
+            kv("agent_vault.bytes_out", int(r.bytes_out)),
+            kv("agent_vault.duration_ms", int(r.duration_ms)),
+            kv(
+                "agent_vault.secrets",
+                Any::Array {
+                    values: Strings(&r.secrets),
+                },
+            ),
+        ];
+        let optional = [
+            r.port.map(|p| kv("server.port", int(u64::from(p)))),
+            r.reason
+                .as_deref()
+                .map(|why| kv("agent_vault.reason", Any::Str(why))),
+            r.tunnel.then(|| kv("agent_vault.tunnel", Any::Bool(true))),
+        ];
+        s.collect_seq(fields.into_iter().chain(optional.into_iter().flatten()))
+    }
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct LogRecord<'a> {
-    time_unix_nano: String,
-    observed_time_unix_nano: String,
+    time_unix_nano: &'a Decimal,
+    observed_time_unix_nano: &'a Decimal,
     severity_number: u8,
     severity_text: &'static str,
-    body: Body,
-    attributes: Vec<KeyValue<'a>>,
+    body: Body<'a>,
+    attributes: Attributes<'a>,
 }
 
-fn kv<'a>(key: &'static str, value: Any<'a>) -> KeyValue<'a> {
-    KeyValue { key, value }
-}
-
-/// One log record of an audit record.
-fn log_record(r: &Record) -> LogRecord<'_> {
-    let nanos = r.time.as_nanosecond().max(0).to_string();
+/// One log record of an audit record whose JSON line is `line`.
+fn log_record<'a>(r: &'a Record, line: &'a str, nanos: &'a Decimal) -> LogRecord<'a> {
     let (severity_number, severity_text) = if r.reason.is_some() {
         (13, "WARN")
     } else {
         (9, "INFO")
     };
-    let int = |v: u64| Any::Int(v.to_string());
-    let mut attributes = vec![
-        kv("agent_vault.agent", Any::Str(&r.agent)),
-        kv("agent_vault.token_id", Any::Str(&r.token_id)),
-        kv("agent_vault.service", Any::Str(&r.service)),
-        kv("http.request.method", Any::Str(&r.method)),
-        kv("server.address", Any::Str(&r.host)),
-        kv("url.path", Any::Str(&r.path)),
-        kv("http.response.status_code", int(u64::from(r.status))),
-        kv("agent_vault.bytes_in", int(r.bytes_in)),
-        kv("agent_vault.bytes_out", int(r.bytes_out)),
-        kv("agent_vault.duration_ms", int(r.duration_ms)),
-        kv(
-            "agent_vault.secrets",
-            Any::Array {
-                values: r.secrets.iter().map(|s| Any::Str(s)).collect(),
-            },
-        ),
-    ];
-    if let Some(port) = r.port {
-        attributes.push(kv("server.port", int(u64::from(port))));
-    }
-    if let Some(reason) = &r.reason {
-        attributes.push(kv("agent_vault.reason", Any::Str(reason)));
-    }
-    if r.tunnel {
-        attributes.push(kv("agent_vault.tunnel", Any::Bool(true)));
-    }
     LogRecord {
-        observed_time_unix_nano: nanos.clone(),
         time_unix_nano: nanos,
+        observed_time_unix_nano: nanos,
         severity_number,
         severity_text,
-        body: Body {
-            string_value: serde_json::to_string(r).unwrap_or_default(),
-        },
-        attributes,
+        body: Body { string_value: line },
+        attributes: Attributes(r),
     }
 }
 
-/// An `ExportLogsServiceRequest` (OTLP/JSON) for a batch, as bytes.
-fn request(resource: &Value, batch: &[Record]) -> Vec<u8> {
+/// The start of every `ExportLogsServiceRequest` (OTLP/JSON): the resource
+/// and the scope, up to the first log record.
+fn head(resource: &Value) -> Vec<u8> {
     #[derive(Serialize)]
     struct Scope {
         name: &'static str,
         version: &'static str,
     }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ScopeLogs<'a> {
-        scope: Scope,
-        log_records: Vec<LogRecord<'a>>,
-    }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ResourceLogs<'a> {
-        resource: &'a Value,
-        scope_logs: [ScopeLogs<'a>; 1],
-    }
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Request<'a> {
-        resource_logs: [ResourceLogs<'a>; 1],
-    }
-    let req = Request {
-        resource_logs: [ResourceLogs {
-            resource,
-            scope_logs: [ScopeLogs {
-                scope: Scope {
-                    name: "agent-vault.audit",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
-                log_records: batch.iter().map(log_record).collect(),
-            }],
-        }],
+    let scope = Scope {
+        name: "agent-vault.audit",
+        version: env!("CARGO_PKG_VERSION"),
     };
-    serde_json::to_vec(&req).unwrap_or_default()
+    let mut out = br#"{"resourceLogs":[{"resource":"#.to_vec();
+    let _ = serde_json::to_writer(&mut out, resource);
+    out.extend_from_slice(br#","scopeLogs":[{"scope":"#);
+    let _ = serde_json::to_writer(&mut out, &scope);
+    out.extend_from_slice(br#","logRecords":["#);
+    out
+}
+
+/// An `ExportLogsServiceRequest` (OTLP/JSON) for a batch, as bytes: each
+/// log record written straight into the body, borrowed from its record (no
+/// tree built, no value copied), its JSON line through one buffer reused.
+fn request(head: &[u8], batch: &[Record]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + TAIL.len() + 1200 * batch.len());
+    out.extend_from_slice(head);
+    let mut line = Vec::with_capacity(512);
+    for (i, r) in batch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        line.clear();
+        // serde_json writes UTF-8; a record it could not write has an empty
+        // body (its fields are still the attributes).
+        let _ = serde_json::to_writer(&mut line, r);
+        let text = std::str::from_utf8(&line).unwrap_or_default();
+        let nanos = Decimal::new(r.time.as_nanosecond().max(0));
+        let _ = serde_json::to_writer(&mut out, &log_record(r, text, &nanos));
+    }
+    out.extend_from_slice(TAIL);
+    out
 }
 
 #[cfg(test)]
@@ -308,5 +353,99 @@ mod tests {
         assert_eq!((e.https, e.port, e.path.as_str()), (true, 443, "/v1/logs"));
         let err = endpoint("ftp://x").unwrap_err().to_string();
         assert!(err.contains("http:// or https://"), "{err}");
+    }
+
+    fn record(reason: Option<&str>) -> Record {
+        Record {
+            time: "2026-01-02T03:04:05.678901234Z".parse().unwrap(),
+            agent: "bot".into(),
+            token_id: "t\"1".into(),
+            service: "api".into(),
+            method: "GET".into(),
+            host: "api.example.com".into(),
+            path: "/v1/\u{e9}".into(),
+            status: 403,
+            bytes_in: 1,
+            bytes_out: u64::MAX,
+            duration_ms: 3,
+            secrets: vec!["api/token".into(), "api/other".into()],
+            port: Some(8443),
+            reason: reason.map(str::to_owned),
+            tunnel: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_one_otlp_json_request_with_each_record_whole() {
+        let resource = json!({"attributes": [attr("service.name", json!({"stringValue": "x"}))]});
+        let mut tunnel = record(None);
+        tunnel.tunnel = true;
+        tunnel.port = None;
+        let records = [record(Some("not-granted")), record(None), tunnel];
+        let body: Value = serde_json::from_slice(&request(&head(&resource), &records)).unwrap();
+        let rl = &body["resourceLogs"][0];
+        assert_eq!(rl["resource"], resource);
+        let scope = &rl["scopeLogs"][0];
+        assert_eq!(scope["scope"]["name"], "agent-vault.audit");
+        let logs = scope["logRecords"].as_array().unwrap();
+        assert_eq!(logs.len(), 3);
+        let (warn, info) = (&logs[0], &logs[1]);
+        assert_eq!(warn["timeUnixNano"], "1767323045678901234");
+        assert_eq!(warn["observedTimeUnixNano"], "1767323045678901234");
+        assert_eq!(
+            (
+                warn["severityNumber"].as_u64(),
+                warn["severityText"].as_str()
+            ),
+            (Some(13), Some("WARN"))
+        );
+        assert_eq!(
+            (
+                info["severityNumber"].as_u64(),
+                info["severityText"].as_str()
+            ),
+            (Some(9), Some("INFO"))
+        );
+        // The body is the record's JSON line, which reads back as the record.
+        let line = warn["body"]["stringValue"].as_str().unwrap();
+        assert_eq!(serde_json::from_str::<Record>(line).unwrap(), records[0]);
+        let attrs: std::collections::HashMap<&str, &Value> = warn["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv["key"].as_str().unwrap(), &kv["value"]))
+            .collect();
+        assert_eq!(
+            attrs["agent_vault.token_id"],
+            &json!({"stringValue": "t\"1"})
+        );
+        assert_eq!(attrs["url.path"], &json!({"stringValue": "/v1/\u{e9}"}));
+        assert_eq!(
+            attrs["http.response.status_code"],
+            &json!({"intValue": "403"})
+        );
+        assert_eq!(
+            attrs["agent_vault.bytes_out"],
+            &json!({"intValue": u64::MAX.to_string()})
+        );
+        assert_eq!(attrs["server.port"], &json!({"intValue": "8443"}));
+        assert_eq!(
+            attrs["agent_vault.reason"],
+            &json!({"stringValue": "not-granted"})
+        );
+        assert_eq!(
+            attrs["agent_vault.secrets"],
+            &json!({"arrayValue": {"values": [{"stringValue": "api/token"}, {"stringValue": "api/other"}]}})
+        );
+        assert!(!attrs.contains_key("agent_vault.tunnel"));
+        assert_eq!(attrs.len(), 13);
+        let info_keys = info["attributes"].as_array().unwrap().len();
+        assert_eq!(info_keys, 12, "no reason when the upstream answered");
+        let last = logs[2]["attributes"].as_array().unwrap();
+        assert_eq!(last.len(), 12, "a tunnel, no port: {last:?}");
+        assert_eq!(
+            last[11],
+            json!({"key": "agent_vault.tunnel", "value": {"boolValue": true}})
+        );
     }
 }
