@@ -239,7 +239,10 @@ fn audit_records_reach_an_otlp_receiver_and_rsyslog_over_udp_tcp_and_a_unix_sock
         assert!(!text.contains(&t.token), "a token was exported");
     }
     for sink in ["otlp", "syslog-udp", "syslog-tcp", "syslog-unix"] {
+        // A receiver has the records a moment before the exporter has its
+        // answer and counts them delivered.
         let s = format!("agent_vault_audit_exported_total{{sink=\"{sink}\"}}");
+        wait_until(Duration::from_secs(10), || sample(&r.admin, &s) == Some(4));
         assert_eq!(sample(&r.admin, &s), Some(4), "{sink}");
         let s = format!("agent_vault_audit_export_dropped_total{{sink=\"{sink}\"}}");
         assert_eq!(sample(&r.admin, &s), Some(0), "{sink}");
