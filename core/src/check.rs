@@ -10,6 +10,7 @@ use crate::crypto::{self, Identity};
 use crate::error::Error as VaultError;
 use crate::fsutil;
 use crate::journal::Txn;
+use crate::layout::{self, SecretFile};
 use crate::model::{self, Manifest};
 use crate::names::{AgentName, GroupName, ProposalId, SecretPath};
 use crate::vault::{LOCAL_DIR, Vault};
@@ -319,7 +320,7 @@ fn files(vault: &Vault, manifest: &Manifest, f: &mut Findings) -> Vec<SecretPath
                 }
                 continue;
             }
-            if !found.file(manifest, &parts, &p) {
+            if !found.file(manifest, vault.layout_format(), &parts, &p) {
                 f.push(Warning, "orphan", rel(vault, &p), orphan_reason(&parts));
             }
         }
@@ -390,6 +391,10 @@ fn orphan_reason(parts: &[&str]) -> &'static str {
         "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
     } else if name.ends_with(".key.age.next") {
         "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
+    } else if parts.first() == Some(&"secrets")
+        && (name.ends_with(".age") || name.ends_with(".meta.yaml"))
+    {
+        "not where this vault's layout puts a secret of that name: never read as one"
     } else {
         "a file the manifest does not account for"
     }
@@ -406,7 +411,7 @@ struct Found {
 impl Found {
     /// Whether the file at `p` (by its parts below the vault directory) is
     /// one the manifest accounts for; secrets and metadata are noted.
-    fn file(&mut self, manifest: &Manifest, parts: &[&str], p: &Path) -> bool {
+    fn file(&mut self, manifest: &Manifest, format: u32, parts: &[&str], p: &Path) -> bool {
         let name = parts.last().copied().unwrap_or("");
         match parts {
             ["config.yaml"]
@@ -426,22 +431,25 @@ impl Found {
                 .and_then(|g| g.parse::<GroupName>().ok())
                 .is_some_and(|g| manifest.groups.contains_key(&g)),
             ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
-            ["secrets", _, ..] if name.ends_with(".meta.yaml") => {
-                self.metas.insert(p.to_owned());
-                true
-            }
-            ["secrets", g, rest @ ..] if name.ends_with(".age") => {
-                let joined = rest.join("/");
-                match g.parse::<GroupName>().ok().and_then(|g| {
-                    SecretPath::new(g, joined.strip_suffix(".age").unwrap_or(&joined)).ok()
-                }) {
-                    Some(sp) => {
-                        self.ages.insert(p.to_owned());
-                        self.secrets.push(sp);
-                        true
-                    }
-                    None => false,
+            ["secrets", rest @ ..] => {
+                // Only the place this vault's layout gives the name: a file
+                // in another bucket, or in the other format's layout, is
+                // never read as a secret.
+                let r = rest.join("/");
+                let Some((sp, kind)) = layout::parse(&r) else {
+                    return false;
+                };
+                if layout::rel(format, &sp, kind) != Path::new(&r) {
+                    return false;
                 }
+                match kind {
+                    SecretFile::Meta => self.metas.insert(p.to_owned()),
+                    SecretFile::Value => {
+                        self.secrets.push(sp);
+                        self.ages.insert(p.to_owned())
+                    }
+                };
+                true
             }
             _ => false,
         }

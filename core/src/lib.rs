@@ -29,6 +29,7 @@ pub mod init;
 pub(crate) mod journal;
 pub mod keyring;
 pub mod keystore;
+pub mod layout;
 pub mod live;
 pub mod model;
 pub(crate) mod names;

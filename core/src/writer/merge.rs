@@ -16,6 +16,7 @@ use crate::git::merge::{merge_manifests, read_conflicts, write_conflicts};
 use crate::git::pull::blob_at;
 use crate::git::remote::Upstream;
 use crate::journal::Txn;
+use crate::layout::{self, FANOUT_FORMAT, SecretFile};
 use crate::model::{self, Manifest};
 use crate::names::{GroupName, SecretPath};
 
@@ -177,19 +178,20 @@ fn settle_conflicts(
             .ok()
             .and_then(Path::to_str)
             .map(str::to_owned);
-        if let (Some(inside), Some(_)) = (inside, c.their.as_ref()) {
-            let stem = inside
-                .strip_suffix(".age")
-                .or_else(|| inside.strip_suffix(".meta.yaml"));
-            if let Some(stem) = stem {
-                conflicted_secrets.insert(stem.to_owned());
-            }
+        if let (Some(inside), Some(_)) = (inside, c.their.as_ref())
+            && let Some((secret, kind)) = layout::parse(&inside)
+        {
+            conflicted_secrets.insert((
+                secret.clone(),
+                layout::rel(FANOUT_FORMAT, &secret, kind) == Path::new(&inside),
+            ));
         }
     }
     // A secret's value and metadata go together: both ours.
-    for stem in &conflicted_secrets {
-        for ext in ["age", "meta.yaml"] {
-            let p = rel.join("secrets").join(format!("{stem}.{ext}"));
+    for (secret, fanned) in &conflicted_secrets {
+        let format = if *fanned { FANOUT_FORMAT } else { 1 };
+        for kind in [SecretFile::Value, SecretFile::Meta] {
+            let p = rel.join("secrets").join(layout::rel(format, secret, kind));
             match our_tree.get_path(&p) {
                 Ok(e) => index.add(&git2::IndexEntry {
                     ctime: git2::IndexTime::new(0, 0),
@@ -211,7 +213,10 @@ fn settle_conflicts(
             }
         }
     }
-    Ok(conflicted_secrets)
+    Ok(conflicted_secrets
+        .into_iter()
+        .map(|(secret, _)| secret.to_string())
+        .collect())
 }
 
 /// The secrets whose value differs between the base and the merged tree:
@@ -229,7 +234,10 @@ fn secrets_changed(
         .deltas()
         .filter_map(|d| d.new_file().path())
         .filter_map(|p| p.strip_prefix(&secrets).ok())
-        .filter_map(|p| p.to_str()?.strip_suffix(".age")?.parse().ok())
+        .filter_map(|p| match layout::parse(p.to_str()?)? {
+            (secret, SecretFile::Value) => Some(secret),
+            _ => None,
+        })
         .collect::<BTreeSet<SecretPath>>()
         .into_iter()
         .collect())
