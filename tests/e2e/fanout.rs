@@ -319,3 +319,86 @@ fn kill_9_during_the_move_into_buckets() {
         "no kill landed inside the move ({first_bucket:?}..{moved:?})"
     );
 }
+
+#[test]
+fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
+    use agent_vault_core::crypto::{self, Identity};
+    use agent_vault_core::model::{MetaFields, SecretMeta};
+    let env = Env::new();
+    let url = crate::sync::file_url(&env);
+    crate::sync::team(&env, &url, None);
+    env.set("g/b", b"ours");
+    env.ok(&["sync"]);
+    // The other side (a build from before the move) commits g/c and g/b at
+    // their version 1 places: owner-signed, encrypted to the group.
+    let old = env.tmp.path().join("old");
+    env.git_in(
+        env.tmp.path(),
+        &["clone", "-q", &url, old.to_str().unwrap()],
+    );
+    let owner = Identity::read_file(&env.owner_key()).unwrap();
+    let recipient: crypto::Recipient = group_recipient(&env, "g").parse().unwrap();
+    for (name, value) in [("c", &b"theirs-flat"[..]), ("b", b"theirs-b")] {
+        let ct = crypto::encrypt(&[&recipient], value).unwrap();
+        let t = "2026-01-01T00:00:00Z".parse().unwrap();
+        let fields = MetaFields {
+            created: t,
+            updated: t,
+            expires: None,
+            description: None,
+        };
+        let path = format!("g/{name}").parse().unwrap();
+        let meta = SecretMeta::sign(fields, &owner.signing_key(), &env.vault_id(), &path, &ct, 1);
+        let d = old.join(".agent-vault/secrets/g");
+        std::fs::write(d.join(format!("{name}.age")), ct).unwrap();
+        std::fs::write(
+            d.join(format!("{name}.meta.yaml")),
+            agent_vault_core::model::to_yaml(&meta),
+        )
+        .unwrap();
+    }
+    for args in [
+        &["add", "-A"][..],
+        &["commit", "-qm", "old build"],
+        &["push", "-q"],
+    ] {
+        let out = env.git_in(&old, args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Meanwhile ours moved on: the sync merges.
+    env.set("g/d", b"ours-d");
+    env.ok(&["sync"]);
+    assert!(
+        env.git(&["log", "-1", "--format=%p"]).trim().contains(' '),
+        "not a merge"
+    );
+    assert_eq!(env.get("g/c"), b"theirs-flat");
+    assert_eq!(
+        env.get("g/b"),
+        b"ours",
+        "ours stands where both sides have one"
+    );
+    let head = env.git(&[
+        "ls-tree",
+        "-r",
+        "--name-only",
+        "HEAD",
+        ".agent-vault/secrets/g",
+    ]);
+    assert!(
+        head.lines()
+            .all(|l| l.starts_with(".agent-vault/secrets/g/_")),
+        "{head}"
+    );
+    assert!(head.contains(&secret_file("g", "c", ".age")), "{head}");
+    assert_eq!(env.git(&["status", "--porcelain"]), "");
+    let out = env.run(&["check"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Theirs of g/b is kept for `resolve`, read from its version 1 place.
+    env.ok(&["resolve", "g/b", "--theirs"]);
+    assert_eq!(env.get("g/b"), b"theirs-b");
+}

@@ -54,6 +54,8 @@ impl Writer<'_> {
         let mut index = r.merge_trees(&sides.base, &sides.ours, &sides.theirs, None)?;
         let conflicted_secrets = settle_conflicts(&mut index, &sides.ours, rel)?;
         let (merged_tree, merged_files) = checkout_merged(r, &mut index, up, &sides.ours, rel)?;
+        let mut conflicted_secrets = conflicted_secrets;
+        let merged_files = self.into_buckets(merged_files, &mut conflicted_secrets)?;
         let changed = secrets_changed(r, &sides.base, merged_tree, rel)?;
 
         // The manifest, entry by entry.
@@ -94,6 +96,47 @@ impl Writer<'_> {
         }
         write_conflicts(self.vault, &record)?;
         Ok(conflicted_secrets.into_iter().collect())
+    }
+
+    /// Secrets' files that the merge brought in at their version 1 place
+    /// (set by a build before the move, on the other side) moved into their
+    /// buckets, where this vault's readers look; where ours is already in
+    /// its bucket, ours stands and theirs is recorded as a conflict (for
+    /// `resolve`, which reads either layout). Returns the files to commit,
+    /// both names included.
+    fn into_buckets(
+        &self,
+        files: Vec<String>,
+        conflicted: &mut BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let v = self.vault;
+        if v.layout_format() < FANOUT_FORMAT {
+            return Ok(files);
+        }
+        let fs = v.fs();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            if let Some(inside) = f.strip_prefix("secrets/")
+                && let Some((p, kind)) = layout::parse(inside)
+                && layout::rel(1, &p, kind) == Path::new(inside)
+                && fs.is_file(&v.dir().join(&f)).unwrap_or(false)
+            {
+                let to = v.secret_file_in(FANOUT_FORMAT, &p, kind);
+                if fs.is_file(&to)? {
+                    fs.remove_file(&v.dir().join(&f))?;
+                    conflicted.insert(p.to_string());
+                } else {
+                    fs.create_dir_all(to.parent().unwrap_or(v.dir()), 0o755)?;
+                    fs.rename(&v.dir().join(&f), &to)?;
+                }
+                out.push(format!(
+                    "secrets/{}",
+                    layout::rel(FANOUT_FORMAT, &p, kind).display()
+                ));
+            }
+            out.push(f);
+        }
+        Ok(out)
     }
 
     /// Group keys: a group whose key differs between the sides was rotated
