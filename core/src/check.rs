@@ -391,8 +391,7 @@ fn orphan_reason(parts: &[&str]) -> &'static str {
         "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
     } else if name.ends_with(".key.age.next") {
         "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
-    } else if parts.first() == Some(&"secrets")
-        && (name.ends_with(".age") || name.ends_with(".meta.yaml"))
+    } else if parts.first() == Some(&"secrets") && name.ends_with(".age") | name.ends_with(".yaml")
     {
         "not where this vault's layout puts a secret of that name: never read as one"
     } else {
@@ -431,26 +430,17 @@ impl Found {
                 .and_then(|g| g.parse::<GroupName>().ok())
                 .is_some_and(|g| manifest.groups.contains_key(&g)),
             ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
-            ["secrets", rest @ ..] => {
-                // Only the place this vault's layout gives the name: a file
-                // in another bucket, or in the other format's layout, is
-                // never read as a secret.
-                let r = rest.join("/");
-                let Some((sp, kind)) = layout::parse(&r) else {
-                    return false;
-                };
-                if layout::rel(format, &sp, kind) != Path::new(&r) {
-                    return false;
+            // Only where this vault's layout puts the name (not another
+            // bucket, not the other format's place): never read otherwise.
+            // (Each path is met once: `insert` answers true.)
+            ["secrets", rest @ ..] => match layout::placed(format, &rest.join("/")) {
+                Some((sp, SecretFile::Value)) => {
+                    self.secrets.push(sp);
+                    self.ages.insert(p.to_owned())
                 }
-                match kind {
-                    SecretFile::Meta => self.metas.insert(p.to_owned()),
-                    SecretFile::Value => {
-                        self.secrets.push(sp);
-                        self.ages.insert(p.to_owned())
-                    }
-                };
-                true
-            }
+                Some((_, SecretFile::Meta)) => self.metas.insert(p.to_owned()),
+                None => false,
+            },
             _ => false,
         }
     }

@@ -98,6 +98,12 @@ pub fn parse(rel: &str) -> Option<(SecretPath, SecretFile)> {
     Some((SecretPath::new(g, name).ok()?, file))
 }
 
+/// Like [`parse`], only for a file at the place format `format` gives
+/// its name.
+pub fn placed(format: u32, rel: &str) -> Option<(SecretPath, SecretFile)> {
+    parse(rel).filter(|(p, f)| self::rel(format, p, *f) == std::path::Path::new(rel))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

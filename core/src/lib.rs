@@ -24,6 +24,7 @@ pub mod dotenv;
 pub(crate) mod error;
 pub mod fsutil;
 pub mod git;
+pub(crate) mod git_index;
 pub mod history;
 pub mod init;
 pub(crate) mod journal;

@@ -5,7 +5,6 @@
 //! commit; the index entries of our paths are then updated so `git status`
 //! shows them clean.
 
-mod index;
 pub(crate) mod merge;
 pub(crate) mod pack;
 pub(crate) mod pull;
@@ -264,11 +263,11 @@ impl VaultRepo {
         // A few paths (a `set`, a revoke): spliced into the index's bytes.
         // Many (an import, a migration): libgit2 rewrites it anyway.
         if updates.len() <= PACK_THRESHOLD {
-            let changes: Vec<index::Change<'_>> = updates
+            let changes: Vec<crate::git_index::Change<'_>> = updates
                 .iter()
                 .map(|(rel, e)| (rel.as_str(), e.as_ref().map(|(oid, md)| (*oid, md))))
                 .collect();
-            if index::update(git_dir, &changes)? {
+            if crate::git_index::update(git_dir, &changes)? {
                 return Ok(());
             }
         }

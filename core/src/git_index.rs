@@ -65,30 +65,28 @@ struct Entry<'b> {
     end: usize,
     path: &'b [u8],
     stage: u16,
+    mode: u32,
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The new index's bytes, or `None` if this index is not one we splice.
-fn splice(bytes: &[u8], changes: &[Change<'_>]) -> Option<Vec<u8>> {
-    if bytes.len() < HEADER + HASH || &bytes[..4] != b"DIRC" {
+/// The entries of an index's bytes (without its checksum) and where its
+/// extensions start; `None` for a version or shape we do not read.
+fn parse(body: &[u8]) -> Option<(Vec<Entry<'_>>, usize)> {
+    if body.len() < HEADER || &body[..4] != b"DIRC" {
         return None;
     }
-    let (body, sum) = bytes.split_at(bytes.len() - HASH);
-    if Sha1::digest(body).as_slice() != sum {
-        return None;
-    }
-    let version = be32(bytes, 4)?;
+    let version = be32(body, 4)?;
     if !(2..=3).contains(&version) {
         return None;
     }
-    let count = be32(bytes, 8)? as usize;
-    let mut entries = Vec::with_capacity(count);
+    let count = be32(body, 8)? as usize;
+    let mut entries = Vec::with_capacity(count.min(body.len() / 62));
     let mut at = HEADER;
     for _ in 0..count {
-        let flags = u16::from_be_bytes(bytes.get(at + 60..at + 62)?.try_into().ok()?);
+        let flags = u16::from_be_bytes(body.get(at + 60..at + 62)?.try_into().ok()?);
         let fixed = if flags & 0x4000 != 0 { 64 } else { 62 };
         let name_start = at + fixed;
         let nul = body.get(name_start..)?.iter().position(|&c| c == 0)?;
@@ -101,9 +99,53 @@ fn splice(bytes: &[u8], changes: &[Change<'_>]) -> Option<Vec<u8>> {
             end,
             path: &body[name_start..name_start + nul],
             stage: (flags >> 12) & 3,
+            mode: be32(body, at + 24)?,
         });
         at = end;
     }
+    Some((entries, at))
+}
+
+/// The paths and modes of the index entries under `prefix` (or equal to
+/// it without its trailing `/`), read without libgit2 loading the whole
+/// index; `None` if there is no index this reads (the caller asks
+/// libgit2).
+pub(crate) fn entries_under(git_dir: &Path, prefix: &str) -> Result<Option<Vec<(String, u32)>>> {
+    let path = git_dir.join("index");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let Some((entries, _)) = bytes
+        .len()
+        .checked_sub(HASH)
+        .and_then(|n| parse(&bytes[..n]))
+    else {
+        return Ok(None);
+    };
+    let exact = prefix.trim_end_matches('/').as_bytes();
+    let start = entries.partition_point(|e| e.path < exact);
+    Ok(Some(
+        entries[start..]
+            .iter()
+            .take_while(|e| e.path.starts_with(exact))
+            .filter(|e| e.path == exact || e.path.starts_with(prefix.as_bytes()))
+            .map(|e| (String::from_utf8_lossy(e.path).into_owned(), e.mode))
+            .collect(),
+    ))
+}
+
+/// The new index's bytes, or `None` if this index is not one we splice.
+fn splice(bytes: &[u8], changes: &[Change<'_>]) -> Option<Vec<u8>> {
+    if bytes.len() < HEADER + HASH || &bytes[..4] != b"DIRC" {
+        return None;
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - HASH);
+    if Sha1::digest(body).as_slice() != sum {
+        return None;
+    }
+    let (entries, at) = parse(body)?;
     let extensions = extensions(&body[at..], changes)?;
 
     let mut sorted: Vec<&Change<'_>> = changes.iter().collect();
