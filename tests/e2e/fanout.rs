@@ -324,18 +324,28 @@ fn kill_9_during_the_move_into_buckets() {
 fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
     use agent_vault_core::crypto::{self, Identity};
     use agent_vault_core::model::{MetaFields, SecretMeta};
+    // The shared history is at the version 1 layout.
     let env = Env::new();
-    let url = crate::sync::file_url(&env);
-    crate::sync::team(&env, &url, None);
     env.set("g/b", b"ours");
-    env.ok(&["sync"]);
-    // The other side (a build from before the move) commits g/c and g/b at
-    // their version 1 places: owner-signed, encrypted to the group.
+    to_version_1_layout(&env);
+    // Pushed with git itself: any owner command would migrate first.
+    let url = crate::sync::file_url(&env);
+    let bare = env.tmp.path().join("srv/vault.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    env.git_in(&bare, &["init", "--bare", "-q"]);
+    env.git(&["remote", "add", "origin", &url]);
+    env.git(&["push", "-q", "-u", "origin", "HEAD"]);
     let old = env.tmp.path().join("old");
     env.git_in(
         env.tmp.path(),
         &["clone", "-q", &url, old.to_str().unwrap()],
     );
+    // Ours moves to buckets with its next write.
+    env.set("g/d", b"ours-d");
+    assert_eq!(config_format(&env), "format: 2");
+    env.set("g/b", b"ours-2");
+    // The other side (a build from before the move) adds g/c and changes
+    // g/b at their version 1 places: owner-signed, encrypted to the group.
     let owner = Identity::read_file(&env.owner_key()).unwrap();
     let recipient: crypto::Recipient = group_recipient(&env, "g").parse().unwrap();
     for (name, value) in [("c", &b"theirs-flat"[..]), ("b", b"theirs-b")] {
@@ -365,8 +375,6 @@ fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
         let out = env.git_in(&old, args);
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    // Meanwhile ours moved on: the sync merges.
-    env.set("g/d", b"ours-d");
     env.ok(&["sync"]);
     assert!(
         env.git(&["log", "-1", "--format=%p"]).trim().contains(' '),
@@ -375,8 +383,8 @@ fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
     assert_eq!(env.get("g/c"), b"theirs-flat");
     assert_eq!(
         env.get("g/b"),
-        b"ours",
-        "ours stands where both sides have one"
+        b"ours-2",
+        "ours stands where both sides changed it"
     );
     let head = env.git(&[
         "ls-tree",
