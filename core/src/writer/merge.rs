@@ -55,7 +55,7 @@ impl Writer<'_> {
         let conflicted_secrets = settle_conflicts(&mut index, &sides.ours, rel)?;
         let (merged_tree, merged_files) = checkout_merged(r, &mut index, up, &sides.ours, rel)?;
         let mut conflicted_secrets = conflicted_secrets;
-        let merged_files = self.into_buckets(merged_files, &mut conflicted_secrets)?;
+        let merged_files = self.move_into_buckets(merged_files, &mut conflicted_secrets)?;
         let changed = secrets_changed(r, &sides.base, merged_tree, rel)?;
 
         // The manifest, entry by entry.
@@ -104,7 +104,7 @@ impl Writer<'_> {
     /// its bucket, ours stands and theirs is recorded as a conflict (for
     /// `resolve`, which reads either layout). Returns the files to commit,
     /// both names included.
-    fn into_buckets(
+    fn move_into_buckets(
         &self,
         files: Vec<String>,
         conflicted: &mut BTreeSet<String>,

@@ -114,7 +114,7 @@ impl Writer<'_> {
             let tree = r.find_commit(Oid::from_str(&commit)?)?.tree()?;
             // Their commit may predate the move to buckets: either layout.
             let file = |f| {
-                crate::layout::rels_any(&path, f)
+                crate::layout::rels_any(path, f)
                     .iter()
                     .find_map(|p| blob_at(r, &tree, &rel.join("secrets").join(p)))
             };
