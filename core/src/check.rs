@@ -10,6 +10,7 @@ use crate::crypto::{self, Identity};
 use crate::error::Error as VaultError;
 use crate::fsutil;
 use crate::journal::Txn;
+use crate::layout::{self, SecretFile};
 use crate::model::{self, Manifest};
 use crate::names::{AgentName, GroupName, ProposalId, SecretPath};
 use crate::vault::{LOCAL_DIR, Vault};
@@ -319,7 +320,7 @@ fn files(vault: &Vault, manifest: &Manifest, f: &mut Findings) -> Vec<SecretPath
                 }
                 continue;
             }
-            if !found.file(manifest, &parts, &p) {
+            if !found.file(manifest, vault.layout_format(), &parts, &p) {
                 f.push(Warning, "orphan", rel(vault, &p), orphan_reason(&parts));
             }
         }
@@ -390,6 +391,9 @@ fn orphan_reason(parts: &[&str]) -> &'static str {
         "an unfinished write left by an interrupted command; `agent-vault repair` removes it"
     } else if name.ends_with(".key.age.next") {
         "a rotated group key of an interrupted operation; `agent-vault repair` settles it"
+    } else if parts.first() == Some(&"secrets") && name.ends_with(".age") | name.ends_with(".yaml")
+    {
+        "not where this vault's layout puts a secret of that name: never read as one"
     } else {
         "a file the manifest does not account for"
     }
@@ -406,7 +410,7 @@ struct Found {
 impl Found {
     /// Whether the file at `p` (by its parts below the vault directory) is
     /// one the manifest accounts for; secrets and metadata are noted.
-    fn file(&mut self, manifest: &Manifest, parts: &[&str], p: &Path) -> bool {
+    fn file(&mut self, manifest: &Manifest, format: u32, parts: &[&str], p: &Path) -> bool {
         let name = parts.last().copied().unwrap_or("");
         match parts {
             ["config.yaml"]
@@ -426,23 +430,17 @@ impl Found {
                 .and_then(|g| g.parse::<GroupName>().ok())
                 .is_some_and(|g| manifest.groups.contains_key(&g)),
             ["secrets", _, ..] if name.starts_with(fsutil::TEMP_PREFIX) => false,
-            ["secrets", _, ..] if name.ends_with(".meta.yaml") => {
-                self.metas.insert(p.to_owned());
-                true
-            }
-            ["secrets", g, rest @ ..] if name.ends_with(".age") => {
-                let joined = rest.join("/");
-                match g.parse::<GroupName>().ok().and_then(|g| {
-                    SecretPath::new(g, joined.strip_suffix(".age").unwrap_or(&joined)).ok()
-                }) {
-                    Some(sp) => {
-                        self.ages.insert(p.to_owned());
-                        self.secrets.push(sp);
-                        true
-                    }
-                    None => false,
+            // Only where this vault's layout puts the name (not another
+            // bucket, not the other format's place): never read otherwise.
+            // (Each path is met once: `insert` answers true.)
+            ["secrets", rest @ ..] => match layout::placed(format, &rest.join("/")) {
+                Some((sp, SecretFile::Value)) => {
+                    self.secrets.push(sp);
+                    self.ages.insert(p.to_owned())
                 }
-            }
+                Some((_, SecretFile::Meta)) => self.metas.insert(p.to_owned()),
+                None => false,
+            },
             _ => false,
         }
     }

@@ -9,6 +9,7 @@ use git2::{Oid, Repository, Sort, Tree};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::layout::{self, SecretFile};
 use crate::model::{self, Manifest, Mode, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
 use crate::vault::Vault;
@@ -91,27 +92,26 @@ impl History {
 /// The commits that changed the vault (or only `path`), newest first.
 pub fn log(vault: &Vault, path: Option<&SecretPath>) -> Result<Vec<LogEntry>> {
     let h = History::open(vault)?;
-    let files: Vec<std::path::PathBuf> = match path {
-        Some(p) => vec![
-            Path::new("secrets")
-                .join(p.group().as_str())
-                .join(format!("{}.age", p.name())),
-            Path::new("secrets")
-                .join(p.group().as_str())
-                .join(format!("{}.meta.yaml", p.name())),
-        ],
-        None => vec![std::path::PathBuf::new()],
+    // Each file in either layout: the migration that moved it is no change.
+    let files: Vec<[std::path::PathBuf; 2]> = match path {
+        Some(p) => [SecretFile::Value, SecretFile::Meta]
+            .map(|f| layout::rels_any(p, f).map(|r| Path::new("secrets").join(r)))
+            .into(),
+        None => vec![[std::path::PathBuf::new(), std::path::PathBuf::new()]],
+    };
+    let ids = |tree: &git2::Tree<'_>| -> Vec<Option<Oid>> {
+        files
+            .iter()
+            .map(|[a, b]| h.entry_id(tree, a).or_else(|| h.entry_id(tree, b)))
+            .collect()
     };
     let mut out = Vec::new();
     for oid in h.commits()? {
         let c = h.repo.find_commit(oid)?;
         let tree = c.tree()?;
-        let now: Vec<Option<Oid>> = files.iter().map(|f| h.entry_id(&tree, f)).collect();
+        let now = ids(&tree);
         let before: Vec<Option<Oid>> = match c.parents().next() {
-            Some(p) => {
-                let pt = p.tree()?;
-                files.iter().map(|f| h.entry_id(&pt, f)).collect()
-            }
+            Some(p) => ids(&p.tree()?),
             None => vec![None; files.len()],
         };
         if now == before {
@@ -202,10 +202,10 @@ pub fn exposure(vault: &Vault, agent: &AgentName) -> Result<Vec<Exposed>> {
                     h.repo
                         .find_tree(gid)?
                         .walk(git2::TreeWalkMode::PreOrder, |dir, e| {
-                            if let Some(name) =
-                                e.name().ok().and_then(|n| n.strip_suffix(".meta.yaml"))
+                            if let Some(n) = e.name().ok().filter(|n| n.ends_with(".meta.yaml"))
+                                && let Some((p, _)) = layout::parse(&format!("{g}/{dir}{n}"))
                             {
-                                metas.push((format!("{g}/{dir}{name}"), e.id()));
+                                metas.push((p.to_string(), e.id()));
                             }
                             git2::TreeWalkResult::Ok
                         })?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto::Identity;
 use crate::error::{Error, Result};
 use crate::keystore::{KeyStore, TrustPins};
+use crate::layout::{self, SecretFile};
 use crate::model::{self, Config, Manifest, ManifestSig, SecretMeta};
 use crate::names::{AgentName, GroupName, SecretPath};
 use crate::vfs::{Kind, VaultFs};
@@ -39,6 +40,28 @@ pub struct Vault {
     dir: PathBuf,
     config: Config,
     keys: KeyStore,
+    /// The format whose layout the secrets' files are in: the config's,
+    /// until a migration in this process moves them.
+    layout: LayoutFormat,
+}
+
+/// A format number that a migration may advance through a shared `&Vault`.
+#[derive(Debug, Default)]
+struct LayoutFormat(std::sync::atomic::AtomicU32);
+
+impl Clone for LayoutFormat {
+    fn clone(&self) -> Self {
+        LayoutFormat(self.get().into())
+    }
+}
+
+impl LayoutFormat {
+    fn new(format: u32) -> Self {
+        LayoutFormat(format.into())
+    }
+    fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Who a key belongs to.
@@ -94,6 +117,7 @@ impl Vault {
         let vault = Vault {
             root,
             dir,
+            layout: LayoutFormat::new(config.format),
             config,
             keys,
         };
@@ -105,6 +129,7 @@ impl Vault {
         Vault {
             dir: root.join(VAULT_DIR),
             root,
+            layout: LayoutFormat::new(config.format),
             config,
             keys,
         }
@@ -159,12 +184,25 @@ impl Vault {
     pub(crate) fn group_dir(&self, g: &GroupName) -> PathBuf {
         self.dir.join("secrets").join(g.as_str())
     }
+    /// The format whose layout the secrets' files are in now.
+    pub(crate) fn layout_format(&self) -> u32 {
+        self.layout.get()
+    }
+    /// Marks the secrets' files as moved to `format`'s layout.
+    pub(crate) fn set_layout_format(&self, format: u32) {
+        self.layout
+            .0
+            .store(format, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// One of a secret's files in the layout of `format`.
+    pub(crate) fn secret_file_in(&self, format: u32, p: &SecretPath, f: SecretFile) -> PathBuf {
+        self.dir.join("secrets").join(layout::rel(format, p, f))
+    }
     pub(crate) fn secret_age_path(&self, p: &SecretPath) -> PathBuf {
-        self.group_dir(p.group()).join(format!("{}.age", p.name()))
+        self.secret_file_in(self.layout_format(), p, SecretFile::Value)
     }
     pub(crate) fn secret_meta_path(&self, p: &SecretPath) -> PathBuf {
-        self.group_dir(p.group())
-            .join(format!("{}.meta.yaml", p.name()))
+        self.secret_file_in(self.layout_format(), p, SecretFile::Meta)
     }
     pub(crate) fn agent_dir(&self, a: &AgentName) -> PathBuf {
         self.dir.join("agents").join(a.as_str())
@@ -415,6 +453,7 @@ impl Vault {
             }
         };
         let mut out = Vec::new();
+        let format = self.layout_format();
         for g in groups {
             let base = self.group_dir(&g);
             let mut stack = vec![(base.clone(), String::new())];
@@ -427,12 +466,16 @@ impl Vault {
                     let Some(name) = name.to_str() else {
                         continue;
                     };
+                    let rel = format!("{g}/{prefix}{name}");
                     if t == EntryType::Dir {
                         stack.push((dir.join(name), format!("{prefix}{name}/")));
-                    } else if let Some(stem) = name.strip_suffix(".age")
-                        && let Ok(p) = SecretPath::new(g.clone(), &format!("{prefix}{stem}"))
+                    } else if let Some((p, SecretFile::Value)) = layout::parse(&rel)
+                        && layout::rel(format, &p, SecretFile::Value) == Path::new(&rel)
                     {
-                        // A link or special file is listed: reading it is refused, naming it.
+                        // Only this layout's place for the name: a file in
+                        // another bucket or layout is no secret (`check`
+                        // reports it). A link or special file is listed:
+                        // reading it is refused, naming it.
                         out.push(p);
                     }
                 }

@@ -77,7 +77,10 @@ fn commits_name_the_operation_and_only_vault_files() {
     assert!(log.starts_with("agent-vault: set stripe/api-key"), "{log}");
     let files = env.git(&["show", "--name-only", "--format=", "HEAD"]);
     assert!(!files.contains("notes.txt"), "{files}");
-    assert!(files.contains(".agent-vault/secrets/stripe/api-key.age"));
+    assert!(files.contains(&format!(
+        ".agent-vault/{}",
+        secret_file("stripe", "api-key", ".age")
+    )));
     // Still staged, still there.
     let status = env.git(&["status", "--porcelain"]);
     assert!(status.contains("A  notes.txt"), "{status}");

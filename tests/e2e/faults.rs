@@ -14,7 +14,10 @@ fn truncated_or_corrupted_files_fail_clearly_and_lose_nothing() {
     let env = Env::new();
     env.set("g/a", b"AAAA");
     env.set("g/b", b"BBBB");
-    let a = env.vault.join(".agent-vault/secrets/g/a.age");
+    let a = env
+        .vault
+        .join(".agent-vault")
+        .join(secret_file("g", "a", ".age"));
     let bytes = std::fs::read(&a).unwrap();
     std::fs::write(&a, &bytes[..bytes.len() / 2]).unwrap();
     let err = env.fail(&["get", "g/a"]);
@@ -32,7 +35,11 @@ fn truncated_or_corrupted_files_fail_clearly_and_lose_nothing() {
     );
     // The other secret is fine; the damaged one comes back from git history.
     assert_eq!(env.get("g/b"), b"BBBB");
-    env.git(&["checkout", "--", ".agent-vault/secrets/g/a.age"]);
+    env.git(&[
+        "checkout",
+        "--",
+        &format!(".agent-vault/{}", secret_file("g", "a", ".age")),
+    ]);
     assert_eq!(env.get("g/a"), b"AAAA");
     // Corrupted bytes inside the payload.
     let mut bad = bytes.clone();
@@ -42,7 +49,13 @@ fn truncated_or_corrupted_files_fail_clearly_and_lose_nothing() {
     assert!(env.fail(&["get", "g/a"]).contains("g/a"));
     // Malformed metadata.
     std::fs::write(&a, &bytes).unwrap();
-    std::fs::write(env.vault.join(".agent-vault/secrets/g/a.meta.yaml"), "{{{{").unwrap();
+    std::fs::write(
+        env.vault
+            .join(".agent-vault")
+            .join(secret_file("g", "a", ".meta.yaml")),
+        "{{{{",
+    )
+    .unwrap();
     assert!(env.fail(&["get", "g/a"]).contains("metadata"));
     // A group key file cut short.
     let gk = env.vault.join(".agent-vault/groups/g.key.age");
@@ -101,7 +114,10 @@ fn secret_replaced_by_non_owner_is_refused() {
     // Anyone can encrypt to the group's public recipient.
     let recipient: crypto::Recipient = group_recipient(&env, "stripe").parse().unwrap();
     let forged = crypto::encrypt(&[&recipient], b"attacker-value").unwrap();
-    let age = env.vault.join(".agent-vault/secrets/stripe/key.age");
+    let age = env
+        .vault
+        .join(".agent-vault")
+        .join(secret_file("stripe", "key", ".age"));
     std::fs::write(&age, &forged).unwrap();
     let err = env.fail(&["get", "stripe/key"]);
     assert!(
@@ -109,7 +125,10 @@ fn secret_replaced_by_non_owner_is_refused() {
         "{err}"
     );
     // Fixing up the hash in the metadata does not help: the signature fails.
-    let meta_path = env.vault.join(".agent-vault/secrets/stripe/key.meta.yaml");
+    let meta_path = env
+        .vault
+        .join(".agent-vault")
+        .join(secret_file("stripe", "key", ".meta.yaml"));
     let meta = std::fs::read_to_string(&meta_path).unwrap();
     let fixed: String = meta
         .lines()
@@ -182,9 +201,16 @@ fn eight_concurrent_sets_all_land() {
 pub fn owner_can_decrypt_everything(env: &Env, expect: &BTreeMap<String, Vec<Vec<u8>>>) {
     let owner = Identity::read_file(&env.owner_key()).unwrap();
     let root = env.vault.join(".agent-vault");
+    // Where the config on disk tells readers to look, at this instant.
+    let config = std::fs::read_to_string(root.join("config.yaml")).unwrap();
+    let flat = config.lines().any(|l| l.trim() == "format: 1");
     for (path, allowed) in expect {
         let (group, name) = path.split_once('/').unwrap();
-        let age = root.join("secrets").join(group).join(format!("{name}.age"));
+        let age = if flat {
+            root.join("secrets").join(group).join(format!("{name}.age"))
+        } else {
+            root.join(secret_file(group, name, ".age"))
+        };
         let Ok(ct) = std::fs::read(&age) else {
             // Only a secret an interrupted import had not yet written may be absent.
             assert!(allowed.iter().any(Vec::is_empty), "{path} is missing");
@@ -421,7 +447,10 @@ fn a_long_lived_reader_still_refuses_a_file_changed_under_it() {
     assert_eq!(reader.get(&p).unwrap().expose_secret().as_slice(), b"real");
     // Someone re-encrypts the file to the group's public recipient.
     let recipient: crypto::Recipient = group_recipient(&env, "g").parse().unwrap();
-    let age = env.vault.join(".agent-vault/secrets/g/a.age");
+    let age = env
+        .vault
+        .join(".agent-vault")
+        .join(secret_file("g", "a", ".age"));
     let original = std::fs::read(&age).unwrap();
     std::fs::write(&age, crypto::encrypt(&[&recipient], b"forged").unwrap()).unwrap();
     assert!(reader.get(&p).is_err());

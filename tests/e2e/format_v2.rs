@@ -178,13 +178,14 @@ fn a_version_1_vault_is_read_as_it_is_then_moved_by_the_first_owner_write() {
     assert_eq!(age_recipe(&env, "app/new"), b"after-lazy-revoke");
 }
 
-/// The documented recovery with nothing but the `age` CLI.
+/// The documented recovery with nothing but the `age` CLI (the shell's
+/// `_*` finds the secret's bucket).
 fn age_recipe(env: &Env, path: &str) -> Vec<u8> {
     assert!(have("age"), "the `age` CLI is needed (apt-get install age)");
     let (group, name) = path.split_once('/').unwrap();
     let d = env.vault.join(".agent-vault");
     let script = format!(
-        "age -d -i <(age -d -i '{}' '{}/groups/{group}.key.age') '{}/secrets/{group}/{name}.age'",
+        "age -d -i <(age -d -i '{}' '{}/groups/{group}.key.age') '{}/secrets/{group}/'_*/{name}.age",
         env.owner_key().display(),
         d.display(),
         d.display()
@@ -211,9 +212,8 @@ fn opens(ring: &Keyring, env: &Env, path: &str) -> bool {
     let (group, name) = path.split_once('/').unwrap();
     let f = env
         .vault
-        .join(".agent-vault/secrets")
-        .join(group)
-        .join(format!("{name}.age"));
+        .join(".agent-vault")
+        .join(secret_file(group, name, ".age"));
     crypto::decrypt(&ring.all(), &std::fs::read(&f).unwrap(), &f).is_ok()
 }
 

@@ -233,3 +233,13 @@ pub fn node_modules() -> PathBuf {
     );
     modules
 }
+
+/// Where format 2 keeps a secret's file, relative to `.agent-vault/`:
+/// `secrets/<group>/_<xx>/<name><suffix>`, `xx` the first byte of the
+/// name's SHA-256 in hex. Computed here on its own (not by core) so that
+/// the documented recipe is what the tests check.
+pub fn secret_file(group: &str, name: &str, suffix: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    format!("secrets/{group}/_{:02x}/{name}{suffix}", h[0])
+}

@@ -403,7 +403,9 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
     assert!(stderr(&check).contains("expired") || all_output(&check).contains("expired"));
 
     // Hide the expiry, and plant escape sequences in a description.
-    let old = t.attacker_vault().join("secrets/app/old.meta.yaml");
+    let old = t
+        .attacker_vault()
+        .join(secret_file("app", "old", ".meta.yaml"));
     let meta = std::fs::read_to_string(&old).unwrap();
     let hidden: String = meta
         .lines()
@@ -411,7 +413,9 @@ fn issue10_edited_metadata_is_refused_and_printed_safely() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&old, hidden).unwrap();
-    let tok = t.attacker_vault().join("secrets/app/token.meta.yaml");
+    let tok = t
+        .attacker_vault()
+        .join(secret_file("app", "token", ".meta.yaml"));
     let meta = std::fs::read_to_string(&tok).unwrap();
     std::fs::write(
         &tok,

@@ -426,10 +426,13 @@ fn group_directory_linked_outside_is_refused() {
 fn config_and_metadata_linked_to_a_key_never_reach_output() {
     let s = Scene::new();
     let key = s.env.owner_key();
-    s.attack(|v| symlink(&key, &v.join("secrets/g/one.meta.yaml")));
-    s.sync_refuses(".agent-vault/secrets/g/one.meta.yaml");
+    s.attack(|v| symlink(&key, &v.join(secret_file("g", "one", ".meta.yaml"))));
+    s.sync_refuses(&format!(
+        ".agent-vault/{}",
+        secret_file("g", "one", ".meta.yaml")
+    ));
     let before = s.git_pull();
-    let meta = ".agent-vault/secrets/g/one.meta.yaml";
+    let meta = &format!(".agent-vault/{}", secret_file("g", "one", ".meta.yaml"));
     s.refuses(&["get", "g/one"], meta);
     // `list` reports the file it cannot read, by name.
     let out = s.run(&["list", "--json"]);
@@ -452,10 +455,13 @@ fn config_and_metadata_linked_to_a_key_never_reach_output() {
     s.check_passes();
 
     s.attack(|v| {
-        std::fs::remove_file(v.join("secrets/g/one.meta.yaml")).unwrap();
+        std::fs::remove_file(v.join(secret_file("g", "one", ".meta.yaml"))).unwrap();
         std::fs::copy(
-            s.env.vault.join(".agent-vault/secrets/g/one.meta.yaml"),
-            v.join("secrets/g/one.meta.yaml"),
+            s.env
+                .vault
+                .join(".agent-vault")
+                .join(secret_file("g", "one", ".meta.yaml")),
+            v.join(secret_file("g", "one", ".meta.yaml")),
         )
         .unwrap();
         symlink(&key, &v.join("config.yaml"));
@@ -481,7 +487,7 @@ fn fifos_and_dev_zero_do_not_hang_or_exhaust() {
     let s = Scene::new();
     // git cannot carry a FIFO: made in the working tree.
     let vault = s.env.vault.join(".agent-vault");
-    for rel in ["groups/g.key.age", "secrets/g/one.age"] {
+    for rel in ["groups/g.key.age", &secret_file("g", "one", ".age")] {
         let p = vault.join(rel);
         let saved = std::fs::read(&p).unwrap();
         std::fs::remove_file(&p).unwrap();
@@ -504,11 +510,19 @@ fn fifos_and_dev_zero_do_not_hang_or_exhaust() {
         s.check_passes();
     }
     // A link to /dev/zero comes through git.
-    s.attack(|v| symlink(Path::new("/dev/zero"), &v.join("secrets/g/one.age")));
-    s.sync_refuses(".agent-vault/secrets/g/one.age");
+    s.attack(|v| {
+        symlink(
+            Path::new("/dev/zero"),
+            &v.join(secret_file("g", "one", ".age")),
+        )
+    });
+    s.sync_refuses(&format!(".agent-vault/{}", secret_file("g", "one", ".age")));
     let before = s.git_pull();
-    s.refuses(&["get", "g/one"], ".agent-vault/secrets/g/one.age");
-    s.check_reports("unsafe-file", "secrets/g/one.age");
+    s.refuses(
+        &["get", "g/one"],
+        &format!(".agent-vault/{}", secret_file("g", "one", ".age")),
+    );
+    s.check_reports("unsafe-file", &secret_file("g", "one", ".age"));
     s.reset_to(&before);
     s.check_passes();
 }
@@ -521,10 +535,12 @@ fn planted_unsigned_secret_does_not_stop_revoke() {
         // A value encrypted to the group's public recipient, with metadata
         // copied from a real secret: no owner signed it.
         let ct = age_encrypt(&recipient, b"planted");
-        std::fs::write(v.join("secrets/g/planted.age"), ct).unwrap();
+        let planted = v.join(secret_file("g", "planted", ".age"));
+        std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+        std::fs::write(planted, ct).unwrap();
         std::fs::copy(
-            v.join("secrets/g/one.meta.yaml"),
-            v.join("secrets/g/planted.meta.yaml"),
+            v.join(secret_file("g", "one", ".meta.yaml")),
+            v.join(secret_file("g", "planted", ".meta.yaml")),
         )
         .unwrap();
     });
@@ -560,8 +576,8 @@ fn planted_unsigned_secret_does_not_stop_revoke() {
     s.env.git(&[
         "rm",
         "-q",
-        ".agent-vault/secrets/g/planted.age",
-        ".agent-vault/secrets/g/planted.meta.yaml",
+        &format!(".agent-vault/{}", secret_file("g", "planted", ".age")),
+        &format!(".agent-vault/{}", secret_file("g", "planted", ".meta.yaml")),
     ]);
     s.env
         .git(&["commit", "-q", "-m", "remove the planted secret"]);

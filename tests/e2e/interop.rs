@@ -27,7 +27,7 @@ fn age_cli_recovers_secrets_with_the_two_step_command() {
     env.set("stripe/api-key", &value);
     let d = env.vault.join(".agent-vault");
     let script = format!(
-        "age -d -i <(age -d -i '{}' '{}/groups/stripe.key.age') '{}/secrets/stripe/api-key.age'",
+        "age -d -i <(age -d -i '{}' '{}/groups/stripe.key.age') '{}/secrets/stripe/'_*/api-key.age",
         env.owner_key().display(),
         d.display(),
         d.display()
@@ -62,12 +62,14 @@ fn agent_vault_reads_what_the_age_cli_encrypted() {
     let recipient = group_recipient(&env, "g");
     let owner = Identity::read_file(&env.owner_key()).unwrap();
     let vault_id = env.vault_id();
-    let secrets = env.vault.join(".agent-vault/secrets/g");
+    let d = env.vault.join(".agent-vault");
     let value: &[u8] = b"\x00binary\xffvalue\n";
     let plain = env.tmp.path().join("plain");
     std::fs::write(&plain, value).unwrap();
     for (name, armor) in [("binary", false), ("armored", true)] {
-        let age_file = secrets.join(format!("{name}.age"));
+        // Where the README says an owner puts it: the name's bucket.
+        let age_file = d.join(secret_file("g", name, ".age"));
+        std::fs::create_dir_all(age_file.parent().unwrap()).unwrap();
         let mut c = Command::new("age");
         c.args(["-r", &recipient, "-o"]).arg(&age_file);
         if armor {
@@ -100,7 +102,7 @@ fn agent_vault_reads_what_the_age_cli_encrypted() {
             1,
         );
         std::fs::write(
-            secrets.join(format!("{name}.meta.yaml")),
+            d.join(secret_file("g", name, ".meta.yaml")),
             serde_yaml_meta(&meta),
         )
         .unwrap();

@@ -11,6 +11,7 @@ mod audit_log;
 mod basics;
 mod broker;
 mod demo_isolated;
+mod fanout;
 mod faults;
 mod fleet;
 mod fleet_audit;

@@ -574,7 +574,7 @@ fn oauth_readers_refuse_a_broker_signed_value() {
     let forged =
         agent_vault_core::crypto::encrypt(&[&recipient.parse().unwrap()], b"broker-chosen-value")
             .unwrap();
-    let meta_path = vault.join("secrets/api/static.meta.yaml");
+    let meta_path = vault.join(secret_file("api", "static", ".meta.yaml"));
     let meta = std::fs::read_to_string(&meta_path).unwrap();
     let field = |k: &str| {
         meta.lines()
@@ -602,7 +602,7 @@ fn oauth_readers_refuse_a_broker_signed_value() {
         field("updated"),
         key.public()
     );
-    std::fs::write(vault.join("secrets/api/static.age"), &forged).unwrap();
+    std::fs::write(vault.join(secret_file("api", "static", ".age")), &forged).unwrap();
     std::fs::write(&meta_path, forged_meta).unwrap();
     let out = s.env.run(&["get", "api/static"], b"");
     assert!(!out.status.success());

@@ -189,7 +189,7 @@ impl VaultRepo {
             }
         }
         drop(t);
-        // The index (the user's, rewritten whole by libgit2) and the new tree
+        // The index (the user's, spliced in place or rewritten by libgit2) and the new tree
         // are independent: build them on both cores at once.
         let git_dir = self.repo.path().to_owned();
         std::thread::scope(|scope| {
@@ -261,6 +261,17 @@ impl VaultRepo {
     fn update_index(git_dir: &Path, updates: &[IndexUpdate]) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let _t = crate::trace::phase("git: index");
+        // A few paths (a `set`, a revoke): spliced into the index's bytes.
+        // Many (an import, a migration): libgit2 rewrites it anyway.
+        if updates.len() <= PACK_THRESHOLD {
+            let changes: Vec<crate::git_index::Change<'_>> = updates
+                .iter()
+                .map(|(rel, e)| (rel.as_str(), e.as_ref().map(|(oid, md)| (*oid, md))))
+                .collect();
+            if crate::git_index::update(git_dir, &changes)? {
+                return Ok(());
+            }
+        }
         let repo = Repository::open(git_dir)?;
         let mut index = repo.index()?;
         for (rel, entry) in updates {

@@ -12,8 +12,8 @@ use git2::{Oid, Repository, Tree, build::CheckoutBuilder};
 use crate::error::{Error, Result};
 use crate::git::VaultRepo;
 use crate::git::remote::{self, Upstream};
+use crate::layout::{FANOUT_FORMAT, SecretFile};
 use crate::model::{self, SecretMeta};
-use crate::names::SecretPath;
 use crate::vault::Vault;
 
 /// What a pull did.
@@ -153,31 +153,31 @@ pub(crate) fn verify_incoming(
     let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
     let mut changed = BTreeSet::new();
     for d in diff.deltas() {
+        // Either layout; a file where no secret of its name belongs is
+        // never read as one, so it needs no signature here (`check` names it).
         if let Some(p) = d.new_file().path().and_then(Path::to_str)
             && d.new_file().exists()
-            && let Some(stem) = p
-                .strip_suffix(".age")
-                .or_else(|| p.strip_suffix(".meta.yaml"))
+            && let Some((path, kind)) = crate::layout::parse(p)
         {
-            changed.insert(stem.to_owned());
+            let format = if crate::layout::rel(FANOUT_FORMAT, &path, kind) == Path::new(p) {
+                FANOUT_FORMAT
+            } else {
+                1
+            };
+            changed.insert((path, format));
         }
     }
     let bar = crate::progress::Task::begin("verifying incoming secrets", changed.len());
-    for stem in changed {
+    for (path, format) in changed {
         bar.step();
-        let Some((g, name)) = stem.split_once('/') else {
-            continue;
-        };
-        let Ok(path) = SecretPath::new(g.parse()?, name) else {
-            continue;
-        };
+        let file = |f| crate::layout::rel(format, &path, f);
         let fail = |reason: &str| Error::UnsignedSecret {
             path: path.to_string(),
             reason: format!("in the incoming commit: {reason}"),
         };
-        let ct = blob_at(repo, &new_tree, Path::new(&format!("{stem}.age")))
+        let ct = blob_at(repo, &new_tree, &file(SecretFile::Value))
             .ok_or_else(|| fail("metadata without a value"))?;
-        let meta: SecretMeta = blob_at(repo, &new_tree, Path::new(&format!("{stem}.meta.yaml")))
+        let meta: SecretMeta = blob_at(repo, &new_tree, &file(SecretFile::Meta))
             .and_then(|b| model::parse_yaml(Path::new("meta"), &b).ok())
             .ok_or_else(|| fail("missing or malformed metadata"))?;
         let generations = manifest

@@ -2,7 +2,6 @@
 //! (which must be nothing) and gitlinks in the vault.
 
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -40,13 +39,10 @@ pub fn tracked_local(vault_dir: &Path) -> Result<Vec<String>> {
     let Some(prefix) = local.to_str().map(|s| format!("{s}/")) else {
         return Ok(Vec::new());
     };
-    let mut found = BTreeSet::new();
-    let index = repo.index()?;
-    for e in index.iter() {
-        if e.path.starts_with(prefix.as_bytes()) || e.path == local.as_os_str().as_bytes() {
-            found.insert(String::from_utf8_lossy(&e.path).into_owned());
-        }
-    }
+    let mut found: BTreeSet<String> = index_entries(&repo, &prefix)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     if let Ok(tree) = repo.head().and_then(|h| h.peel_to_tree())
         && let Ok(entry) = tree.get_path(&local)
     {
@@ -80,13 +76,28 @@ pub fn tracked_gitlinks(vault_dir: &Path) -> Result<Vec<String>> {
     let Some(prefix) = rel.to_str().map(|s| format!("{s}/")) else {
         return Ok(Vec::new());
     };
-    let mut found = Vec::new();
-    for e in repo.index()?.iter() {
-        if e.path.starts_with(prefix.as_bytes()) && e.mode & 0o170000 == GITLINK {
-            found.push(String::from_utf8_lossy(&e.path).into_owned());
-        }
+    Ok(index_entries(&repo, &prefix)?
+        .into_iter()
+        .filter(|(p, mode)| p.starts_with(&prefix) && mode & 0o170000 == GITLINK)
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// The index entries (path, mode) under `prefix` or equal to it without
+/// its `/`: read from the index's bytes (every writer asks, and libgit2
+/// would load and hash the whole index of a big vault), or by libgit2 when
+/// the index is of a form only it reads.
+fn index_entries(repo: &git2::Repository, prefix: &str) -> Result<Vec<(String, u32)>> {
+    if let Some(found) = crate::git_index::entries_under(repo.path(), prefix)? {
+        return Ok(found);
     }
-    Ok(found)
+    let exact = prefix.trim_end_matches('/').as_bytes();
+    Ok(repo
+        .index()?
+        .iter()
+        .filter(|e| e.path.starts_with(prefix.as_bytes()) || e.path == exact)
+        .map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.mode))
+        .collect())
 }
 
 /// Refuses, naming the first one, if git tracks anything under `.local/`.

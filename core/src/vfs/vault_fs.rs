@@ -323,6 +323,45 @@ impl<'a> VaultFs<'a> {
         rustix::fs::fsync(&tdir).map_err(|e| io_err(to, e))
     }
 
+    /// Gives the regular file `from` a second name `to` (replacing a file
+    /// there; `to`'s directories are created), without copying it and
+    /// without syncing: a caller moving many files syncs the file system
+    /// once ([`VaultFs::sync_filesystem`]) before relying on them.
+    pub fn link_unsynced(&self, from: &Path, to: &Path) -> Result<()> {
+        let Some((fdir, fname)) = self.parent_of(from, None)? else {
+            return Err(Error::io(from, io::ErrorKind::NotFound.into()));
+        };
+        let st = rustix::fs::statat(&fdir, fname, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err(from, e))?;
+        let t = EntryType::of(FileType::from_raw_mode(st.st_mode));
+        if t != EntryType::File {
+            return Err(refused(from, t.refusal()));
+        }
+        let Some((tdir, tname)) = self.parent_of(to, Some(0o755))? else {
+            return Err(refused(to, "its directory cannot be created"));
+        };
+        check_replaceable(&tdir, tname, to)?;
+        let tmp = temp_name(tname)?;
+        rustix::fs::linkat(&fdir, fname, &tdir, &tmp, AtFlags::empty())
+            .map_err(|e| io_err(to, e))?;
+        rustix::fs::renameat(&tdir, &tmp, &tdir, tname).map_err(|e| {
+            let _ = rustix::fs::unlinkat(&tdir, &tmp, AtFlags::empty());
+            io_err(to, e)
+        })
+    }
+
+    /// Removes the file (or link) at `path` if there is one, without
+    /// syncing its directory (see [`VaultFs::link_unsynced`]).
+    pub fn remove_file_unsynced(&self, path: &Path) -> Result<()> {
+        let Some((dir, name)) = self.parent_of(path, None)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io_err(path, e)),
+        }
+    }
+
     /// The entries of directory `dir` with their types, links not followed,
     /// sorted by name (`None`: no such directory). A link or file at `dir`
     /// itself is refused.

@@ -263,7 +263,12 @@ impl Writer<'_> {
                 .join("history")
                 .join(format!("{group}.json"));
             for name in repo.names_in_history(&dir, Some(&cache))? {
-                let p = format!("{group}/{name}");
+                // Either layout (history spans the migration); a file in a
+                // wrong bucket was never a secret.
+                let Some((p, _)) = crate::layout::parse(&format!("{group}/{name}.age")) else {
+                    continue;
+                };
+                let p = p.to_string();
                 if !cur.contains(&p) {
                     in_history.push(p);
                 }

@@ -16,6 +16,7 @@ use crate::git::merge::{merge_manifests, read_conflicts, write_conflicts};
 use crate::git::pull::blob_at;
 use crate::git::remote::Upstream;
 use crate::journal::Txn;
+use crate::layout::{self, FANOUT_FORMAT, SecretFile};
 use crate::model::{self, Manifest};
 use crate::names::{GroupName, SecretPath};
 
@@ -53,6 +54,8 @@ impl Writer<'_> {
         let mut index = r.merge_trees(&sides.base, &sides.ours, &sides.theirs, None)?;
         let conflicted_secrets = settle_conflicts(&mut index, &sides.ours, rel)?;
         let (merged_tree, merged_files) = checkout_merged(r, &mut index, up, &sides.ours, rel)?;
+        let mut conflicted_secrets = conflicted_secrets;
+        let merged_files = self.move_into_buckets(merged_files, &mut conflicted_secrets)?;
         let changed = secrets_changed(r, &sides.base, merged_tree, rel)?;
 
         // The manifest, entry by entry.
@@ -93,6 +96,47 @@ impl Writer<'_> {
         }
         write_conflicts(self.vault, &record)?;
         Ok(conflicted_secrets.into_iter().collect())
+    }
+
+    /// Secrets' files that the merge brought in at their version 1 place
+    /// (set by a build before the move, on the other side) moved into their
+    /// buckets, where this vault's readers look; where ours is already in
+    /// its bucket, ours stands and theirs is recorded as a conflict (for
+    /// `resolve`, which reads either layout). Returns the files to commit,
+    /// both names included.
+    fn move_into_buckets(
+        &self,
+        files: Vec<String>,
+        conflicted: &mut BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let v = self.vault;
+        if v.layout_format() < FANOUT_FORMAT {
+            return Ok(files);
+        }
+        let fs = v.fs();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            if let Some(inside) = f.strip_prefix("secrets/")
+                && let Some((p, kind)) = layout::parse(inside)
+                && layout::rel(1, &p, kind) == Path::new(inside)
+                && fs.is_file(&v.dir().join(&f)).unwrap_or(false)
+            {
+                let to = v.secret_file_in(FANOUT_FORMAT, &p, kind);
+                if fs.is_file(&to)? {
+                    fs.remove_file(&v.dir().join(&f))?;
+                    conflicted.insert(p.to_string());
+                } else {
+                    fs.create_dir_all(to.parent().unwrap_or(v.dir()), 0o755)?;
+                    fs.rename(&v.dir().join(&f), &to)?;
+                }
+                out.push(format!(
+                    "secrets/{}",
+                    layout::rel(FANOUT_FORMAT, &p, kind).display()
+                ));
+            }
+            out.push(f);
+        }
+        Ok(out)
     }
 
     /// Group keys: a group whose key differs between the sides was rotated
@@ -177,19 +221,20 @@ fn settle_conflicts(
             .ok()
             .and_then(Path::to_str)
             .map(str::to_owned);
-        if let (Some(inside), Some(_)) = (inside, c.their.as_ref()) {
-            let stem = inside
-                .strip_suffix(".age")
-                .or_else(|| inside.strip_suffix(".meta.yaml"));
-            if let Some(stem) = stem {
-                conflicted_secrets.insert(stem.to_owned());
-            }
+        if let (Some(inside), Some(_)) = (inside, c.their.as_ref())
+            && let Some((secret, kind)) = layout::parse(&inside)
+        {
+            conflicted_secrets.insert((
+                secret.clone(),
+                layout::rel(FANOUT_FORMAT, &secret, kind) == Path::new(&inside),
+            ));
         }
     }
     // A secret's value and metadata go together: both ours.
-    for stem in &conflicted_secrets {
-        for ext in ["age", "meta.yaml"] {
-            let p = rel.join("secrets").join(format!("{stem}.{ext}"));
+    for (secret, fanned) in &conflicted_secrets {
+        let format = if *fanned { FANOUT_FORMAT } else { 1 };
+        for kind in [SecretFile::Value, SecretFile::Meta] {
+            let p = rel.join("secrets").join(layout::rel(format, secret, kind));
             match our_tree.get_path(&p) {
                 Ok(e) => index.add(&git2::IndexEntry {
                     ctime: git2::IndexTime::new(0, 0),
@@ -211,7 +256,10 @@ fn settle_conflicts(
             }
         }
     }
-    Ok(conflicted_secrets)
+    Ok(conflicted_secrets
+        .into_iter()
+        .map(|(secret, _)| secret.to_string())
+        .collect())
 }
 
 /// The secrets whose value differs between the base and the merged tree:
@@ -229,7 +277,10 @@ fn secrets_changed(
         .deltas()
         .filter_map(|d| d.new_file().path())
         .filter_map(|p| p.strip_prefix(&secrets).ok())
-        .filter_map(|p| p.to_str()?.strip_suffix(".age")?.parse().ok())
+        .filter_map(|p| match layout::parse(p.to_str()?)? {
+            (secret, SecretFile::Value) => Some(secret),
+            _ => None,
+        })
         .collect::<BTreeSet<SecretPath>>()
         .into_iter()
         .collect())

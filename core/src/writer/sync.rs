@@ -112,18 +112,15 @@ impl Writer<'_> {
             let r = repo.repo();
             let rel = vault_rel(self.vault, &repo)?;
             let tree = r.find_commit(Oid::from_str(&commit)?)?.tree()?;
-            let file = |ext: &str| {
-                blob_at(
-                    r,
-                    &tree,
-                    &rel.join("secrets")
-                        .join(path.group().as_str())
-                        .join(format!("{}.{ext}", path.name())),
-                )
+            // Their commit may predate the move to buckets: either layout.
+            let file = |f| {
+                crate::layout::rels_any(path, f)
+                    .iter()
+                    .find_map(|p| blob_at(r, &tree, &rel.join("secrets").join(p)))
             };
-            let ct =
-                file("age").ok_or_else(|| Error::SecretNotFound(format!("{path} in {commit}")))?;
-            let meta: SecretMeta = file("meta.yaml")
+            let ct = file(crate::layout::SecretFile::Value)
+                .ok_or_else(|| Error::SecretNotFound(format!("{path} in {commit}")))?;
+            let meta: SecretMeta = file(crate::layout::SecretFile::Meta)
                 .and_then(|b| model::parse_yaml(Path::new("meta"), &b).ok())
                 .ok_or_else(|| Error::UnsignedSecret {
                     path: path.to_string(),
