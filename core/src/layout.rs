@@ -43,8 +43,9 @@ impl SecretFile {
 
 /// The bucket directory (`_xx`) of a name within its group.
 pub fn bucket(name: &str) -> String {
-    let h = crate::crypto::sha256_hex(name.as_bytes());
-    format!("_{}", &h[..2])
+    // Only the first byte is needed: no 64-digit hex string per name.
+    use sha2::Digest;
+    format!("_{:02x}", sha2::Sha256::digest(name.as_bytes())[0])
 }
 
 /// Whether `dir` is shaped like a bucket directory (`_` and two lowercase

@@ -57,19 +57,7 @@ pub(crate) fn team() -> Team {
         "--host",
         &host,
     ]);
-    let bare = env.tmp.path().join("srv/vault.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    ok(
-        env.git_in(&bare, &["init", "--bare", "-q"]),
-        "git init --bare",
-    );
-    env.git(&[
-        "remote",
-        "add",
-        "origin",
-        &format!("file://{}", bare.display()),
-    ]);
-    ok(env.run(&["push"], b""), "push");
+    let bare = env.push_to_bare();
     let broker_ca = env.broker_ca();
     let token = env.json(&["token", "issue", "bot", "--ttl", "30m"])["token"]
         .as_str()

@@ -159,6 +159,28 @@ impl Env {
         PathBuf::from(v["key_file"].as_str().expect("key_file"))
     }
 
+    /// A bare repository at `srv/vault.git` (over `file://`) made the
+    /// vault's `origin`, and the vault pushed to it; its path.
+    pub fn push_to_bare(&self) -> PathBuf {
+        let bare = self.tmp.path().join("srv/vault.git");
+        std::fs::create_dir_all(&bare).unwrap();
+        let init = self.git_in(&bare, &["init", "--bare", "-q"]);
+        assert!(init.status.success(), "git init --bare");
+        self.git(&[
+            "remote",
+            "add",
+            "origin",
+            &format!("file://{}", bare.display()),
+        ]);
+        let out = self.run(&["push"], b"");
+        assert!(
+            out.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bare
+    }
+
     pub fn git(&self, args: &[&str]) -> String {
         let out = self.git_out(args);
         assert!(

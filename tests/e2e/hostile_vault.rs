@@ -30,17 +30,8 @@ impl Scene {
         env.set("g/one", b"value-one");
         let bot_key = env.add_agent("bot");
         env.ok(&["grant", "bot", "g"]);
-        let bare = env.tmp.path().join("srv/vault.git");
-        std::fs::create_dir_all(&bare).unwrap();
-        assert!(
-            env.git_in(&bare, &["init", "--bare", "-q"])
-                .status
-                .success()
-        );
+        let bare = env.push_to_bare();
         let url = format!("file://{}", bare.display());
-        env.git(&["remote", "add", "origin", &url]);
-        let out = env.run(&["push"], b"");
-        assert!(out.status.success(), "push: {}", stderr(&out));
         let outside = env.tmp.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         let canary = outside.join("canary.txt");

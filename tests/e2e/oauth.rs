@@ -165,23 +165,27 @@ print(t.json()["refresh_token"])
 
     /// Starts the broker, its standard error into `log`; its port.
     pub(crate) fn broker(&self, log: &Path) -> (Proc, u16) {
+        self.broker_in(None, log, &["--audit", self.audit.to_str().unwrap()])
+    }
+
+    /// Starts a broker in `dir` (a clone; `None`: the vault) with `extra`
+    /// arguments, its standard error into `log`; its port.
+    pub(crate) fn broker_in(&self, dir: Option<&Path>, log: &Path, extra: &[&str]) -> (Proc, u16) {
         let err = std::fs::File::create(log).unwrap();
-        let child = self
-            .env
-            .cmd(&[
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-private-upstreams",
-                "--upstream-ca",
-                self.ca.to_str().unwrap(),
-                "--audit",
-                self.audit.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let mut args = vec![
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-private-upstreams",
+            "--upstream-ca",
+            self.ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = self.env.cmd(&args);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let child = Proc(child);
         let mut port = None;
         wait_until(Duration::from_secs(20), || {

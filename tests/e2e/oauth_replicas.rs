@@ -5,10 +5,9 @@
 //! other: one refresh must win, and the other replica must use what it won.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::broker::{Proc, wait_until};
+use crate::broker::Proc;
 use crate::oauth::{Setup, count, setup};
 
 /// A broker in its own clone of `bare`, following it every 300 ms; its
@@ -21,36 +20,7 @@ fn replica(s: &Setup, bare: &Path, name: &str) -> (Proc, u16) {
     );
     assert!(out.status.success(), "git clone");
     let log = s.env.tmp.path().join(format!("{name}.log"));
-    let err = std::fs::File::create(&log).unwrap();
-    let child = s
-        .env
-        .cmd(&[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-private-upstreams",
-            "--upstream-ca",
-            s.ca.to_str().unwrap(),
-            "--pull-interval",
-            "300ms",
-        ])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let child = Proc(child);
-    let mut port = None;
-    wait_until(Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        port = text
-            .lines()
-            .next()
-            .filter(|l| l.contains("127.0.0.1:"))
-            .and_then(|l| l.trim().rsplit(':').next()?.parse().ok());
-        port.is_some()
-    });
-    (child, port.expect("the replica did not start"))
+    s.broker_in(Some(&dir), &log, &["--pull-interval", "300ms"])
 }
 
 /// The commits of `bare`'s branch, newest first (subjects).
@@ -72,21 +42,7 @@ fn oauth_two_replicas_due_at_once_refresh_once_and_both_use_the_winners_token() 
     s.service();
     // Tokens from now on live an hour: what a replica is given is not due.
     s.control("POST", "/control/ttl/3600");
-    let bare = s.env.tmp.path().join("srv/vault.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    assert!(
-        s.env
-            .git_in(&bare, &["init", "--bare", "-q"])
-            .status
-            .success()
-    );
-    s.env.git(&[
-        "remote",
-        "add",
-        "origin",
-        &format!("file://{}", bare.display()),
-    ]);
-    assert!(s.env.run(&["push"], b"").status.success());
+    let bare = s.env.push_to_bare();
     let (_a, port_a) = replica(&s, &bare, "replica-a");
     let (_b, port_b) = replica(&s, &bare, "replica-b");
     let token = s.token();

@@ -24,6 +24,7 @@ use crate::git::VaultRepo;
 use crate::git::pull::{PullOutcome, pull_fast_forward};
 use crate::git::remote;
 use crate::vault::Vault;
+use crate::vfs::Kind;
 
 /// How many times a state is committed again on a tip that moved.
 const TRIES: usize = 3;
@@ -64,10 +65,12 @@ pub fn publish_state(
                 .map_err(|_| Error::Git(format!("{} is outside the repository", f.display())))
         })
         .collect::<Result<Vec<_>>>()?;
-    // What this replica wrote, to write again on a tip that moved.
+    // What this replica wrote, to write again on a tip that moved: read
+    // as every vault file is (no link followed, size bounded by its kind).
+    let fs = vault.fs();
     let ours = files
         .iter()
-        .map(|f| std::fs::read(f).map_err(|e| Error::io(f, e)))
+        .map(|f| fs.read(f, Kind::of_path(f)))
         .collect::<Result<Vec<_>>>()?;
     for _ in 0..TRIES {
         let before = head(repo.repo())?;
@@ -78,7 +81,7 @@ pub fn publish_state(
         if pushed.is_ok() {
             return Ok(Published::Landed);
         }
-        take_back(&repo, before, &rels)?;
+        take_back(vault, &repo, before, &rels)?;
         let pulled = pull_fast_forward(vault, timeout);
         if !matches!(pulled, Ok(PullOutcome::FastForward)) {
             // The remote did not move (the push failed for another reason:
@@ -105,11 +108,10 @@ pub fn publish_state(
 }
 
 fn write_all(vault: &Vault, files: &[PathBuf], contents: &[Vec<u8>]) -> Result<()> {
-    let fs = vault.fs();
-    for (f, bytes) in files.iter().zip(contents) {
-        fs.write_atomic(f, bytes, 0o644)?;
-    }
-    Ok(())
+    files
+        .iter()
+        .zip(contents)
+        .try_for_each(|(f, bytes)| vault.fs().write_atomic(f, bytes, 0o644))
 }
 
 fn head(repo: &Repository) -> Result<Oid> {
@@ -126,7 +128,7 @@ fn blob(repo: &Repository, at: Oid, rel: &Path) -> Option<Vec<u8>> {
 
 /// Moves the branch back to `to` and puts `rels` (index and working tree)
 /// as `to` has them: a file `to` lacks is removed.
-fn take_back(repo: &VaultRepo, to: Oid, rels: &[PathBuf]) -> Result<()> {
+fn take_back(vault: &Vault, repo: &VaultRepo, to: Oid, rels: &[PathBuf]) -> Result<()> {
     let r = repo.repo();
     let commit = r.find_commit(to)?;
     let branch = r.head()?.name().map(str::to_owned);
@@ -137,7 +139,7 @@ fn take_back(repo: &VaultRepo, to: Oid, rels: &[PathBuf]) -> Result<()> {
     for rel in rels {
         let path = repo.workdir().join(rel);
         match blob(r, to, rel) {
-            Some(bytes) => crate::fsutil::write_atomic(&path, &bytes, 0o644)?,
+            Some(bytes) => vault.fs().write_atomic(&path, &bytes, 0o644)?,
             None => crate::fsutil::remove_file(&path)?,
         }
     }
