@@ -39,19 +39,18 @@ pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>]) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let Some(out) = splice(&bytes, changes) else {
+    let Some(plan) = splice(&bytes, changes) else {
         return Ok(false);
     };
     // git's protocol: whoever creates index.lock owns the index until it
     // renames the lock over it.
     let lock = git_dir.join("index.lock");
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&lock)
         .map_err(|e| Error::Git(format!("cannot lock git's index ({}): {e}", lock.display())))?;
-    let written = f.write_all(&out).and_then(|()| f.flush());
-    drop(f);
+    let written = plan.write_to(&bytes, f);
     if let Err(e) = written.and_then(|()| std::fs::rename(&lock, &path)) {
         let _ = std::fs::remove_file(&lock);
         return Err(Error::io(&path, e));
@@ -61,7 +60,6 @@ pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>]) -> Result<bool> {
 
 /// One entry's place in the index bytes.
 struct Entry<'b> {
-    start: usize,
     end: usize,
     path: &'b [u8],
     stage: u16,
@@ -72,38 +70,91 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// The entries of an index's bytes (without its checksum) and where its
-/// extensions start; `None` for a version or shape we do not read.
-fn parse(body: &[u8]) -> Option<(Vec<Entry<'_>>, usize)> {
-    if body.len() < HEADER || &body[..4] != b"DIRC" {
-        return None;
+/// The entries of an index's bytes (without its checksum), in order. Each
+/// entry is found from the one before by the path length in its flags, so
+/// a walk costs a few reads per entry and allocates nothing. An entry that
+/// does not fit, or a version other than 2 or 3, ends the walk with
+/// [`Walk::bad`] set.
+struct Walk<'b> {
+    body: &'b [u8],
+    at: usize,
+    left: usize,
+    bad: bool,
+}
+
+impl<'b> Walk<'b> {
+    fn new(body: &'b [u8]) -> Option<Self> {
+        if body.len() < HEADER || &body[..4] != b"DIRC" {
+            return None;
+        }
+        if !(2..=3).contains(&be32(body, 4)?) {
+            return None;
+        }
+        Some(Walk {
+            body,
+            at: HEADER,
+            left: be32(body, 8)? as usize,
+            bad: false,
+        })
     }
-    let version = be32(body, 4)?;
-    if !(2..=3).contains(&version) {
-        return None;
-    }
-    let count = be32(body, 8)? as usize;
-    let mut entries = Vec::with_capacity(count.min(body.len() / 62));
-    let mut at = HEADER;
-    for _ in 0..count {
+
+    fn entry(&self) -> Option<Entry<'b>> {
+        let (body, at) = (self.body, self.at);
         let flags = u16::from_be_bytes(body.get(at + 60..at + 62)?.try_into().ok()?);
         let fixed = if flags & 0x4000 != 0 { 64 } else { 62 };
         let name_start = at + fixed;
-        let nul = body.get(name_start..)?.iter().position(|&c| c == 0)?;
-        let end = at + ((fixed + nul + 8) & !7);
+        let len = match usize::from(flags & 0xfff) {
+            // 0xfff: the path is that long or longer; its NUL ends it.
+            0xfff => body.get(name_start..)?.iter().position(|&c| c == 0)?,
+            n => n,
+        };
+        if body.get(name_start + len) != Some(&0) {
+            return None;
+        }
+        let end = at + ((fixed + len + 8) & !7);
         if end > body.len() {
             return None;
         }
-        entries.push(Entry {
-            start: at,
+        Some(Entry {
             end,
-            path: &body[name_start..name_start + nul],
+            path: &body[name_start..name_start + len],
             stage: (flags >> 12) & 3,
             mode: be32(body, at + 24)?,
-        });
-        at = end;
+        })
     }
-    Some((entries, at))
+
+    /// The entry at the walk's place, if any is left.
+    fn peek(&mut self) -> Option<Entry<'b>> {
+        if self.left == 0 || self.bad {
+            return None;
+        }
+        let e = self.entry();
+        self.bad = e.is_none();
+        e
+    }
+
+    /// Steps past `e`, the entry [`Walk::peek`] gave.
+    fn advance(&mut self, e: &Entry<'_>) {
+        self.at = e.end;
+        self.left -= 1;
+    }
+
+    /// Where the entries end (and the extensions start), walking what is
+    /// left; `None` if an entry does not fit.
+    fn finish(mut self) -> Option<usize> {
+        while self.next().is_some() {}
+        (!self.bad).then_some(self.at)
+    }
+}
+
+impl<'b> Iterator for Walk<'b> {
+    type Item = Entry<'b>;
+
+    fn next(&mut self) -> Option<Entry<'b>> {
+        let e = self.peek()?;
+        self.advance(&e);
+        Some(e)
+    }
 }
 
 /// The paths and modes of the index entries under `prefix` (or equal to
@@ -111,80 +162,138 @@ fn parse(body: &[u8]) -> Option<(Vec<Entry<'_>>, usize)> {
 /// index; `None` if there is no index this reads (the caller asks
 /// libgit2).
 pub(crate) fn entries_under(git_dir: &Path, prefix: &str) -> Result<Option<Vec<(String, u32)>>> {
+    use std::io::Read;
     let path = git_dir.join("index");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let Some((entries, _)) = bytes
-        .len()
-        .checked_sub(HASH)
-        .and_then(|n| parse(&bytes[..n]))
-    else {
-        return Ok(None);
-    };
-    let exact = prefix.trim_end_matches('/').as_bytes();
-    let start = entries.partition_point(|e| e.path < exact);
-    Ok(Some(
-        entries[start..]
-            .iter()
-            .take_while(|e| e.path.starts_with(exact))
-            .filter(|e| e.path == exact || e.path.starts_with(prefix.as_bytes()))
-            .map(|e| (String::from_utf8_lossy(e.path).into_owned(), e.mode))
-            .collect(),
-    ))
+    // Entries are sorted by path, and the prefix asked for (`.local/` of a
+    // vault at the top of its repository) usually comes early: its range
+    // is in the first bytes of a 2 MB index. The rest is read only when the
+    // walk gets there.
+    let mut bytes = Vec::new();
+    let mut want = 64 * 1024;
+    loop {
+        let got = (&mut f)
+            .take((want - bytes.len()) as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&path, e))?;
+        let whole = bytes.len() < want || got == 0;
+        // Never the last 20 bytes read: they may be the checksum.
+        let Some(body) = bytes.len().checked_sub(HASH).map(|n| &bytes[..n]) else {
+            return Ok(None);
+        };
+        match walk_under(body, prefix) {
+            Some(Some(found)) => return Ok(Some(found)),
+            // Past the bytes read (or a broken index, once read whole).
+            None | Some(None) if whole => return Ok(None),
+            _ => want = want.saturating_mul(8),
+        }
+    }
 }
 
-/// The new index's bytes, or `None` if this index is not one we splice.
-fn splice(bytes: &[u8], changes: &[Change<'_>]) -> Option<Vec<u8>> {
-    if bytes.len() < HEADER + HASH || &bytes[..4] != b"DIRC" {
+/// The entries under `prefix` in `body`: `None` if `body` is not an index
+/// this reads, `Some(None)` if the walk ran out of bytes before it left
+/// the prefix's range.
+fn walk_under(body: &[u8], prefix: &str) -> Option<Option<Vec<(String, u32)>>> {
+    let mut walk = Walk::new(body)?;
+    let exact = prefix.trim_end_matches('/').as_bytes();
+    let mut found = Vec::new();
+    for e in walk.by_ref() {
+        if e.path.starts_with(exact) {
+            if e.path == exact || e.path.starts_with(prefix.as_bytes()) {
+                found.push((String::from_utf8_lossy(e.path).into_owned(), e.mode));
+            }
+        } else if e.path > exact {
+            return Some(Some(found));
+        }
+    }
+    Some((!walk.bad).then_some(found))
+}
+
+/// The new index as pieces: runs of the old index's bytes kept as they
+/// are, and new bytes (our entries, the header, the extensions).
+struct Plan {
+    pieces: Vec<Piece>,
+}
+
+enum Piece {
+    Old(std::ops::Range<usize>),
+    New(Vec<u8>),
+}
+
+impl Plan {
+    /// Writes the new index and its checksum to `f` (the lock file),
+    /// straight from the old index's bytes: no second copy of them.
+    fn write_to(&self, old: &[u8], f: std::fs::File) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(64 * 1024, f);
+        let mut sum = Sha1::new();
+        for piece in &self.pieces {
+            let bytes = match piece {
+                Piece::Old(r) => &old[r.clone()],
+                Piece::New(b) => b.as_slice(),
+            };
+            sum.update(bytes);
+            f.write_all(bytes)?;
+        }
+        f.write_all(&sum.finalize())?;
+        f.flush()
+    }
+}
+
+/// How to splice `changes` into the index `bytes`, or `None` if this index
+/// is not one we splice.
+fn splice(bytes: &[u8], changes: &[Change<'_>]) -> Option<Plan> {
+    if bytes.len() < HEADER + HASH {
         return None;
     }
     let (body, sum) = bytes.split_at(bytes.len() - HASH);
     if Sha1::digest(body).as_slice() != sum {
         return None;
     }
-    let (entries, at) = parse(body)?;
-    let extensions = extensions(&body[at..], changes)?;
-
+    let mut walk = Walk::new(body)?;
     let mut sorted: Vec<&Change<'_>> = changes.iter().collect();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut out = Vec::with_capacity(bytes.len() + changes.len() * 128);
-    out.extend_from_slice(&bytes[..HEADER]);
-    let mut n = 0u32;
-    let mut i = 0;
+    let mut pieces = vec![Piece::New(Vec::new())]; // the header, once counted
+    let mut count = i64::from(be32(body, 8)?);
+    // The start of the run of old entries not yet written.
+    let mut run = HEADER;
+    let mut last: Option<&[u8]> = None;
     for (path, new) in sorted {
         let path = path.as_bytes();
-        let pos = entries.partition_point(|e| e.path < path);
-        if pos < i {
+        if last == Some(path) {
             return None; // the same path twice
         }
-        for e in &entries[i..pos] {
-            out.extend_from_slice(&body[e.start..e.end]);
-            n += 1;
+        last = Some(path);
+        while let Some(e) = walk.peek().filter(|e| e.path < path) {
+            walk.advance(&e);
         }
-        i = pos;
-        while let Some(e) = entries.get(i).filter(|e| e.path == path) {
+        let here = walk.at;
+        while let Some(e) = walk.peek().filter(|e| e.path == path) {
             if e.stage != 0 {
                 return None; // a conflict: libgit2 settles those
             }
-            i += 1;
+            walk.advance(&e);
+            count -= 1;
         }
+        pieces.push(Piece::Old(run..here));
         if let Some((oid, md)) = new {
-            encode(&mut out, path, *oid, md)?;
-            n += 1;
+            let mut entry = Vec::with_capacity(path.len() + 72);
+            encode(&mut entry, path, *oid, md)?;
+            pieces.push(Piece::New(entry));
+            count += 1;
         }
+        run = walk.at;
     }
-    for e in &entries[i..] {
-        out.extend_from_slice(&body[e.start..e.end]);
-        n += 1;
-    }
-    out[8..12].copy_from_slice(&n.to_be_bytes());
-    out.extend_from_slice(&extensions);
-    let sum = Sha1::digest(&out);
-    out.extend_from_slice(&sum);
-    Some(out)
+    let end = walk.finish()?;
+    pieces.push(Piece::Old(run..end));
+    let mut header = bytes[..HEADER].to_vec();
+    header[8..12].copy_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
+    pieces[0] = Piece::New(header);
+    pieces.push(Piece::New(extensions(&body[end..], changes)?));
+    Some(Plan { pieces })
 }
 
 /// A version 2 entry for a regular file (stage 0, no extended flags).
@@ -380,5 +489,120 @@ mod tests {
         let mut corrupt = bytes;
         corrupt[HEADER + 1] ^= 1;
         assert!(splice(&corrupt, &changes).is_none());
+    }
+
+    /// Splices at the first entry, the last, between entries and past the
+    /// end, adding, replacing and removing, read back by git: the same
+    /// entries as libgit2 writes for the same changes.
+    #[test]
+    fn splices_anywhere_in_the_index_agree_with_libgit2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q"]);
+        let mut files: Vec<String> = (0..40).map(|i| format!("d{}/f{i:02}.txt", i % 3)).collect();
+        files.push("a.txt".into());
+        files.push(format!("z/{}.txt", "long".repeat(40)));
+        for f in &files {
+            std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            std::fs::write(d.join(f), f).unwrap();
+        }
+        git(d, &["add", "-A"]);
+        git(d, &["commit", "-qm", "one"]);
+        let repo = git2::Repository::open(d).unwrap();
+        let pristine = std::fs::read(d.join(".git/index")).unwrap();
+        let cases: &[&[(&str, bool)]] = &[
+            &[("a.txt", false)],
+            &[("0first.txt", true)],
+            &[("zz/last.txt", true), ("a.txt", true)],
+            &[
+                ("d1/f01.txt", false),
+                ("d1/f04.txt", true),
+                ("d1/f05.txt", true),
+            ],
+            &[
+                ("d2/f02.txt", true),
+                ("d0/new.txt", true),
+                ("z/x.txt", true),
+            ],
+        ];
+        for case in cases {
+            for (f, keep) in *case {
+                if *keep {
+                    std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+                    std::fs::write(d.join(f), format!("{f} changed")).unwrap();
+                }
+            }
+            let mds: Vec<Option<(Oid, std::fs::Metadata)>> = case
+                .iter()
+                .map(|(f, keep)| {
+                    keep.then(|| {
+                        let oid = repo.blob(&std::fs::read(d.join(f)).unwrap()).unwrap();
+                        (oid, std::fs::metadata(d.join(f)).unwrap())
+                    })
+                })
+                .collect();
+            let changes: Vec<Change<'_>> = case
+                .iter()
+                .zip(&mds)
+                .map(|((f, _), m)| (*f, m.as_ref().map(|(o, md)| (*o, md))))
+                .collect();
+            // libgit2's way, on the pristine index.
+            std::fs::write(d.join(".git/index"), &pristine).unwrap();
+            let mut index = repo.index().unwrap();
+            index.read(true).unwrap();
+            for (f, m) in case.iter().zip(&mds) {
+                match m {
+                    None => index.remove_path(Path::new(f.0)).unwrap(),
+                    Some((oid, _)) => {
+                        let mut e = index.get_path(Path::new("a.txt"), 0).unwrap();
+                        e.id = *oid;
+                        e.path = f.0.as_bytes().to_vec();
+                        e.flags = f.0.len() as u16;
+                        index.add(&e).unwrap();
+                    }
+                }
+            }
+            index.write().unwrap();
+            let theirs = git(d, &["ls-files", "-s"]);
+            // Ours.
+            std::fs::write(d.join(".git/index"), &pristine).unwrap();
+            assert!(update(&d.join(".git"), &changes).unwrap(), "{case:?}");
+            assert_eq!(git(d, &["ls-files", "-s"]), theirs, "{case:?}");
+            // libgit2 verifies the checksum as it reads.
+            let mut ours = repo.index().unwrap();
+            ours.read(true).unwrap();
+            assert_eq!(ours.len(), index.len(), "{case:?}");
+        }
+    }
+
+    /// An index larger than the first read: a prefix early, late, absent
+    /// and past the end reads the same entries as libgit2 lists.
+    #[test]
+    fn entries_under_reads_as_much_of_a_big_index_as_it_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q"]);
+        for dir in ["a", "m", "z"] {
+            std::fs::create_dir_all(d.join(dir)).unwrap();
+            for i in 0..1000 {
+                std::fs::write(d.join(format!("{dir}/file-{i:04}.txt")), "x").unwrap();
+            }
+        }
+        git(d, &["add", "-A"]);
+        assert!(std::fs::metadata(d.join(".git/index")).unwrap().len() > 3 * 64 * 1024);
+        let repo = git2::Repository::open(d).unwrap();
+        let index = repo.index().unwrap();
+        for prefix in ["a/", "m/", "z/", "q/", "zz/", "a/file-0999.txt/"] {
+            let theirs: Vec<(String, u32)> = index
+                .iter()
+                .filter(|e| {
+                    e.path.starts_with(prefix.as_bytes())
+                        || e.path == prefix.trim_end_matches('/').as_bytes()
+                })
+                .map(|e| (String::from_utf8(e.path).unwrap(), e.mode))
+                .collect();
+            let ours = entries_under(&d.join(".git"), prefix).unwrap().unwrap();
+            assert_eq!(ours, theirs, "{prefix}");
+        }
     }
 }

@@ -99,6 +99,26 @@ pub fn parse(rel: &str) -> Option<(SecretPath, SecretFile)> {
     Some((SecretPath::new(g, name).ok()?, file))
 }
 
+/// The secret whose value file is at `rel` (relative to its group's
+/// directory, `/`-separated) when that is the place format `format` gives
+/// its name; `None` for any other file. What [`placed`] answers for a
+/// value file, hashing the name once: a listing calls this per file.
+pub fn value_at(format: u32, group: &GroupName, rel: &str) -> Option<SecretPath> {
+    let stem = rel.strip_suffix(SecretFile::Value.suffix())?;
+    let name = if format >= FANOUT_FORMAT {
+        let (b, name) = stem.split_once('/')?;
+        if !is_bucket(b) || bucket(name) != b {
+            return None;
+        }
+        name
+    } else {
+        stem
+    };
+    // A v1 name never starts with `_` (no segment may), so a bucket
+    // directory is never read as one.
+    SecretPath::new(group.clone(), name).ok()
+}
+
 /// Like [`parse`], only for a file at the place format `format` gives
 /// its name.
 pub fn placed(format: u32, rel: &str) -> Option<(SecretPath, SecretFile)> {
@@ -133,6 +153,19 @@ mod tests {
         assert_eq!(parse(&format!("g/{b}/../x.age")), None);
         assert_eq!(parse("g/_zz/x.age"), None);
         assert_eq!(parse("g/x.txt"), None);
+        let g: GroupName = "g".parse().unwrap();
+        for format in [1, 2] {
+            for rel in [
+                format!("{b}/db/password.age"),
+                "db/password.age".into(),
+                meta.clone(),
+            ] {
+                let want = placed(format, &format!("g/{rel}")).map(|(p, _)| p);
+                let want = want.filter(|_| rel.ends_with(".age"));
+                assert_eq!(value_at(format, &g, &rel), want, "{format} {rel}");
+            }
+        }
+        assert_eq!(value_at(2, &g, &format!("{other}/db/password.age")), None);
         // `_` never starts a name segment: a bucket is never a v1 name.
         assert!(SecretPath::new("g".parse().unwrap(), "_00/x").is_err());
     }

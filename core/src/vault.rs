@@ -455,29 +455,20 @@ impl Vault {
         let mut out = Vec::new();
         let format = self.layout_format();
         for g in groups {
-            let base = self.group_dir(&g);
-            let mut stack = vec![(base.clone(), String::new())];
-            while let Some((dir, prefix)) = stack.pop() {
-                // A linked directory is refused here, never descended into.
-                let Some(entries) = fs.read_dir(&dir)? else {
+            // A linked directory is listed, never descended into.
+            for (rel, t) in fs.read_tree(&self.group_dir(&g))?.unwrap_or_default() {
+                let Some(rel) = rel.to_str() else {
                     continue;
                 };
-                for (name, t) in entries {
-                    let Some(name) = name.to_str() else {
-                        continue;
-                    };
-                    let rel = format!("{g}/{prefix}{name}");
-                    if t == EntryType::Dir {
-                        stack.push((dir.join(name), format!("{prefix}{name}/")));
-                    } else if let Some((p, SecretFile::Value)) = layout::parse(&rel)
-                        && layout::rel(format, &p, SecretFile::Value) == Path::new(&rel)
-                    {
-                        // Only this layout's place for the name: a file in
-                        // another bucket or layout is no secret (`check`
-                        // reports it). A link or special file is listed:
-                        // reading it is refused, naming it.
-                        out.push(p);
-                    }
+                if t != EntryType::Dir
+                    && rel.ends_with(SecretFile::Value.suffix())
+                    && let Some(p) = layout::value_at(format, &g, rel)
+                {
+                    // Only this layout's place for the name: a file in
+                    // another bucket or layout is no secret (`check`
+                    // reports it). A link or special file is listed:
+                    // reading it is refused, naming it.
+                    out.push(p);
                 }
             }
         }

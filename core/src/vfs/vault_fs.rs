@@ -372,6 +372,18 @@ impl<'a> VaultFs<'a> {
         read_dir_fd(&fd, dir).map(Some)
     }
 
+    /// Every entry below `dir` (directories too, then their entries), as
+    /// paths relative to it, in order; `None` if `dir` does not exist. A
+    /// link is listed as one, never entered.
+    pub fn read_tree(&self, dir: &Path) -> Result<Option<Vec<(PathBuf, EntryType)>>> {
+        let Some(fd) = self.open_dir(dir)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        read_tree_fd(&fd, dir, &mut out, Path::new(""))?;
+        Ok(Some(out))
+    }
+
     /// Flushes the file system holding the root to disk.
     pub fn sync_filesystem(&self) -> Result<()> {
         let f = File::open(self.root).map_err(|e| Error::io(self.root, e))?;
@@ -381,25 +393,52 @@ impl<'a> VaultFs<'a> {
 
 pub(super) fn read_dir_fd(fd: &OwnedFd, dir: &Path) -> Result<Vec<(OsString, EntryType)>> {
     let mut out = Vec::new();
-    let rd = rustix::fs::Dir::read_from(fd).map_err(|e| io_err(dir, e))?;
-    for e in rd {
+    // One getdents call reads a few hundred entries into this buffer (std's
+    // and rustix's `Dir` start at a few hundred bytes, and `Dir::read_from`
+    // reopens the directory first): a listing of 256 buckets was mostly
+    // system calls.
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 * 1024];
+    let mut rd = rustix::fs::RawDir::new(fd, &mut buf);
+    while let Some(e) = rd.next() {
         let e = e.map_err(|e| io_err(dir, e))?;
-        let name = OsStr::from_bytes(e.file_name().to_bytes()).to_owned();
+        let name = OsStr::from_bytes(e.file_name().to_bytes());
         if name == "." || name == ".." {
             continue;
         }
         let t = match e.file_type() {
-            FileType::Unknown => {
-                rustix::fs::statat(fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|st| EntryType::of(FileType::from_raw_mode(st.st_mode)))
-                    .map_err(|err| io_err(&dir.join(&name), err))?
-            }
+            FileType::Unknown => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| EntryType::of(FileType::from_raw_mode(st.st_mode)))
+                .map_err(|err| io_err(&dir.join(name), err))?,
             ft => EntryType::of(ft),
         };
-        out.push((name, t));
+        out.push((name.to_owned(), t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Every entry below the directory `fd` (at `dir`), each directory entered
+/// by descriptor from its parent (no link followed, no path walked from the
+/// root again): paths relative to `dir`, `/`-separated, in order.
+fn read_tree_fd(
+    fd: &OwnedFd,
+    dir: &Path,
+    out: &mut Vec<(PathBuf, EntryType)>,
+    rel: &Path,
+) -> Result<()> {
+    for (name, t) in read_dir_fd(fd, dir)? {
+        let rel = rel.join(&name);
+        if t == EntryType::Dir {
+            let path = dir.join(&name);
+            let sub = rustix::fs::openat(fd, name.as_os_str(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| io_err(&path, e))?;
+            out.push((rel.clone(), t));
+            read_tree_fd(&sub, &path, out, &rel)?;
+        } else {
+            out.push((rel, t));
+        }
+    }
+    Ok(())
 }
 
 /// A target may be replaced if it is absent or a regular file.

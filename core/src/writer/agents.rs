@@ -253,24 +253,35 @@ impl Writer<'_> {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        let mut in_history = Vec::new();
+        // Sorted, and a name once though history holds it in both layouts.
+        let mut in_history = BTreeSet::new();
         if could_read && let Some(repo) = &self.repo {
             let dir = self.vault.group_dir(group);
-            let cur: BTreeSet<&String> = current.iter().collect();
+            // Names relative to the group, as history lists them.
+            let prefix = format!("{group}/");
+            let cur: std::collections::HashSet<&str> = current
+                .iter()
+                .map(|p| p.strip_prefix(&prefix).unwrap_or(p))
+                .collect();
             let cache = self
                 .vault
                 .local_dir()
                 .join("history")
                 .join(format!("{group}.json"));
             for name in repo.names_in_history(&dir, Some(&cache))? {
+                // Most names are current ones: matched by their text first
+                // (past a bucket), checked in full only otherwise.
+                let bare = match name.split_once('/') {
+                    Some((b, rest)) if crate::layout::is_bucket(b) => rest,
+                    _ => &name,
+                };
+                if cur.contains(bare) {
+                    continue;
+                }
                 // Either layout (history spans the migration); a file in a
                 // wrong bucket was never a secret.
-                let Some((p, _)) = crate::layout::parse(&format!("{group}/{name}.age")) else {
-                    continue;
-                };
-                let p = p.to_string();
-                if !cur.contains(&p) {
-                    in_history.push(p);
+                if let Some((p, _)) = crate::layout::parse(&format!("{group}/{name}.age")) {
+                    in_history.insert(p.to_string());
                 }
             }
         }
@@ -279,7 +290,7 @@ impl Writer<'_> {
             group: group.to_string(),
             could_read,
             secrets: if could_read { current } else { Vec::new() },
-            in_history,
+            in_history: in_history.into_iter().collect(),
             skipped: Vec::new(),
         })
     }
