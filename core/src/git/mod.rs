@@ -352,6 +352,7 @@ impl VaultRepo {
         if let Some(s) = since {
             walk.hide(s)?;
         }
+        let known = names.len();
         let mut seen = std::collections::HashSet::new();
         let mut collect = |old: Option<Oid>, new: Oid| -> Result<()> {
             if !seen.insert((old, new)) {
@@ -376,7 +377,9 @@ impl VaultRepo {
             }
             Ok(())
         };
+        let mut walked = 0usize;
         for oid in walk {
+            walked += 1;
             let c = self.repo.find_commit(oid?)?;
             let Some(new) = subtree(&c) else { continue };
             if c.parent_count() == 0 {
@@ -389,7 +392,11 @@ impl VaultRepo {
                 }
             }
         }
-        if let Some(p) = cache {
+        // Rewritten when it learnt a name, or to keep the next walk short:
+        // not after every grant and revoke (tens of thousands of names).
+        if let Some(p) = cache
+            && (names.len() != known || since.is_none() || walked > 64)
+        {
             let c = Cached {
                 commit: head.id().to_string(),
                 names: names.clone(),

@@ -187,6 +187,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC);
 
 mod batch;
+mod listing;
 mod tracked;
 mod vault_fs;
 

@@ -213,6 +213,17 @@ impl<'a> VaultFs<'a> {
     /// directory. The directory (created if missing) and every one above it
     /// must be real directories; the target must be absent or a regular file.
     pub fn write_atomic(&self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        self.replace(path, contents, mode, true)
+    }
+
+    /// Like [`VaultFs::write_atomic`], without waiting for the disk: for a
+    /// cache, which may be lost (then rebuilt) but is never seen half
+    /// written.
+    pub(crate) fn write_unsynced(&self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        self.replace(path, contents, mode, false)
+    }
+
+    fn replace(&self, path: &Path, contents: &[u8], mode: u32, sync: bool) -> Result<()> {
         let Some((dir, name)) = self.parent_of(path, Some(0o755))? else {
             return Err(refused(path, "its directory cannot be created"));
         };
@@ -226,7 +237,10 @@ impl<'a> VaultFs<'a> {
         )
         .map_err(|e| io_err(path, e))?;
         let mut f = File::from(fd);
-        if let Err(e) = f.write_all(contents).and_then(|()| f.sync_all()) {
+        let written = f
+            .write_all(contents)
+            .and_then(|()| if sync { f.sync_all() } else { Ok(()) });
+        if let Err(e) = written {
             let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
             return Err(Error::io(path, e));
         }
@@ -234,6 +248,9 @@ impl<'a> VaultFs<'a> {
         if let Err(e) = rustix::fs::renameat(&dir, &tmp, &dir, name) {
             let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
             return Err(io_err(path, e));
+        }
+        if !sync {
+            return Ok(());
         }
         rustix::fs::fsync(&dir).map_err(|e| io_err(path, e))
     }

@@ -247,12 +247,15 @@ impl Writer<'_> {
 
     /// What an agent could read of a group, now and in git history.
     fn exposure(&self, agent: &AgentName, group: &GroupName, could_read: bool) -> Result<Exposure> {
+        let t = crate::trace::phase("exposure: the group's secrets");
         let current: Vec<String> = self
             .vault
-            .secret_paths(Some(group))?
+            .group_secret_paths(group)?
             .iter()
             .map(|p| p.to_string())
             .collect();
+        drop(t);
+        let _t = crate::trace::phase("exposure: history");
         // Sorted, and a name once though history holds it in both layouts.
         let mut in_history = BTreeSet::new();
         if could_read && let Some(repo) = &self.repo {
