@@ -29,10 +29,11 @@ pub(crate) type Change<'a> = (&'a str, Option<(Oid, &'a std::fs::Metadata)>);
 const HEADER: usize = 12;
 const HASH: usize = 20;
 
-/// Applies `changes` (sorted or not, each path once) to `git_dir`'s index.
+/// Applies `changes` (sorted or not, each path once) to `git_dir`'s index,
+/// with a trailing hash of zeros if `skip_hash` (git's `index.skipHash`).
 /// `Ok(false)`: the index is in a form handled only by libgit2; nothing
 /// was written.
-pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>]) -> Result<bool> {
+pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>], skip_hash: bool) -> Result<bool> {
     let path = git_dir.join("index");
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -50,7 +51,7 @@ pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>]) -> Result<bool> {
         .create_new(true)
         .open(&lock)
         .map_err(|e| Error::Git(format!("cannot lock git's index ({}): {e}", lock.display())))?;
-    let written = plan.write_to(&bytes, f);
+    let written = plan.write_to(&bytes, f, skip_hash);
     if let Err(e) = written.and_then(|()| std::fs::rename(&lock, &path)) {
         let _ = std::fs::remove_file(&lock);
         return Err(Error::io(&path, e));
@@ -225,9 +226,10 @@ enum Piece {
 }
 
 impl Plan {
-    /// Writes the new index and its checksum to `f` (the lock file),
-    /// straight from the old index's bytes: no second copy of them.
-    fn write_to(&self, old: &[u8], f: std::fs::File) -> std::io::Result<()> {
+    /// Writes the new index and its checksum (zeros if `skip_hash`) to `f`
+    /// (the lock file), straight from the old index's bytes: no second
+    /// copy of them.
+    fn write_to(&self, old: &[u8], f: std::fs::File, skip_hash: bool) -> std::io::Result<()> {
         let mut f = std::io::BufWriter::with_capacity(64 * 1024, f);
         let mut sum = Sha1::new();
         for piece in &self.pieces {
@@ -235,10 +237,16 @@ impl Plan {
                 Piece::Old(r) => &old[r.clone()],
                 Piece::New(b) => b.as_slice(),
             };
-            sum.update(bytes);
+            if !skip_hash {
+                sum.update(bytes);
+            }
             f.write_all(bytes)?;
         }
-        f.write_all(&sum.finalize())?;
+        if skip_hash {
+            f.write_all(&[0; HASH])?;
+        } else {
+            f.write_all(&sum.finalize())?;
+        }
         f.flush()
     }
 }
@@ -468,7 +476,7 @@ mod tests {
             ("a.txt", None),
             ("d/b.txt", Some((b, &mb))),
         ];
-        assert!(update(&d.join(".git"), &changes).unwrap());
+        assert!(update(&d.join(".git"), &changes, false).unwrap());
         let status = git(d, &["status", "--porcelain"]);
         assert_eq!(status, "D  a.txt\nM  d/b.txt\nA  d/new.txt\nM  z.txt\n");
         let tree = git(d, &["write-tree"]);
@@ -526,7 +534,9 @@ mod tests {
                 ("z/x.txt", true),
             ],
         ];
-        for case in cases {
+        for (i, case) in cases.iter().enumerate() {
+            // With the trailing hash, and without (index.skipHash).
+            let skip = i % 2 == 1;
             for (f, keep) in *case {
                 if *keep {
                     std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
@@ -567,12 +577,16 @@ mod tests {
             let theirs = git(d, &["ls-files", "-s"]);
             // Ours.
             std::fs::write(d.join(".git/index"), &pristine).unwrap();
-            assert!(update(&d.join(".git"), &changes).unwrap(), "{case:?}");
+            assert!(update(&d.join(".git"), &changes, skip).unwrap(), "{case:?}");
             assert_eq!(git(d, &["ls-files", "-s"]), theirs, "{case:?}");
-            // libgit2 verifies the checksum as it reads.
+            // libgit2 verifies the checksum as it reads (zeros: none).
             let mut ours = repo.index().unwrap();
             ours.read(true).unwrap();
             assert_eq!(ours.len(), index.len(), "{case:?}");
+            let bytes = std::fs::read(d.join(".git/index")).unwrap();
+            assert_eq!(bytes[bytes.len() - HASH..] == [0; HASH], skip, "{case:?}");
+            // And git, which checks it in fsck.
+            git(d, &["fsck", "--no-dangling", "--no-progress"]);
         }
     }
 
