@@ -476,24 +476,39 @@ impl Vault {
         Ok(out)
     }
 
-    /// [`Vault::secret_paths`] of one group, each of its directories read
+    /// The secrets of one group as `<group>/<name>`, sorted: what
+    /// [`Vault::secret_paths`] lists, each of the group's directories read
     /// again only if it changed since the last call (the listing is kept
-    /// in `.local/listing/<group>.json`): a revoke lists a big group's
-    /// secrets as exposed in a few milliseconds, not by reading every
-    /// bucket.
-    pub fn group_secret_paths(&self, g: &GroupName) -> Result<Vec<SecretPath>> {
-        let cache = self.local_dir().join("listing").join(format!("{g}.json"));
-        let value = SecretFile::Value.suffix();
+    /// in `.local/listing/`). A revoke lists a big group's secrets as
+    /// exposed in a few milliseconds, not by reading every bucket; a file
+    /// is checked to be at its name's place when its directory is read.
+    pub fn group_secret_names(&self, g: &GroupName) -> Result<Vec<String>> {
+        let format = self.layout_format();
+        let cache = self
+            .local_dir()
+            .join("listing")
+            .join(format!("{g}.v{format}.json"));
+        let keep = |dir: &str, name: &str| {
+            name.ends_with(SecretFile::Value.suffix())
+                && layout::value_at(format, g, &format!("{dir}/{name}").trim_start_matches('/'))
+                    .is_some()
+        };
         let listed = self
             .fs()
-            .read_tree_cached(&self.group_dir(g), &cache, &|n: &str| n.ends_with(value))?
+            .read_tree_cached(&self.group_dir(g), &cache, &keep)?
             .unwrap_or_default();
-        let format = self.layout_format();
-        let mut out: Vec<SecretPath> = listed
+        let mut out: Vec<String> = listed
             .iter()
-            .filter_map(|(rel, _)| layout::value_at(format, g, rel))
+            .filter_map(|(rel, _)| {
+                let stem = rel.strip_suffix(SecretFile::Value.suffix())?;
+                let name = match format >= layout::FANOUT_FORMAT {
+                    true => stem.split_once('/')?.1,
+                    false => stem,
+                };
+                Some(format!("{g}/{name}"))
+            })
             .collect();
-        out.sort();
+        out.sort_unstable();
         Ok(out)
     }
 

@@ -182,30 +182,35 @@ fn print_exposure_text(e: &Exposure) -> CliResult<()> {
             e.agent, e.group
         ));
     }
-    // Written at once: a revoke on a big group lists thousands of values.
-    let mut out = vec![
-        format!(
-            "group {}'s key was rotated: values set from now on are out of {}'s reach.",
-            e.group, e.agent
-        ),
-        format!(
-            "{} could read these values, and may have kept them: they are exposed until you rotate them upstream and `set` them again (revocation cannot un-leak a value; `agent-vault check` lists every exposed value):",
-            e.agent
-        ),
-    ];
-    out.extend(e.secrets.iter().map(|s| format!("  {s}")));
+    // Written at once, as one string: a revoke on a big group lists
+    // thousands of values.
+    use std::fmt::Write as _;
+    let mut out =
+        String::with_capacity(512 + (e.secrets.len() + e.in_history.len() + e.skipped.len()) * 24);
+    let list = |out: &mut String, names: &[String]| {
+        for s in names {
+            let _ = write!(out, "\n  {s}");
+        }
+    };
+    let _ = write!(
+        out,
+        "group {}'s key was rotated: values set from now on are out of {}'s reach.\n\
+         {} could read these values, and may have kept them: they are exposed until you rotate them upstream and `set` them again (revocation cannot un-leak a value; `agent-vault check` lists every exposed value):",
+        e.group, e.agent, e.agent
+    );
+    list(&mut out, &e.secrets);
     if !e.in_history.is_empty() {
-        out.push("and these, removed since but still readable in git history:".into());
-        out.extend(e.in_history.iter().map(|s| format!("  {s}")));
+        out.push_str("\nand these, removed since but still readable in git history:");
+        list(&mut out, &e.in_history);
     }
     if e.secrets.is_empty() && e.in_history.is_empty() {
-        out.push("  (none: the group holds no secrets)".into());
+        out.push_str("\n  (none: the group holds no secrets)");
     }
     if !e.skipped.is_empty() {
-        out.push("left as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):".into());
-        out.extend(e.skipped.iter().map(|s| format!("  {s}")));
+        out.push_str("\nleft as they were, because no owner signed them (`agent-vault check` lists them; remove them, or set them again):");
+        list(&mut out, &e.skipped);
     }
-    line(out.join("\n"))
+    line(out)
 }
 
 fn print_exposures(ctx: &Ctx, exposures: &[Exposure], headline: &str) -> CliResult<ExitCode> {

@@ -339,7 +339,8 @@ impl VaultRepo {
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Cached {
             commit: String,
-            names: std::collections::BTreeSet<String>,
+            // Sorted; read as a list (a set's JSON), then built in bulk.
+            names: Vec<String>,
         }
         let mut since: Option<Oid> = None;
         let fs = VaultFs::new(&self.workdir);
@@ -353,7 +354,7 @@ impl VaultRepo {
                     .graph_descendant_of(head.id(), oid)
                     .unwrap_or(false))
         {
-            names = c.names;
+            names = c.names.into_iter().collect();
             since = Some(oid);
         }
         let subtree =
@@ -410,7 +411,7 @@ impl VaultRepo {
         {
             let c = Cached {
                 commit: head.id().to_string(),
-                names: names.clone(),
+                names: names.iter().cloned().collect(),
             };
             let _ = fs.write_atomic(
                 p,

@@ -87,22 +87,24 @@ struct Walk<'a> {
     /// The time (seconds, nanoseconds since the epoch) before which a
     /// directory's times are old enough to remember its listing.
     settled: (i64, i64),
-    keep: &'a dyn Fn(&str) -> bool,
+    keep: &'a dyn Fn(&str, &str) -> bool,
     reread: bool,
     out: Vec<(String, EntryType)>,
 }
 
 impl VaultFs<'_> {
-    /// The entries below `dir` whose names `keep` accepts (directories are
-    /// always entered and not listed), as `/`-separated paths relative to
-    /// `dir`, each directory's part read again only if it changed since
-    /// `cache` recorded it. `None` if `dir` does not exist. Names that are
+    /// The entries below `dir` that `keep` accepts (asked with the
+    /// directory's path relative to `dir`, `""` for `dir` itself, and the
+    /// entry's name; directories are always entered and not listed), as
+    /// `/`-separated paths relative to `dir`, each directory's part read
+    /// again only if it changed since `cache` recorded it: `keep` is asked
+    /// only about entries read, and what it accepted is remembered. `None` if `dir` does not exist. Names that are
     /// not UTF-8 are left out. A link is listed as one, never entered.
     pub fn read_tree_cached(
         &self,
         dir: &Path,
         cache: &Path,
-        keep: &dyn Fn(&str) -> bool,
+        keep: &dyn Fn(&str, &str) -> bool,
     ) -> Result<Option<Vec<(String, EntryType)>>> {
         let Some(fd) = self.open_dir(dir)? else {
             return Ok(None);
@@ -174,7 +176,7 @@ impl Walk<'_> {
                 let entries: Vec<(String, u8)> = read_dir_fd(dir, path)?
                     .into_iter()
                     .filter_map(|(n, t)| Some((n.into_string().ok()?, t)))
-                    .filter(|(n, t)| *t == EntryType::Dir || (self.keep)(n))
+                    .filter(|(n, t)| *t == EntryType::Dir || (self.keep)(rel, n))
                     .map(|(n, t)| (n, code(t)))
                     .collect();
                 self.reread = true;
@@ -209,7 +211,7 @@ impl Walk<'_> {
                 // Replaced since it was listed: what is there now, and
                 // this directory is read again next time.
                 Ok(sub) => {
-                    if (self.keep)(name) {
+                    if (self.keep)(rel, name) {
                         self.out
                             .push((child, EntryType::of(FileType::from_raw_mode(sub.st_mode))));
                     }
@@ -239,7 +241,9 @@ mod tests {
     fn list(root: &Path, cache: &Path) -> Vec<(String, EntryType)> {
         let fs = VaultFs::new(root);
         let mut got = fs
-            .read_tree_cached(&root.join("g"), cache, &|n: &str| n.ends_with(".age"))
+            .read_tree_cached(&root.join("g"), cache, &|_: &str, n: &str| {
+                n.ends_with(".age")
+            })
             .unwrap()
             .unwrap();
         got.sort_by(|a, b| a.0.cmp(&b.0));

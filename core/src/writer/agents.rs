@@ -248,12 +248,7 @@ impl Writer<'_> {
     /// What an agent could read of a group, now and in git history.
     fn exposure(&self, agent: &AgentName, group: &GroupName, could_read: bool) -> Result<Exposure> {
         let t = crate::trace::phase("exposure: the group's secrets");
-        let current: Vec<String> = self
-            .vault
-            .group_secret_paths(group)?
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let current = self.vault.group_secret_names(group)?;
         drop(t);
         let _t = crate::trace::phase("exposure: history");
         // Sorted, and a name once though history holds it in both layouts.
