@@ -256,13 +256,29 @@ impl crate::audit::Forward for Exporter {
     /// Encodes the record into the buffer; never waits for the sink. A full
     /// buffer (or a stopped exporter) drops it, counted.
     fn send(&self, r: &Record) {
+        thread_local! {
+            /// Where a record is encoded before it is copied in: the lock
+            /// both runtime threads take is held for a copy, not an encoding.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            self.encode.encode(r, scratch);
+            self.buffer(scratch);
+        });
+    }
+}
+
+impl Exporter {
+    /// Adds one encoded record to the buffer, or counts it dropped.
+    fn buffer(&self, record: &[u8]) {
         let mut p = self.shared.lock();
         if p.closed || p.records.len() >= QUEUE || p.records.bytes.len() >= QUEUE_BYTES {
             drop(p);
             self.dropped.inc();
             return;
         }
-        self.encode.encode(r, &mut p.records.bytes);
+        p.records.bytes.extend_from_slice(record);
         let end = p.records.bytes.len();
         p.records.ends.push(end);
         // Counted under the lock: once `stop` has closed the buffer, every
