@@ -3,9 +3,10 @@
 //! ([`otlp`]), and RFC 5424 syslog over UDP, TCP or a Unix socket
 //! ([`syslog`]).
 //!
-//! Lossless means accounted for: a request encodes its record straight
-//! into each exporter's bounded buffer ([`Exporter`]'s `send`: a lock, a
-//! few hundred bytes written, no allocation, no copy of the record) and
+//! Lossless means accounted for: a request encodes its record (into a
+//! buffer of its thread; no copy of the record, and for OTLP no
+//! allocation) and appends
+//! the bytes to each exporter's bounded buffer under a short lock, and
 //! goes on (it never waits for the pipeline); a thread per exporter takes
 //! the buffer in batches, tries a failed batch again with growing pauses,
 //! and counts every record either delivered or dropped (buffer full,

@@ -183,18 +183,24 @@ impl super::Encode for Encoder {
     }
 }
 
-/// A JSON string: quoted, escaped as `serde_json` escapes.
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    contents(out, s);
-    out.push(b'"');
-}
+/// The bytes JSON escapes in a string (control characters, `"`, `\`).
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 /// A JSON string's contents (no quotes): copied when nothing in it needs
 /// escaping (the usual case: names, hosts, paths), else as `serde_json`
 /// writes it.
 fn contents(out: &mut Vec<u8>, s: &str) {
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !s.bytes().any(|b| ESCAPED[usize::from(b)]) {
         out.extend_from_slice(s.as_bytes());
         return;
     }
@@ -210,26 +216,24 @@ fn decimal(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// One attribute, `{"key":KEY,"value":{"stringValue":…}}`; the key and the
-/// JSON before the value are one constant (`KEY_PREFIX`).
-fn str_attr(out: &mut Vec<u8>, key_prefix: &[u8], v: &str) {
-    out.extend_from_slice(key_prefix);
-    string(out, v);
-    out.extend_from_slice(b"}}");
-}
-
-/// One integer attribute (OTLP/JSON writes 64-bit integers as strings).
-fn int_attr(out: &mut Vec<u8>, key_prefix: &[u8], v: u64) {
-    out.extend_from_slice(key_prefix);
-    out.push(b'"');
-    decimal(out, v);
-    out.extend_from_slice(b"\"}}");
-}
-
-/// The constant start of an attribute: its key and the value's kind.
-macro_rules! key {
+/// The constant JSON between one attribute's value and the next one's: the
+/// end of the previous value (`"}}`, or what `$end` says), then the next
+/// key and its value's kind, up to the value's opening quote. One constant
+/// per attribute, so one copy.
+macro_rules! next {
     ($key:literal, $kind:literal) => {
-        concat!(r#"{"key":""#, $key, r#"","value":{""#, $kind, r#"":"#).as_bytes()
+        next!(r#""}},"#, $key, $kind)
+    };
+    ($end:literal, $key:literal, $kind:literal) => {
+        concat!(
+            $end,
+            r#"{"key":""#,
+            $key,
+            r#"","value":{""#,
+            $kind,
+            r#"":""#
+        )
+        .as_bytes()
     };
 }
 
@@ -267,59 +271,58 @@ fn log_record(r: &Record, out: &mut Vec<u8>) {
         out.push(b' ');
         contents(out, why);
     }
-    out.extend_from_slice(br#""},"attributes":["#);
-    str_attr(out, key!("agent_vault.agent", "stringValue"), &r.agent);
-    out.push(b',');
-    str_attr(
-        out,
-        key!("agent_vault.token_id", "stringValue"),
-        &r.token_id,
-    );
-    out.push(b',');
-    str_attr(out, key!("agent_vault.service", "stringValue"), &r.service);
-    out.push(b',');
-    str_attr(out, key!("http.request.method", "stringValue"), &r.method);
-    out.push(b',');
-    str_attr(out, key!("server.address", "stringValue"), &r.host);
-    out.push(b',');
-    str_attr(out, key!("url.path", "stringValue"), &r.path);
-    out.push(b',');
-    let status = u64::from(r.status);
-    int_attr(out, key!("http.response.status_code", "intValue"), status);
-    out.push(b',');
-    int_attr(out, key!("agent_vault.bytes_in", "intValue"), r.bytes_in);
-    out.push(b',');
-    int_attr(out, key!("agent_vault.bytes_out", "intValue"), r.bytes_out);
-    out.push(b',');
-    int_attr(
-        out,
-        key!("agent_vault.duration_ms", "intValue"),
-        r.duration_ms,
-    );
-    out.push(b',');
-    out.extend_from_slice(key!("agent_vault.secrets", "arrayValue"));
-    out.extend_from_slice(br#"{"values":["#);
+    out.extend_from_slice(next!(
+        r#""},"attributes":["#,
+        "agent_vault.agent",
+        "stringValue"
+    ));
+    contents(out, &r.agent);
+    out.extend_from_slice(next!("agent_vault.token_id", "stringValue"));
+    contents(out, &r.token_id);
+    out.extend_from_slice(next!("agent_vault.service", "stringValue"));
+    contents(out, &r.service);
+    out.extend_from_slice(next!("http.request.method", "stringValue"));
+    contents(out, &r.method);
+    out.extend_from_slice(next!("server.address", "stringValue"));
+    contents(out, &r.host);
+    out.extend_from_slice(next!("url.path", "stringValue"));
+    contents(out, &r.path);
+    // OTLP/JSON writes 64-bit integers as strings.
+    out.extend_from_slice(next!("http.response.status_code", "intValue"));
+    decimal(out, r.status);
+    out.extend_from_slice(next!("agent_vault.bytes_in", "intValue"));
+    decimal(out, r.bytes_in);
+    out.extend_from_slice(next!("agent_vault.bytes_out", "intValue"));
+    decimal(out, r.bytes_out);
+    out.extend_from_slice(next!("agent_vault.duration_ms", "intValue"));
+    decimal(out, r.duration_ms);
+    // The secrets' names: an array of strings.
+    out.extend_from_slice(br#""}},{"key":"agent_vault.secrets","value":{"arrayValue":{"values":["#);
     for (i, name) in r.secrets.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(br#"{"stringValue":"#);
-        string(out, name);
-        out.push(b'}');
+        out.extend_from_slice(if i == 0 {
+            br#"{"stringValue":""#
+        } else {
+            br#""},{"stringValue":""#
+        });
+        contents(out, name);
     }
-    out.extend_from_slice(b"]}}}");
+    out.extend_from_slice(if r.secrets.is_empty() {
+        b"]}}}".as_slice()
+    } else {
+        br#""}]}}}"#.as_slice()
+    });
     if let Some(port) = r.port {
-        out.push(b',');
-        int_attr(out, key!("server.port", "intValue"), u64::from(port));
+        out.extend_from_slice(next!(",", "server.port", "intValue"));
+        decimal(out, port);
+        out.extend_from_slice(br#""}}"#);
     }
     if let Some(why) = &r.reason {
-        out.push(b',');
-        str_attr(out, key!("agent_vault.reason", "stringValue"), why);
+        out.extend_from_slice(next!(",", "agent_vault.reason", "stringValue"));
+        contents(out, why);
+        out.extend_from_slice(br#""}}"#);
     }
     if r.tunnel {
-        out.push(b',');
-        out.extend_from_slice(key!("agent_vault.tunnel", "boolValue"));
-        out.extend_from_slice(b"true}}");
+        out.extend_from_slice(br#",{"key":"agent_vault.tunnel","value":{"boolValue":true}}"#);
     }
     out.extend_from_slice(b"]}");
 }
@@ -417,6 +420,7 @@ mod tests {
         let mut tunnel = record(None);
         tunnel.tunnel = true;
         tunnel.port = None;
+        tunnel.secrets = Vec::new();
         let records = [record(Some("not-granted")), record(None), tunnel];
         let body: Value = serde_json::from_slice(&encoded(&resource, &records)).unwrap();
         let rl = &body["resourceLogs"][0];
@@ -485,6 +489,7 @@ mod tests {
         assert_eq!(info_keys, 12, "no reason when the upstream answered");
         let last = logs[2]["attributes"].as_array().unwrap();
         assert_eq!(last.len(), 12, "a tunnel, no port: {last:?}");
+        assert_eq!(last[10]["value"], json!({"arrayValue": {"values": []}}));
         assert_eq!(
             last[11],
             json!({"key": "agent_vault.tunnel", "value": {"boolValue": true}})
