@@ -541,4 +541,42 @@ mod tests {
         let t = e.close(Instant::now() + Duration::from_millis(300));
         assert_eq!((t.delivered, t.dropped), (0, 10));
     }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_too() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let deliver = Gate {
+            open: gate,
+            got: Arc::default(),
+            sizes: Arc::default(),
+        };
+        let e = Exporter::with(
+            Sink::Otlp("http://127.0.0.1:9/v1/logs".into()),
+            Box::new(Name),
+            Box::new(deliver),
+            (Counter::default(), Counter::default()),
+        )
+        .unwrap();
+        // The thread holds the first record at the gate; then records of
+        // 1 MiB each fill the buffer's bytes long before its record count.
+        e.send(&record(0));
+        let taken = Instant::now();
+        while e.shared.lock().records.len() > 0 {
+            assert!(taken.elapsed() < Duration::from_secs(5), "never taken");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut big = record(1);
+        big.agent = "x".repeat(1 << 20);
+        let fit = QUEUE_BYTES >> 20;
+        for _ in 0..fit + 3 {
+            e.send(&big);
+        }
+        assert_eq!(e.shared.lock().records.len(), fit);
+        assert_eq!(e.totals().dropped, 3);
+        for _ in 0..3 {
+            let _ = open.send(());
+        }
+        let t = e.close(Instant::now() + Duration::from_secs(10));
+        assert_eq!((t.delivered, t.dropped), (1 + fit as u64, 3));
+    }
 }
