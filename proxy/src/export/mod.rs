@@ -39,6 +39,8 @@ pub const QUEUE: usize = 16 * 1024;
 /// Bytes of encoded records waiting for an exporter at most (a bound on
 /// memory whatever the records' paths); more are dropped (counted).
 pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes an emptied buffer keeps for the next records at most.
+const KEEP: usize = 4 * 1024 * 1024;
 /// Records sent in one batch at most.
 pub const BATCH: usize = 512;
 /// How long a record waits for others to join its batch.
@@ -131,10 +133,13 @@ impl Encoded {
             .collect()
     }
 
-    /// Empty, its memory kept for the next batch.
+    /// Empty, its memory kept for the next batch (up to [`KEEP`]: what a
+    /// burst took beyond that is given back).
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
+        self.bytes.shrink_to(KEEP);
+        self.ends.shrink_to(KEEP / 256);
     }
 }
 
