@@ -25,7 +25,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Deliver, Failure};
+use super::{Deliver, Encode, Failure};
 use crate::audit::Record;
 use crate::error::ProxyError;
 
@@ -85,25 +85,39 @@ enum Conn {
 pub(crate) struct Syslog {
     target: Target,
     conn: Option<Conn>,
+}
+
+/// Writes a record's message (on the request's thread).
+pub(crate) struct Encoder {
     hostname: String,
     pid: u32,
+}
+
+impl Encoder {
+    pub(crate) fn new() -> Self {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or_else(|| "-".to_owned());
+        Encoder {
+            hostname,
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl Encode for Encoder {
+    fn encode(&self, r: &Record, out: &mut Vec<u8>) {
+        out.extend_from_slice(format(r, &self.hostname, self.pid).as_bytes());
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Syslog {
     pub(crate) fn new(target: Target) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or_else(|| "-".to_owned());
-        Syslog {
-            target,
-            conn: None,
-            hostname,
-            pid: std::process::id(),
-        }
+        Syslog { target, conn: None }
     }
 
     fn connect(&self) -> std::io::Result<Conn> {
@@ -158,10 +172,9 @@ impl Syslog {
 }
 
 impl Deliver for Syslog {
-    fn deliver(&mut self, batch: &[Record]) -> Result<(), (usize, Failure)> {
-        for (i, r) in batch.iter().enumerate() {
-            let msg = format(r, &self.hostname, self.pid);
-            self.send(msg.as_bytes())
+    fn deliver(&mut self, batch: &[&[u8]]) -> Result<(), (usize, Failure)> {
+        for (i, msg) in batch.iter().enumerate() {
+            self.send(msg)
                 .map_err(|e| (i, Failure::Retry(e.to_string())))?;
         }
         Ok(())
