@@ -97,13 +97,29 @@ struct GroupKeys {
     ring: Keyring,
     next: Option<Keyring>,
     generations: Vec<u64>,
+    /// The manifest's generation of the group: the keyring's first.
+    newest: u64,
 }
 
 impl GroupKeys {
-    /// The identities to try, the newest first.
-    fn ids(&self) -> Vec<&Identity> {
+    /// The identities to try: the one of `generation` first, where the
+    /// keyring's order says it is (newest first, one per revocation; a
+    /// merge may append others), then the rest newest first. Each try is a
+    /// key agreement: a value set before many revocations was opened by
+    /// trying every newer generation first.
+    fn ids(&self, generation: Option<u64>) -> Vec<&Identity> {
         let mut ids: Vec<&Identity> = self.next.iter().map(Keyring::newest).collect();
+        let ahead = ids.len();
         ids.extend(self.ring.all());
+        if let Some(i) = generation
+            .and_then(|g| self.newest.checked_sub(g))
+            .and_then(|back| usize::try_from(back).ok())
+            .map(|back| back + ahead)
+            .filter(|&i| i < ids.len())
+        {
+            let id = ids.remove(i);
+            ids.insert(0, id);
+        }
         ids
     }
 }
@@ -226,6 +242,7 @@ impl Reader {
             ring,
             next: None,
             generations: entry.generations(),
+            newest: entry.generation,
         };
         if let Some(nct) = &next_ct
             && let Ok(next_ring) = Keyring::open(&[&*self.id], nct, &next)
@@ -296,6 +313,9 @@ impl Reader {
             .lock()
             .map(|c| c.verified.contains(&seen))
             .unwrap_or(false);
+        // The value's generation, signed in its metadata: its identity is
+        // tried first.
+        let mut generation = None;
         if !known {
             let meta: crate::model::SecretMeta = crate::model::parse_yaml(&meta_path, &meta_bytes)
                 .map_err(|_| unsigned("its metadata file is missing or malformed"))?;
@@ -308,6 +328,7 @@ impl Reader {
                 &self.manifest,
                 &keys.generations,
             )?;
+            generation = Some(meta.generation);
             if let Ok(mut c) = self.cache.lock() {
                 #[cfg(test)]
                 {
@@ -316,7 +337,7 @@ impl Reader {
                 c.verified.insert(seen);
             }
         }
-        let ids = keys.ids();
+        let ids = keys.ids(generation);
         let value = crypto::decrypt(&ids, &ct, &age_path)?;
         if let Ok(mut c) = self.cache.lock() {
             #[cfg(test)]
@@ -340,5 +361,53 @@ impl Reader {
     /// Public-key operations this reader has done so far.
     pub(crate) fn work(&self) -> u32 {
         self.cache.lock().map(|c| c.work).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value's own generation is tried first: one key agreement for a
+    /// value set before many revocations, not one per newer generation.
+    #[test]
+    fn the_identity_of_a_values_generation_is_tried_first() {
+        // Generations 1 to 4, newest first, as revocations build them.
+        let mut ring = Keyring::generate();
+        for _ in 0..3 {
+            ring = ring.with_newest(Identity::generate());
+        }
+        let keys_of = |ring: &Keyring| -> Vec<String> {
+            ring.all()
+                .iter()
+                .map(|i| i.recipient().as_string())
+                .collect()
+        };
+        let order = keys_of(&ring);
+        let keys = GroupKeys {
+            ring,
+            next: None,
+            generations: vec![1, 2, 3, 4],
+            newest: 4,
+        };
+        let tried = |g: Option<u64>| -> Vec<String> {
+            keys.ids(g)
+                .iter()
+                .map(|i| i.recipient().as_string())
+                .collect()
+        };
+        assert_eq!(tried(Some(1))[0], order[3]);
+        assert_eq!(tried(Some(3))[0], order[1]);
+        assert_eq!(tried(Some(4)), order);
+        // Every identity is still tried, each once.
+        let mut all = tried(Some(1));
+        all.sort();
+        let mut want = order.clone();
+        want.sort();
+        assert_eq!(all, want);
+        // A generation the keyring does not place (planted, or appended by
+        // a merge): the newest first, as before.
+        assert_eq!(tried(Some(9)), order);
+        assert_eq!(tried(None), order);
     }
 }
