@@ -35,14 +35,19 @@ const HASH: usize = 20;
 /// was written.
 pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>], skip_hash: bool) -> Result<bool> {
     let path = git_dir.join("index");
+    let t = crate::trace::phase("git index: read");
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io(&path, e)),
     };
+    drop(t);
+    let t = crate::trace::phase("git index: splice");
     let Some(plan) = splice(&bytes, changes) else {
         return Ok(false);
     };
+    drop(t);
+    let _t = crate::trace::phase("git index: write and rename");
     // git's protocol: whoever creates index.lock owns the index until it
     // renames the lock over it.
     let lock = git_dir.join("index.lock");
