@@ -490,7 +490,7 @@ impl Vault {
             .join(format!("{g}.v{format}.json"));
         let keep = |dir: &str, name: &str| {
             name.ends_with(SecretFile::Value.suffix())
-                && layout::value_at(format, g, &format!("{dir}/{name}").trim_start_matches('/'))
+                && layout::value_at(format, g, format!("{dir}/{name}").trim_start_matches('/'))
                     .is_some()
         };
         let listed = self
