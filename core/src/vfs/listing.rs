@@ -98,8 +98,9 @@ impl VaultFs<'_> {
     /// entry's name; directories are always entered and not listed), as
     /// `/`-separated paths relative to `dir`, each directory's part read
     /// again only if it changed since `cache` recorded it: `keep` is asked
-    /// only about entries read, and what it accepted is remembered. `None` if `dir` does not exist. Names that are
-    /// not UTF-8 are left out. A link is listed as one, never entered.
+    /// only about entries read, and what it accepted is remembered. `None`
+    /// if `dir` does not exist. Names that are not UTF-8 are left out. A
+    /// link is listed as one, never entered.
     pub fn read_tree_cached(
         &self,
         dir: &Path,
