@@ -407,3 +407,63 @@ fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
     env.ok(&["resolve", "g/b", "--theirs"]);
     assert_eq!(env.get("g/b"), b"theirs-b");
 }
+
+/// The secrets `revoke --json` says `bot` could read in group `g`: current
+/// ones, and those removed since but in history.
+fn revoked(env: &Env) -> (Vec<String>, Vec<String>) {
+    let out = env.json(&["revoke", "bot", "g"]);
+    let e = &out["exposure"][0];
+    let names = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = e[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    (names("secrets"), names("in_history"))
+}
+
+/// A revoke lists a group's secrets from the listing it kept of settled
+/// directories: a value set since (in a new bucket, and nested), one
+/// removed, and a file planted in the wrong bucket are all seen as they are
+/// now, not as the listing remembered them.
+#[test]
+fn revoke_lists_what_is_there_now_through_its_remembered_listing() {
+    let env = Env::new();
+    for i in 0..30 {
+        env.set(&format!("g/s{i}"), b"v");
+    }
+    env.set("g/db/password", b"v");
+    env.add_agent("bot");
+    env.ok(&["grant", "bot", "g"]);
+    // Directories changed in the last 2 s are read again (racy): wait so
+    // that this listing is remembered.
+    std::thread::sleep(Duration::from_millis(2300));
+    let (first, _) = revoked(&env);
+    assert_eq!(first.len(), 31, "{first:?}");
+    let cache = env.vault.join(".agent-vault/.local/listing/g.v2.json");
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert!(kept["dirs"].as_object().unwrap().len() > 10, "{kept}");
+    env.ok(&["grant", "bot", "g"]);
+    env.set("g/new", b"v");
+    env.set("g/db/deep/key", b"v");
+    env.ok(&["rm", "g/s3"]);
+    // A copy of a value in a bucket that is not its name's: no secret.
+    let s4 = std::fs::read_dir(env.vault.join(".agent-vault/secrets/g"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("s4.age").exists())
+        .unwrap();
+    let other = s4.with_file_name(if s4.ends_with("_00") { "_01" } else { "_00" });
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(s4.join("s4.age"), other.join("planted.age")).unwrap();
+    let (now, history) = revoked(&env);
+    let mut want: Vec<String> = first.iter().filter(|s| *s != "g/s3").cloned().collect();
+    want.extend(["g/new".to_owned(), "g/db/deep/key".to_owned()]);
+    want.sort();
+    assert_eq!(now, want);
+    assert_eq!(history, ["g/s3"]);
+}
