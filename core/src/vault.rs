@@ -501,9 +501,11 @@ impl Vault {
             .iter()
             .filter_map(|(rel, _)| {
                 let stem = rel.strip_suffix(SecretFile::Value.suffix())?;
-                let name = match format >= layout::FANOUT_FORMAT {
-                    true => stem.split_once('/')?.1,
-                    false => stem,
+                // Past the bucket, in format 2.
+                let name = if format >= layout::FANOUT_FORMAT {
+                    stem.split_once('/')?.1
+                } else {
+                    stem
                 };
                 Some(format!("{g}/{name}"))
             })
