@@ -66,11 +66,14 @@ impl VaultRepo {
     pub fn init(dir: &Path) -> Result<Self> {
         tune_libgit2();
         let repo = Repository::init(dir)?;
-        // The vault's own repository: git (since 2.13) and libgit2 read an
-        // index whose trailing hash is zeros, and with this set git writes
-        // it so too. Hashing the 2 MB index of 10,000 secrets on every
-        // write was a tenth of a `set`.
-        repo.config()?.set_bool("index.skipHash", true)?;
+        // The vault's own repository: libgit2 and git read an index whose
+        // trailing hash is zeros, and with this set git writes it so too.
+        // Hashing the 2 MB index of 10,000 secrets on every write was a
+        // tenth of a `set`. Only where the git on PATH takes it whole:
+        // before 2.40, `git fsck` calls such an index corrupt.
+        if remote::git_version().is_some_and(|v| v >= (2, 40)) {
+            repo.config()?.set_bool("index.skipHash", true)?;
+        }
         let workdir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         Ok(VaultRepo { repo, workdir })
     }

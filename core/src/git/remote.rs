@@ -430,3 +430,32 @@ pub fn clone(url: &str, dest: &Path) -> Result<(), CloneError> {
     }
     Ok(())
 }
+
+/// The version of the `git` on `PATH` (major, minor), if it runs.
+pub(crate) fn git_version() -> Option<(u32, u32)> {
+    let out = Command::new("git")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `git version 2.39.5` (or `2.47.3.windows.1`…) as (2, 39).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.trim().strip_prefix("git version ")?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::parse_version;
+
+    #[test]
+    fn git_versions_are_read() {
+        assert_eq!(parse_version("git version 2.39.5\n"), Some((2, 39)));
+        assert_eq!(parse_version("git version 2.47.3.windows.1"), Some((2, 47)));
+        assert_eq!(parse_version("not git"), None);
+    }
+}
