@@ -35,33 +35,121 @@ const HASH: usize = 20;
 /// was written.
 pub(crate) fn update(git_dir: &Path, changes: &[Change<'_>], skip_hash: bool) -> Result<bool> {
     let path = git_dir.join("index");
-    let t = crate::trace::phase("git index: read");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    drop(t);
-    let t = crate::trace::phase("git index: splice");
-    let Some(plan) = splice(&bytes, changes) else {
+    if !path.exists() {
         return Ok(false);
-    };
-    drop(t);
-    let _t = crate::trace::phase("git index: write and rename");
+    }
     // git's protocol: whoever creates index.lock owns the index until it
-    // renames the lock over it.
+    // renames the lock over it (or removes it). Taken before the index is
+    // read, so no other writer's index is overwritten with ours.
     let lock = git_dir.join("index.lock");
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&lock)
         .map_err(|e| Error::Git(format!("cannot lock git's index ({}): {e}", lock.display())))?;
-    let written = plan.write_to(&bytes, f, skip_hash);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&lock, &path)) {
+    let done = splice_locked(&path, &lock, f, changes, skip_hash);
+    if !matches!(done, Ok(Spliced::Renamed)) {
         let _ = std::fs::remove_file(&lock);
-        return Err(Error::io(&path, e));
     }
-    Ok(true)
+    done.map(|d| d != Spliced::NotHandled)
+}
+
+/// What [`splice_locked`] did.
+#[derive(PartialEq, Eq)]
+enum Spliced {
+    /// Nothing: an index only libgit2 handles.
+    NotHandled,
+    /// Our entries written over their old selves in the index itself.
+    InPlace,
+    /// A new index written to the lock and renamed over the old one.
+    Renamed,
+}
+
+fn splice_locked(
+    path: &Path,
+    lock: &Path,
+    f: std::fs::File,
+    changes: &[Change<'_>],
+    skip_hash: bool,
+) -> Result<Spliced> {
+    let t = crate::trace::phase("git index: read");
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    drop(t);
+    if skip_hash && let Some(patches) = in_place(&bytes, changes) {
+        let _t = crate::trace::phase("git index: written in place");
+        use std::os::unix::fs::FileExt;
+        let index = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        for (at, entry) in &patches {
+            index
+                .write_all_at(entry, *at as u64)
+                .map_err(|e| Error::io(path, e))?;
+        }
+        return Ok(Spliced::InPlace);
+    }
+    let t = crate::trace::phase("git index: splice");
+    let Some(plan) = splice(&bytes, changes) else {
+        return Ok(Spliced::NotHandled);
+    };
+    drop(t);
+    let _t = crate::trace::phase("git index: write and rename");
+    plan.write_to(&bytes, f, skip_hash)
+        .and_then(|()| std::fs::rename(lock, path))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Spliced::Renamed)
+}
+
+/// Where each of `changes` can be written over its old entry in the index
+/// itself, when all of them can: each replaces a stage-0 entry of the same
+/// path whose new encoding is exactly as long (so only its stat data, id
+/// and mode change, at the same offset), the trailing hash is zeros (so
+/// nothing else changes), and the extensions are only a cache tree whose
+/// trees above our paths are already invalid (as the last splice left
+/// them) and resolve-undo records. A `revoke` or `grant` on a big vault
+/// then writes a few hundred bytes, not 2 MB. `None`: splice instead.
+fn in_place(bytes: &[u8], changes: &[Change<'_>]) -> Option<Vec<(usize, Vec<u8>)>> {
+    if bytes.len() < HEADER + HASH || bytes[bytes.len() - HASH..] != [0; HASH] {
+        return None;
+    }
+    let body = &bytes[..bytes.len() - HASH];
+    let mut sorted: Vec<&Change<'_>> = changes.iter().collect();
+    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut walk = Walk::new(body)?;
+    let mut patches = Vec::with_capacity(sorted.len());
+    for (path, new) in sorted {
+        let (oid, md) = (*new)?;
+        let path = path.as_bytes();
+        while let Some(e) = walk.peek().filter(|e| e.path < path) {
+            walk.advance(&e);
+        }
+        let at = walk.at;
+        let old = walk.peek().filter(|e| e.path == path && e.stage == 0)?;
+        let mut entry = Vec::with_capacity(old.end - at);
+        encode(&mut entry, path, oid, md)?;
+        if entry.len() != old.end - at || body[at + 60..at + 62] != entry[60..62] {
+            return None;
+        }
+        walk.advance(&old);
+        if walk.peek().is_some_and(|e| e.path == path) {
+            return None; // other stages of the same path
+        }
+        patches.push((at, entry));
+    }
+    let end = walk.finish()?;
+    let mut ext = &body[end..];
+    while !ext.is_empty() {
+        let len = be32(ext, 4)? as usize;
+        let data = ext.get(8..8 + len)?;
+        match ext.get(..4)? {
+            b"TREE" if invalidate_tree(data, changes)? == data => {}
+            b"REUC" => {}
+            _ => return None,
+        }
+        ext = &ext[8 + len..];
+    }
+    Some(patches)
 }
 
 /// One entry's place in the index bytes.
@@ -626,5 +714,53 @@ mod tests {
             let ours = entries_under(&d.join(".git"), prefix).unwrap().unwrap();
             assert_eq!(ours, theirs, "{prefix}");
         }
+    }
+
+    /// A change that only replaces entries is written over them in the
+    /// index itself once the trailing hash is zeros and the trees above
+    /// them are already invalid; anything else is spliced into a new file.
+    /// Either way git and libgit2 read what libgit2 itself would write.
+    #[test]
+    fn replacing_entries_writes_them_in_place_when_nothing_else_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git(d, &["init", "-q"]);
+        for f in ["a.txt", "d/b.txt", "d/e/c.txt", "z.txt"] {
+            std::fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            std::fs::write(d.join(f), f).unwrap();
+        }
+        git(d, &["add", "-A"]);
+        git(d, &["commit", "-qm", "one"]); // a valid cache tree
+        let repo = git2::Repository::open(d).unwrap();
+        let inode = || std::fs::metadata(d.join(".git/index")).unwrap().ino();
+        let mut n = 0;
+        let mut replace = |f: &str| -> bool {
+            n += 1;
+            std::fs::write(d.join(f), format!("{f} {n}")).unwrap();
+            let oid = repo.blob(&std::fs::read(d.join(f)).unwrap()).unwrap();
+            let md = std::fs::metadata(d.join(f)).unwrap();
+            let before = inode();
+            assert!(update(&d.join(".git"), &[(f, Some((oid, &md)))], true).unwrap());
+            let staged = git(d, &["ls-files", "-s", f]);
+            assert!(staged.contains(&oid.to_string()), "{staged}");
+            let mut index = repo.index().unwrap();
+            index.read(true).unwrap();
+            assert_eq!(index.len(), 4);
+            before == inode()
+        };
+        // The first: a real trailing hash and a valid cache tree, spliced.
+        assert!(!replace("d/b.txt"));
+        // Then in place: the trees above are invalid now.
+        assert!(replace("d/b.txt"));
+        assert!(replace("z.txt"));
+        // git makes the cache tree valid again: spliced once more.
+        git(d, &["write-tree"]);
+        assert!(!replace("d/e/c.txt"));
+        assert!(replace("d/e/c.txt"));
+        // What git commits from this index is what is on disk.
+        git(d, &["commit", "-qam", "two"]);
+        assert_eq!(git(d, &["status", "--porcelain"]), "");
+        assert_eq!(git(d, &["show", "HEAD:d/e/c.txt"]), "d/e/c.txt 5");
     }
 }
