@@ -77,6 +77,23 @@ fn a_set_rewrites_a_few_small_trees_and_leaves_git_status_clean() {
     assert_eq!(env.get("g/k599"), b"value-599");
 }
 
+/// The files HEAD holds under group `g`, each of them in a bucket.
+fn committed_in_buckets(env: &Env) -> String {
+    let head = env.git(&[
+        "ls-tree",
+        "-r",
+        "--name-only",
+        "HEAD",
+        ".agent-vault/secrets/g",
+    ]);
+    assert!(
+        head.lines()
+            .all(|l| l.starts_with(".agent-vault/secrets/g/_")),
+        "a file left out of its bucket: {head}"
+    );
+    head
+}
+
 #[test]
 fn files_outside_their_bucket_are_never_read_as_secrets() {
     let env = Env::new();
@@ -235,15 +252,7 @@ fn kill_9_during_the_move_into_buckets() {
         let env = Env::empty();
         for (from, to) in [(&base.vault, &env.vault), (&base.home, &env.home)] {
             std::fs::create_dir_all(to).unwrap();
-            let out = std::process::Command::new("cp")
-                .args([
-                    "-a",
-                    &format!("{}/.", from.display()),
-                    &to.display().to_string(),
-                ])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", stderr(&out));
+            copy_dir(from, to);
         }
         env
     };
@@ -290,18 +299,7 @@ fn kill_9_during_the_move_into_buckets() {
             String::from_utf8_lossy(&out.stdout)
         );
         assert_eq!(env.git(&["status", "--porcelain"]), "");
-        let head = env.git(&[
-            "ls-tree",
-            "-r",
-            "--name-only",
-            "HEAD",
-            ".agent-vault/secrets/g",
-        ]);
-        assert!(
-            head.lines()
-                .all(|l| l.starts_with(".agent-vault/secrets/g/_")),
-            "a file left out of its bucket"
-        );
+        let head = committed_in_buckets(&env);
         assert!(head.lines().filter(|l| l.ends_with(".age")).count() >= N);
         assert!(env.json(&["list"]).as_array().unwrap().len() >= N);
         for k in ["g/k0", "g/k7", "g/k499"] {
@@ -383,18 +381,7 @@ fn a_sync_moves_a_version_1_place_the_other_side_committed_into_its_bucket() {
         b"ours-2",
         "ours stands where both sides changed it"
     );
-    let head = env.git(&[
-        "ls-tree",
-        "-r",
-        "--name-only",
-        "HEAD",
-        ".agent-vault/secrets/g",
-    ]);
-    assert!(
-        head.lines()
-            .all(|l| l.starts_with(".agent-vault/secrets/g/_")),
-        "{head}"
-    );
+    let head = committed_in_buckets(&env);
     assert!(head.contains(&secret_file("g", "c", ".age")), "{head}");
     assert_eq!(env.git(&["status", "--porcelain"]), "");
     let out = env.run(&["check"], b"");

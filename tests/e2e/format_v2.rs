@@ -62,18 +62,6 @@ fn v1_values() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp")
-        .args([
-            "-a",
-            &format!("{}/.", from.display()),
-            &to.display().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
 /// A copy of the version 1 fixture in a fresh git repository, with its key
 /// store (0600, as git does not keep it).
 fn v1_env() -> Env {

@@ -231,6 +231,20 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Copies what is in `from` into `to` (which exists), as `cp -a` does:
+/// modes, times and links kept.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .args([
+            "-a",
+            &format!("{}/.", from.display()),
+            &to.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Whether `needle` occurs in any file below `dir`.
 pub fn found_in_files(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     Env::snapshot(dir)

@@ -469,15 +469,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_buffer_is_bounded_and_every_record_is_delivered_or_counted_dropped() {
+    /// An exporter whose sink is a [`Gate`], what the sink got, the sizes
+    /// of its batches, and the sender that lets each batch through.
+    struct Gated {
+        e: Exporter,
+        open: std::sync::mpsc::Sender<()>,
+        got: Arc<Mutex<Vec<Vec<u8>>>>,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    fn gated() -> Gated {
         let (open, gate) = std::sync::mpsc::channel();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (got, sizes) = (Arc::default(), Arc::default());
         let deliver = Gate {
             open: gate,
-            got: got.clone(),
-            sizes: sizes.clone(),
+            got: Arc::clone(&got),
+            sizes: Arc::clone(&sizes),
         };
         let e = Exporter::with(
             Sink::Otlp("http://127.0.0.1:9/v1/logs".into()),
@@ -486,14 +493,36 @@ mod tests {
             (Counter::default(), Counter::default()),
         )
         .unwrap();
-        // The first record: the thread takes it (a batch of one, held at
-        // the gate); then the buffer fills while the sink does not answer.
+        Gated {
+            e,
+            open,
+            got,
+            sizes,
+        }
+    }
+
+    /// Sends one record and waits until the thread has taken it (a batch
+    /// of one, held at the gate).
+    fn send_one_taken(e: &Exporter) {
         e.send(&record(0));
         let taken = Instant::now();
         while e.shared.lock().records.len() > 0 {
             assert!(taken.elapsed() < Duration::from_secs(5), "never taken");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_and_every_record_is_delivered_or_counted_dropped() {
+        let Gated {
+            e,
+            open,
+            got,
+            sizes,
+        } = gated();
+        // The first record: the thread takes it; then the buffer fills
+        // while the sink does not answer.
+        send_one_taken(&e);
         let extra = 100;
         for i in 1..=QUEUE + extra {
             e.send(&record(i));
@@ -526,19 +555,7 @@ mod tests {
 
     #[test]
     fn what_is_still_buffered_at_close_is_counted_dropped() {
-        let (_open, gate) = std::sync::mpsc::channel();
-        let deliver = Gate {
-            open: gate,
-            got: Arc::default(),
-            sizes: Arc::default(),
-        };
-        let e = Exporter::with(
-            Sink::Otlp("http://127.0.0.1:9/v1/logs".into()),
-            Box::new(Name),
-            Box::new(deliver),
-            (Counter::default(), Counter::default()),
-        )
-        .unwrap();
+        let Gated { e, open: _open, .. } = gated();
         for i in 0..10 {
             e.send(&record(i));
         }
@@ -549,27 +566,10 @@ mod tests {
 
     #[test]
     fn the_buffer_is_bounded_in_bytes_too() {
-        let (open, gate) = std::sync::mpsc::channel();
-        let deliver = Gate {
-            open: gate,
-            got: Arc::default(),
-            sizes: Arc::default(),
-        };
-        let e = Exporter::with(
-            Sink::Otlp("http://127.0.0.1:9/v1/logs".into()),
-            Box::new(Name),
-            Box::new(deliver),
-            (Counter::default(), Counter::default()),
-        )
-        .unwrap();
+        let Gated { e, open, .. } = gated();
         // The thread holds the first record at the gate; then records of
         // 1 MiB each fill the buffer's bytes long before its record count.
-        e.send(&record(0));
-        let taken = Instant::now();
-        while e.shared.lock().records.len() > 0 {
-            assert!(taken.elapsed() < Duration::from_secs(5), "never taken");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        send_one_taken(&e);
         let mut big = record(1);
         big.agent = "x".repeat(1 << 20);
         let fit = QUEUE_BYTES >> 20;
