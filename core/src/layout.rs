@@ -58,6 +58,15 @@ pub fn is_bucket(dir: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A path within a group past its bucket directory, if it starts with one
+/// (format 2), else the path itself (format 1).
+pub fn past_bucket(rel: &str) -> &str {
+    match rel.split_once('/') {
+        Some((b, rest)) if is_bucket(b) => rest,
+        _ => rel,
+    }
+}
+
 /// The path of one of a secret's files relative to `secrets/`, in the
 /// layout of format `format`.
 pub fn rel(format: u32, p: &SecretPath, file: SecretFile) -> PathBuf {

@@ -317,39 +317,59 @@ impl VaultRepo {
     }
 }
 
+/// How many commits [`VaultRepo::names_in_history`] walks past its cache
+/// before it rewrites the cache.
+const HISTORY_CACHE_STALE: usize = 8;
+
 impl VaultRepo {
-    /// The names (relative to `dir`, without `.age`) of every `.age` file
-    /// that stood under `dir` at any commit reachable from HEAD. Walks the
-    /// history once, diffing only the commits that changed `dir`.
+    /// Hands `each` the names (relative to `dir`, without `.age`) of every
+    /// `.age` file that stood under `dir` at any commit reachable from HEAD,
+    /// each once, sorted by `key` of the name, then by the name (a caller
+    /// that matches them against its own sorted list chooses the order). Walks the history once, diffing only the commits that
+    /// changed `dir`.
     ///
     /// With a `cache` file, the answer is remembered with the commit it was
     /// computed at, and the next call walks only the commits since then —
     /// otherwise every revoke would re-read a history that every rotation
-    /// makes longer.
+    /// makes longer. Names read from it are borrowed from its bytes, not
+    /// allocated one by one (a big group's history holds tens of thousands).
     pub fn names_in_history(
         &self,
         dir: &Path,
         cache: Option<&Path>,
-    ) -> Result<std::collections::BTreeSet<String>> {
-        let mut names = std::collections::BTreeSet::new();
+        key: &dyn Fn(&str) -> &str,
+        each: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let order = |a: &&str, b: &&str| key(a).cmp(key(b)).then_with(|| a.cmp(b));
+        use std::borrow::Cow;
         let Ok(rel) = dir.strip_prefix(&self.workdir) else {
-            return Ok(names);
+            return Ok(());
         };
         let head = match self.repo.head() {
             Ok(h) => h.peel_to_commit()?,
-            Err(_) => return Ok(names),
+            Err(_) => return Ok(()),
         };
+        // A name JSON had to escape cannot be borrowed: the cache is then
+        // not used (a vault's names never need it).
         #[derive(serde::Serialize, serde::Deserialize)]
-        struct Cached {
-            commit: String,
-            // Sorted; read as a list (a set's JSON), then built in bulk.
-            names: Vec<String>,
+        struct Cached<'a> {
+            commit: Cow<'a, str>,
+            // In the caller's order, each once.
+            #[serde(borrow)]
+            names: Vec<&'a str>,
         }
+        // The cached names (in order), and those the walk finds that are
+        // not among them.
+        let mut names: Vec<&str> = Vec::new();
+        let mut found = std::collections::BTreeSet::<String>::new();
         let mut since: Option<Oid> = None;
+        let mut resorted = false;
         let fs = VaultFs::new(&self.workdir);
-        if let Some(c) = cache
-            .and_then(|p| fs.read_optional(p, Kind::Local).ok().flatten())
-            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+        let t = crate::trace::phase("history: read cache");
+        let bytes = cache.and_then(|p| fs.read_optional(p, Kind::Local).ok().flatten());
+        if let Some(c) = bytes
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<Cached<'_>>(b).ok())
             && let Ok(oid) = Oid::from_str(&c.commit)
             && (oid == head.id()
                 || self
@@ -357,9 +377,18 @@ impl VaultRepo {
                     .graph_descendant_of(head.id(), oid)
                     .unwrap_or(false))
         {
-            names = c.names.into_iter().collect();
+            names = c.names;
+            // In order as written (another order, or a file edited out of
+            // order, is not trusted).
+            if !names.is_sorted_by(|a, b| order(a, b).is_le()) {
+                names.sort_unstable_by(order);
+                resorted = true;
+            }
+            names.dedup();
             since = Some(oid);
         }
+        drop(t);
+        let t = crate::trace::phase("history: walk");
         let subtree =
             |c: &git2::Commit| -> Option<Oid> { c.tree().ok()?.get_path(rel).ok().map(|e| e.id()) };
         let mut walk = self.repo.revwalk()?;
@@ -367,7 +396,6 @@ impl VaultRepo {
         if let Some(s) = since {
             walk.hide(s)?;
         }
-        let known = names.len();
         let mut seen = std::collections::HashSet::new();
         let mut collect = |old: Option<Oid>, new: Oid| -> Result<()> {
             if !seen.insert((old, new)) {
@@ -385,8 +413,10 @@ impl VaultRepo {
                 for f in [d.old_file(), d.new_file()] {
                     if let Some(p) = f.path().and_then(Path::to_str)
                         && let Some(n) = p.strip_suffix(".age")
+                        && names.binary_search_by(|x| order(x, &n)).is_err()
+                        && !found.contains(n)
                     {
-                        names.insert(n.to_owned());
+                        found.insert(n.to_owned());
                     }
                 }
             }
@@ -407,21 +437,32 @@ impl VaultRepo {
                 }
             }
         }
-        // Rewritten when it learnt a name, or to keep the next walk short:
-        // not after every grant and revoke (tens of thousands of names).
+        drop(t);
+        let _t = crate::trace::phase("history: merge and write");
+        let mut all = names;
+        if !found.is_empty() {
+            all.extend(found.iter().map(String::as_str));
+            all.sort_unstable_by(order);
+        }
+        // Rewritten when it learnt a name, or to keep the next walk short
+        // (each commit walked costs tens of microseconds, reading its
+        // trees): not after every grant and revoke (tens of thousands of
+        // names).
         if let Some(p) = cache
-            && (names.len() != known || since.is_none() || walked > 64)
+            && (!found.is_empty() || since.is_none() || resorted || walked > HISTORY_CACHE_STALE)
         {
             let c = Cached {
-                commit: head.id().to_string(),
-                names: names.iter().cloned().collect(),
+                commit: Cow::Owned(head.id().to_string()),
+                names: all.clone(),
             };
-            let _ = fs.write_atomic(
+            // A cache: lost, it is rebuilt by one full walk.
+            let _ = fs.write_unsynced(
                 p,
                 &serde_json::to_vec(&c).unwrap_or_default(),
                 crate::fsutil::PUBLIC_FILE,
             );
         }
-        Ok(names)
+        all.into_iter().for_each(each);
+        Ok(())
     }
 }

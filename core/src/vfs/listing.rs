@@ -19,6 +19,7 @@
 //! rebuilt; it is rewritten without fsync, since losing it costs one full
 //! read.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -40,17 +41,44 @@ const RACY: Duration = Duration::from_secs(2);
 /// ctime ns]`.
 type Stamp = [i64; 5];
 
+/// The listing in memory, as the cache file holds it: names read from the
+/// file are borrowed from its bytes (10,000 of them are not 10,000
+/// allocations, nor 10,000 JSON values to parse), names read from a
+/// directory are owned. A name JSON had to escape cannot be borrowed: the
+/// file is then ignored and rebuilt (a vault's names never need it).
 #[derive(Serialize, Deserialize, Default)]
-struct Cache {
+struct Cache<'a> {
     /// By directory, relative to the tree's top (`""` for the top itself).
-    dirs: BTreeMap<String, Listed>,
+    #[serde(borrow)]
+    dirs: BTreeMap<Cow<'a, str>, Listed<'a>>,
 }
 
-#[derive(Serialize, Deserialize, Clone)]
-struct Listed {
+#[derive(Serialize, Deserialize)]
+struct Listed<'a> {
     stamp: Stamp,
-    /// Entries kept: (name, type code).
-    entries: Vec<(String, u8)>,
+    /// Entries kept, each its type code (one digit) and its name, joined
+    /// by `/` (which no name holds).
+    #[serde(borrow)]
+    entries: Cow<'a, str>,
+}
+
+impl<'a> Cache<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let c: Cache<'a> = serde_json::from_slice(bytes).ok()?;
+        c.dirs
+            .values()
+            .all(|l| matches!(l.entries, Cow::Borrowed(_)))
+            .then_some(c)
+    }
+}
+
+/// The entries of a [`Listed`]: (name, type).
+fn entries(joined: &str) -> impl Iterator<Item = (&str, EntryType)> {
+    joined.split('/').filter_map(|item| {
+        let (c, name) = item.split_at_checked(1)?;
+        let t = of_code(c.as_bytes()[0].wrapping_sub(b'0'));
+        Some((name, t))
+    })
 }
 
 fn stamp(st: &Stat) -> Stamp {
@@ -81,41 +109,39 @@ fn of_code(c: u8) -> EntryType {
     }
 }
 
-struct Walk<'a> {
-    old: Cache,
-    new: Cache,
+struct Walk<'a, 'c> {
+    old: Cache<'c>,
+    new: Cache<'c>,
     /// The time (seconds, nanoseconds since the epoch) before which a
     /// directory's times are old enough to remember its listing.
     settled: (i64, i64),
     keep: &'a dyn Fn(&str, &str) -> bool,
     reread: bool,
-    out: Vec<(String, EntryType)>,
+    emit: &'a mut dyn FnMut(&str, &str, EntryType),
 }
 
 impl VaultFs<'_> {
-    /// The entries below `dir` that `keep` accepts (asked with the
+    /// Lists the entries below `dir` that `keep` accepts (asked with the
     /// directory's path relative to `dir`, `""` for `dir` itself, and the
-    /// entry's name; directories are always entered and not listed), as
-    /// `/`-separated paths relative to `dir`, each directory's part read
-    /// again only if it changed since `cache` recorded it: `keep` is asked
-    /// only about entries read, and what it accepted is remembered. `None`
-    /// if `dir` does not exist. Names that are not UTF-8 are left out. A
-    /// link is listed as one, never entered.
+    /// entry's name; directories are always entered and not listed),
+    /// handing each to `emit` as (its directory relative to `dir`, its
+    /// name, its type), each directory's part read again only if it
+    /// changed since `cache` recorded it: `keep` is asked only about
+    /// entries read, and what it accepted is remembered. `false` if `dir`
+    /// does not exist. Names that are not UTF-8 are left out. A link is
+    /// listed as one, never entered. The order is the cache's, not sorted.
     pub fn read_tree_cached(
         &self,
         dir: &Path,
         cache: &Path,
         keep: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<Option<Vec<(String, EntryType)>>> {
+        emit: &mut dyn FnMut(&str, &str, EntryType),
+    ) -> Result<bool> {
         let Some(fd) = self.open_dir(dir)? else {
-            return Ok(None);
+            return Ok(false);
         };
-        let old = self
-            .read_optional(cache, Kind::Local)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<Cache>(&b).ok())
-            .unwrap_or_default();
+        let bytes = self.read_optional(cache, Kind::Local).ok().flatten();
+        let old = bytes.as_deref().and_then(Cache::parse).unwrap_or_default();
         let settled = (SystemTime::now() - RACY)
             .duration_since(UNIX_EPOCH)
             .map_or((0, 0), |d| {
@@ -127,7 +153,7 @@ impl VaultFs<'_> {
             settled,
             keep,
             reread: false,
-            out: Vec::new(),
+            emit,
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err(dir, e))?;
         walk.visit(Some(fd), stamp(&st), dir, "")?;
@@ -137,11 +163,11 @@ impl VaultFs<'_> {
             // A shortcut only: a failure to remember it costs nothing now.
             let _ = self.write_unsynced(cache, &bytes, crate::fsutil::PUBLIC_FILE);
         }
-        Ok(Some(walk.out))
+        Ok(true)
     }
 }
 
-impl Walk<'_> {
+impl<'c> Walk<'_, 'c> {
     /// Lists the top directory, open as `fd`, whose stamp is `st`.
     fn visit(&mut self, fd: Option<OwnedFd>, st: Stamp, path: &Path, rel: &str) -> Result<()> {
         self.visit_in(fd, None, st, path, rel)
@@ -174,27 +200,27 @@ impl Walk<'_> {
                 // Times taken before the read: a change while it reads
                 // moves them past what is recorded.
                 let now = stamp(&rustix::fs::fstat(dir).map_err(|e| io_err(path, e))?);
-                let entries: Vec<(String, u8)> = read_dir_fd(dir, path)?
-                    .into_iter()
-                    .filter_map(|(n, t)| Some((n.into_string().ok()?, t)))
-                    .filter(|(n, t)| *t == EntryType::Dir || (self.keep)(rel, n))
-                    .map(|(n, t)| (n, code(t)))
-                    .collect();
+                let mut entries = String::new();
+                for (n, t) in read_dir_fd(dir, path)? {
+                    let Some(n) = n.to_str() else { continue };
+                    if t == EntryType::Dir || (self.keep)(rel, n) {
+                        if !entries.is_empty() {
+                            entries.push('/');
+                        }
+                        entries.push(char::from(b'0' + code(t)));
+                        entries.push_str(n);
+                    }
+                }
+                let entries = Cow::Owned(entries);
                 self.reread = true;
                 let settled = (now[1], now[2]) < self.settled && (now[3], now[4]) < self.settled;
                 (settled.then_some(now), entries)
             }
         };
         let mut remember = stamp_now;
-        for (name, t) in &entries {
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let t = of_code(*t);
+        for (name, t) in self::entries(&entries) {
             if t != EntryType::Dir {
-                self.out.push((child, t));
+                (self.emit)(rel, name, t);
                 continue;
             }
             // A child directory is looked at from this one's descriptor,
@@ -202,19 +228,27 @@ impl Walk<'_> {
             open(&mut fd)?;
             let me = fd.as_ref().expect("opened above").as_fd();
             let sub_path = path.join(name);
-            match rustix::fs::statat(me, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            match rustix::fs::statat(me, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(sub)
                     if EntryType::of(FileType::from_raw_mode(sub.st_mode)) == EntryType::Dir =>
                 {
-                    let at = Some((me, OsStr::new(name.as_str())));
+                    let child = if rel.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    let at = Some((me, OsStr::new(name)));
                     self.visit_in(None, at, stamp(&sub), &sub_path, &child)?;
                 }
                 // Replaced since it was listed: what is there now, and
                 // this directory is read again next time.
                 Ok(sub) => {
                     if (self.keep)(rel, name) {
-                        self.out
-                            .push((child, EntryType::of(FileType::from_raw_mode(sub.st_mode))));
+                        (self.emit)(
+                            rel,
+                            name,
+                            EntryType::of(FileType::from_raw_mode(sub.st_mode)),
+                        );
                     }
                     remember = None;
                     self.reread = true;
@@ -229,7 +263,7 @@ impl Walk<'_> {
         if let Some(stamp) = remember {
             self.new
                 .dirs
-                .insert(rel.to_owned(), Listed { stamp, entries });
+                .insert(Cow::Owned(rel.to_owned()), Listed { stamp, entries });
         }
         Ok(())
     }
@@ -241,14 +275,31 @@ mod tests {
 
     fn list(root: &Path, cache: &Path) -> Vec<(String, EntryType)> {
         let fs = VaultFs::new(root);
-        let mut got = fs
-            .read_tree_cached(&root.join("g"), cache, &|_: &str, n: &str| {
-                n.ends_with(".age")
-            })
-            .unwrap()
+        let mut got = Vec::new();
+        let found = fs
+            .read_tree_cached(
+                &root.join("g"),
+                cache,
+                &|_: &str, n: &str| n.ends_with(".age"),
+                &mut |dir: &str, n: &str, t| {
+                    let rel = if dir.is_empty() {
+                        n.to_owned()
+                    } else {
+                        format!("{dir}/{n}")
+                    };
+                    got.push((rel, t));
+                },
+            )
             .unwrap();
+        assert!(found);
         got.sort_by(|a, b| a.0.cmp(&b.0));
         got
+    }
+
+    /// The cache file as a test edits it.
+    fn read_cache(cache: &Path) -> Cache<'static> {
+        let bytes = std::fs::read(cache).unwrap().leak();
+        Cache::parse(bytes).unwrap()
     }
 
     fn names(l: &[(String, EntryType)]) -> Vec<&str> {
@@ -277,11 +328,10 @@ mod tests {
         // Fresh directories are racy: read, not remembered.
         let want = ["_00/a.age", "_01/b.age", "_01/db/c.age", "_02/d.age"];
         assert_eq!(names(&list(&root, &cache)), want);
-        let cached: Cache = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
-        assert!(cached.dirs.is_empty());
+        assert!(read_cache(&cache).dirs.is_empty());
         std::thread::sleep(RACY + Duration::from_millis(200));
         assert_eq!(names(&list(&root, &cache)), want);
-        let mut cached: Cache = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        let mut cached = read_cache(&cache);
         assert_eq!(
             cached.dirs.len(),
             5,
@@ -291,7 +341,7 @@ mod tests {
         // Plant names: shown while their directories are unchanged.
         for d in ["_00", "_01/db", "_02"] {
             let l = cached.dirs.get_mut(d).unwrap();
-            l.entries.push(("planted.age".into(), 0));
+            l.entries = format!("{}/0planted.age", l.entries).into();
         }
         std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
         assert_eq!(

@@ -255,33 +255,33 @@ impl Writer<'_> {
         let mut in_history = BTreeSet::new();
         if could_read && let Some(repo) = &self.repo {
             let dir = self.vault.group_dir(group);
-            // Names relative to the group, as history lists them.
-            let prefix = format!("{group}/");
-            let cur: std::collections::HashSet<&str> = current
+            // Names are matched past their bucket: history spans the
+            // migration and holds both layouts.
+            let bare = crate::layout::past_bucket;
+            // `current` as bare names, in order (all of it starts with
+            // `<group>/`), walked beside history's names in the same order.
+            let from = group.as_str().len() + 1;
+            let mut cur = current
                 .iter()
-                .map(|p| p.strip_prefix(&prefix).unwrap_or(p))
-                .collect();
+                .map(|p| p.get(from..).unwrap_or(""))
+                .peekable();
             let cache = self
                 .vault
                 .local_dir()
                 .join("history")
                 .join(format!("{group}.json"));
-            for name in repo.names_in_history(&dir, Some(&cache))? {
-                // Most names are current ones: matched by their text first
-                // (past a bucket), checked in full only otherwise.
-                let bare = match name.split_once('/') {
-                    Some((b, rest)) if crate::layout::is_bucket(b) => rest,
-                    _ => &name,
-                };
-                if cur.contains(bare) {
-                    continue;
+            repo.names_in_history(&dir, Some(&cache), &bare, &mut |name| {
+                let b = bare(name);
+                while cur.next_if(|c| *c < b).is_some() {}
+                if cur.peek() == Some(&b) {
+                    return;
                 }
                 // Either layout (history spans the migration); a file in a
                 // wrong bucket was never a secret.
                 if let Some((p, _)) = crate::layout::parse(&format!("{group}/{name}.age")) {
                     in_history.insert(p.to_string());
                 }
-            }
+            })?;
         }
         Ok(Exposure {
             agent: agent.to_string(),
