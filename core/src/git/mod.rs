@@ -321,6 +321,17 @@ impl VaultRepo {
 /// before it rewrites the cache.
 const HISTORY_CACHE_STALE: usize = 8;
 
+/// [`VaultRepo::names_in_history`]'s cache: the names as of a commit. A
+/// name JSON had to escape cannot be borrowed: the cache is then not used
+/// (a vault's names never need it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HistoryCache<'a> {
+    commit: std::borrow::Cow<'a, str>,
+    /// In the caller's order, each once.
+    #[serde(borrow)]
+    names: Vec<&'a str>,
+}
+
 impl VaultRepo {
     /// Hands `each` the names (relative to `dir`, without `.age`) of every
     /// `.age` file that stood under `dir` at any commit reachable from HEAD,
@@ -349,15 +360,6 @@ impl VaultRepo {
             Ok(h) => h.peel_to_commit()?,
             Err(_) => return Ok(()),
         };
-        // A name JSON had to escape cannot be borrowed: the cache is then
-        // not used (a vault's names never need it).
-        #[derive(serde::Serialize, serde::Deserialize)]
-        struct Cached<'a> {
-            commit: Cow<'a, str>,
-            // In the caller's order, each once.
-            #[serde(borrow)]
-            names: Vec<&'a str>,
-        }
         // The cached names (in order), and those the walk finds that are
         // not among them.
         let mut names: Vec<&str> = Vec::new();
@@ -369,7 +371,7 @@ impl VaultRepo {
         let bytes = cache.and_then(|p| fs.read_optional(p, Kind::Local).ok().flatten());
         if let Some(c) = bytes
             .as_deref()
-            .and_then(|b| serde_json::from_slice::<Cached<'_>>(b).ok())
+            .and_then(|b| serde_json::from_slice::<HistoryCache<'_>>(b).ok())
             && let Ok(oid) = Oid::from_str(&c.commit)
             && (oid == head.id()
                 || self
@@ -389,10 +391,57 @@ impl VaultRepo {
         }
         drop(t);
         let t = crate::trace::phase("history: walk");
+        let walked = self.paths_changed_since(rel, head.id(), since, &mut |p| {
+            if let Some(n) = p.strip_suffix(".age")
+                && names.binary_search_by(|x| order(x, &n)).is_err()
+                && !found.contains(n)
+            {
+                found.insert(n.to_owned());
+            }
+        })?;
+        drop(t);
+        let _t = crate::trace::phase("history: merge and write");
+        let mut all = names;
+        if !found.is_empty() {
+            all.extend(found.iter().map(String::as_str));
+            all.sort_unstable_by(order);
+        }
+        // Rewritten when it learnt a name, or to keep the next walk short
+        // (each commit walked costs tens of microseconds, reading its
+        // trees): not after every grant and revoke (tens of thousands of
+        // names).
+        if let Some(p) = cache
+            && (!found.is_empty() || since.is_none() || resorted || walked > HISTORY_CACHE_STALE)
+        {
+            let c = HistoryCache {
+                commit: Cow::Owned(head.id().to_string()),
+                names: all.clone(),
+            };
+            // A cache: lost, it is rebuilt by one full walk.
+            let _ = fs.write_unsynced(
+                p,
+                &serde_json::to_vec(&c).unwrap_or_default(),
+                crate::fsutil::PUBLIC_FILE,
+            );
+        }
+        all.into_iter().for_each(each);
+        Ok(())
+    }
+
+    /// Hands `each` the path (relative to `rel`) of every file added,
+    /// changed or removed under `rel` by the commits reachable from `head`
+    /// but not from `since`; the number of commits walked.
+    fn paths_changed_since(
+        &self,
+        rel: &Path,
+        head: Oid,
+        since: Option<Oid>,
+        each: &mut dyn FnMut(&str),
+    ) -> Result<usize> {
         let subtree =
             |c: &git2::Commit| -> Option<Oid> { c.tree().ok()?.get_path(rel).ok().map(|e| e.id()) };
         let mut walk = self.repo.revwalk()?;
-        walk.push(head.id())?;
+        walk.push(head)?;
         if let Some(s) = since {
             walk.hide(s)?;
         }
@@ -411,12 +460,8 @@ impl VaultRepo {
                 .diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
             for d in diff.deltas() {
                 for f in [d.old_file(), d.new_file()] {
-                    if let Some(p) = f.path().and_then(Path::to_str)
-                        && let Some(n) = p.strip_suffix(".age")
-                        && names.binary_search_by(|x| order(x, &n)).is_err()
-                        && !found.contains(n)
-                    {
-                        found.insert(n.to_owned());
+                    if let Some(p) = f.path().and_then(Path::to_str) {
+                        each(p);
                     }
                 }
             }
@@ -437,32 +482,6 @@ impl VaultRepo {
                 }
             }
         }
-        drop(t);
-        let _t = crate::trace::phase("history: merge and write");
-        let mut all = names;
-        if !found.is_empty() {
-            all.extend(found.iter().map(String::as_str));
-            all.sort_unstable_by(order);
-        }
-        // Rewritten when it learnt a name, or to keep the next walk short
-        // (each commit walked costs tens of microseconds, reading its
-        // trees): not after every grant and revoke (tens of thousands of
-        // names).
-        if let Some(p) = cache
-            && (!found.is_empty() || since.is_none() || resorted || walked > HISTORY_CACHE_STALE)
-        {
-            let c = Cached {
-                commit: Cow::Owned(head.id().to_string()),
-                names: all.clone(),
-            };
-            // A cache: lost, it is rebuilt by one full walk.
-            let _ = fs.write_unsynced(
-                p,
-                &serde_json::to_vec(&c).unwrap_or_default(),
-                crate::fsutil::PUBLIC_FILE,
-            );
-        }
-        all.into_iter().for_each(each);
-        Ok(())
+        Ok(walked)
     }
 }
