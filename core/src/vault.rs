@@ -566,9 +566,10 @@ impl Vault {
 
 /// Sorts `names`, all of which start with the same `skip` bytes: by the
 /// next eight bytes as a number first, then by the whole name where those
-/// are equal. Ten thousand names sort in a fifth of the time string
-/// comparisons take (each of those chases two pointers and calls memcmp),
-/// and a revoke of a big group sorts them all.
+/// are equal. A revoke of a big group sorts all its names: 10,000 of them
+/// take half the instructions of a sort by string comparisons (callgrind:
+/// 7.2 → 3.4 million; each string comparison chases two pointers and
+/// calls memcmp).
 fn sort_past(names: &mut Vec<String>, skip: usize) {
     let key = |n: &str| {
         let mut k = [0u8; 8];
