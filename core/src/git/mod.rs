@@ -336,8 +336,8 @@ impl VaultRepo {
     /// Hands `each` the names (relative to `dir`, without `.age`) of every
     /// `.age` file that stood under `dir` at any commit reachable from HEAD,
     /// each once, sorted by `key` of the name, then by the name (a caller
-    /// that matches them against its own sorted list chooses the order). Walks the history once, diffing only the commits that
-    /// changed `dir`.
+    /// that matches them against its own sorted list chooses the order).
+    /// Walks the history once, diffing only the commits that changed `dir`.
     ///
     /// With a `cache` file, the answer is remembered with the commit it was
     /// computed at, and the next call walks only the commits since then —
@@ -351,8 +351,8 @@ impl VaultRepo {
         key: &dyn Fn(&str) -> &str,
         each: &mut dyn FnMut(&str),
     ) -> Result<()> {
-        let order = |a: &&str, b: &&str| key(a).cmp(key(b)).then_with(|| a.cmp(b));
         use std::borrow::Cow;
+        let order = |a: &&str, b: &&str| key(a).cmp(key(b)).then_with(|| a.cmp(b));
         let Ok(rel) = dir.strip_prefix(&self.workdir) else {
             return Ok(());
         };

@@ -68,10 +68,15 @@ impl<'a> Cache<'a> {
     }
 }
 
-/// The entries of a [`Listed`]: (name, type).
+/// The entries of a [`Listed`]: (name, type). What no directory read
+/// gives (an empty name, `.`, `..`) is passed over: the file is ours, but
+/// a walk never leaves its tree on the word of a file.
 fn entries(joined: &str) -> impl Iterator<Item = (&str, EntryType)> {
     joined.split('/').filter_map(|item| {
         let (c, name) = item.split_at_checked(1)?;
+        if matches!(name, "" | "." | "..") {
+            return None;
+        }
         let t = of_code(c.as_bytes()[0].wrapping_sub(b'0'));
         Some((name, t))
     })
@@ -360,6 +365,9 @@ mod tests {
             let l = cached.dirs.get_mut(d).unwrap();
             l.entries = format!("{}/0planted.age", l.entries).into();
         }
+        // A planted way out of the tree is not taken.
+        let top = cached.dirs.get_mut("").unwrap();
+        top.entries = format!("{}/1../1./0", top.entries).into();
         std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
         assert_eq!(
             names(&list(&root, &cache)),
