@@ -590,8 +590,11 @@ fn sort_past(names: &mut Vec<String>, skip: usize) {
             run.sort_unstable_by(|a, b| names[a.1 as usize].cmp(&names[b.1 as usize]));
         }
     }
-    let mut taken: Vec<Option<String>> = names.drain(..).map(Some).collect();
-    names.extend(order.iter().filter_map(|&(_, i)| taken[i as usize].take()));
+    let sorted: Vec<String> = order
+        .iter()
+        .map(|&(_, i)| std::mem::take(&mut names[i as usize]))
+        .collect();
+    *names = sorted;
 }
 
 #[cfg(test)]
