@@ -15,6 +15,47 @@ pub(crate) fn full(bytes: Bytes) -> ProxyBody {
         .boxed()
 }
 
+/// A body of these parts, sent one after another as they are (never
+/// copied into one buffer), with their total length as Content-Length.
+pub(crate) fn parts(parts: impl IntoIterator<Item = Bytes>) -> ProxyBody {
+    let mut parts: Vec<Bytes> = parts.into_iter().filter(|b| !b.is_empty()).collect();
+    let left = parts.iter().map(|b| b.len() as u64).sum();
+    parts.reverse();
+    Parts { parts, left }
+        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { match e {} })
+        .boxed()
+}
+
+/// See [`parts`]: the parts still to send, last first.
+struct Parts {
+    parts: Vec<Bytes>,
+    left: u64,
+}
+
+impl hyper::body::Body for Parts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.pop();
+        if let Some(b) = &next {
+            self.left -= b.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
 /// No body.
 pub(crate) fn empty() -> ProxyBody {
     Empty::new()

@@ -15,7 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Deliver, Failure};
+use super::{Batch, Deliver, Failure};
 use crate::audit::Record;
 use crate::error::ProxyError;
 use crate::upstream::Upstreams;
@@ -65,8 +65,8 @@ pub(crate) struct Otlp {
     client: Upstreams,
     to: Endpoint,
     /// The request's JSON up to its first log record (the resource and
-    /// the scope, the same in every batch), and what closes it.
-    head: Vec<u8>,
+    /// the scope, the same in every batch).
+    head: Bytes,
 }
 
 /// What closes an `ExportLogsServiceRequest` after its log records.
@@ -95,11 +95,11 @@ impl Otlp {
             rt,
             client,
             to,
-            head: head(&resource),
+            head: Bytes::from(head(&resource)),
         })
     }
 
-    async fn post(&self, body: Bytes) -> Result<(), Failure> {
+    async fn post(&self, body: [Bytes; 3]) -> Result<(), Failure> {
         let retry = |e: String| Failure::Retry(e);
         let addr: SocketAddr = tokio::net::lookup_host((self.to.host.as_str(), self.to.port))
             .await
@@ -116,7 +116,7 @@ impl Otlp {
             .uri(&self.to.path)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(crate::reply::full(body))
+            .body(crate::reply::parts(body))
             .map_err(|e| retry(e.to_string()))?;
         let sent = self
             .client
@@ -158,8 +158,8 @@ impl Otlp {
 }
 
 impl Deliver for Otlp {
-    fn deliver(&mut self, batch: &[&[u8]]) -> Result<(), (usize, Failure)> {
-        let body = Bytes::from(request(&self.head, batch));
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), (usize, Failure)> {
+        let body = request(&self.head, batch);
         // One request: all of the batch or none of it.
         self.rt.block_on(self.post(body)).map_err(|f| (0, f))
     }
@@ -180,6 +180,10 @@ pub(crate) struct Encoder;
 impl super::Encode for Encoder {
     fn encode(&self, r: &Record, out: &mut Vec<u8>) {
         log_record(r, out);
+    }
+
+    fn separator(&self) -> &'static [u8] {
+        b","
     }
 }
 
@@ -348,19 +352,11 @@ fn head(resource: &Value) -> Vec<u8> {
 }
 
 /// An `ExportLogsServiceRequest` (OTLP/JSON) for a batch of log records
-/// as [`Encoder`] wrote them.
-fn request(head: &[u8], batch: &[&[u8]]) -> Vec<u8> {
-    let len = batch.iter().map(|r| r.len() + 1).sum::<usize>();
-    let mut out = Vec::with_capacity(head.len() + len + TAIL.len());
-    out.extend_from_slice(head);
-    for (i, r) in batch.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(r);
-    }
-    out.extend_from_slice(TAIL);
-    out
+/// as [`Encoder`] wrote them, in three parts sent as they are: the head,
+/// the records with the commas between them (a share of the exporter's
+/// buffer), the tail.
+fn request(head: &Bytes, batch: &Batch<'_>) -> [Bytes; 3] {
+    [head.clone(), batch.joined(), Bytes::from_static(TAIL)]
 }
 
 #[cfg(test)]
@@ -402,16 +398,18 @@ mod tests {
 
     /// The request the exporter sends for these records.
     fn encoded(resource: &Value, records: &[Record]) -> Vec<u8> {
-        let each: Vec<Vec<u8>> = records
-            .iter()
-            .map(|r| {
-                let mut out = Vec::new();
-                super::super::Encode::encode(&Encoder, r, &mut out);
-                out
-            })
-            .collect();
-        let slices: Vec<&[u8]> = each.iter().map(Vec::as_slice).collect();
-        request(&head(resource), &slices)
+        use super::super::{Encode, Encoded};
+        let mut buffer = Encoded::new(Encoder.separator());
+        for r in records {
+            let mut out = Vec::new();
+            Encoder.encode(r, &mut out);
+            buffer.push(&out);
+        }
+        let frozen = buffer.freeze();
+        let mut batches = buffer.batches(&frozen);
+        let batch = batches.next().expect("one batch");
+        assert!(batches.next().is_none());
+        request(&Bytes::from(head(resource)), &batch).concat()
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Deliver, Encode, Failure};
+use super::{Batch, Deliver, Encode, Failure};
 use crate::audit::Record;
 use crate::error::ProxyError;
 
@@ -172,8 +172,8 @@ impl Syslog {
 }
 
 impl Deliver for Syslog {
-    fn deliver(&mut self, batch: &[&[u8]]) -> Result<(), (usize, Failure)> {
-        for (i, msg) in batch.iter().enumerate() {
+    fn deliver(&mut self, batch: &Batch<'_>) -> Result<(), (usize, Failure)> {
+        for (i, msg) in batch.records().enumerate() {
             self.send(msg)
                 .map_err(|e| (i, Failure::Retry(e.to_string())))?;
         }
