@@ -62,3 +62,24 @@ pub(crate) fn empty() -> ProxyBody {
         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
         .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Body;
+
+    #[tokio::test]
+    async fn a_body_of_parts_is_their_bytes_in_order_with_its_exact_length() {
+        let body = parts([
+            Bytes::from_static(b"{\"a\":["),
+            Bytes::new(),
+            Bytes::from(b"1,2".to_vec()),
+            Bytes::from_static(b"]}"),
+        ]);
+        assert_eq!(body.size_hint().exact(), Some(11));
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"{\"a\":[1,2]}");
+        assert_eq!(parts([]).size_hint().exact(), Some(0));
+        assert!(parts([Bytes::new()]).is_end_stream());
+    }
+}
