@@ -19,9 +19,8 @@ pub(crate) fn full(bytes: Bytes) -> ProxyBody {
 /// copied into one buffer), with their total length as Content-Length.
 pub(crate) fn parts(parts: impl IntoIterator<Item = Bytes>) -> ProxyBody {
     let mut parts: Vec<Bytes> = parts.into_iter().filter(|b| !b.is_empty()).collect();
-    let left = parts.iter().map(|b| b.len() as u64).sum();
     parts.reverse();
-    Parts { parts, left }
+    Parts { parts }
         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { match e {} })
         .boxed()
 }
@@ -29,7 +28,6 @@ pub(crate) fn parts(parts: impl IntoIterator<Item = Bytes>) -> ProxyBody {
 /// See [`parts`]: the parts still to send, last first.
 struct Parts {
     parts: Vec<Bytes>,
-    left: u64,
 }
 
 impl hyper::body::Body for Parts {
@@ -41,9 +39,6 @@ impl hyper::body::Body for Parts {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let next = self.parts.pop();
-        if let Some(b) = &next {
-            self.left -= b.len() as u64;
-        }
         std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 
@@ -52,7 +47,7 @@ impl hyper::body::Body for Parts {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.left)
+        hyper::body::SizeHint::with_exact(self.parts.iter().map(|b| b.len() as u64).sum())
     }
 }
 
