@@ -10,7 +10,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::family::{Edge, Pattern};
-use super::{FamilyPatterns, Scrubber, Set, rare_pair};
+use super::{FamilyPatterns, Scrubber, Set};
 
 impl Scrubber {
     /// The same values, every pattern ASCII lower-cased: for text whose
@@ -34,12 +34,7 @@ impl Scrubber {
                         (lower, *label)
                     })
                     .collect();
-                let rare = patterns.iter().map(|(p, _)| rare_pair(&p.bytes)).collect();
-                FamilyPatterns {
-                    family: f.family,
-                    patterns,
-                    rare,
-                }
+                FamilyPatterns::new(f.family, patterns)
             })
             .collect();
         Self::with_set(Arc::new(Set {

@@ -57,6 +57,26 @@ struct FamilyPatterns {
     /// For each pattern, the offsets of two of its rarest bytes: where
     /// the search looks first (a prefilter that keeps no copy of it).
     rare: Vec<(usize, usize)>,
+    /// The length of the shortest pattern: a scanner never reads more
+    /// bytes than it is given, so fewer raw bytes hold no match.
+    shortest: usize,
+}
+
+impl FamilyPatterns {
+    fn new(family: Family, patterns: Vec<(Pattern, usize)>) -> Self {
+        let rare = patterns.iter().map(|(p, _)| rare_pair(&p.bytes)).collect();
+        let shortest = patterns
+            .iter()
+            .map(|(p, _)| p.bytes.len())
+            .min()
+            .unwrap_or(0);
+        FamilyPatterns {
+            family,
+            patterns,
+            rare,
+            shortest,
+        }
+    }
 }
 
 /// What a scrubber looks for, shared by every stream scrubbed with it.
@@ -66,6 +86,11 @@ struct Set {
     markers: Vec<Vec<u8>>,
     redaction: Redaction,
 }
+
+/// A set of a scrubber's families, bit `i` for `Set::families[i]` (there
+/// are at most [`Family::ALL`]'s six).
+#[derive(Clone, Copy, Default)]
+struct Families(u8);
 
 /// A found match: raw offsets (absolute in the stream) and its label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,36 +138,28 @@ impl Scrubber {
         redaction: Redaction,
     ) -> Self {
         let mut markers = Vec::new();
-        let mut families: Vec<FamilyPatterns> = Family::ALL
-            .iter()
-            .map(|&family| FamilyPatterns {
-                family,
-                patterns: Vec::new(),
-                rare: Vec::new(),
-            })
-            .collect();
+        let mut patterns: Vec<Vec<(Pattern, usize)>> =
+            Family::ALL.iter().map(|_| Vec::new()).collect();
         for (value, label) in values {
             if value.is_empty() {
                 continue;
             }
             let index = markers.len();
             markers.push(format!("[REDACTED:{label}]").into_bytes());
-            for f in &mut families {
-                for p in f.family.patterns(value) {
-                    if !f.patterns.iter().any(|(q, _)| q.bytes == p.bytes) {
-                        f.patterns.push((p, index));
+            for (family, found) in Family::ALL.iter().zip(&mut patterns) {
+                for p in family.patterns(value) {
+                    if !found.iter().any(|(q, _)| q.bytes == p.bytes) {
+                        found.push((p, index));
                     }
                 }
             }
         }
-        families.retain(|f| !f.patterns.is_empty());
-        for f in &mut families {
-            f.rare = f
-                .patterns
-                .iter()
-                .map(|(p, _)| rare_pair(&p.bytes))
-                .collect();
-        }
+        let families = Family::ALL
+            .iter()
+            .zip(patterns)
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(&family, p)| FamilyPatterns::new(family, p))
+            .collect();
         let set = Set {
             families,
             markers,
@@ -287,48 +304,60 @@ impl Scrubber {
     /// `input` scrubbed, in one pass, if it holds any of the values; `None`
     /// when it holds none (a header passes on untouched).
     pub fn scrubbed(&self, input: &[u8]) -> Option<Vec<u8>> {
-        if !self.may_match(input) {
-            return None;
-        }
-        let (out, redactions) = self.scan_whole(input);
-        let found = redactions > 0;
-        found.then_some(out)
+        let (out, redactions) = self.scan(input)?;
+        (redactions > 0).then_some(out)
     }
 
     /// Whether `input` holds any of the values, in any family.
     pub fn finds(&self, input: &[u8]) -> bool {
-        self.may_match(input) && self.scan_whole(input).1 > 0
+        self.scan(input)
+            .is_some_and(|(_, redactions)| redactions > 0)
     }
 
-    /// Whether some family may find something in `input` scanned whole:
-    /// `false` only when none can (see `quick.rs`), without the engine.
-    fn may_match(&self, input: &[u8]) -> bool {
-        self.set.families.iter().any(|f| quick::may_match(f, input))
+    /// Which families may find something in `input` scanned whole (bit
+    /// `i` for the set's family `i`): none only when none can (see
+    /// `quick.rs`), without the engine.
+    fn may_match(&self, input: &[u8]) -> Families {
+        let mut may = Families::default();
+        for (i, f) in self.set.families.iter().enumerate() {
+            if quick::may_match(f, input) {
+                may.0 |= 1 << i;
+            }
+        }
+        may
     }
 
     /// `input` scrubbed, and how many runs of matches were replaced.
     fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, u64) {
-        if !self.may_match(input) {
-            return (input.to_vec(), 0);
+        self.scan(input).unwrap_or_else(|| (input.to_vec(), 0))
+    }
+
+    /// [`Scrubber::scan_whole`] by the families that may find something
+    /// (the others skipped); `None` when none may.
+    fn scan(&self, input: &[u8]) -> Option<(Vec<u8>, u64)> {
+        let may = self.may_match(input);
+        if may.0 == 0 {
+            return None;
         }
         if input.len() <= SLICE {
-            return self.scan_at_once(input);
+            return Some(self.scan_at_once(input, may));
         }
         let mut s = self.fresh();
         let mut out = s.push(input);
         out.extend(s.finish_inner());
-        (out, s.redactions)
+        Some((out, s.redactions))
     }
 
     /// [`Scrubber::scan_whole`] of a buffer of at most [`SLICE`] bytes, in
-    /// one pass: each family reads it whole (`at_end`), straight from the
-    /// raw bytes where it reads them one for one (`quick.rs`), else through
-    /// its scanner; the matches are written out as streaming writes them.
-    /// Streaming finds the same matches, only some of them in two goes.
-    fn scan_at_once(&self, input: &[u8]) -> (Vec<u8>, u64) {
+    /// one pass: each family of `may` reads it whole (`at_end`), straight
+    /// from the raw bytes where it reads them one for one (`quick.rs`),
+    /// else through its scanner; the matches are written out as streaming
+    /// writes them. Streaming finds the same matches, only some of them in
+    /// two goes.
+    fn scan_at_once(&self, input: &[u8], may: Families) -> (Vec<u8>, u64) {
         let mut spans = Vec::new();
-        for f in &self.set.families {
-            if quick::linear_spans(f, input, &mut spans) {
+        for (i, f) in self.set.families.iter().enumerate() {
+            if may.0 & (1 << i) == 0 || quick::linear_spans(f, input, &mut spans) {
                 continue;
             }
             let mut p = Progress::default();

@@ -58,13 +58,40 @@ fn sources(f: Family, c: u8) -> (u8, u8) {
 /// Whether `f` may find one of its patterns in `raw` scanned whole:
 /// `false` only when it surely finds none.
 pub(super) fn may_match(f: &FamilyPatterns, raw: &[u8]) -> bool {
+    if raw.len() < f.shortest {
+        return false;
+    }
     if has_special(f.family, raw) {
-        return true;
+        return f.family != Family::Base64 || !only_line_breaks(raw) || rare_bytes_occur(f, raw);
     }
     f.patterns
         .iter()
         .zip(&f.rare)
         .any(|((p, _), &(r1, _))| occurs(f.family, raw, &p.bytes, r1))
+}
+
+/// Whether the base64 scanner's only special bytes in `raw` are line
+/// breaks (no `\` or `%` escape; `-` and `_` are not in [`has_special`]).
+/// Most bodies end lines, and are then read as they are but for the
+/// breaks, which the scanner drops (or, for a blank line, reads as a line
+/// break, which no pattern holds).
+fn only_line_breaks(raw: &[u8]) -> bool {
+    memchr::memchr2(b'\\', b'%', raw).is_none()
+}
+
+/// Whether, for some pattern, a raw byte that reads as its first rare byte
+/// and one that reads as its second are both in `raw`. Sound where each
+/// scanned byte but a line break is [`plain`] of one raw byte, as it is
+/// for base64 with [`only_line_breaks`]: a match needs both.
+fn rare_bytes_occur(f: &FamilyPatterns, raw: &[u8]) -> bool {
+    let has = |c: u8| {
+        let (a, b) = sources(f.family, c);
+        memchr::memchr2(a, b, raw).is_some()
+    };
+    f.patterns
+        .iter()
+        .zip(&f.rare)
+        .any(|((p, _), &(r1, r2))| has(p.bytes[r1]) && has(p.bytes[r2]))
 }
 
 /// Whether `p` occurs in `plain` of `raw`.
@@ -140,6 +167,84 @@ mod tests {
         assert_eq!(&d.bytes[..], &want[..], "{f:?} {raw:?}");
         for i in 0..raw.len() {
             assert_eq!((d.raw_start(i), d.raw_end(i)), (i as u64, i as u64 + 1));
+        }
+    }
+
+    /// No scanner reads more bytes than it is given (what the shortest
+    /// pattern's length check in [`may_match`] rests on): every escape
+    /// decodes to at most as many bytes as it is written with.
+    #[test]
+    fn no_scanner_reads_more_than_it_is_given() {
+        let units: [&[u8]; 20] = [
+            b"&#0",
+            b"&#0;",
+            b"&#x0",
+            b"&#1114111;",
+            b"&#99999999",
+            b"&ne;",
+            b"&not",
+            b"&lt",
+            b"&Mu;",
+            b"\\ud83d",
+            b"\\uD83D\\ude00",
+            b"\\u00e9",
+            b"\\u00",
+            b"\\n",
+            b"%2b",
+            b"%4",
+            b"\r\n\r\n",
+            b"\n\n",
+            b"&",
+            b"\\",
+        ];
+        for f in Family::ALL {
+            for a in units {
+                for b in units {
+                    let raw = [a, b, a].concat();
+                    let mut d = Decoded::default();
+                    f.scan(&raw, 0, true, &mut d);
+                    assert!(d.bytes.len() <= raw.len(), "{f:?} {raw:?}");
+                }
+            }
+        }
+    }
+
+    /// Base64 with line breaks (and no other escape) goes to the engine
+    /// only when a raw byte reading as each of some pattern's two rare
+    /// bytes is there: lines of text without them pass without it.
+    #[test]
+    fn lines_without_the_rare_bytes_need_no_base64_scan() {
+        let s = super::super::Scrubber::new(
+            [(&b"tok_123"[..], "g/n")],
+            super::super::Redaction::Marker,
+        );
+        let f = s.set.families.iter().find(|f| f.family == Family::Base64);
+        let f = f.expect("a base64 family");
+        let rare: Vec<u8> = f
+            .patterns
+            .iter()
+            .zip(&f.rare)
+            .flat_map(|((p, _), &(r1, r2))| [p.bytes[r1], p.bytes[r2]])
+            .collect();
+        // Text of every byte but the rare ones (and their sources), in lines.
+        let text: Vec<u8> = (b' '..=b'~')
+            .filter(|&b| b != b'\\' && b != b'%')
+            .filter(|&b| {
+                rare.iter().all(|&c| {
+                    b != sources(Family::Base64, c).0 && b != sources(Family::Base64, c).1
+                })
+            })
+            .collect();
+        let lines = [&text[..], b"\n", &text[..], b"\r\n\r\n"].concat();
+        assert!(!may_match(f, &lines));
+        assert_eq!(s.replace_all(&lines), lines);
+        // With an escape the engine reads it whole.
+        assert!(may_match(f, &[&lines[..], b"%2b"].concat()));
+        assert!(may_match(f, &[&lines[..], b"\\n"].concat()));
+        // Each pattern's two rare bytes, anywhere in the lines: to the engine.
+        for ((p, _), &(r1, r2)) in f.patterns.iter().zip(&f.rare) {
+            let both = [&lines[..], &[p.bytes[r2]], b"\n", &[p.bytes[r1]]].concat();
+            assert!(may_match(f, &both));
         }
     }
 
