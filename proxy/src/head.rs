@@ -57,17 +57,7 @@ pub(crate) fn drop_named(headers: &mut HeaderMap, folded: &Scrubber) {
                 ))
     };
     // Most responses have none: nothing allocated for them.
-    if !headers.keys().any(|n| holds(n.as_str())) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| holds(n.as_str()))
-        .cloned()
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
+    remove_where(headers, |n| holds(n.as_str()));
 }
 
 /// The response's headers: hop-by-hop ones out (but those of an upgrade),
@@ -79,23 +69,21 @@ pub(crate) fn scrub_head(
     names: &Scrubber,
     switching: bool,
 ) -> u64 {
-    // Only the broker's own answers carry it.
-    headers.remove(crate::problem::ERROR_HEADER);
     // Edited in place: most responses carry no injected value, and their
-    // headers pass without a copy. `Trailer` stays: it names the trailers
-    // (scrubbed like the body, see `Rewritten`), and an HTTP/1.1 agent only
-    // gets trailers it announces.
-    for name in HOP.iter().filter(|n| **n != hyper::header::TRAILER) {
-        let keep_for_upgrade =
-            switching && (*name == hyper::header::UPGRADE || *name == hyper::header::CONNECTION);
-        if !keep_for_upgrade {
-            headers.remove(name);
-        }
-    }
-    // A scrubbed body changes length.
-    if !scrub.is_empty() {
-        headers.remove(hyper::header::CONTENT_LENGTH);
-    }
+    // headers pass without a copy. Out: hop-by-hop headers, but `Trailer`
+    // (it names the trailers, scrubbed like the body, see `Rewritten`, and
+    // an HTTP/1.1 agent only gets trailers it announces) and an upgrade's
+    // own; the broker's error header (only its own answers carry it); and
+    // the length, when a scrubbed body may change it.
+    let out = |name: &HeaderName| {
+        (HOP.contains(name)
+            && *name != hyper::header::TRAILER
+            && !(switching
+                && (*name == hyper::header::UPGRADE || *name == hyper::header::CONNECTION)))
+            || *name == ERROR_NAME
+            || (!scrub.is_empty() && *name == hyper::header::CONTENT_LENGTH)
+    };
+    remove_where(headers, out);
     let mut scrubbed = 0;
     for v in headers.values_mut() {
         if let Some(clean) = scrub.scrubbed(v.as_bytes()) {
@@ -106,6 +94,22 @@ pub(crate) fn scrub_head(
     drop_named(headers, names);
     scrubbed
 }
+
+/// Removes every header whose name `out` picks: each name looked at once
+/// (a `remove` of each candidate would hash and probe for it, present or
+/// not, on every response), nothing allocated when none is picked.
+fn remove_where(headers: &mut HeaderMap, out: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&out) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| out(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// The broker's error header, as a name: compared as one, not as text.
+static ERROR_NAME: HeaderName = HeaderName::from_static(crate::problem::ERROR_HEADER);
 
 /// Hop-by-hop headers: never forwarded. Names, not strings: a string is
 /// parsed into a name on every lookup.

@@ -286,14 +286,18 @@ async fn tunnel(
         // GOAWAY sent; streams still open get a moment to finish.
         let _ = tokio::time::timeout(limits.idle, conn).await;
     } else {
-        // HTTP/1.1: the wait for a request's head is the idle limit
-        // (hyper starts it when it waits for the next request).
-        let _ = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.idle)
+        // HTTP/1.1: the idle limit from the tunnel's activity too, one timer
+        // for the tunnel (hyper's head timeout arms one per request). A
+        // connection shut down idle closes at once, a head half read too.
+        let conn = http1::Builder::new()
             .serve_connection(TokioIo::new(tls), svc)
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = activity.idle_for(limits.idle) => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = tokio::time::timeout(limits.idle, conn).await;
     }
 }
 

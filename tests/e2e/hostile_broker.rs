@@ -548,9 +548,14 @@ fn idle_and_half_open_connections_are_closed_and_do_not_starve_the_broker() {
         took >= Duration::from_millis(500) && took < Duration::from_secs(10),
         "{took:?}"
     );
-    // A tunnel with its TLS up, then no request (HTTP/1.1 and HTTP/2),
-    // closed by the broker: Python sees the end of the stream.
-    for alpn in ["http/1.1", "h2"] {
+    // A tunnel with its TLS up, then no request (HTTP/1.1 and HTTP/2), or
+    // half a request's head that never ends (HTTP/1.1), closed by the
+    // broker: Python sees the end of the stream.
+    for (alpn, partial) in [
+        ("http/1.1", ""),
+        ("h2", ""),
+        ("http/1.1", "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"),
+    ] {
         let script = format!(
             r#"
 import socket, ssl, time
@@ -563,6 +568,7 @@ ctx = ssl.create_default_context(cafile={ca:?})
 ctx.set_alpn_protocols([{alpn:?}])
 t = ctx.wrap_socket(s, server_hostname="127.0.0.1")
 t.settimeout(15)
+t.sendall({partial:?}.encode())
 start = time.time()
 try:
     while t.recv(4096):
@@ -587,7 +593,7 @@ except Exception as e:
         assert!(
             (text.starts_with("closed") || text.starts_with("error SSLEOFError"))
                 && (0.5..10.0).contains(&secs),
-            "{alpn}: {text}{}",
+            "{alpn} {partial:?}: {text}{}",
             stderr(&out)
         );
     }
