@@ -345,6 +345,21 @@ impl Broker {
         {
             return Ok(made.plan.clone());
         }
+        // Boxed: making a plan (an OAuth refresh among it) is a large
+        // future, and every request's future would carry its size, moved
+        // as the request is handed along; a kept plan needs none of it.
+        Box::pin(self.make_plan(snap, name, service, agent, generation)).await
+    }
+
+    /// [`Broker::plan`] when no kept plan will do: made, and kept.
+    async fn make_plan(
+        &self,
+        snap: &Snapshot,
+        name: &str,
+        service: &agent_vault_core::broker::services::Service,
+        agent: &str,
+        generation: u64,
+    ) -> Result<Arc<Prepared>, PlanFailure> {
         let read = |p: &SecretPath| {
             agent_vault_core::access::check_agent(snap.manifest(), agent, p.group(), Mode::Use)?;
             snap.reader.get(p)
