@@ -37,11 +37,11 @@ impl Scrubber {
                 FamilyPatterns::new(f.family, patterns)
             })
             .collect();
-        Self::with_set(Arc::new(Set {
+        Self::with_set(Arc::new(Set::new(
             families,
-            markers: self.set.markers.clone(),
-            redaction: self.set.redaction,
-        }))
+            self.set.markers.clone(),
+            self.set.redaction,
+        )))
     }
 }
 

@@ -85,6 +85,19 @@ struct Set {
     /// The marker of each value: `[REDACTED:<label>]`.
     markers: Vec<Vec<u8>>,
     redaction: Redaction,
+    /// Every family's quick test at once, for short buffers.
+    prefilter: quick::Prefilter,
+}
+
+impl Set {
+    fn new(families: Vec<FamilyPatterns>, markers: Vec<Vec<u8>>, redaction: Redaction) -> Self {
+        Set {
+            prefilter: quick::Prefilter::new(&families),
+            families,
+            markers,
+            redaction,
+        }
+    }
 }
 
 /// A set of a scrubber's families, bit `i` for `Set::families[i]` (there
@@ -160,12 +173,7 @@ impl Scrubber {
             .filter(|(_, p)| !p.is_empty())
             .map(|(&family, p)| FamilyPatterns::new(family, p))
             .collect();
-        let set = Set {
-            families,
-            markers,
-            redaction,
-        };
-        Self::with_set(Arc::new(set))
+        Self::with_set(Arc::new(Set::new(families, markers, redaction)))
     }
 
     /// The scrubber for every value `plan` injects, each marker naming
@@ -319,6 +327,9 @@ impl Scrubber {
     /// `quick.rs`), without the engine.
     fn may_match(&self, input: &[u8]) -> Families {
         let mut may = Families::default();
+        if !self.set.prefilter.may_any(input) {
+            return may;
+        }
         for (i, f) in self.set.families.iter().enumerate() {
             if quick::may_match(f, input) {
                 may.0 |= 1 << i;

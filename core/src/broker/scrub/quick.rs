@@ -15,6 +15,71 @@ use super::escapes;
 use super::family::{Edge, Family};
 use super::{FamilyPatterns, Span};
 
+/// The longest buffer [`Prefilter::may_any`] looks at: past it, each
+/// family's memchr-based test is faster than a byte-at-a-time pass.
+const PREFILTER_MAX: usize = 512;
+
+/// One pass over a short buffer (a header's value or name) for every
+/// family at once, before each family's own test: a pattern can only
+/// occur where raw bytes that read as both of its rare bytes are, and a
+/// buffer without any family's special bytes is read one byte for one.
+pub(super) struct Prefilter {
+    /// For each raw byte, bit `k` when it reads as the first rare byte of
+    /// pattern `k` (over every family, in order).
+    first: [u64; 256],
+    /// The same for the second rare byte.
+    second: [u64; 256],
+    /// The bytes special to some family ([`has_special`]).
+    special: [bool; 256],
+    /// Whether there are at most 64 patterns (else it is not used).
+    usable: bool,
+}
+
+impl Prefilter {
+    pub(super) fn new(families: &[FamilyPatterns]) -> Self {
+        let mut p = Prefilter {
+            first: [0; 256],
+            second: [0; 256],
+            special: [false; 256],
+            usable: true,
+        };
+        let mut k = 0;
+        for f in families {
+            for &b in special_bytes(f.family) {
+                p.special[usize::from(b)] = true;
+            }
+            for ((pattern, _), &(r1, r2)) in f.patterns.iter().zip(&f.rare) {
+                if k == 64 {
+                    p.usable = false;
+                    return p;
+                }
+                for (table, r) in [(&mut p.first, r1), (&mut p.second, r2)] {
+                    let (a, b) = sources(f.family, pattern.bytes[r]);
+                    table[usize::from(a)] |= 1 << k;
+                    table[usize::from(b)] |= 1 << k;
+                }
+                k += 1;
+            }
+        }
+        p
+    }
+
+    /// `false` when no family can find a pattern in `raw` scanned whole;
+    /// `true` when some may (each family's own test then decides).
+    pub(super) fn may_any(&self, raw: &[u8]) -> bool {
+        if !self.usable || raw.len() > PREFILTER_MAX {
+            return true;
+        }
+        let (mut first, mut second, mut special) = (0u64, 0u64, false);
+        for &b in raw {
+            first |= self.first[usize::from(b)];
+            second |= self.second[usize::from(b)];
+            special |= self.special[usize::from(b)];
+        }
+        special || first & second != 0
+    }
+}
+
 /// Whether `raw` holds a byte after which `f`'s scanner may read other
 /// than one byte for one byte.
 fn has_special(f: Family, raw: &[u8]) -> bool {
@@ -26,6 +91,17 @@ fn has_special(f: Family, raw: &[u8]) -> bool {
         Family::Base64 => {
             memchr3(b'\r', b'\n', b'\\', raw).is_some() || memchr(b'%', raw).is_some()
         }
+    }
+}
+
+/// The bytes [`has_special`] looks for.
+fn special_bytes(f: Family) -> &'static [u8] {
+    match f {
+        Family::Literal | Family::Hex => b"",
+        Family::Percent => b"%",
+        Family::Json => b"\\",
+        Family::Html => b"&",
+        Family::Base64 => b"\r\n\\%",
     }
 }
 
@@ -170,6 +246,62 @@ mod tests {
         }
     }
 
+    /// The one-pass test: text without any pattern's rare bytes (nor a
+    /// special byte) is let by; with a pattern in any family's form, or a
+    /// special byte, or over 64 patterns, each family's test decides.
+    #[test]
+    fn the_prefilter_lets_by_only_what_no_family_can_find() {
+        let new = |values: &[&[u8]]| {
+            super::super::Scrubber::new(
+                values.iter().map(|v| (*v, "g/n")),
+                super::super::Redaction::Marker,
+            )
+        };
+        let s = new(&[b"tok_123"]);
+        let pf = &s.set.prefilter;
+        let rare: Vec<u8> = s
+            .set
+            .families
+            .iter()
+            .flat_map(|f| {
+                f.patterns
+                    .iter()
+                    .zip(&f.rare)
+                    .flat_map(move |((p, _), &(r1, r2))| {
+                        let (a, b) = sources(f.family, p.bytes[r1]);
+                        let (c, d) = sources(f.family, p.bytes[r2]);
+                        [a, b, c, d]
+                    })
+            })
+            .collect();
+        let text: Vec<u8> = (b' '..=b'~')
+            .filter(|b| !rare.contains(b) && !pf.special[usize::from(*b)])
+            .collect();
+        assert!(!text.is_empty());
+        assert!(!pf.may_any(&text));
+        assert!(s.scrubbed(&text).is_none());
+        for f in &s.set.families {
+            for (p, _) in &f.patterns {
+                assert!(
+                    pf.may_any(&[&text[..], &p.bytes[..]].concat()),
+                    "{:?}",
+                    f.family
+                );
+            }
+        }
+        assert!(pf.may_any(&[&text[..], b"%"].concat()));
+        assert!(pf.may_any(&[&text[..], b"&"].concat()));
+        // Past its length, or with too many patterns, it always says maybe.
+        assert!(pf.may_any(&text.repeat(PREFILTER_MAX / text.len() + 1)));
+        let many: Vec<Vec<u8>> = (0..12)
+            .map(|i| format!("value-{i}-x").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = many.iter().map(|v| v.as_slice()).collect();
+        let s = new(&refs);
+        assert!(!s.set.prefilter.usable);
+        assert!(s.set.prefilter.may_any(b""));
+    }
+
     /// No scanner reads more bytes than it is given (what the shortest
     /// pattern's length check in [`may_match`] rests on): every escape
     /// decodes to at most as many bytes as it is written with.
@@ -273,6 +405,14 @@ mod tests {
                         check(f, &[a, b, c]);
                     }
                 }
+            }
+            // `special_bytes` are the bytes `has_special` finds.
+            for b in 0..=255u8 {
+                assert_eq!(
+                    has_special(f, &[b]),
+                    special_bytes(f).contains(&b),
+                    "{f:?} {b}"
+                );
             }
             // `sources` names every byte `plain` reads as each byte.
             for c in 0..=255u8 {
