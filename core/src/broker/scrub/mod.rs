@@ -100,11 +100,6 @@ impl Set {
     }
 }
 
-/// A set of a scrubber's families, bit `i` for `Set::families[i]` (there
-/// are at most [`Family::ALL`]'s six).
-#[derive(Clone, Copy, Default)]
-struct Families(u8);
-
 /// A found match: raw offsets (absolute in the stream) and its label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Span {
@@ -322,22 +317,6 @@ impl Scrubber {
             .is_some_and(|(_, redactions)| redactions > 0)
     }
 
-    /// Which families may find something in `input` scanned whole (bit
-    /// `i` for the set's family `i`): none only when none can (see
-    /// `quick.rs`), without the engine.
-    fn may_match(&self, input: &[u8]) -> Families {
-        let mut may = Families::default();
-        if !self.set.prefilter.may_any(input) {
-            return may;
-        }
-        for (i, f) in self.set.families.iter().enumerate() {
-            if quick::may_match(f, input) {
-                may.0 |= 1 << i;
-            }
-        }
-        may
-    }
-
     /// `input` scrubbed, and how many runs of matches were replaced.
     fn scan_whole(&self, input: &[u8]) -> (Vec<u8>, u64) {
         self.scan(input).unwrap_or_else(|| (input.to_vec(), 0))
@@ -346,8 +325,8 @@ impl Scrubber {
     /// [`Scrubber::scan_whole`] by the families that may find something
     /// (the others skipped); `None` when none may.
     fn scan(&self, input: &[u8]) -> Option<(Vec<u8>, u64)> {
-        let may = self.may_match(input);
-        if may.0 == 0 {
+        let may = quick::Families::of(&self.set, input);
+        if may.is_empty() {
             return None;
         }
         if input.len() <= SLICE {
@@ -365,10 +344,10 @@ impl Scrubber {
     /// else through its scanner; the matches are written out as streaming
     /// writes them. Streaming finds the same matches, only some of them in
     /// two goes.
-    fn scan_at_once(&self, input: &[u8], may: Families) -> (Vec<u8>, u64) {
+    fn scan_at_once(&self, input: &[u8], may: quick::Families) -> (Vec<u8>, u64) {
         let mut spans = Vec::new();
         for (i, f) in self.set.families.iter().enumerate() {
-            if may.0 & (1 << i) == 0 || quick::linear_spans(f, input, &mut spans) {
+            if !may.has(i) || quick::linear_spans(f, input, &mut spans) {
                 continue;
             }
             let mut p = Progress::default();

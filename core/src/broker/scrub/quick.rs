@@ -13,7 +13,37 @@ use memchr::{memchr, memchr3};
 
 use super::escapes;
 use super::family::{Edge, Family};
-use super::{FamilyPatterns, Span};
+use super::{FamilyPatterns, Set, Span};
+
+/// A set of a scrubber's families, bit `i` for `Set::families[i]` (there
+/// are at most [`Family::ALL`]'s six).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Families(u8);
+
+impl Families {
+    /// Those of `set` that may find something in `raw` scanned whole:
+    /// none only when none can, without the engine.
+    pub(super) fn of(set: &Set, raw: &[u8]) -> Self {
+        let mut may = Families::default();
+        if !set.prefilter.may_any(raw) {
+            return may;
+        }
+        for (i, f) in set.families.iter().enumerate() {
+            if may_match(f, raw) {
+                may.0 |= 1 << i;
+            }
+        }
+        may
+    }
+
+    pub(super) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(super) fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
 
 /// The longest buffer [`Prefilter::may_any`] looks at: past it, each
 /// family's memchr-based test is faster than a byte-at-a-time pass.
