@@ -10,6 +10,7 @@
 //! A buffer with one of them is left to the engine.
 
 use memchr::{memchr, memchr3};
+use zeroize::Zeroize;
 
 use super::escapes;
 use super::family::{Edge, Family};
@@ -107,6 +108,15 @@ impl Prefilter {
             special |= self.special[usize::from(b)];
         }
         special || first & second != 0
+    }
+}
+
+/// The tables say which bytes each value's patterns hold: wiped, as the
+/// patterns are.
+impl Drop for Prefilter {
+    fn drop(&mut self) {
+        self.first.zeroize();
+        self.second.zeroize();
     }
 }
 
