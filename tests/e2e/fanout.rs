@@ -262,17 +262,26 @@ fn kill_9_during_the_move_into_buckets() {
     let (first_bucket, moved, whole) = watch_move(&probe);
     assert_eq!(config_format(&probe), "format: 2");
     let (mut mid_move, trials) = (0, 20u32);
-    for i in 0..trials {
+    // The window as the kills find it: `lo` a kill that came before the
+    // move, `hi` one that came after. Timing drifts on a loaded machine, so
+    // a kill that misses narrows the window for the next (the probe's
+    // window, widened, to start with), and kills go on past `trials`
+    // until one lands inside (at most three times as many).
+    // The window stays at least as long as the probe's move.
+    let span = moved.saturating_sub(first_bucket);
+    let (mut lo, mut hi) = (first_bucket.mul_f64(0.7), moved.mul_f64(1.3));
+    let mut i = 0u32;
+    while i < trials || (mid_move == 0 && i < 3 * trials) {
         let env = fresh();
-        // Most inside the move's window (timing drifts on a loaded
-        // machine: a margin either side), the rest over the whole run.
-        let d = if i % 4 == 3 {
-            whole.mul_f64((f64::from(i) + 0.5) / f64::from(trials))
+        // Most inside the window, spread over it; every fourth over the
+        // whole run.
+        let spread = i % 4 == 3;
+        let d = if spread {
+            whole.mul_f64((f64::from(i % trials) + 0.5) / f64::from(trials))
         } else {
-            let from = first_bucket.mul_f64(0.7);
-            let to = moved.mul_f64(1.3);
-            from + (to - from).mul_f64((f64::from(i - i / 4) + 0.5) / 15.0)
+            lo + (hi - lo).mul_f64((f64::from((i - i / 4) % 15) + 0.5) / 15.0)
         };
+        i += 1;
         kill_at(&env, &["set", "g/new", "x"], d);
         let flat = env.vault.join(".agent-vault/secrets/g/k7.age").exists()
             || env.vault.join(".agent-vault/secrets/g/k499.age").exists();
@@ -286,8 +295,19 @@ fn kill_9_during_the_move_into_buckets() {
                 .join(".agent-vault")
                 .join(secret_file("g", "k499", ".age"))
                 .exists();
-        if flat && fanned {
-            mid_move += 1;
+        match (flat, fanned) {
+            (true, true) => mid_move += 1,
+            // Before the move: the window starts later.
+            (true, false) if !spread && d > lo => {
+                lo = d;
+                hi = hi.max(lo + span);
+            }
+            // After it: the window ends sooner.
+            (false, true) if !spread && d < hi => {
+                hi = d;
+                lo = lo.min(hi.saturating_sub(span));
+            }
+            _ => {}
         }
         owner_can_decrypt_everything(&env, &expect);
         env.ok(&["repair"]);
@@ -307,7 +327,7 @@ fn kill_9_during_the_move_into_buckets() {
         }
     }
     eprintln!(
-        "killed inside the move: {mid_move} of {trials} (move {first_bucket:?}..{moved:?} of {whole:?})"
+        "killed inside the move: {mid_move} of {i} (move {first_bucket:?}..{moved:?} of {whole:?}; window found {lo:?}..{hi:?})"
     );
     assert!(
         mid_move > 0,

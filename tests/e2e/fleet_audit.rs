@@ -21,6 +21,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port nothing listens on, and nothing will while the test
+/// runs: below the ephemeral range, so no test's port-0 listener is given
+/// it (a freed ephemeral port was, and took a "down" receiver's records).
+fn closed_port() -> u16 {
+    (1..1024)
+        .find(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
+        .expect("a closed port below 1024")
+}
+
 /// The OTLP receiver; its process, port and the file it writes records to.
 fn otlp_receiver(dir: &Path) -> (Proc, u16, PathBuf) {
     let out = dir.join("otlp-records.jsonl");
@@ -268,8 +277,8 @@ fn audit_records_reach_an_otlp_receiver_and_rsyslog_over_udp_tcp_and_a_unix_sock
 fn with_the_receivers_down_every_record_is_counted_dropped() {
     let t = team();
     let dir = t.env.tmp.path();
-    let otlp = format!("http://127.0.0.1:{}/v1/logs", free_port());
-    let tcp = format!("tcp://127.0.0.1:{}", free_port());
+    let otlp = format!("http://127.0.0.1:{}/v1/logs", closed_port());
+    let tcp = format!("tcp://127.0.0.1:{}", closed_port());
     let unix = format!("unix://{}", dir.join("nobody-listens.sock").display());
     let r = t.replica(
         "replica-down",
