@@ -123,14 +123,11 @@ impl Drop for Prefilter {
 /// Whether `raw` holds a byte after which `f`'s scanner may read other
 /// than one byte for one byte.
 fn has_special(f: Family, raw: &[u8]) -> bool {
-    match f {
-        Family::Literal | Family::Hex => false,
-        Family::Percent => memchr(b'%', raw).is_some(),
-        Family::Json => memchr(b'\\', raw).is_some(),
-        Family::Html => memchr(b'&', raw).is_some(),
-        Family::Base64 => {
-            memchr3(b'\r', b'\n', b'\\', raw).is_some() || memchr(b'%', raw).is_some()
-        }
+    match *special_bytes(f) {
+        [] => false,
+        [a] => memchr(a, raw).is_some(),
+        [a, b, c, d] => memchr3(a, b, c, raw).is_some() || memchr(d, raw).is_some(),
+        ref any => raw.iter().any(|b| any.contains(b)),
     }
 }
 
