@@ -768,6 +768,41 @@ fn upstream_connections_are_reused() {
     );
 }
 
+/// The broker's runtimes: two per core, each thread under `SCHED_BATCH`
+/// with the nice value it started with (proxy/src/run.rs, sched.rs), and
+/// serving.
+#[test]
+fn runtime_threads_are_two_per_core_and_batch_scheduled() {
+    let s = setup();
+    let (out, err) = s.curl(Some(&s.token), &s.url("/threads"), &[]);
+    assert!(out.contains("[REDACTED:api/token]"), "{out}{err}");
+    // Fields of /proc/<pid>/task/<tid>/stat after the command's `)`:
+    // the 3rd field of stat is the first here.
+    let stat = |path: PathBuf| -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let rest = &text[text.rfind(')').unwrap() + 1..];
+        rest.split_whitespace().map(str::to_owned).collect()
+    };
+    let (nice, policy) = (19 - 3, 41 - 3);
+    let own_nice = stat(PathBuf::from("/proc/self/stat"))[nice].clone();
+    let pid = s._broker.0.id();
+    let mut runtimes = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        if comm.trim().starts_with("broker-") {
+            runtimes.push((comm.trim().to_owned(), stat(task.join("stat"))));
+        }
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(runtimes.len(), 2 * cores, "{runtimes:?}");
+    for (name, fields) in &runtimes {
+        // 3: SCHED_BATCH.
+        assert_eq!(fields[policy], "3", "{name} is not under SCHED_BATCH");
+        assert_eq!(fields[nice], own_nice, "{name}'s nice value changed");
+    }
+}
+
 #[test]
 fn start_up_errors_are_clear_and_sigterm_stops_the_broker() {
     let mut s = setup();
