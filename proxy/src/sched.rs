@@ -1,4 +1,5 @@
-//! The scheduling policy of the broker's runtime threads: `SCHED_BATCH`.
+//! The scheduling policy of the broker's runtime threads (and of its audit
+//! exporters' threads, which send in batches): `SCHED_BATCH`.
 //!
 //! A broker shares its machine with the agents that call it and, often, the
 //! upstreams it calls. Under the default policy each reply the broker writes

@@ -770,37 +770,54 @@ fn upstream_connections_are_reused() {
 
 /// The broker's runtimes: two per core, each thread under `SCHED_BATCH`
 /// with the nice value it started with (proxy/src/run.rs, sched.rs), and
-/// serving.
+/// serving; an audit exporter's thread under `SCHED_BATCH` too.
 #[test]
 fn runtime_threads_are_two_per_core_and_batch_scheduled() {
     let s = setup();
     let (out, err) = s.curl(Some(&s.token), &s.url("/threads"), &[]);
     assert!(out.contains("[REDACTED:api/token]"), "{out}{err}");
-    // Fields of /proc/<pid>/task/<tid>/stat after the command's `)`:
-    // the 3rd field of stat is the first here.
-    let stat = |path: PathBuf| -> Vec<String> {
-        let text = std::fs::read_to_string(path).unwrap();
-        let rest = &text[text.rfind(')').unwrap() + 1..];
-        rest.split_whitespace().map(str::to_owned).collect()
-    };
-    let (nice, policy) = (19 - 3, 41 - 3);
-    let own_nice = stat(PathBuf::from("/proc/self/stat"))[nice].clone();
-    let pid = s._broker.0.id();
-    let mut runtimes = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
-        if comm.trim().starts_with("broker-") {
-            runtimes.push((comm.trim().to_owned(), stat(task.join("stat"))));
-        }
-    }
+    let own_nice = stat_fields(PathBuf::from("/proc/self/stat"))[STAT_NICE].clone();
+    let runtimes = threads_named(s._broker.0.id(), "broker-");
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(runtimes.len(), 2 * cores, "{runtimes:?}");
     for (name, fields) in &runtimes {
-        // 3: SCHED_BATCH.
-        assert_eq!(fields[policy], "3", "{name} is not under SCHED_BATCH");
-        assert_eq!(fields[nice], own_nice, "{name}'s nice value changed");
+        assert_eq!(fields[STAT_POLICY], SCHED_BATCH, "{name}'s policy");
+        assert_eq!(fields[STAT_NICE], own_nice, "{name}'s nice value changed");
     }
+    // UDP to the discard port: the exporter needs no receiver to start.
+    let (exporting, _) = start_broker(&s.env, &["--audit-syslog", "udp://127.0.0.1:9"]);
+    let exporters = threads_named(exporting.0.id(), "audit-");
+    assert_eq!(exporters.len(), 1, "{exporters:?}");
+    assert_eq!(exporters[0].1[STAT_POLICY], SCHED_BATCH, "{exporters:?}");
+}
+
+/// Indexes into [`stat_fields`]: the nice value (field 19 of
+/// `/proc/<pid>/task/<tid>/stat`) and the policy (field 41).
+const STAT_NICE: usize = 19 - 3;
+const STAT_POLICY: usize = 41 - 3;
+/// The policy's number in `stat`.
+const SCHED_BATCH: &str = "3";
+
+/// The fields of a `stat` file after the command's `)`: the file's third
+/// field is the first here.
+fn stat_fields(path: PathBuf) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let rest = &text[text.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The threads of process `pid` whose names start with `prefix`: each
+/// name and [`stat_fields`].
+fn threads_named(pid: u32, prefix: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        if comm.trim().starts_with(prefix) {
+            found.push((comm.trim().to_owned(), stat_fields(task.join("stat"))));
+        }
+    }
+    found
 }
 
 #[test]

@@ -342,6 +342,9 @@ impl Exporter {
         std::thread::Builder::new()
             .name(format!("audit-{}", sink.name()))
             .spawn(move || {
+                // It sends in batches: woken, it waits its turn rather than
+                // preempt the runtimes that write the records.
+                crate::sched::batch_this_thread();
                 drain(&incoming, deliver, (&d, &x, &s), &why);
                 let _ = finished.send(());
             })
