@@ -14,19 +14,18 @@
 #![allow(unsafe_code)]
 
 /// Puts the calling thread under `SCHED_BATCH`, keeping its nice value.
-/// Best effort: `false` where the system refuses (or is not Linux), and
-/// the thread goes on as it was.
-pub(crate) fn batch_this_thread() -> bool {
+/// Best effort: where the system refuses (or is not Linux), the thread
+/// goes on as it was.
+pub(crate) fn batch_this_thread() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: the call reads `param`, a live, initialised struct on this
         // stack, and changes the policy of the calling thread only (pid 0);
-        // no memory is kept or written by the kernel.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        false
+        // no memory is kept or written by the kernel. Its result is not
+        // needed: a refusal leaves the thread under its policy.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        }
     }
 }

@@ -322,8 +322,9 @@ impl Scrubber {
         self.scan(input).unwrap_or_else(|| (input.to_vec(), 0))
     }
 
-    /// [`Scrubber::scan_whole`] by the families that may find something
-    /// (the others skipped); `None` when none may.
+    /// [`Scrubber::scan_whole`], `None` when no family may find something;
+    /// a buffer of at most [`SLICE`] bytes is scanned by only the families
+    /// that may (a longer one streams through all of them).
     fn scan(&self, input: &[u8]) -> Option<(Vec<u8>, u64)> {
         let may = quick::Families::of(&self.set, input);
         if may.is_empty() {
